@@ -1,0 +1,385 @@
+//! Collector `docker`: every container the Docker engine knows, running or not,
+//! through the Engine API (`bollard`).
+//!
+//! Needs: read access to the engine socket (`endpoint`, else `$DOCKER_HOST`,
+//! else `unix:///var/run/docker.sock`). It only reads.
+//!
+//! Cost: a steady scan makes three API calls whatever the number of containers:
+//! list containers, list images (for tags), and the container events since the
+//! previous scan. Facts that need an inspect (GPU access, devices, main PID,
+//! user) are cached in the inventory and refreshed only for containers that are
+//! new, changed state, or had an event since the previous scan; those inspects
+//! run concurrently, at most `max_concurrent_inspects` at a time.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bollard::errors::Error as DockerError;
+use bollard::models::{ContainerInspectResponse, ContainerSummary};
+use bollard::query_parameters::{EventsOptions, ListContainersOptions, ListImagesOptions};
+use bollard::{ClientVersion, Docker};
+use detect_workloads_core::async_trait;
+use detect_workloads_core::config::{duration, ConfigError, PluginConfig};
+use detect_workloads_core::model::{
+    ContainerFacts, DeviceRequest, FactKind, InspectFacts, Inventory, Observations,
+};
+use detect_workloads_core::plugin::{
+    CollectContext, CollectError, Collected, Collector, CollectorPlugin,
+};
+use detect_workloads_core::scan::short_id;
+use futures_util::stream::{self, StreamExt, TryStreamExt};
+use serde::Deserialize;
+use tracing::debug;
+
+/// `[[collectors.docker]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DockerConfig {
+    /// `unix:///path`, `tcp://host:port` or `http://host:port`.
+    pub endpoint: Option<String>,
+    /// Time allowed for the whole collection.
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// Inspect calls in flight at once on a cold scan.
+    pub max_concurrent_inspects: usize,
+}
+
+impl Default for DockerConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            timeout: Duration::from_secs(10),
+            max_concurrent_inspects: 16,
+        }
+    }
+}
+
+/// The API version asked for first: understood by every engine from 20.10 to
+/// 28; an engine that refuses it is asked for its own version once.
+const FIRST_API_VERSION: ClientVersion = ClientVersion {
+    major_version: 1,
+    minor_version: 41,
+};
+
+/// The `docker` collector.
+#[derive(Debug)]
+pub struct DockerCollector {
+    config: DockerConfig,
+    endpoint: String,
+}
+
+impl DockerCollector {
+    /// Builds it; the endpoint is resolved now (config, `$DOCKER_HOST`, default).
+    pub fn new(config: DockerConfig) -> Self {
+        let endpoint = config
+            .endpoint
+            .clone()
+            .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()))
+            .unwrap_or_else(|| "unix:///var/run/docker.sock".to_string());
+        Self { config, endpoint }
+    }
+
+    fn connect(&self, version: &ClientVersion) -> Result<Docker, CollectError> {
+        let secs = self.config.timeout.as_secs().max(1);
+        let result = if let Some(path) = self.endpoint.strip_prefix("unix://") {
+            Docker::connect_with_unix(path, secs, version)
+        } else if self.endpoint.starts_with("tcp://") || self.endpoint.starts_with("http://") {
+            Docker::connect_with_http(&self.endpoint, secs, version)
+        } else {
+            return Err(CollectError::Unavailable(format!(
+                "unsupported endpoint {:?} (use unix://, tcp:// or http://)",
+                self.endpoint
+            )));
+        };
+        result.map_err(|e| self.classify(e))
+    }
+
+    /// "Cannot reach the engine" is unavailability; an engine that answers
+    /// wrongly is a failure.
+    fn classify(&self, e: DockerError) -> CollectError {
+        match e {
+            DockerError::DockerResponseServerError {
+                status_code,
+                message,
+            } => CollectError::Failed(format!(
+                "engine at {} answered {status_code}: {message}",
+                self.endpoint
+            )),
+            DockerError::JsonDataError { .. } | DockerError::JsonSerdeError { .. } => {
+                CollectError::Failed(format!("engine at {} sent unreadable data: {e}", self.endpoint))
+            }
+            other => CollectError::Unavailable(format!("engine at {}: {other}", self.endpoint)),
+        }
+    }
+}
+
+fn version_refused(e: &DockerError) -> bool {
+    matches!(e, DockerError::DockerResponseServerError { status_code: 400, message }
+        if message.contains("API version") || message.contains("client version"))
+}
+
+/// Counts the API calls of one collection.
+#[derive(Default)]
+struct Calls(AtomicU64);
+
+impl Calls {
+    fn count(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    fn total(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+#[async_trait]
+impl Collector for DockerCollector {
+    fn provides(&self) -> &'static [FactKind] {
+        &[FactKind::Containers]
+    }
+
+    fn timeout(&self) -> Duration {
+        self.config.timeout
+    }
+
+    async fn collect(&self, ctx: &CollectContext<'_>) -> Result<Collected, CollectError> {
+        let calls = Calls::default();
+        let mut docker = self.connect(&FIRST_API_VERSION)?;
+        calls.count();
+        let list = match docker.list_containers(Some(list_options())).await {
+            Err(e) if version_refused(&e) => {
+                debug!("engine refused API 1.41; negotiating");
+                calls.count();
+                docker = docker.negotiate_version().await.map_err(|e| self.classify(e))?;
+                calls.count();
+                docker.list_containers(Some(list_options())).await
+            }
+            other => other,
+        }
+        .map_err(|e| self.classify(e))?;
+
+        calls.count();
+        let images = docker
+            .list_images(Some(ListImagesOptions::default()))
+            .await
+            .map_err(|e| self.classify(e))?;
+        let tags: HashMap<String, String> = images
+            .into_iter()
+            .filter_map(|i| Some((i.id, i.repo_tags.into_iter().find(|t| t != "<none>:<none>")?)))
+            .collect();
+
+        // Containers with events since the previous scan need a fresh inspect.
+        let touched = match ctx.previous_scan {
+            Some(since) if !ctx.previous.containers.is_empty() => {
+                calls.count();
+                self.touched_since(&docker, since).await?
+            }
+            _ => BTreeSet::new(),
+        };
+
+        let mut facts = Vec::with_capacity(list.len());
+        let mut to_inspect = Vec::new();
+        for summary in list {
+            let Some(c) = summary_facts(summary, &tags) else {
+                continue;
+            };
+            match cached_inspect(ctx.previous, &c, &touched) {
+                Some(cached) => facts.push(ContainerFacts {
+                    inspect: Some(cached),
+                    ..c
+                }),
+                None => to_inspect.push(c),
+            }
+        }
+        let inspected = stream::iter(to_inspect)
+            .map(|mut c| {
+                let docker = &docker;
+                let calls = &calls;
+                async move {
+                    calls.count();
+                    match docker.inspect_container(&c.id, None).await {
+                        Ok(response) => {
+                            c.inspect = Some(inspect_facts(response));
+                            Ok(Some(c))
+                        }
+                        // Removed between the list and the inspect: gone.
+                        Err(DockerError::DockerResponseServerError {
+                            status_code: 404, ..
+                        }) => Ok(None),
+                        Err(e) => Err(self.classify(e)),
+                    }
+                }
+            })
+            .buffer_unordered(self.config.max_concurrent_inspects.max(1))
+            .try_collect::<Vec<_>>()
+            .await?;
+        let inspects = inspected.len() as u64;
+        facts.extend(inspected.into_iter().flatten());
+        facts.sort_by(|a, b| a.id.cmp(&b.id));
+
+        let mut stats = BTreeMap::new();
+        stats.insert("api_calls".to_string(), calls.total());
+        stats.insert("inspects".to_string(), inspects);
+        Ok(Collected {
+            observations: Observations {
+                containers: facts,
+                ..Default::default()
+            },
+            stats,
+        })
+    }
+}
+
+impl DockerCollector {
+    async fn touched_since(&self, docker: &Docker, since: i64) -> Result<BTreeSet<String>, CollectError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        let options = EventsOptions {
+            // One second of overlap: events are stamped in whole seconds here.
+            since: Some((since - 1).to_string()),
+            until: Some(now.to_string()),
+            filters: Some(HashMap::from([(
+                "type".to_string(),
+                vec!["container".to_string()],
+            )])),
+        };
+        let mut touched = BTreeSet::new();
+        let mut events = docker.events(Some(options));
+        while let Some(event) = events.next().await {
+            let event = event.map_err(|e| self.classify(e))?;
+            if let Some(id) = event.actor.and_then(|a| a.id) {
+                touched.insert(short_id(&id));
+            }
+        }
+        Ok(touched)
+    }
+}
+
+fn list_options() -> ListContainersOptions {
+    ListContainersOptions {
+        all: true,
+        ..Default::default()
+    }
+}
+
+/// The cached inspect facts of a container, when still valid: same state as in
+/// the previous inventory and no event since.
+fn cached_inspect(previous: &Inventory, c: &ContainerFacts, touched: &BTreeSet<String>) -> Option<InspectFacts> {
+    let key = short_id(&c.id);
+    if touched.contains(&key) {
+        return None;
+    }
+    let entry = previous.containers.get(&key)?;
+    (entry.status == c.state).then(|| entry.inspect.clone()).flatten()
+}
+
+/// The image as SPEC.md wants it: first tag, else 12 hex digits of the id.
+fn image_name(summary_image: Option<&str>, image_id: Option<&str>, tags: &HashMap<String, String>) -> String {
+    if let Some(tag) = image_id.and_then(|id| tags.get(id)) {
+        return tag.clone();
+    }
+    let hex = |s: &str| -> String { s.trim_start_matches("sha256:").chars().take(12).collect() };
+    match (image_id, summary_image) {
+        (Some(id), _) if !id.is_empty() => hex(id),
+        (_, Some(image)) => {
+            if image.starts_with("sha256:") {
+                hex(image)
+            } else {
+                image.to_string()
+            }
+        }
+        _ => String::new(),
+    }
+}
+
+fn summary_facts(s: ContainerSummary, tags: &HashMap<String, String>) -> Option<ContainerFacts> {
+    let id = s.id.filter(|id| !id.is_empty())?;
+    let name = s
+        .names
+        .and_then(|n| n.into_iter().next())
+        .map(|n| n.trim_start_matches('/').to_string())
+        .unwrap_or_default();
+    Some(ContainerFacts {
+        name,
+        labels: s.labels.unwrap_or_default().into_iter().collect(),
+        state: s.state.map(|st| st.to_string()).unwrap_or_default(),
+        image: image_name(s.image.as_deref(), s.image_id.as_deref(), tags),
+        inspect: None,
+        collector: String::new(),
+        id,
+    })
+}
+
+fn inspect_facts(r: ContainerInspectResponse) -> InspectFacts {
+    let host = r.host_config.unwrap_or_default();
+    let state = r.state.unwrap_or_default();
+    InspectFacts {
+        runtime: host.runtime.unwrap_or_default(),
+        device_requests: host
+            .device_requests
+            .unwrap_or_default()
+            .into_iter()
+            .map(|d| DeviceRequest {
+                driver: d.driver.unwrap_or_default(),
+                count: d.count.unwrap_or_default(),
+                device_ids: d.device_ids.unwrap_or_default(),
+                capabilities: d.capabilities.unwrap_or_default(),
+            })
+            .collect(),
+        devices: host
+            .devices
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|d| d.path_on_host)
+            .collect(),
+        main_pid: state
+            .pid
+            .and_then(|p| u32::try_from(p).ok())
+            .unwrap_or_default(),
+        config_user: r.config.and_then(|c| c.user).unwrap_or_default(),
+        started_at: state.started_at.unwrap_or_default(),
+    }
+}
+
+fn build(config: PluginConfig<'_>) -> Result<Box<dyn Collector>, ConfigError> {
+    let parsed: DockerConfig = config.parse()?;
+    if parsed.max_concurrent_inspects == 0 {
+        return Err(config.invalid("max_concurrent_inspects", "must be at least 1"));
+    }
+    if let Some(endpoint) = &parsed.endpoint {
+        if !["unix://", "tcp://", "http://"].iter().any(|p| endpoint.starts_with(p)) {
+            return Err(config.invalid("endpoint", "must start with unix://, tcp:// or http://"));
+        }
+    }
+    Ok(Box::new(DockerCollector::new(parsed)))
+}
+
+detect_workloads_core::inventory::submit! {
+    CollectorPlugin {
+        name: "docker",
+        summary: "every Docker container (running or not) with labels, state, image and GPU access",
+        build,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_is_first_tag_else_short_id() {
+        let tags = HashMap::from([("sha256:aaaabbbbccccdddd".to_string(), "ds01/pytorch:latest".to_string())]);
+        assert_eq!(image_name(Some("x"), Some("sha256:aaaabbbbccccdddd"), &tags), "ds01/pytorch:latest");
+        assert_eq!(image_name(Some("sha256:0123456789abcdef"), Some("sha256:0123456789abcdef"), &tags), "0123456789ab");
+        assert_eq!(image_name(Some("busybox"), None, &tags), "busybox");
+        assert_eq!(image_name(Some("sha256:0123456789abcdef"), None, &tags), "0123456789ab");
+    }
+
+    #[test]
+    fn null_host_config_fields_are_empty() {
+        let facts = inspect_facts(ContainerInspectResponse::default());
+        assert_eq!(facts, InspectFacts::default());
+    }
+}

@@ -1,0 +1,184 @@
+//! Transitions between two inventories: the `detection.*` events of SPEC.md.
+
+use serde_json::json;
+
+use crate::model::{Event, Inventory, ProcessEntry};
+
+fn event(now: &str, event_type: &str, user: &str, details: serde_json::Value) -> Event {
+    Event {
+        timestamp: now.to_string(),
+        event_type: event_type.to_string(),
+        user: user.to_string(),
+        details,
+    }
+}
+
+/// Whether two entries with the same PID are the same process (PID + start time;
+/// an entry without a start time, from an older scanner, matches any).
+fn same_process(a: &ProcessEntry, b: &ProcessEntry) -> bool {
+    match (a.start_time, b.start_time) {
+        (Some(x), Some(y)) => x == y,
+        _ => true,
+    }
+}
+
+/// The events that turn `previous` into `current`, stamped `now`.
+pub fn transitions(previous: &Inventory, current: &Inventory, now: &str) -> Vec<Event> {
+    let mut events = Vec::new();
+    for (id, c) in &current.containers {
+        match previous.containers.get(id) {
+            None => events.push(event(
+                now,
+                "detection.container_discovered",
+                &c.user,
+                json!({
+                    "container_id": c.id,
+                    "name": c.name,
+                    "origin": c.origin,
+                    "has_gpu": c.has_gpu,
+                    "image": c.image,
+                }),
+            )),
+            Some(old) if old.status != c.status => events.push(event(
+                now,
+                "detection.container_status_changed",
+                &c.user,
+                json!({
+                    "container_id": c.id,
+                    "name": c.name,
+                    "old_status": old.status,
+                    "new_status": c.status,
+                }),
+            )),
+            Some(_) => {}
+        }
+    }
+    for (id, old) in &previous.containers {
+        if !current.containers.contains_key(id) {
+            events.push(event(
+                now,
+                "detection.container_exited",
+                &old.user,
+                json!({
+                    "container_id": old.id,
+                    "name": old.name,
+                    "origin": old.origin,
+                }),
+            ));
+        }
+    }
+    for (pid, old) in &previous.host_processes {
+        let still = current
+            .host_processes
+            .get(pid)
+            .is_some_and(|new| same_process(old, new));
+        if !still {
+            events.push(event(
+                now,
+                "detection.host_gpu_process_exited",
+                &old.user,
+                json!({ "pid": old.pid, "cmdline": old.cmdline }),
+            ));
+        }
+    }
+    for (pid, new) in &current.host_processes {
+        let known = previous
+            .host_processes
+            .get(pid)
+            .is_some_and(|old| same_process(old, new));
+        if !known {
+            events.push(event(
+                now,
+                "detection.host_gpu_process_discovered",
+                &new.user,
+                json!({
+                    "pid": new.pid,
+                    "cmdline": new.cmdline,
+                    "gpu_memory_mb": new.gpu_memory_mb,
+                    "gpu_uuid": new.gpu_uuid,
+                }),
+            ));
+        }
+    }
+    events
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ContainerEntry;
+
+    fn container(id: &str, status: &str) -> ContainerEntry {
+        ContainerEntry {
+            id: id.into(),
+            name: format!("n-{id}"),
+            origin: "raw-docker".into(),
+            user: "alice".into(),
+            status: status.into(),
+            ..Default::default()
+        }
+    }
+
+    fn process(pid: u32, start: Option<u64>) -> ProcessEntry {
+        ProcessEntry {
+            pid,
+            user: "bob".into(),
+            cmdline: "python3 x.py".into(),
+            gpu_memory_mb: Some(10),
+            gpu_uuid: "GPU-1".into(),
+            start_time: start,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn container_and_process_transitions() {
+        let mut prev = Inventory::default();
+        prev.containers.insert("a".into(), container("a", "running"));
+        prev.containers.insert("b".into(), container("b", "running"));
+        prev.host_processes.insert("10".into(), process(10, Some(5)));
+        prev.host_processes.insert("11".into(), process(11, None));
+        let mut cur = Inventory::default();
+        cur.containers.insert("a".into(), container("a", "exited"));
+        cur.containers.insert("c".into(), container("c", "created"));
+        cur.host_processes.insert("10".into(), process(10, Some(6)));
+        cur.host_processes.insert("11".into(), process(11, Some(9)));
+        let types: Vec<_> = transitions(&prev, &cur, "t")
+            .into_iter()
+            .map(|e| (e.event_type, e.details.to_string()))
+            .collect();
+        assert_eq!(
+            types,
+            [
+                (
+                    "detection.container_status_changed".to_string(),
+                    r#"{"container_id":"a","name":"n-a","old_status":"running","new_status":"exited"}"#.to_string()
+                ),
+                (
+                    "detection.container_discovered".to_string(),
+                    r#"{"container_id":"c","name":"n-c","origin":"raw-docker","has_gpu":false,"image":""}"#.to_string()
+                ),
+                (
+                    "detection.container_exited".to_string(),
+                    r#"{"container_id":"b","name":"n-b","origin":"raw-docker"}"#.to_string()
+                ),
+                (
+                    "detection.host_gpu_process_exited".to_string(),
+                    r#"{"pid":10,"cmdline":"python3 x.py"}"#.to_string()
+                ),
+                (
+                    "detection.host_gpu_process_discovered".to_string(),
+                    r#"{"pid":10,"cmdline":"python3 x.py","gpu_memory_mb":10,"gpu_uuid":"GPU-1"}"#.to_string()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn identical_inventories_have_no_transitions() {
+        let mut inv = Inventory::default();
+        inv.containers.insert("a".into(), container("a", "running"));
+        inv.host_processes.insert("10".into(), process(10, Some(5)));
+        assert!(transitions(&inv, &inv, "t").is_empty());
+    }
+}

@@ -1,0 +1,112 @@
+//! Sink `stdout`: prints the inventory to standard output (JSON, or a table for
+//! people). `--sink stdout` / `--dry-run` use it: nothing is written to disk and
+//! no event is emitted. Needs nothing.
+
+use std::fmt::Write as _;
+use std::io::Write;
+
+use detect_workloads_core::async_trait;
+use detect_workloads_core::config::{ConfigError, PluginConfig};
+use detect_workloads_core::model::Inventory;
+use detect_workloads_core::plugin::{ScanOutput, Sink, SinkError, SinkPlugin};
+use serde::Deserialize;
+
+/// Output format.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// The inventory JSON, as the inventory file holds it.
+    #[default]
+    Json,
+    /// One line per workload.
+    Table,
+}
+
+/// `[[sinks.stdout]]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StdoutConfig {
+    /// `json` or `table`.
+    pub format: Format,
+}
+
+/// The `stdout` sink.
+#[derive(Debug)]
+pub struct Stdout {
+    config: StdoutConfig,
+}
+
+/// The inventory as a table.
+pub fn table(inv: &Inventory) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<12}  {:<24}  {:<12}  {:<12}  {:<10}  {:<5}  GPUS",
+        "CONTAINER", "NAME", "ORIGIN", "USER", "STATUS", "GPU"
+    );
+    for c in inv.containers.values() {
+        let _ = writeln!(
+            out,
+            "{:<12}  {:<24}  {:<12}  {:<12}  {:<10}  {:<5}  {}",
+            c.id,
+            c.name,
+            c.origin,
+            c.user,
+            c.status,
+            if c.has_gpu { "yes" } else { "no" },
+            c.gpu_devices.join(",")
+        );
+    }
+    let _ = writeln!(out, "\n{:<8}  {:<12}  {:>8}  {:<40}  CMDLINE", "PID", "USER", "MIB", "GPU");
+    for (pending, p) in inv
+        .host_processes
+        .values()
+        .map(|p| (false, p))
+        .chain(inv.pending_processes.values().map(|p| (true, p)))
+    {
+        let memory = p.gpu_memory_mb.map_or_else(|| "?".to_string(), |m| m.to_string());
+        let cmdline: String = p.cmdline.chars().take(60).collect();
+        let _ = writeln!(
+            out,
+            "{:<8}  {:<12}  {:>8}  {:<40}  {}{}",
+            p.pid,
+            p.user,
+            memory,
+            p.gpu_uuid,
+            cmdline,
+            if pending { "  (pending)" } else { "" }
+        );
+    }
+    out
+}
+
+#[async_trait]
+impl Sink for Stdout {
+    async fn deliver(&self, out: &ScanOutput<'_>) -> Result<(), SinkError> {
+        let text = match self.config.format {
+            Format::Json => serde_json::to_string_pretty(out.inventory)
+                .map_err(|e| SinkError(format!("cannot encode the inventory: {e}")))?
+                + "\n",
+            Format::Table => table(out.inventory),
+        };
+        let mut stdout = std::io::stdout().lock();
+        stdout
+            .write_all(text.as_bytes())
+            .and_then(|()| stdout.flush())
+            .map_err(|e| SinkError(format!("cannot write to standard output: {e}")))
+    }
+}
+
+fn build(config: PluginConfig<'_>) -> Result<Box<dyn Sink>, ConfigError> {
+    Ok(Box::new(Stdout {
+        config: config.parse()?,
+    }))
+}
+
+detect_workloads_core::inventory::submit! {
+    SinkPlugin {
+        name: "stdout",
+        summary: "prints the inventory (json or table); --sink stdout is the dry run",
+        build,
+    }
+}
