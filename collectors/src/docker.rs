@@ -107,7 +107,10 @@ impl DockerCollector {
                 self.endpoint
             )),
             DockerError::JsonDataError { .. } | DockerError::JsonSerdeError { .. } => {
-                CollectError::Failed(format!("engine at {} sent unreadable data: {e}", self.endpoint))
+                CollectError::Failed(format!(
+                    "engine at {} sent unreadable data: {e}",
+                    self.endpoint
+                ))
             }
             other => CollectError::Unavailable(format!("engine at {}: {other}", self.endpoint)),
         }
@@ -150,7 +153,10 @@ impl Collector for DockerCollector {
             Err(e) if version_refused(&e) => {
                 debug!("engine refused API 1.41; negotiating");
                 calls.count();
-                docker = docker.negotiate_version().await.map_err(|e| self.classify(e))?;
+                docker = docker
+                    .negotiate_version()
+                    .await
+                    .map_err(|e| self.classify(e))?;
                 calls.count();
                 docker.list_containers(Some(list_options())).await
             }
@@ -165,7 +171,12 @@ impl Collector for DockerCollector {
             .map_err(|e| self.classify(e))?;
         let tags: HashMap<String, String> = images
             .into_iter()
-            .filter_map(|i| Some((i.id, i.repo_tags.into_iter().find(|t| t != "<none>:<none>")?)))
+            .filter_map(|i| {
+                Some((
+                    i.id,
+                    i.repo_tags.into_iter().find(|t| t != "<none>:<none>")?,
+                ))
+            })
             .collect();
 
         // Containers with events since the previous scan need a fresh inspect.
@@ -231,7 +242,11 @@ impl Collector for DockerCollector {
 }
 
 impl DockerCollector {
-    async fn touched_since(&self, docker: &Docker, since: i64) -> Result<BTreeSet<String>, CollectError> {
+    async fn touched_since(
+        &self,
+        docker: &Docker,
+        since: i64,
+    ) -> Result<BTreeSet<String>, CollectError> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -266,17 +281,27 @@ fn list_options() -> ListContainersOptions {
 
 /// The cached inspect facts of a container, when still valid: same state as in
 /// the previous inventory and no event since.
-fn cached_inspect(previous: &Inventory, c: &ContainerFacts, touched: &BTreeSet<String>) -> Option<InspectFacts> {
+fn cached_inspect(
+    previous: &Inventory,
+    c: &ContainerFacts,
+    touched: &BTreeSet<String>,
+) -> Option<InspectFacts> {
     let key = short_id(&c.id);
     if touched.contains(&key) {
         return None;
     }
     let entry = previous.containers.get(&key)?;
-    (entry.status == c.state).then(|| entry.inspect.clone()).flatten()
+    (entry.status == c.state)
+        .then(|| entry.inspect.clone())
+        .flatten()
 }
 
 /// The image as SPEC.md wants it: first tag, else 12 hex digits of the id.
-fn image_name(summary_image: Option<&str>, image_id: Option<&str>, tags: &HashMap<String, String>) -> String {
+fn image_name(
+    summary_image: Option<&str>,
+    image_id: Option<&str>,
+    tags: &HashMap<String, String>,
+) -> String {
     if let Some(tag) = image_id.and_then(|id| tags.get(id)) {
         return tag.clone();
     }
@@ -349,7 +374,10 @@ fn build(config: PluginConfig<'_>) -> Result<Box<dyn Collector>, ConfigError> {
         return Err(config.invalid("max_concurrent_inspects", "must be at least 1"));
     }
     if let Some(endpoint) = &parsed.endpoint {
-        if !["unix://", "tcp://", "http://"].iter().any(|p| endpoint.starts_with(p)) {
+        if !["unix://", "tcp://", "http://"]
+            .iter()
+            .any(|p| endpoint.starts_with(p))
+        {
             return Err(config.invalid("endpoint", "must start with unix://, tcp:// or http://"));
         }
     }
@@ -370,11 +398,27 @@ mod tests {
 
     #[test]
     fn image_is_first_tag_else_short_id() {
-        let tags = HashMap::from([("sha256:aaaabbbbccccdddd".to_string(), "ds01/pytorch:latest".to_string())]);
-        assert_eq!(image_name(Some("x"), Some("sha256:aaaabbbbccccdddd"), &tags), "ds01/pytorch:latest");
-        assert_eq!(image_name(Some("sha256:0123456789abcdef"), Some("sha256:0123456789abcdef"), &tags), "0123456789ab");
+        let tags = HashMap::from([(
+            "sha256:aaaabbbbccccdddd".to_string(),
+            "ds01/pytorch:latest".to_string(),
+        )]);
+        assert_eq!(
+            image_name(Some("x"), Some("sha256:aaaabbbbccccdddd"), &tags),
+            "ds01/pytorch:latest"
+        );
+        assert_eq!(
+            image_name(
+                Some("sha256:0123456789abcdef"),
+                Some("sha256:0123456789abcdef"),
+                &tags
+            ),
+            "0123456789ab"
+        );
         assert_eq!(image_name(Some("busybox"), None, &tags), "busybox");
-        assert_eq!(image_name(Some("sha256:0123456789abcdef"), None, &tags), "0123456789ab");
+        assert_eq!(
+            image_name(Some("sha256:0123456789abcdef"), None, &tags),
+            "0123456789ab"
+        );
     }
 
     #[test]

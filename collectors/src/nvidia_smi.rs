@@ -68,7 +68,11 @@ pub fn parse_compute_apps(text: &str) -> Result<Vec<GpuProcess>, String> {
         }
         let fields: Vec<&str> = line.split(',').map(str::trim).collect();
         let [pid, memory, uuid] = fields.as_slice() else {
-            return Err(format!("line {}: expected 3 fields, got {:?}", n + 1, clip(line)));
+            return Err(format!(
+                "line {}: expected 3 fields, got {:?}",
+                n + 1,
+                clip(line)
+            ));
         };
         let pid: u32 = pid
             .parse()
@@ -134,21 +138,26 @@ impl Collector for NvidiaSmi {
             .kill_on_drop(true);
         let child = command.spawn().map_err(|e| {
             let what = format!("cannot run {:?}: {e}", self.config.command);
-            if e.kind() == std::io::ErrorKind::NotFound || e.kind() == std::io::ErrorKind::PermissionDenied {
+            if e.kind() == std::io::ErrorKind::NotFound
+                || e.kind() == std::io::ErrorKind::PermissionDenied
+            {
                 CollectError::Unavailable(what)
             } else {
                 CollectError::Failed(what)
             }
         })?;
         let _group = GroupGuard(child.id().and_then(|id| i32::try_from(id).ok()));
-        let output = child
-            .wait_with_output()
-            .await
-            .map_err(|e| CollectError::Failed(format!("waiting for {:?}: {e}", self.config.command)))?;
+        let output = child.wait_with_output().await.map_err(|e| {
+            CollectError::Failed(format!("waiting for {:?}: {e}", self.config.command))
+        })?;
         if !output.status.success() {
             let stderr = String::from_utf8_lossy(&output.stderr);
             let stdout = String::from_utf8_lossy(&output.stdout);
-            let said = if stderr.trim().is_empty() { stdout } else { stderr };
+            let said = if stderr.trim().is_empty() {
+                stdout
+            } else {
+                stderr
+            };
             return Err(CollectError::Failed(format!(
                 "{} exited with {}: {}",
                 self.config.command,
@@ -157,8 +166,12 @@ impl Collector for NvidiaSmi {
             )));
         }
         let text = String::from_utf8_lossy(&output.stdout);
-        let gpu_processes = parse_compute_apps(&text)
-            .map_err(|e| CollectError::Failed(format!("unreadable output from {}: {e}", self.config.command)))?;
+        let gpu_processes = parse_compute_apps(&text).map_err(|e| {
+            CollectError::Failed(format!(
+                "unreadable output from {}: {e}",
+                self.config.command
+            ))
+        })?;
         Ok(Collected {
             observations: Observations {
                 gpu_processes,
@@ -189,7 +202,10 @@ detect_workloads_core::inventory::submit! {
 mod tests {
     use super::*;
 
-    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures/gpu/h100-driver-580");
+    const FIXTURES: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/fixtures/gpu/h100-driver-580"
+    );
 
     fn fixture(name: &str) -> String {
         std::fs::read_to_string(format!("{FIXTURES}/{name}")).expect("fixture present")
@@ -222,7 +238,8 @@ mod tests {
 
     #[test]
     fn unknown_memory_is_kept_as_unknown() {
-        let apps = parse_compute_apps("12, [N/A], GPU-a\n13, [Not Supported], GPU-b\n").expect("parses");
+        let apps =
+            parse_compute_apps("12, [N/A], GPU-a\n13, [Not Supported], GPU-b\n").expect("parses");
         assert_eq!(apps.len(), 2);
         assert!(apps.iter().all(|a| a.used_memory_mib.is_none()));
     }
@@ -232,7 +249,14 @@ mod tests {
         // The header variant has units and five fields: not what was asked for.
         assert!(parse_compute_apps(&fixture("query-compute-apps-header.csv")).is_err());
         assert!(parse_compute_apps(&fixture("nvidia-smi.txt")).is_err());
-        for bad in ["abc, 1, GPU-x", "1, 2", "1, lots, GPU-x", "1, 2, ", "-1, 2, GPU-x", "\u{0}\u{1}"] {
+        for bad in [
+            "abc, 1, GPU-x",
+            "1, 2",
+            "1, lots, GPU-x",
+            "1, 2, ",
+            "-1, 2, GPU-x",
+            "\u{0}\u{1}",
+        ] {
             assert!(parse_compute_apps(bad).is_err(), "{bad:?}");
         }
     }

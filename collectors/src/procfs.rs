@@ -51,7 +51,12 @@ pub fn parse_stat(text: &str) -> Option<(String, u64)> {
     let close = text.rfind(')')?;
     let comm = text.get(open + 1..close)?.to_string();
     // After ") ": field 3 (state) is index 0, so field 22 is index 19.
-    let start = text.get(close + 1..)?.split_whitespace().nth(19)?.parse().ok()?;
+    let start = text
+        .get(close + 1..)?
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()?;
     Some((comm, start))
 }
 
@@ -109,7 +114,9 @@ fn hex_id(segment: &str) -> Option<String> {
     let bytes = segment.as_bytes();
     (0..bytes.len().saturating_sub(63)).find_map(|i| {
         let window = segment.get(i..i + 64)?;
-        let hex = window.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let hex = window
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         let bounded = bytes.get(i + 64).is_none_or(|b| !b.is_ascii_hexdigit());
         (hex && bounded).then(|| window.to_string())
     })
@@ -120,7 +127,9 @@ fn read_proc_file(dir: &Path, name: &str) -> Result<Option<Vec<u8>>, std::io::Er
     match std::fs::read(dir.join(name)) {
         Ok(bytes) => Ok(Some(bytes)),
         // ESRCH shows up when the process exits while being read.
-        Err(e) if e.kind() == ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) => Ok(None),
+        Err(e) if e.kind() == ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) => {
+            Ok(None)
+        }
         Err(e) => Err(e),
     }
 }
@@ -141,7 +150,9 @@ pub fn read_process(root: &Path, pid: u32) -> Option<(ProcessFacts, CgroupInfo)>
     let (comm, start_time) = parse_stat(&String::from_utf8_lossy(&stat))?;
     let uid = parse_status_uid(&String::from_utf8_lossy(&read("status")?))?;
     let cmdline_bytes = read("cmdline").unwrap_or_default();
-    let cgroup = read("cgroup").map(|b| parse_cgroup(&String::from_utf8_lossy(&b))).unwrap_or_default();
+    let cgroup = read("cgroup")
+        .map(|b| parse_cgroup(&String::from_utf8_lossy(&b)))
+        .unwrap_or_default();
     let mut cmdline = cmdline_text(&cmdline_bytes);
     if cmdline.is_empty() {
         cmdline = format!("[{comm}]");
@@ -174,7 +185,10 @@ impl Collector for Procfs {
     async fn collect(&self, ctx: &CollectContext<'_>) -> Result<Collected, CollectError> {
         let root = &self.config.root;
         if let Err(e) = std::fs::read_dir(root) {
-            return Err(CollectError::Unavailable(format!("cannot read {}: {e}", root.display())));
+            return Err(CollectError::Unavailable(format!(
+                "cannot read {}: {e}",
+                root.display()
+            )));
         }
         let mut processes = BTreeMap::new();
         for pid in ctx.observed.pids_of_interest() {
@@ -197,7 +211,9 @@ impl Collector for Procfs {
 }
 
 fn build(config: PluginConfig<'_>) -> Result<Box<dyn Collector>, ConfigError> {
-    Ok(Box::new(Procfs { config: config.parse()? }))
+    Ok(Box::new(Procfs {
+        config: config.parse()?,
+    }))
 }
 
 detect_workloads_core::inventory::submit! {
@@ -217,7 +233,10 @@ mod tests {
     #[test]
     fn stat_with_odd_names() {
         let tail = "S 1 1 1 0 -1 4194560 100 0 0 0 5 3 0 0 20 0 1 0 987654 1000 100";
-        assert_eq!(parse_stat(&format!("447 (python3) {tail}")), Some(("python3".into(), 987654)));
+        assert_eq!(
+            parse_stat(&format!("447 (python3) {tail}")),
+            Some(("python3".into(), 987654))
+        );
         assert_eq!(
             parse_stat(&format!("9 (a) b (c)) {tail}")),
             Some(("a) b (c)".into(), 987654))
@@ -236,7 +255,10 @@ mod tests {
 
     #[test]
     fn cmdline_nul_and_invalid_utf8() {
-        assert_eq!(cmdline_text(b"python3\0train.py\0--epochs\x0010\0"), "python3 train.py --epochs 10");
+        assert_eq!(
+            cmdline_text(b"python3\0train.py\0--epochs\x0010\0"),
+            "python3 train.py --epochs 10"
+        );
         assert_eq!(cmdline_text(b"a b\0\xff\xfe\0"), "a b \u{fffd}\u{fffd}");
         assert_eq!(cmdline_text(b""), "");
     }
@@ -248,7 +270,8 @@ mod tests {
         let v2_docker_systemd = format!("0::/system.slice/docker-{ID}.scope\n");
         let v2_docker_cgroupfs = format!("0::/docker/{ID}\n");
         let v1 = format!("12:pids:/docker/{ID}\n11:memory:/docker/{ID}\n0::/\n");
-        let cri = format!("0::/kubepods.slice/kubepods-besteffort.slice/cri-containerd-{ID}.scope\n");
+        let cri =
+            format!("0::/kubepods.slice/kubepods-besteffort.slice/cri-containerd-{ID}.scope\n");
         let podman = format!("0::/machine.slice/libpod-{ID}.scope/container\n");
         for text in [v2_docker_systemd, v2_docker_cgroupfs, v1, cri, podman] {
             let info = parse_cgroup(&text);
@@ -267,12 +290,19 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("447");
         std::fs::create_dir(&p).expect("mkdir");
-        std::fs::write(p.join("stat"), "447 (python3) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 555 0 0").expect("w");
+        std::fs::write(
+            p.join("stat"),
+            "447 (python3) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 555 0 0",
+        )
+        .expect("w");
         std::fs::write(p.join("status"), "Uid:\t0\t0\t0\t0\n").expect("w");
         std::fs::write(p.join("cmdline"), b"python3\0-c\0x\0").expect("w");
         std::fs::write(p.join("cgroup"), "0::/\n").expect("w");
         let (facts, _) = read_process(dir.path(), 447).expect("read");
-        assert_eq!((facts.uid, facts.start_time, facts.cmdline.as_str()), (0, 555, "python3 -c x"));
+        assert_eq!(
+            (facts.uid, facts.start_time, facts.cmdline.as_str()),
+            (0, 555, "python3 -c x")
+        );
         assert!(read_process(dir.path(), 448).is_none());
     }
 }

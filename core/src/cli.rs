@@ -173,7 +173,13 @@ pub fn describe(config: &Config) -> String {
     );
     out += &format!(
         "sinks: {}\n",
-        names(config.delivery_sinks().iter().map(|s| s.name.as_str()).collect())
+        names(
+            config
+                .delivery_sinks()
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect()
+        )
     );
     out
 }

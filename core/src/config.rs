@@ -58,7 +58,11 @@ impl Source<'_> {
             + 1
     }
 
-    fn error(&self, span: Option<std::ops::Range<usize>>, message: impl Into<String>) -> ConfigError {
+    fn error(
+        &self,
+        span: Option<std::ops::Range<usize>>,
+        message: impl Into<String>,
+    ) -> ConfigError {
         ConfigError {
             file: self.file.to_string(),
             line: span.map(|s| self.line_of(s.start)),
@@ -66,14 +70,17 @@ impl Source<'_> {
         }
     }
 
-    /// The line where `key = ...` is written inside `span`, if it is there.
+    /// The line where `key = ...` is written in the table starting at `span`
+    /// (its body runs to the next table header).
     fn key_line(&self, span: &std::ops::Range<usize>, key: &str) -> Option<usize> {
         let start = span.start.min(self.text.len());
-        let end = span.end.min(self.text.len());
-        let body = self.text.get(start..end)?;
+        let body = self.text.get(start..)?;
         let mut offset = start;
-        for line in body.split_inclusive('\n') {
+        for (n, line) in body.split_inclusive('\n').enumerate() {
             let trimmed = line.trim_start();
+            if n > 0 && trimmed.starts_with('[') && offset >= span.end {
+                break;
+            }
             let bare = trimmed.trim_start_matches(['"', '\'']);
             if let Some(rest) = bare.strip_prefix(key) {
                 let rest = rest.trim_start_matches(['"', '\'']).trim_start();
@@ -201,6 +208,28 @@ pub fn choose_config(cli: Option<&Path>) -> Option<PathBuf> {
     }
     let default = Path::new(DEFAULT_CONFIG_PATH);
     default.exists().then(|| default.to_path_buf())
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names = |list: Vec<&str>| list.join(", ");
+        f.debug_struct("Config")
+            .field("origin", &self.origin)
+            .field("agent", &self.agent)
+            .field(
+                "collectors",
+                &names(self.collectors.iter().map(|c| c.name.as_str()).collect()),
+            )
+            .field(
+                "stages",
+                &names(self.stages.iter().map(|c| c.name.as_str()).collect()),
+            )
+            .field(
+                "sinks",
+                &names(self.sinks.iter().map(|c| c.name.as_str()).collect()),
+            )
+            .finish()
+    }
 }
 
 impl Config {
@@ -332,7 +361,11 @@ fn plugin_tables<'i>(
                     if !item.get_ref().is_table() {
                         return Err(source.error(
                             Some(item.span()),
-                            format!("[[{}.{}]] entries must be tables", kind.section(), name.get_ref()),
+                            format!(
+                                "[[{}.{}]] entries must be tables",
+                                kind.section(),
+                                name.get_ref()
+                            ),
                         ));
                     }
                     out.push((name_owned.clone(), item.clone()));
@@ -370,7 +403,10 @@ fn plugin_config<'i>(
 }
 
 fn unknown_plugin(source: Source<'_>, kind: PluginKind, name: &Spanned<String>) -> ConfigError {
-    source.error(Some(name.span()), unknown_plugin_message(kind, name.get_ref()))
+    source.error(
+        Some(name.span()),
+        unknown_plugin_message(kind, name.get_ref()),
+    )
 }
 
 /// The message for a plugin name that is not registered, listing the known ones.
@@ -406,7 +442,10 @@ fn build_sink_override(
             line: None,
             message: unknown_plugin_message(PluginKind::Sink, wanted),
         })?;
-        if out.iter().any(|i: &Instance<dyn Sink>| i.kind == plugin.name) {
+        if out
+            .iter()
+            .any(|i: &Instance<dyn Sink>| i.kind == plugin.name)
+        {
             continue;
         }
         let table = configured
@@ -414,9 +453,14 @@ fn build_sink_override(
             .find(|(name, _)| name.get_ref() == plugin.name)
             .map(|(_, table)| table.clone());
         let built = match table {
-            Some(table) => (plugin.build)(plugin_config(source, PluginKind::Sink, plugin.name, table))?,
+            Some(table) => {
+                (plugin.build)(plugin_config(source, PluginKind::Sink, plugin.name, table))?
+            }
             None => {
-                let empty = Source { file: "--sink", text: "{}" };
+                let empty = Source {
+                    file: "--sink",
+                    text: "{}",
+                };
                 let value = DeValue::parse("{}").map_err(|e| empty.error(None, e.message()))?;
                 (plugin.build)(plugin_config(empty, PluginKind::Sink, plugin.name, value))?
             }

@@ -134,9 +134,12 @@ mod tests {
     #[test]
     fn container_and_process_transitions() {
         let mut prev = Inventory::default();
-        prev.containers.insert("a".into(), container("a", "running"));
-        prev.containers.insert("b".into(), container("b", "running"));
-        prev.host_processes.insert("10".into(), process(10, Some(5)));
+        prev.containers
+            .insert("a".into(), container("a", "running"));
+        prev.containers
+            .insert("b".into(), container("b", "running"));
+        prev.host_processes
+            .insert("10".into(), process(10, Some(5)));
         prev.host_processes.insert("11".into(), process(11, None));
         let mut cur = Inventory::default();
         cur.containers.insert("a".into(), container("a", "exited"));

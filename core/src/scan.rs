@@ -169,7 +169,12 @@ async fn run_collectors(
             left.iter().any(|&j| {
                 let o = &collectors[j];
                 j != i
-                    && (o.plugin.provides().iter().any(|k| c.plugin.needs().contains(k))
+                    && o.kind != c.kind
+                    && (o
+                        .plugin
+                        .provides()
+                        .iter()
+                        .any(|k| c.plugin.needs().contains(k))
                         || c.plugin.fallback_for() == Some(o.kind))
             })
         };
@@ -179,8 +184,8 @@ async fn run_collectors(
             .filter(|&i| !waiting(i, &remaining))
             .collect();
         if ready.is_empty() {
-            // A dependency cycle: run everything left rather than nothing.
-            ready = remaining.clone();
+            // A dependency cycle: break it at the first collector left.
+            ready = remaining[..1].to_vec();
         }
         remaining.retain(|i| !ready.contains(i));
         let ready = ready.into_iter().map(|i| &collectors[i]);
@@ -257,7 +262,8 @@ async fn run_collectors(
         }
     }
 
-    let failed = |c: &Instance<dyn Collector>| !outcome.get(c.name.as_str()).copied().unwrap_or(false);
+    let failed =
+        |c: &Instance<dyn Collector>| !outcome.get(c.name.as_str()).copied().unwrap_or(false);
     let provides = |c: &Instance<dyn Collector>, k: FactKind| c.plugin.provides().contains(&k);
     let failed_container_sources = collectors
         .iter()
@@ -268,7 +274,9 @@ async fn run_collectors(
     let covered = |c: &Instance<dyn Collector>| {
         collectors.iter().any(|o| {
             o.plugin.fallback_for() == Some(c.kind)
-                && reports.get(&o.name).is_some_and(|r| r.ok && r.skipped.is_none())
+                && reports
+                    .get(&o.name)
+                    .is_some_and(|r| r.ok && r.skipped.is_none())
         })
     };
     let gpu_known = collectors
@@ -366,7 +374,10 @@ fn build_workset(observed: &Observations, previous: &Inventory, now: &str) -> Wo
     let mut processes = Vec::new();
     for (pid, gpus) in by_pid {
         let Some(facts) = observed.processes.get(&pid) else {
-            debug!(pid, "GPU process gone from /proc before it could be read; skipped");
+            debug!(
+                pid,
+                "GPU process gone from /proc before it could be read; skipped"
+            );
             continue;
         };
         if facts.in_container {
@@ -379,8 +390,12 @@ fn build_workset(observed: &Observations, previous: &Inventory, now: &str) -> Wo
         let seen_before = confirmed.or_else(|| previous.pending_processes.get(&key).filter(same));
         let first = gpus[0];
         let known: Vec<u64> = gpus.iter().filter_map(|g| g.used_memory_mib).collect();
-        let mut uuids: Vec<String> = gpus.iter().map(|g| g.gpu_uuid.clone()).collect();
-        uuids.dedup();
+        let mut uuids: Vec<String> = Vec::new();
+        for g in &gpus {
+            if !uuids.contains(&g.gpu_uuid) {
+                uuids.push(g.gpu_uuid.clone());
+            }
+        }
         let entry = ProcessEntry {
             pid,
             user: facts.user.clone(),
@@ -422,7 +437,9 @@ fn assemble(
 ) -> Inventory {
     let mut inventory = Inventory::default();
     for draft in work.containers {
-        inventory.containers.insert(draft.entry.id.clone(), draft.entry);
+        inventory
+            .containers
+            .insert(draft.entry.id.clone(), draft.entry);
     }
     if !run.failed_container_sources.is_empty() {
         // Entries from before the source was recorded belong to the first one.
@@ -464,4 +481,3 @@ fn assemble(
     }
     inventory
 }
-

@@ -99,7 +99,10 @@ impl Sink for EventLog {
             return Ok(());
         }
         let fail = |what: &str, e: &dyn std::fmt::Display| {
-            SinkError(format!("cannot {what} event log {}: {e}", self.path.display()))
+            SinkError(format!(
+                "cannot {what} event log {}: {e}",
+                self.path.display()
+            ))
         };
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| fail("create the directory of", &e))?;
@@ -115,7 +118,10 @@ impl Sink for EventLog {
             // One write per line: with O_APPEND the kernel places it whole.
             let written = file.write(&line).map_err(|e| fail("append to", &e))?;
             if written != line.len() {
-                return Err(fail("append to", &format!("short write ({written} of {} bytes)", line.len())));
+                return Err(fail(
+                    "append to",
+                    &format!("short write ({written} of {} bytes)", line.len()),
+                ));
             }
         }
         Ok(())
@@ -157,7 +163,8 @@ mod tests {
 
     #[test]
     fn envelope_is_compact_and_ordered() {
-        let line = event_line(&event("alice", "python3 train.py"), "detect-workloads").expect("encodes");
+        let line =
+            event_line(&event("alice", "python3 train.py"), "detect-workloads").expect("encodes");
         assert_eq!(
             String::from_utf8(line).expect("utf8"),
             "{\"timestamp\":\"2026-11-26T06:12:19Z\",\"event_type\":\"detection.host_gpu_process_discovered\",\"schema_version\":\"1\",\"user\":\"alice\",\"source\":\"detect-workloads\",\"details\":{\"pid\":447,\"cmdline\":\"python3 train.py\"}}\n"
@@ -174,7 +181,8 @@ mod tests {
         let value: serde_json::Value = serde_json::from_slice(&line).expect("valid json");
         assert_eq!(value["details"]["truncated"], true);
         assert!(value["details"]["original_size"].as_u64().expect("size") > 20_000);
-        let absurd = event_line(&event(&"u".repeat(10_000), "x"), &"s".repeat(10_000)).expect("encodes");
+        let absurd =
+            event_line(&event(&"u".repeat(10_000), "x"), &"s".repeat(10_000)).expect("encodes");
         assert!(absurd.len() < MAX_LINE);
     }
 }

@@ -77,7 +77,8 @@ impl InventoryFile {
     /// Writes `bytes` to the file atomically and durably.
     pub fn write_atomically(&self, bytes: &[u8]) -> Result<(), String> {
         let dir = parent_of(&self.path);
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let mut tmp_name = std::ffi::OsString::from(".");
         tmp_name.push(self.path.file_name().unwrap_or_default());
         tmp_name.push(format!(".tmp.{}", std::process::id()));
@@ -107,8 +108,12 @@ impl InventoryFile {
         let mut name = self.path.file_name().unwrap_or_default().to_os_string();
         name.push(format!(".corrupt-{stamp}"));
         let aside = self.path.with_file_name(name);
-        std::fs::rename(&self.path, &aside)
-            .map_err(|e| format!("{} is corrupt ({why}) and cannot be moved aside: {e}", self.path.display()))?;
+        std::fs::rename(&self.path, &aside).map_err(|e| {
+            format!(
+                "{} is corrupt ({why}) and cannot be moved aside: {e}",
+                self.path.display()
+            )
+        })?;
         warn!(
             "{} is corrupt ({why}); moved to {} and scanning as a first scan",
             self.path.display(),
@@ -161,7 +166,8 @@ impl StateStore for InventoryFile {
                 return Ok(Box::new(HeldLock(file)));
             }
             let err = std::io::Error::last_os_error();
-            if err.raw_os_error() != Some(libc::EWOULDBLOCK) && err.kind() != ErrorKind::Interrupted {
+            if err.raw_os_error() != Some(libc::EWOULDBLOCK) && err.kind() != ErrorKind::Interrupted
+            {
                 return Err(format!("cannot lock {}: {err}", path.display()));
             }
             if start.elapsed() >= wait {
@@ -196,8 +202,12 @@ impl Sink for InventoryFile {
 
 fn build(config: PluginConfig<'_>) -> Result<Box<dyn Sink>, ConfigError> {
     let parsed: InventoryFileConfig = config.parse()?;
-    let mode = parse_mode(&parsed.mode)
-        .ok_or_else(|| config.invalid("mode", format!("{:?} is not an octal mode such as \"0644\"", parsed.mode)))?;
+    let mode = parse_mode(&parsed.mode).ok_or_else(|| {
+        config.invalid(
+            "mode",
+            format!("{:?} is not an octal mode such as \"0644\"", parsed.mode),
+        )
+    })?;
     if parsed.path.as_os_str().is_empty() {
         return Err(config.invalid("path", "must not be empty"));
     }
@@ -231,7 +241,8 @@ mod tests {
         let path = dir.path().join("sub/inv.json");
         let sink = InventoryFile::new(path.clone(), 0o640);
         sink.write_atomically(b"{}\n").expect("write");
-        sink.write_atomically(b"{\"containers\":{}}\n").expect("overwrite");
+        sink.write_atomically(b"{\"containers\":{}}\n")
+            .expect("overwrite");
         let meta = std::fs::metadata(&path).expect("exists");
         assert_eq!(meta.permissions().mode() & 0o7777, 0o640);
         let names: Vec<_> = std::fs::read_dir(path.parent().expect("parent"))
@@ -253,7 +264,10 @@ mod tests {
             .expect("ls")
             .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
             .collect();
-        assert!(moved.iter().any(|n| n.starts_with("inv.json.corrupt-")), "{moved:?}");
+        assert!(
+            moved.iter().any(|n| n.starts_with("inv.json.corrupt-")),
+            "{moved:?}"
+        );
     }
 
     #[test]
@@ -261,7 +275,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let sink = InventoryFile::new(dir.path().join("inv.json"), 0o644);
         let held = sink.lock(Duration::from_millis(10)).expect("first lock");
-        let err = sink.lock(Duration::from_millis(120)).err().expect("second must fail");
+        let err = match sink.lock(Duration::from_millis(120)) {
+            Ok(_) => panic!("a second lock must not be granted"),
+            Err(e) => e,
+        };
         assert!(err.contains("another scan"), "{err}");
         drop(held);
         assert!(sink.lock(Duration::from_millis(10)).is_ok());

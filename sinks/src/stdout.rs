@@ -57,14 +57,20 @@ pub fn table(inv: &Inventory) -> String {
             c.gpu_devices.join(",")
         );
     }
-    let _ = writeln!(out, "\n{:<8}  {:<12}  {:>8}  {:<40}  CMDLINE", "PID", "USER", "MIB", "GPU");
+    let _ = writeln!(
+        out,
+        "\n{:<8}  {:<12}  {:>8}  {:<40}  CMDLINE",
+        "PID", "USER", "MIB", "GPU"
+    );
     for (pending, p) in inv
         .host_processes
         .values()
         .map(|p| (false, p))
         .chain(inv.pending_processes.values().map(|p| (true, p)))
     {
-        let memory = p.gpu_memory_mb.map_or_else(|| "?".to_string(), |m| m.to_string());
+        let memory = p
+            .gpu_memory_mb
+            .map_or_else(|| "?".to_string(), |m| m.to_string());
         let cmdline: String = p.cmdline.chars().take(60).collect();
         let _ = writeln!(
             out,
@@ -84,9 +90,11 @@ pub fn table(inv: &Inventory) -> String {
 impl Sink for Stdout {
     async fn deliver(&self, out: &ScanOutput<'_>) -> Result<(), SinkError> {
         let text = match self.config.format {
-            Format::Json => serde_json::to_string_pretty(out.inventory)
-                .map_err(|e| SinkError(format!("cannot encode the inventory: {e}")))?
-                + "\n",
+            Format::Json => {
+                serde_json::to_string_pretty(out.inventory)
+                    .map_err(|e| SinkError(format!("cannot encode the inventory: {e}")))?
+                    + "\n"
+            }
             Format::Table => table(out.inventory),
         };
         let mut stdout = std::io::stdout().lock();

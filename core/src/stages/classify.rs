@@ -182,7 +182,10 @@ mod tests {
             ),
             "devcontainer"
         );
-        assert_eq!(classify("vsc-a", &[("com.docker.compose.project", "p")]), "compose");
+        assert_eq!(
+            classify("vsc-a", &[("com.docker.compose.project", "p")]),
+            "compose"
+        );
         assert_eq!(classify("vsc-a", &[]), "devcontainer");
         assert_eq!(classify("plain", &[]), "raw-docker");
     }

@@ -131,11 +131,17 @@ mod tests {
 
     #[test]
     fn labels_then_requests() {
-        assert_eq!(devices(&[("ds01.gpu.slots", "0:0, 0:1,")], &["3"]), ["0:0", "0:1"]);
+        assert_eq!(
+            devices(&[("ds01.gpu.slots", "0:0, 0:1,")], &["3"]),
+            ["0:0", "0:1"]
+        );
         assert_eq!(devices(&[("ds01.gpu_slot", "2")], &[]), ["2"]);
         assert_eq!(devices(&[("ds01.gpu.allocated", "1:0")], &[]), ["1:0"]);
         assert_eq!(
-            devices(&[("ds01.gpu.allocated", "2026-11-26T05:40:02Z")], &["0", "1"]),
+            devices(
+                &[("ds01.gpu.allocated", "2026-11-26T05:40:02Z")],
+                &["0", "1"]
+            ),
             ["0", "1"]
         );
         assert_eq!(

@@ -31,6 +31,7 @@ pub(crate) mod testing {
                 state: "running".to_string(),
                 image: "img".to_string(),
                 inspect: Some(InspectFacts::default()),
+                collector: "docker".to_string(),
             },
             entry: ContainerEntry::default(),
         }

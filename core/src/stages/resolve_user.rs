@@ -51,7 +51,7 @@ impl ResolveUser {
         Self { config }
     }
 
-    fn from_labels(&self, labels: &BTreeMap<String, String>) -> Option<String> {
+    fn by_labels(&self, labels: &BTreeMap<String, String>) -> Option<String> {
         self.config
             .labels
             .iter()
@@ -61,7 +61,7 @@ impl ResolveUser {
             .map(str::to_string)
     }
 
-    fn from_path_labels(&self, labels: &BTreeMap<String, String>) -> Option<String> {
+    fn by_path_labels(&self, labels: &BTreeMap<String, String>) -> Option<String> {
         self.config
             .path_labels
             .iter()
@@ -69,7 +69,7 @@ impl ResolveUser {
             .find_map(|path| user_from_home_path(Path::new(path.trim()), &self.config.home_dirs))
     }
 
-    fn from_process(&self, facts: &ContainerFacts, ctx: &StageContext<'_>) -> Option<String> {
+    fn by_main_process(&self, facts: &ContainerFacts, ctx: &StageContext<'_>) -> Option<String> {
         let inspect = facts.inspect.as_ref()?;
         if inspect.main_pid > 0 {
             if let Some(p) = ctx.observations.processes.get(&inspect.main_pid) {
@@ -79,7 +79,7 @@ impl ResolveUser {
         None
     }
 
-    fn from_config_user(&self, facts: &ContainerFacts, ctx: &StageContext<'_>) -> Option<String> {
+    fn by_config_user(&self, facts: &ContainerFacts, ctx: &StageContext<'_>) -> Option<String> {
         let inspect = facts.inspect.as_ref()?;
         // `Config.User` is `name`, `uid`, `name:group` or `uid:gid`; empty means root.
         let user = inspect.config_user.split(':').next().unwrap_or("").trim();
@@ -121,11 +121,11 @@ impl Stage for ResolveUser {
                 .map(|e| e.user.clone())
                 .filter(|u| !u.is_empty() && u != UNKNOWN_USER);
             let user = self
-                .from_labels(&c.facts.labels)
-                .or_else(|| self.from_path_labels(&c.facts.labels))
-                .or_else(|| self.from_process(&c.facts, ctx))
+                .by_labels(&c.facts.labels)
+                .or_else(|| self.by_path_labels(&c.facts.labels))
+                .or_else(|| self.by_main_process(&c.facts, ctx))
                 .or_else(|| if running { None } else { previous.clone() })
-                .or_else(|| self.from_config_user(&c.facts, ctx))
+                .or_else(|| self.by_config_user(&c.facts, ctx))
                 .or(previous);
             c.entry.user = user.unwrap_or_else(|| UNKNOWN_USER.to_string());
         }
