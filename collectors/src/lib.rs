@@ -3,4 +3,5 @@
 
 pub mod docker;
 pub mod nvidia_smi;
+pub mod nvml;
 pub mod procfs;
