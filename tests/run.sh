@@ -1,0 +1,186 @@
+#!/usr/bin/env bash
+#
+# tests/run.sh - the project's single test command (CI runs `bash tests/run.sh`
+# from the repository root, as root, with CI=true).
+#
+#  1. installs what is missing (docker.io, busybox-static, passwd) with apt-get;
+#  2. starts a PRIVATE Docker engine (containerd + dockerd) under $DW_TEST_DIR -
+#     the system Docker daemon, its socket and its containers are never used;
+#  3. imports a tiny busybox image, dw-test/busybox:latest, with no registry;
+#  4. creates the regular test user dwtest (uid 4242) if missing;
+#  5. exports for the tests:
+#       DW_TEST_DOCKER_HOST   unix://$DW_TEST_DIR/docker.sock  (only when the engine is up)
+#       DW_TEST_DOCKER_CAN_RUN 1 if containers can be started here, else 0
+#       DW_TEST_IMAGE         dw-test/busybox:latest
+#       DW_TEST_ROOTFS_TAR    the image's root file system (docker import it for more images)
+#       DW_TEST_USER / DW_TEST_UID / DW_TEST_GID   dwtest / 4242 / 4242
+#       DW_TEST_DIR           scratch directory of this run (engine state, logs)
+#  6. runs cargo fmt --check, clippy -D warnings, and cargo test --release;
+#  7. on exit (success, failure, Ctrl-C) removes every container and image of
+#     the private engine, stops it, unmounts what it mounted and removes $DW_TEST_DIR.
+#
+# Environment switches:
+#   DW_TEST_DIR=/path        scratch directory (default /tmp/dw-test-$$)
+#   DW_TEST_ENGINE_ONLY=1    steps 1-5 + a docker smoke test + clean-up; no cargo
+#   DW_TEST_KEEP=1           leave the engine running and $DW_TEST_DIR in place
+#   CI=true                  a private engine that cannot start is an error
+#                            (otherwise: warning, docker tests are skipped)
+# Engine options (DW_TEST_STORAGE_DRIVER, DW_TEST_CGROUP_DRIVER,
+# DW_TEST_DOCKERD_ARGS) are described in tests/lib/engine.sh.
+
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=tests/lib/engine.sh
+source tests/lib/engine.sh
+
+is_ci() { [ "${CI:-}" = true ] || [ "${CI:-}" = 1 ]; }
+
+DW_TEST_DIR="${DW_TEST_DIR:-/tmp/dw-test-$$}"
+export DW_TEST_DIR
+
+# --- clean-up, whatever happens ---------------------------------------------
+cleanup() {
+	local rc=$?
+	set +e
+	trap - EXIT INT TERM
+	if [ "${DW_TEST_KEEP:-}" = 1 ]; then
+		dw_log "DW_TEST_KEEP=1: leaving the engine running in $DW_TEST_DIR"
+	elif [ -e "$DW_TEST_DIR/.dw-engine" ]; then
+		# Only our own engine (or an orphan), never one of a concurrent run.
+		if [ "$(cut -d' ' -f1 "$DW_TEST_DIR/.dw-engine")" = "$$" ] || ! dw_engine_owner_alive "$DW_TEST_DIR"; then
+			dw_log "cleaning up $DW_TEST_DIR"
+			dw_engine_remove "$DW_TEST_DIR"
+		fi
+	fi
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Leftovers of earlier runs that were killed before they could clean up.
+[ "$(id -u)" -eq 0 ] && dw_engine_sweep_stale "/tmp/dw-test-*"
+
+# --- 1. packages ---------------------------------------------------------------
+if ! dw_ensure_packages; then
+	is_ci && dw_die "could not install the packages the tests need"
+	dw_warn "continuing without them; docker tests will be skipped"
+fi
+
+# --- 4. test user ----------------------------------------------------------------
+if ! dw_ensure_user; then
+	is_ci && dw_die "could not create the test user"
+	dw_warn "no test user; tests needing one will be skipped"
+fi
+
+# --- 2. private engine ---------------------------------------------------------
+engine_up=0
+if dw_engine_start "$DW_TEST_DIR"; then
+	engine_up=1
+elif is_ci; then
+	dw_die "the private Docker engine did not start (see above)"
+else
+	dw_warn "the private Docker engine did not start; docker tests will be skipped"
+	unset DW_TEST_DOCKER_HOST
+fi
+
+# --- 3. test image -------------------------------------------------------------
+if [ "$engine_up" -eq 1 ]; then
+	dw_build_test_image "$DW_TEST_DIR" || dw_die "could not import the test image"
+	dw_log "test image $DW_TEST_IMAGE ready"
+
+	# Can containers actually run on this machine (not just be created)?
+	if dw_docker run --rm --network none "$DW_TEST_IMAGE" true >/dev/null 2>"$DW_TEST_DIR/run-check.err"; then
+		DW_TEST_DOCKER_CAN_RUN=1
+	else
+		DW_TEST_DOCKER_CAN_RUN=0
+		is_ci && dw_die "containers cannot be started on the private engine: $(cat "$DW_TEST_DIR/run-check.err")"
+		dw_warn "containers cannot be started here: $(cat "$DW_TEST_DIR/run-check.err")"
+	fi
+	export DW_TEST_DOCKER_HOST DW_TEST_DOCKER_CAN_RUN
+fi
+
+# --- DW_TEST_ENGINE_ONLY: smoke test of the engine, then clean up -------------
+# Checks everything the Rust tests rely on; any failure exits non-zero.
+smoke_test() {
+	local img="$DW_TEST_IMAGE" id pid out
+	check() {
+		local what="$1"
+		shift
+		if "$@"; then dw_log "ok: $what"; else dw_die "smoke test failed: $what"; fi
+	}
+
+	dw_docker run --rm "$img" sh -c 'cat /proc/self/cgroup >/dev/null && true' ||
+		dw_die "smoke test failed: docker run --rm"
+	dw_log "ok: run --rm (sh, cat, true)"
+
+	# A running container: create, start, host view of its process, stop, remove.
+	id=$(dw_docker create --name dw-smoke-sleep "$img" sleep 300)
+	dw_docker start dw-smoke-sleep >/dev/null
+	pid=$(dw_docker inspect -f '{{.State.Pid}}' "$id")
+	check "container running (host pid $pid)" [ "$(dw_docker inspect -f '{{.State.Running}}' "$id")" = true ]
+	out=$(cat "/proc/$pid/cgroup")
+	dw_log "host /proc/$pid/cgroup:"
+	printf '[dw-test]     %s\n' "${out//$'\n'/$'\n'[dw-test]     }" >&2
+	check "container id in host /proc/PID/cgroup" grep -q "$id" <<<"$out"
+	dw_docker stop -t 1 "$id" >/dev/null
+	check "stopped" [ "$(dw_docker inspect -f '{{.State.Status}}' "$id")" = exited ]
+	dw_docker rm "$id" >/dev/null
+	dw_log "ok: create/start/stop/rm"
+
+	# --user with a numeric uid and with the user name (in the image's /etc/passwd).
+	out=$(dw_docker run --rm --user 4242 "$img" id -u)
+	check "--user 4242 (id -u = $out)" [ "$out" = 4242 ]
+	if [ -n "${DW_TEST_USER:-}" ]; then
+		id=$(dw_docker run -d --user "$DW_TEST_USER" "$img" sleep 300)
+		pid=$(dw_docker inspect -f '{{.State.Pid}}' "$id")
+		check "--user $DW_TEST_USER: host process uid $DW_TEST_UID" \
+			grep -Eq "^Uid:\s+$DW_TEST_UID\s" "/proc/$pid/status"
+		dw_docker rm -f "$id" >/dev/null
+	fi
+
+	# Runtime nvidia (= runc here): can even run.
+	id=$(dw_docker run -d --runtime nvidia "$img" sleep 300)
+	check "--runtime nvidia running" [ "$(dw_docker inspect -f '{{.HostConfig.Runtime}} {{.State.Running}}' "$id")" = "nvidia true" ]
+	dw_docker rm -f "$id" >/dev/null
+
+	# --gpus all: can be created (starting needs the NVIDIA container toolkit).
+	id=$(dw_docker create --gpus all "$img" sleep 300)
+	check "--gpus all created" [ -n "$(dw_docker inspect -f '{{range .HostConfig.DeviceRequests}}{{.Count}}{{end}}' "$id")" ]
+	if dw_docker start "$id" >/dev/null 2>&1; then
+		dw_log "note: --gpus all container even started"
+	else
+		dw_log "ok: --gpus all container cannot be started without a GPU (expected)"
+	fi
+
+	# --device mapping to /dev/nvidia0: created and started.
+	id=$(dw_docker create --device /dev/null:/dev/nvidia0 "$img" sleep 300)
+	check "--device /dev/null:/dev/nvidia0 created" \
+		[ "$(dw_docker inspect -f '{{range .HostConfig.Devices}}{{.PathInContainer}}{{end}}' "$id")" = /dev/nvidia0 ]
+	dw_docker start "$id" >/dev/null
+	check "--device container started, /dev/nvidia0 inside" dw_docker exec "$id" test -c /dev/nvidia0
+
+	# An image with no repository:tag.
+	id=$(dw_untagged_image)
+	check "untagged image $id" [ "$(dw_docker image inspect -f '{{len .RepoTags}}' "$id")" = 0 ]
+
+	dw_log "engine smoke test passed ($(dw_docker ps -aq | wc -l) containers, $(dw_docker images -aq | wc -l) images left for clean-up)"
+}
+
+if [ "${DW_TEST_ENGINE_ONLY:-}" = 1 ]; then
+	if [ "$engine_up" -eq 1 ]; then
+		smoke_test
+	else
+		dw_warn "engine not running: nothing to smoke-test"
+	fi
+	exit 0
+fi
+
+# --- 6. the Rust checks ------------------------------------------------------------
+dw_log "cargo fmt --all --check"
+cargo fmt --all --check
+dw_log "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+dw_log "cargo test --workspace --release"
+cargo test --workspace --release 2>&1
+dw_log "all checks passed"
