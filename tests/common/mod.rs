@@ -1,0 +1,276 @@
+//! Shared helpers of the end-to-end tests: a scratch directory with a config,
+//! a scripted `nvidia-smi`, runs of the real binary, and the private Docker
+//! engine that `tests/run.sh` starts (`DW_TEST_DOCKER_HOST`).
+#![allow(dead_code)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_detect-workloads");
+
+/// A scratch directory holding a config, the inventory, the event log and a
+/// scripted `nvidia-smi`.
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("dw-e2e-")
+            .tempdir()
+            .expect("create scratch dir");
+        let s = Scratch { dir };
+        s.set_gpu_apps("");
+        s.write_script();
+        s
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn inventory_path(&self) -> PathBuf {
+        self.path("state/inventory.json")
+    }
+
+    pub fn events_path(&self) -> PathBuf {
+        self.path("log/events.jsonl")
+    }
+
+    /// The scripted nvidia-smi: prints `apps.csv`, or fails / hangs / prints
+    /// garbage when `mode` says so.
+    fn write_script(&self) {
+        let script = format!(
+            r#"#!/bin/sh
+dir='{dir}'
+mode=$(cat "$dir/mode" 2>/dev/null)
+case "$mode" in
+  fail) echo "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver." >&2; exit 9 ;;
+  hang) sleep 300 & echo $! > "$dir/child.pid"; wait ;;
+  garbage) printf 'garbage \001\002 not csv\n' ;;
+  *) cat "$dir/apps.csv" ;;
+esac
+"#,
+            dir = self.dir.path().display()
+        );
+        let path = self.path("nvidia-smi");
+        std::fs::write(&path, script).expect("write fake nvidia-smi");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+
+    /// What the scripted nvidia-smi lists: `pid, MiB, uuid` lines.
+    pub fn set_gpu_apps(&self, csv: &str) {
+        std::fs::write(self.path("apps.csv"), csv).expect("write apps.csv");
+    }
+
+    pub fn set_smi_mode(&self, mode: &str) {
+        std::fs::write(self.path("mode"), mode).expect("write mode");
+    }
+
+    /// A config with every built-in plugin; `docker_host` None leaves Docker out.
+    pub fn config(&self, docker_host: Option<&str>, extra: &str) -> PathBuf {
+        let docker = match docker_host {
+            Some(host) => {
+                format!("[[collectors.docker]]\nendpoint = \"{host}\"\ntimeout = \"20s\"\n")
+            }
+            None => String::new(),
+        };
+        let text = format!(
+            r#"[agent]
+scan_timeout = "25s"
+source = "detect-workloads-test"
+
+{docker}
+[[collectors.nvidia-smi]]
+command = "{smi}"
+timeout = "3s"
+
+[[collectors.procfs]]
+
+[[stages.classify]]
+[[stages.resolve-user]]
+[[stages.gpu-devices]]
+[[stages.exclude-system]]
+[[stages.transient-filter]]
+
+[[sinks.inventory-file]]
+path = "{inv}"
+mode = "0640"
+
+[[sinks.event-log]]
+path = "{events}"
+{extra}
+"#,
+            smi = self.path("nvidia-smi").display(),
+            inv = self.inventory_path().display(),
+            events = self.events_path().display(),
+        );
+        let path = self.path("config.toml");
+        std::fs::write(&path, text).expect("write config");
+        path
+    }
+
+    /// Runs the binary with this config and extra arguments.
+    pub fn run(&self, config: &Path, args: &[&str]) -> Output {
+        let out = Command::new(BIN)
+            .arg("--config")
+            .arg(config)
+            .args(args)
+            .env_remove("DETECT_WORKLOADS_CONFIG")
+            .env_remove("DOCKER_HOST")
+            .output()
+            .expect("run detect-workloads");
+        out
+    }
+
+    /// One scan that must succeed; returns its stderr.
+    pub fn scan(&self, config: &Path) -> String {
+        let out = self.run(config, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "scan failed: {stderr}");
+        assert!(
+            stderr.contains("Scan complete: "),
+            "no summary line: {stderr}"
+        );
+        stderr
+    }
+
+    pub fn inventory(&self) -> Value {
+        let text = std::fs::read_to_string(self.inventory_path()).expect("inventory written");
+        serde_json::from_str(&text).expect("inventory is JSON")
+    }
+
+    /// Every event line so far, parsed.
+    pub fn events(&self) -> Vec<Value> {
+        self.event_lines()
+            .iter()
+            .map(|l| serde_json::from_str(l).expect("event line is JSON"))
+            .collect()
+    }
+
+    pub fn event_lines(&self) -> Vec<String> {
+        std::fs::read_to_string(self.events_path())
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+/// The private engine's endpoint, or None (the test is skipped) outside CI.
+/// In CI an engine must be there.
+pub fn docker_host() -> Option<String> {
+    match std::env::var("DW_TEST_DOCKER_HOST") {
+        Ok(host) if !host.is_empty() => Some(host),
+        _ => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI=true but DW_TEST_DOCKER_HOST is not set: tests/run.sh must start the private dockerd"
+            );
+            eprintln!("skipped: no private Docker engine (run tests/run.sh)");
+            None
+        }
+    }
+}
+
+pub fn test_image() -> String {
+    std::env::var("DW_TEST_IMAGE").unwrap_or_else(|_| "dw-test/busybox:latest".to_string())
+}
+
+/// `docker` against the private engine; panics with its stderr on failure.
+pub fn docker(host: &str, args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .arg("-H")
+        .arg(host)
+        .args(args)
+        .output()
+        .expect("run docker client");
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Containers created by one test, removed when dropped.
+pub struct Containers {
+    pub host: String,
+    pub ids: Vec<String>,
+}
+
+impl Containers {
+    pub fn new(host: &str) -> Self {
+        Containers {
+            host: host.to_string(),
+            ids: Vec::new(),
+        }
+    }
+
+    /// `docker create` (or `run -d` when `args` start with "run") with a
+    /// marker label; returns the short id.
+    pub fn create(&mut self, args: &[&str]) -> String {
+        let mut full = vec!["create", "--label", "dw-test=1"];
+        full.extend_from_slice(args);
+        let id = docker(&self.host, &full);
+        self.ids.push(id.clone());
+        id[..12].to_string()
+    }
+
+    pub fn run(&mut self, args: &[&str]) -> String {
+        let mut full = vec!["run", "-d", "--label", "dw-test=1"];
+        full.extend_from_slice(args);
+        let id = docker(&self.host, &full);
+        self.ids.push(id.clone());
+        id[..12].to_string()
+    }
+}
+
+impl Drop for Containers {
+    fn drop(&mut self) {
+        for id in &self.ids {
+            let _ = Command::new("docker")
+                .args(["-H", &self.host, "rm", "-f", id])
+                .output();
+        }
+    }
+}
+
+/// A unique name for this test run.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A spawned process, killed when dropped.
+pub struct Proc(pub std::process::Child);
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The test user's uid (created by tests/run.sh), if there is one.
+pub fn test_user() -> Option<(String, u32)> {
+    let name = std::env::var("DW_TEST_USER").unwrap_or_else(|_| "dwtest".to_string());
+    let out = Command::new("id").arg("-u").arg(&name).output().ok()?;
+    let uid = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+    Some((name, uid))
+}
