@@ -182,7 +182,10 @@ fn call_error(library: &str, what: &str, e: NvmlError) -> CollectError {
 
 /// Does all the NVML work of one collection (on a blocking thread).
 fn query(library: &str) -> Result<Collected, CollectError> {
+    let started = std::time::Instant::now();
     let session = open(library)?;
+    let init_us = started.elapsed().as_micros() as u64;
+    let queried = std::time::Instant::now();
     let nvml: &Nvml = &session.0;
     let fail = |what: &str| {
         let what = what.to_string();
@@ -260,6 +263,9 @@ fn query(library: &str) -> Result<Collected, CollectError> {
         ("gpus".to_string(), u64::from(count)),
         ("mig_devices".to_string(), mig_devices),
         ("processes".to_string(), found.len() as u64),
+        // Loading and initialising the library vs. the process queries.
+        ("init_us".to_string(), init_us),
+        ("query_us".to_string(), queried.elapsed().as_micros() as u64),
     ]);
     Ok(Collected {
         observations: Observations {

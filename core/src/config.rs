@@ -58,6 +58,46 @@ impl Source<'_> {
             + 1
     }
 
+    /// The key written on the line holding `offset` (`key = value`), if any.
+    fn key_at(&self, offset: usize) -> Option<&str> {
+        let start = self.text.get(..offset)?.rfind('\n').map_or(0, |i| i + 1);
+        let line = self.text.get(start..)?.lines().next()?;
+        let key = line.split_once('=')?.0.trim().trim_matches(['"', '\'']);
+        (!key.is_empty() && !key.starts_with('[')).then_some(key)
+    }
+
+    /// A deserialization error of the table at `table`, placed on the key's line
+    /// and naming the key.
+    fn value_error(
+        &self,
+        label: &str,
+        table: &std::ops::Range<usize>,
+        e: &toml::de::Error,
+    ) -> ConfigError {
+        let message = e.message();
+        if let Some(key) = unknown_field(message) {
+            return ConfigError {
+                file: self.file.to_string(),
+                line: self
+                    .key_line(table, key)
+                    .or_else(|| Some(self.line_of(table.start))),
+                message: format!("[{label}] {message}"),
+            };
+        }
+        let offset = e.span().map_or(table.start, |s| s.start);
+        let message = match self.key_at(offset) {
+            Some(key) if !message.contains(&format!("`{key}`")) => {
+                format!("[{label}] key `{key}`: {message}")
+            }
+            _ => format!("[{label}] {message}"),
+        };
+        ConfigError {
+            file: self.file.to_string(),
+            line: Some(self.line_of(offset)),
+            message,
+        }
+    }
+
     fn error(
         &self,
         span: Option<std::ops::Range<usize>>,
@@ -105,19 +145,8 @@ impl PluginConfig<'_> {
     /// Deserializes the table into the plugin's config struct (which should use
     /// `#[serde(default, deny_unknown_fields)]`).
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ConfigError> {
-        T::deserialize(ValueDeserializer::from(self.value.clone())).map_err(|e| {
-            let message = e.message().to_string();
-            // An unknown key is reported on the key's own line.
-            let line = unknown_field(&message)
-                .and_then(|key| self.source.key_line(&self.value.span(), key))
-                .or_else(|| e.span().map(|s| self.source.line_of(s.start)))
-                .or_else(|| Some(self.source.line_of(self.value.span().start)));
-            ConfigError {
-                file: self.source.file.to_string(),
-                line,
-                message: format!("[{}] {}", self.label, message),
-            }
-        })
+        T::deserialize(ValueDeserializer::from(self.value.clone()))
+            .map_err(|e| self.source.value_error(&self.label, &self.value.span(), &e))
     }
 
     /// An error about one key's value, found by the plugin after parsing.
@@ -266,17 +295,7 @@ impl Config {
             match key.get_ref().as_ref() {
                 "agent" => {
                     config.agent = AgentConfig::deserialize(ValueDeserializer::from(value.clone()))
-                        .map_err(|e| {
-                            let message = e.message().to_string();
-                            let line = unknown_field(&message)
-                                .and_then(|k| source.key_line(&value.span(), k))
-                                .or_else(|| e.span().map(|s| source.line_of(s.start)));
-                            ConfigError {
-                                file: file.to_string(),
-                                line,
-                                message: format!("[agent] {message}"),
-                            }
-                        })?;
+                        .map_err(|e| source.value_error("agent", &value.span(), &e))?;
                 }
                 "collectors" => {
                     for (name, table) in plugin_tables(source, PluginKind::Collector, value)? {

@@ -283,7 +283,9 @@ durations() {
 		python3 -c '
 import json, sys
 scan = json.load(open(sys.argv[1]))["scan"]
-print(scan["collectors"][sys.argv[2]]["duration_ms"], scan["duration_ms"])
+c = scan["collectors"][sys.argv[2]]
+stats = c.get("stats", {})
+print(c["duration_ms"], scan["duration_ms"], stats.get("init_us", 0), stats.get("query_us", 0))
 ' "$1/inventory.json" "$2" >>"$1/durations"
 	done
 }
@@ -300,6 +302,15 @@ if durations "$TMP/nvml" nvml && durations "$TMP/smi" nvidia-smi; then
 	echo "timing over $RUNS scans each (median duration_ms):"
 	echo "  nvml collector:       $nvml_ms ms (whole scan $(median "$TMP/nvml/durations" 1) ms)"
 	echo "  nvidia-smi collector: $smi_ms ms (whole scan $(median "$TMP/smi/durations" 1) ms)"
+	nvml_init_us="$(median "$TMP/nvml/durations" 2)"
+	nvml_query_us="$(median "$TMP/nvml/durations" 3)"
+	echo "  nvml library load + init: $nvml_init_us us; process queries (all GPUs): $nvml_query_us us"
+	python3 -c '
+import sys
+query_us, smi_ms = float(sys.argv[1]), float(sys.argv[2])
+if query_us > 0:
+    print(f"  ratio nvidia-smi run / NVML process query: {smi_ms * 1000 / query_us:.0f}x")
+' "$nvml_query_us" "$smi_ms"
 	python3 -c '
 import sys
 nvml, smi = float(sys.argv[1]), float(sys.argv[2])
