@@ -147,9 +147,12 @@ impl Collector for DockerCollector {
 
     async fn collect(&self, ctx: &CollectContext<'_>) -> Result<Collected, CollectError> {
         let calls = Calls::default();
+        // Containers with events since the previous scan need a fresh inspect.
+        let since = ctx
+            .previous_scan
+            .filter(|_| !ctx.previous.containers.is_empty());
         let mut docker = self.connect(&FIRST_API_VERSION)?;
-        calls.count();
-        let list = match docker.list_containers(Some(list_options())).await {
+        let (list, tags, touched) = match fetch(&docker, since, &calls).await {
             Err(e) if version_refused(&e) => {
                 debug!("engine refused API 1.41; negotiating");
                 calls.count();
@@ -157,36 +160,11 @@ impl Collector for DockerCollector {
                     .negotiate_version()
                     .await
                     .map_err(|e| self.classify(e))?;
-                calls.count();
-                docker.list_containers(Some(list_options())).await
+                fetch(&docker, since, &calls).await
             }
             other => other,
         }
         .map_err(|e| self.classify(e))?;
-
-        calls.count();
-        let images = docker
-            .list_images(Some(ListImagesOptions::default()))
-            .await
-            .map_err(|e| self.classify(e))?;
-        let tags: HashMap<String, String> = images
-            .into_iter()
-            .filter_map(|i| {
-                Some((
-                    i.id,
-                    i.repo_tags.into_iter().find(|t| t != "<none>:<none>")?,
-                ))
-            })
-            .collect();
-
-        // Containers with events since the previous scan need a fresh inspect.
-        let touched = match ctx.previous_scan {
-            Some(since) if !ctx.previous.containers.is_empty() => {
-                calls.count();
-                self.touched_since(&docker, since).await?
-            }
-            _ => BTreeSet::new(),
-        };
 
         let mut facts = Vec::with_capacity(list.len());
         let mut to_inspect = Vec::new();
@@ -241,35 +219,75 @@ impl Collector for DockerCollector {
     }
 }
 
-impl DockerCollector {
-    async fn touched_since(
-        &self,
-        docker: &Docker,
-        since: i64,
-    ) -> Result<BTreeSet<String>, CollectError> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or_default();
-        let options = EventsOptions {
-            // One second of overlap: events are stamped in whole seconds here.
-            since: Some((since - 1).to_string()),
-            until: Some(now.to_string()),
-            filters: Some(HashMap::from([(
-                "type".to_string(),
-                vec!["container".to_string()],
-            )])),
-        };
-        let mut touched = BTreeSet::new();
-        let mut events = docker.events(Some(options));
-        while let Some(event) = events.next().await {
-            let event = event.map_err(|e| self.classify(e))?;
-            if let Some(id) = event.actor.and_then(|a| a.id) {
-                touched.insert(short_id(&id));
+/// The three calls of every scan, concurrently (each on its own connection,
+/// so a steady scan takes about as long as the list call alone): the
+/// containers, the image tags (image id -> first tag), and, when there is a
+/// previous scan, the short ids of the containers with events since then.
+async fn fetch(
+    docker: &Docker,
+    since: Option<i64>,
+    calls: &Calls,
+) -> Result<
+    (
+        Vec<ContainerSummary>,
+        HashMap<String, String>,
+        BTreeSet<String>,
+    ),
+    DockerError,
+> {
+    let list = async {
+        calls.count();
+        docker.list_containers(Some(list_options())).await
+    };
+    let images = async {
+        calls.count();
+        let images = docker
+            .list_images(Some(ListImagesOptions::default()))
+            .await?;
+        Ok(images
+            .into_iter()
+            .filter_map(|i| {
+                Some((
+                    i.id,
+                    i.repo_tags.into_iter().find(|t| t != "<none>:<none>")?,
+                ))
+            })
+            .collect())
+    };
+    let touched = async {
+        match since {
+            Some(since) => {
+                calls.count();
+                touched_since(docker, since).await
             }
+            None => Ok(BTreeSet::new()),
         }
-        Ok(touched)
+    };
+    futures_util::future::try_join3(list, images, touched).await
+}
+
+async fn touched_since(docker: &Docker, since: i64) -> Result<BTreeSet<String>, DockerError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let options = EventsOptions {
+        // One second of overlap: events are stamped in whole seconds here.
+        since: Some((since - 1).to_string()),
+        until: Some(now.to_string()),
+        filters: Some(HashMap::from([(
+            "type".to_string(),
+            vec!["container".to_string()],
+        )])),
+    };
+    let mut touched = BTreeSet::new();
+    let mut events = docker.events(Some(options));
+    while let Some(event) = events.next().await {
+        if let Some(id) = event?.actor.and_then(|a| a.id) {
+            touched.insert(short_id(&id));
+        }
     }
+    Ok(touched)
 }
 
 fn list_options() -> ListContainersOptions {

@@ -1,0 +1,127 @@
+//! The cost of a scan in Docker API calls (issue 5), counted by the collector
+//! itself (`scan.collectors.docker.stats`), never by timing: a cold scan lists
+//! and inspects every container; a steady scan makes exactly three calls (list
+//! containers, list images, events since the previous scan) whatever the number
+//! of containers; a changed container costs one inspect.
+//!
+//! Its own test binary, so no other test of this crate creates containers on
+//! the engine while it counts.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{docker, docker_host, test_image, Containers, Scratch};
+use serde_json::Value;
+
+/// `(api_calls, inspects)` of the last scan.
+fn docker_stats(inv: &Value) -> (u64, u64) {
+    let d = &inv["scan"]["collectors"]["docker"];
+    assert_eq!(d["ok"], true, "docker collector failed: {d}");
+    let n = |k: &str| {
+        d["stats"][k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no stats.{k}: {d}"))
+    };
+    (n("api_calls"), n("inspects"))
+}
+
+/// The collector asks for the events since one second before the previous
+/// scan, in whole seconds: after this long a change is no longer in that window.
+fn settle() {
+    std::thread::sleep(Duration::from_millis(2500));
+}
+
+/// A steady scan: nothing of ours changed since the previous scan. Retried
+/// (after settling) only if something else on a shared engine had events.
+fn steady_scan(s: &Scratch, config: &std::path::Path) -> (u64, u64, usize) {
+    let mut last = (0, 0, 0);
+    for _ in 0..3 {
+        s.scan(config);
+        let inv = s.inventory();
+        let (calls, inspects) = docker_stats(&inv);
+        last = (
+            calls,
+            inspects,
+            inv["containers"].as_object().map_or(0, |m| m.len()),
+        );
+        if inspects == 0 {
+            break;
+        }
+        settle();
+    }
+    last
+}
+
+#[test]
+fn steady_scan_costs_three_calls_whatever_the_number_of_containers() {
+    let Some(host) = docker_host() else { return };
+    let can_run = std::env::var("DW_TEST_DOCKER_CAN_RUN").as_deref() != Ok("0");
+    let s = Scratch::new();
+    let img = test_image();
+    let config = s.config(Some(&host), "");
+    let mut c = Containers::new(&host);
+
+    // k = 5 containers of ours, 2 of them running.
+    let mut created = Vec::new();
+    for i in 0..5 {
+        if can_run && i < 2 {
+            c.run(&["--network", "none", &img, "sleep", "300"]);
+        } else {
+            created.push(c.create(&["--network", "none", &img, "sleep", "300"]));
+        }
+    }
+    settle();
+
+    // Cold: list + images + one inspect per container (ours and any other).
+    s.scan(&config);
+    let inv = s.inventory();
+    let (calls, inspects) = docker_stats(&inv);
+    let total = inv["containers"].as_object().expect("containers").len();
+    for id in c.ids.iter().map(|id| &id[..12]) {
+        assert!(inv["containers"][id].is_object(), "{id} missing");
+    }
+    assert!(inspects >= 5, "cold scan inspected {inspects} of >= 5");
+    assert_eq!(
+        inspects as usize, total,
+        "cold scan inspects every container"
+    );
+    assert_eq!(calls, 2 + inspects, "cold: list + images + inspects");
+
+    // Steady: list, images, events; nothing inspected.
+    let (calls, inspects, n) = steady_scan(&s, &config);
+    assert_eq!((calls, inspects), (3, 0), "steady scan with {n} containers");
+    assert_eq!(n, total);
+
+    // One container changes state: one more call, its inspect.
+    if can_run {
+        let id = created.first().expect("a created container");
+        docker(&host, &["start", id]);
+        s.scan(&config);
+        let inv = s.inventory();
+        assert_eq!(inv["containers"][id]["status"], "running");
+        assert_eq!(
+            docker_stats(&inv),
+            (4, 1),
+            "after starting {id}: list + images + events + 1 inspect"
+        );
+    }
+
+    // Three times as many containers of ours: a steady scan still makes 3 calls.
+    for _ in 0..10 {
+        c.create(&["--network", "none", &img, "sleep", "300"]);
+    }
+    settle();
+    s.scan(&config); // inspects the 10 new ones
+    let (calls, inspects) = docker_stats(&s.inventory());
+    assert!(inspects >= 10, "new containers inspected: {inspects}");
+    assert_eq!(calls, 3 + inspects);
+    settle();
+    let (calls, inspects, n) = steady_scan(&s, &config);
+    assert!(
+        n >= total + 10,
+        "{n} containers, expected at least {}",
+        total + 10
+    );
+    assert_eq!((calls, inspects), (3, 0), "steady scan with {n} containers");
+}
