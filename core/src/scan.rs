@@ -87,7 +87,10 @@ pub async fn run_cycle(config: &Config) -> Result<ScanResult, ScanError> {
 
     let users = UserNames::new();
     let budget = config.agent.scan_timeout;
-    let deadline = clock + budget.saturating_sub((budget / 5).min(Duration::from_secs(2)));
+    let deadline = clock
+        .checked_add(budget.saturating_sub((budget / 5).min(Duration::from_secs(2))))
+        // A scan_timeout too long to add to the clock is no deadline at all.
+        .unwrap_or_else(|| clock + Duration::from_secs(100 * 365 * 24 * 3600));
     let run = run_collectors(&config.collectors, &previous, &users, deadline).await;
 
     let mut work = build_workset(&run.observed, &previous, &now);

@@ -69,21 +69,27 @@ pub fn event_line(event: &Event, source: &str) -> Result<Vec<u8>, serde_json::Er
     if truncated.len() < MAX_LINE {
         return Ok(truncated);
     }
-    // Even the envelope is too long (a huge user name or source): cut the user.
-    let mut short = event.clone();
-    short.user = short.user.chars().take(256).collect();
-    short.details = serde_json::json!({"truncated": true, "original_size": line.len()});
-    let source: String = source.chars().take(256).collect();
-    let mut line = serde_json::to_vec(&Envelope {
-        timestamp: &short.timestamp,
-        event_type: &short.event_type,
-        schema_version: "1",
-        user: &short.user,
-        source: &source,
-        details: &short.details,
-    })?;
-    line.push(b'\n');
-    Ok(line)
+    // Even the envelope is too long (a huge user name or source): cut its
+    // strings, then cut them more. 128 characters of anything are at most 768
+    // bytes once escaped, so four of them always fit.
+    let details = serde_json::json!({"truncated": true, "original_size": line.len()});
+    let mut short = Vec::new();
+    for keep in [256, 128] {
+        let cut = |s: &str| -> String { s.chars().take(keep).collect() };
+        short = serde_json::to_vec(&Envelope {
+            timestamp: &cut(&event.timestamp),
+            event_type: &cut(&event.event_type),
+            schema_version: "1",
+            user: &cut(&event.user),
+            source: &cut(source),
+            details: &details,
+        })?;
+        short.push(b'\n');
+        if short.len() < MAX_LINE {
+            break;
+        }
+    }
+    Ok(short)
 }
 
 /// The `event-log` sink.

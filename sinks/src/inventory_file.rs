@@ -4,8 +4,9 @@
 //! Writes are atomic and durable: a temporary file in the same directory,
 //! fsync, rename over the old file, fsync of the directory; the file is never
 //! seen half-written and no temporary file is left behind. A corrupt file is
-//! moved aside (`<path>.corrupt-<timestamp>`) and the scan proceeds as a first
-//! scan. Needs: write access to the file's directory (created if missing).
+//! moved aside (`<path>.corrupt-<timestamp>`, with `.N` added when that name
+//! is taken) and the scan proceeds as a first scan. Needs: write access to the
+//! file's directory (created if missing).
 
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Write};
@@ -105,9 +106,24 @@ impl InventoryFile {
 
     fn move_aside(&self, why: &str) -> Result<(), String> {
         let stamp = rfc3339(SystemTime::now()).replace(':', "");
-        let mut name = self.path.file_name().unwrap_or_default().to_os_string();
-        name.push(format!(".corrupt-{stamp}"));
-        let aside = self.path.with_file_name(name);
+        // Never over an earlier copy (two corrupt files within one second);
+        // the scan lock is held, so nothing else takes the name meanwhile.
+        let aside = (0u32..)
+            .map(|n| {
+                let mut name = self.path.file_name().unwrap_or_default().to_os_string();
+                name.push(format!(".corrupt-{stamp}"));
+                if n > 0 {
+                    name.push(format!(".{n}"));
+                }
+                self.path.with_file_name(name)
+            })
+            .find(|p| std::fs::symlink_metadata(p).is_err())
+            .ok_or_else(|| {
+                format!(
+                    "{} is corrupt ({why}) and no name is left to move it to",
+                    self.path.display()
+                )
+            })?;
         std::fs::rename(&self.path, &aside).map_err(|e| {
             format!(
                 "{} is corrupt ({why}) and cannot be moved aside: {e}",

@@ -274,3 +274,27 @@ pub fn test_user() -> Option<(String, u32)> {
     let uid = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
     Some((name, uid))
 }
+
+impl Scratch {
+    /// Starts the binary with this config without waiting for it (standard
+    /// output and error captured).
+    pub fn spawn(&self, config: &Path, args: &[&str]) -> std::process::Child {
+        Command::new(BIN)
+            .arg("--config")
+            .arg(config)
+            .args(args)
+            .env_remove("DETECT_WORKLOADS_CONFIG")
+            .env_remove("DOCKER_HOST")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start detect-workloads")
+    }
+}
+
+/// Rewrites a config file, replacing `from` (which must be there) by `to`.
+pub fn edit_config(path: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).expect("read config");
+    assert!(text.contains(from), "{from:?} not in {}", path.display());
+    std::fs::write(path, text.replacen(from, to, 1)).expect("write config");
+}

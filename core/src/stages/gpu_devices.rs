@@ -68,7 +68,11 @@ fn request_devices(inspect: Option<&InspectFacts>) -> Vec<String> {
         .map(|i| {
             i.device_requests
                 .iter()
-                .flat_map(|r| r.device_ids.iter().cloned())
+                .flat_map(|r| &r.device_ids)
+                // The engine keeps what `--gpus '"device=0, 1,"'` said: " 1", "".
+                .map(|id| id.trim())
+                .filter(|id| !id.is_empty())
+                .map(str::to_string)
                 .collect()
         })
         .unwrap_or_default()
@@ -155,6 +159,7 @@ mod tests {
             ["GPU-56c0b0b8"]
         );
         assert_eq!(devices(&[("ds01.gpu.slots", "")], &["0"]), ["0"]);
+        assert_eq!(devices(&[], &["0", " 1", ""]), ["0", "1"]);
         assert!(devices(&[], &[]).is_empty());
     }
 }

@@ -73,7 +73,8 @@ impl ResolveUser {
         let inspect = facts.inspect.as_ref()?;
         if inspect.main_pid > 0 {
             if let Some(p) = ctx.observations.processes.get(&inspect.main_pid) {
-                return Some(p.user.clone());
+                // An NSS entry may have an empty name: that names nobody.
+                return Some(p.user.clone()).filter(|u| !u.is_empty());
             }
         }
         None
@@ -179,6 +180,13 @@ mod tests {
             };
             let mut observations = crate::model::Observations::default();
             observations.processes.insert(
+                78,
+                ProcessFacts {
+                    pid: 78,
+                    ..Default::default()
+                },
+            );
+            observations.processes.insert(
                 77,
                 ProcessFacts {
                     pid: 77,
@@ -206,6 +214,11 @@ mod tests {
         assert_eq!(resolve(&[("ds01.user", " ")], 77, ""), "carol");
         assert_eq!(resolve(&both[2..], 77, ""), "dave");
         assert_eq!(resolve(&[], 77, ""), "carol");
+        assert_eq!(
+            resolve(&[], 78, ""),
+            UNKNOWN_USER,
+            "an owner with an empty name"
+        );
         assert_eq!(resolve(&[], 0, "0"), "root");
         assert_eq!(resolve(&[], 0, "root:root"), "root");
         assert_eq!(resolve(&[], 0, ""), UNKNOWN_USER);
