@@ -86,6 +86,7 @@ fn config_errors_exit_2_naming_file_line_and_key() {
         ("[[stages.classify]]\ndefault = 5\n", ":2:", "default"),
         ("[agent]\nscan_timeout = \"soon\"\n", ":2:", "soon"),
         ("[agent]\nbogus = 1\n", ":2:", "bogus"),
+        ("[agent]\nsource = \"x\"\nscan_timeout = \"0s\"\n", ":3:", "scan_timeout"),
         ("[collector]\n", ":1:", "unknown section"),
         ("[[sinks.inventory-file]]\npath = \"/tmp/x\"\nmode = \"rw\"\n", ":3:", "mode"),
         ("[[stages.transient-filter]]\n\nmin_scans = 0\n", ":3:", "min_scans"),

@@ -597,10 +597,9 @@ fn an_inventory_that_cannot_be_created_fails_the_scan() {
 
     // The lock and the previous state are fine, only the write fails (a file
     // name that leaves no room for the temporary file's suffix): the scan
-    // fails, naming the file and the OS error, and the event log, which does
-    // not depend on it, still gets this scan's events. (As the state did not
-    // move on, the next scan reports the same transitions again: sinks are
-    // delivered independently, not after the state is committed.)
+    // fails, naming the file and the OS error, and emits nothing: the state
+    // did not move on, so the next scan that can write it reports the same
+    // transitions, once.
     let s = Scratch::new();
     let p = sleeper();
     s.set_gpu_apps(&format!("{}, 10, {UUID}\n", p.pid()));
@@ -627,12 +626,22 @@ fn an_inventory_that_cannot_be_created_fails_the_scan() {
         BTreeSet::from([format!("{}.json.lock", "i".repeat(245))]),
         "no temporary file left"
     );
+    assert!(
+        s.event_lines().is_empty(),
+        "no event before the state is written"
+    );
+    let out = s.run(&config, &[]);
+    assert_eq!(out.status.code(), Some(1), "still failing");
+    assert!(s.event_lines().is_empty(), "still nothing emitted");
+    edit_config(&config, &format!("path = \"{}\"", long.display()), &from);
+    s.scan(&config);
     assert_eq!(
         pid_events(&s.events(), p.pid()),
         vec![(
             "detection.host_gpu_process_discovered".to_string(),
             serde_json::json!({"pid": p.pid(), "cmdline": "sleep 600", "gpu_memory_mb": 10, "gpu_uuid": UUID})
-        )]
+        )],
+        "emitted once, when the state could be written"
     );
 }
 

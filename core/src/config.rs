@@ -296,6 +296,16 @@ impl Config {
                 "agent" => {
                     config.agent = AgentConfig::deserialize(ValueDeserializer::from(value.clone()))
                         .map_err(|e| source.value_error("agent", &value.span(), &e))?;
+                    if config.agent.scan_timeout.is_zero() {
+                        let line = source
+                            .key_line(&value.span(), "scan_timeout")
+                            .unwrap_or_else(|| source.line_of(value.span().start));
+                        return Err(ConfigError {
+                            file: file.to_string(),
+                            line: Some(line),
+                            message: "[agent] key `scan_timeout`: must be longer than 0s".into(),
+                        });
+                    }
                 }
                 "collectors" => {
                     for (name, table) in plugin_tables(source, PluginKind::Collector, value)? {

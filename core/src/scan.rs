@@ -120,8 +120,18 @@ pub async fn run_cycle(config: &Config) -> Result<ScanResult, ScanError> {
         events: &events,
         agent: &config.agent,
     };
+    // The state first: events describe the step from the previous state to
+    // this one, so they go out only once that step is committed. If the state
+    // cannot be written, the next scan computes the same transitions again
+    // from the unchanged previous state: nothing is lost, nothing doubled.
+    let (state_sinks, other_sinks): (Vec<_>, Vec<_>) =
+        sinks.iter().partition(|s| s.plugin.state_store().is_some());
     let mut fatal = None;
-    for sink in sinks {
+    for sink in state_sinks.into_iter().chain(other_sinks) {
+        if fatal.is_some() && sink.plugin.emits_events() {
+            warn!(sink = %sink.name, "not delivered: the state was not written; the next scan reports these transitions");
+            continue;
+        }
         if let Err(e) = sink.plugin.deliver(&out).await {
             if sink.plugin.required() {
                 error!(sink = %sink.name, "{e}");
