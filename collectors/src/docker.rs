@@ -12,6 +12,7 @@
 //! run concurrently, at most `max_concurrent_inspects` at a time.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -43,6 +44,9 @@ pub struct DockerConfig {
     pub timeout: Duration,
     /// Inspect calls in flight at once on a cold scan.
     pub max_concurrent_inspects: usize,
+    /// Where the host's `/proc` is, to read who owns each running
+    /// container's main process.
+    pub proc_root: PathBuf,
 }
 
 impl Default for DockerConfig {
@@ -51,6 +55,7 @@ impl Default for DockerConfig {
             endpoint: None,
             timeout: Duration::from_secs(10),
             max_concurrent_inspects: 16,
+            proc_root: PathBuf::from("/proc"),
         }
     }
 }
@@ -204,6 +209,10 @@ impl Collector for DockerCollector {
             .await?;
         let inspects = inspected.len() as u64;
         facts.extend(inspected.into_iter().flatten());
+        for c in &mut facts {
+            c.main_user =
+                main_process_uid(&self.config.proc_root, c).map(|uid| ctx.users.name(uid));
+        }
         facts.sort_by(|a, b| a.id.cmp(&b.id));
 
         let mut stats = BTreeMap::new();
@@ -290,6 +299,17 @@ async fn touched_since(docker: &Docker, since: i64) -> Result<BTreeSet<String>, 
     Ok(touched)
 }
 
+/// The real uid of a running container's main process (one small read per
+/// running container; not cached, so a privilege drop after start is seen).
+fn main_process_uid(proc_root: &Path, c: &ContainerFacts) -> Option<u32> {
+    let pid = c.inspect.as_ref()?.main_pid;
+    if pid == 0 {
+        return None;
+    }
+    let status = std::fs::read_to_string(proc_root.join(pid.to_string()).join("status")).ok()?;
+    crate::procfs::parse_status_uid(&status)
+}
+
 fn list_options() -> ListContainersOptions {
     ListContainersOptions {
         all: true,
@@ -351,6 +371,7 @@ fn summary_facts(s: ContainerSummary, tags: &HashMap<String, String>) -> Option<
         image: image_name(s.image.as_deref(), s.image_id.as_deref(), tags),
         inspect: None,
         collector: String::new(),
+        main_user: None,
         id,
     })
 }

@@ -1,8 +1,9 @@
-//! Collector `procfs`: attributes the PIDs the other collectors found (GPU
-//! processes, containers' main processes) from `/proc`: real uid and its user
+//! Collector `procfs`: attributes the GPU processes the other collectors found
+//! from `/proc`: real uid and its user
 //! name (NSS, once per uid per scan), command line, start time, and whether the
 //! process's cgroup is a container's (docker, containerd, libpod, kubepods;
-//! cgroup v1 and v2). Reads only those PIDs, each file once. A PID that is gone
+//! cgroup v1 and v2). Reads only those PIDs, each file once, while the
+//! container engine is still answering (it does not wait for it). A PID that is gone
 //! is skipped quietly.
 //!
 //! Needs: read access to `/proc/<pid>/{stat,status,cmdline,cgroup}` (root to see
@@ -179,7 +180,7 @@ impl Collector for Procfs {
     }
 
     fn needs(&self) -> &'static [FactKind] {
-        &[FactKind::GpuProcesses, FactKind::Containers]
+        &[FactKind::GpuProcesses]
     }
 
     async fn collect(&self, ctx: &CollectContext<'_>) -> Result<Collected, CollectError> {
@@ -191,7 +192,7 @@ impl Collector for Procfs {
             )));
         }
         let mut processes = BTreeMap::new();
-        for pid in ctx.observed.pids_of_interest() {
+        for pid in ctx.observed.gpu_pids() {
             match read_process(root, pid) {
                 Some((mut facts, _)) => {
                     facts.user = ctx.users.name(facts.uid);

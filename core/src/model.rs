@@ -24,6 +24,10 @@ pub struct ContainerFacts {
     /// The collector instance that reported it (set by the core).
     #[serde(skip)]
     pub collector: String,
+    /// The owner of its main process (user name through NSS), read this cycle
+    /// while it runs; `None` when not running or not readable.
+    #[serde(default)]
+    pub main_user: Option<String>,
 }
 
 /// Facts about a container that only an inspect call gives. They are cached in
@@ -148,16 +152,9 @@ impl Observations {
         self.processes.extend(other.processes);
     }
 
-    /// The PIDs whose `/proc` facts the stages need: every GPU process and the
-    /// main process of every running container.
-    pub fn pids_of_interest(&self) -> Vec<u32> {
+    /// The PIDs whose `/proc` facts the stages need: every GPU process, once.
+    pub fn gpu_pids(&self) -> Vec<u32> {
         let mut pids: Vec<u32> = self.gpu_processes.iter().map(|p| p.pid).collect();
-        pids.extend(
-            self.containers
-                .iter()
-                .filter_map(|c| c.inspect.as_ref().map(|i| i.main_pid))
-                .filter(|&pid| pid > 0),
-        );
         pids.sort_unstable();
         pids.dedup();
         pids

@@ -129,7 +129,8 @@ pub struct Workset {
 pub struct StageContext<'a> {
     /// The previous inventory.
     pub previous: &'a Inventory,
-    /// This cycle's observations.
+    /// This cycle's observations (GPU processes and `/proc` facts; the
+    /// containers' facts are in the [`Workset`]'s drafts).
     pub observations: &'a Observations,
     /// uid -> user name, resolved once per scan.
     pub users: &'a UserNames,

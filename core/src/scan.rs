@@ -93,7 +93,8 @@ pub async fn run_cycle(config: &Config) -> Result<ScanResult, ScanError> {
         .unwrap_or_else(|| clock + Duration::from_secs(100 * 365 * 24 * 3600));
     let run = run_collectors(&config.collectors, &previous, &users, deadline).await;
 
-    let mut work = build_workset(&run.observed, &previous, &now);
+    let mut run = run;
+    let mut work = build_workset(&mut run.observed, &previous, &now);
     let ctx = StageContext {
         previous: &previous,
         observations: &run.observed,
@@ -349,10 +350,11 @@ pub fn short_id(id: &str) -> String {
     id.chars().take(12).collect()
 }
 
-fn build_workset(observed: &Observations, previous: &Inventory, now: &str) -> Workset {
-    let containers = observed
-        .containers
-        .iter()
+/// The drafts the stages work on. The containers' facts move into their
+/// drafts (they are large: labels, inspect facts); the rest stays observed.
+fn build_workset(observed: &mut Observations, previous: &Inventory, now: &str) -> Workset {
+    let containers = std::mem::take(&mut observed.containers)
+        .into_iter()
         .map(|facts| {
             let id = short_id(&facts.id);
             let detected_at = previous
@@ -372,10 +374,11 @@ fn build_workset(observed: &Observations, previous: &Inventory, now: &str) -> Wo
                     status: facts.state.clone(),
                     image: facts.image.clone(),
                     detected_at,
-                    collector: facts.collector.clone(),
-                    inspect: facts.inspect.clone(),
+                    // Moved in from the facts when the inventory is assembled.
+                    collector: String::new(),
+                    inspect: None,
                 },
-                facts: facts.clone(),
+                facts,
             }
         })
         .collect();
@@ -450,9 +453,12 @@ fn assemble(
 ) -> Inventory {
     let mut inventory = Inventory::default();
     for draft in work.containers {
-        inventory
-            .containers
-            .insert(draft.entry.id.clone(), draft.entry);
+        let entry = ContainerEntry {
+            collector: draft.facts.collector,
+            inspect: draft.facts.inspect,
+            ..draft.entry
+        };
+        inventory.containers.insert(entry.id.clone(), entry);
     }
     if !run.failed_container_sources.is_empty() {
         // Entries from before the source was recorded belong to the first one.

@@ -111,6 +111,7 @@ fn container() -> impl Strategy<Value = ContainerDraft> {
                     ..Default::default()
                 }),
                 collector: "docker".to_string(),
+                main_user: None,
             },
             entry: ContainerEntry {
                 id: id[..12].to_string(),
@@ -179,9 +180,11 @@ proptest! {
         previous_users in prop::collection::vec(any::<String>(), 0..4),
     ) {
         let stages = default_stages();
-        let mut observations = Observations::default();
-        for (pid, user) in &owners {
-            observations.processes.insert(*pid, ProcessFacts { pid: *pid, user: user.clone(), ..Default::default() });
+        let observations = Observations::default();
+        let mut containers = containers;
+        for c in &mut containers {
+            let main_pid = c.facts.inspect.as_ref().map_or(0, |i| i.main_pid);
+            c.facts.main_user = owners.get(&main_pid).cloned();
         }
         let mut previous = Inventory::default();
         for (c, user) in containers.iter().zip(&previous_users) {

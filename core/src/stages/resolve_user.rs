@@ -1,7 +1,7 @@
 //! Stage `resolve-user`: attributes each container to a user, in order: the
 //! first present user label, a path label under a home directory
 //! (`/home/<user>/...`), the owner of the container's main process (read from
-//! `/proc` by the `procfs` collector), the user it was started as when it is not
+//! `/proc` by the container collector), the user it was started as when it is not
 //! running, the user it had in the previous scan, else `unknown`.
 
 use std::collections::BTreeMap;
@@ -69,15 +69,9 @@ impl ResolveUser {
             .find_map(|path| user_from_home_path(Path::new(path.trim()), &self.config.home_dirs))
     }
 
-    fn by_main_process(&self, facts: &ContainerFacts, ctx: &StageContext<'_>) -> Option<String> {
-        let inspect = facts.inspect.as_ref()?;
-        if inspect.main_pid > 0 {
-            if let Some(p) = ctx.observations.processes.get(&inspect.main_pid) {
-                // An NSS entry may have an empty name: that names nobody.
-                return Some(p.user.clone()).filter(|u| !u.is_empty());
-            }
-        }
-        None
+    fn by_main_process(&self, facts: &ContainerFacts) -> Option<String> {
+        // An NSS entry may have an empty name: that names nobody.
+        facts.main_user.clone().filter(|u| !u.is_empty())
     }
 
     fn by_config_user(&self, facts: &ContainerFacts, ctx: &StageContext<'_>) -> Option<String> {
@@ -124,7 +118,7 @@ impl Stage for ResolveUser {
             let user = self
                 .by_labels(&c.facts.labels)
                 .or_else(|| self.by_path_labels(&c.facts.labels))
-                .or_else(|| self.by_main_process(&c.facts, ctx))
+                .or_else(|| self.by_main_process(&c.facts))
                 .or_else(|| if running { None } else { previous.clone() })
                 .or_else(|| self.by_config_user(&c.facts, ctx))
                 .or(previous);
@@ -149,7 +143,6 @@ inventory::submit! {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ProcessFacts;
     use crate::stages::testing::{container, with_context};
 
     #[test]
@@ -168,40 +161,23 @@ mod tests {
     #[test]
     fn order_of_sources() {
         let stage = ResolveUser::new(ResolveUserConfig::default());
+        // Main PID 77 is owned by carol, 78 by a user whose NSS name is empty.
         let resolve = |labels: &[(&str, &str)], main_pid: u32, config_user: &str| {
             let mut c = container("c", labels);
             if let Some(i) = c.facts.inspect.as_mut() {
                 i.main_pid = main_pid;
                 i.config_user = config_user.to_string();
             }
+            c.facts.main_user = match main_pid {
+                77 => Some("carol".into()),
+                78 => Some(String::new()),
+                _ => None,
+            };
             let mut work = Workset {
                 containers: vec![c],
                 processes: vec![],
             };
-            let mut observations = crate::model::Observations::default();
-            observations.processes.insert(
-                78,
-                ProcessFacts {
-                    pid: 78,
-                    ..Default::default()
-                },
-            );
-            observations.processes.insert(
-                77,
-                ProcessFacts {
-                    pid: 77,
-                    user: "carol".into(),
-                    ..Default::default()
-                },
-            );
-            with_context(|ctx| {
-                let ctx = StageContext {
-                    observations: &observations,
-                    ..*ctx
-                };
-                stage.run(&mut work, &ctx)
-            })
-            .expect("never fails");
+            with_context(|ctx| stage.run(&mut work, ctx)).expect("never fails");
             work.containers[0].entry.user.clone()
         };
         let both = [
