@@ -152,6 +152,28 @@ impl Observations {
         self.processes.extend(other.processes);
     }
 
+    /// A copy holding only the facts of these kinds (what a collector that
+    /// needs them may see).
+    pub fn only(&self, kinds: &[FactKind]) -> Observations {
+        Observations {
+            containers: if kinds.contains(&FactKind::Containers) {
+                self.containers.clone()
+            } else {
+                Vec::new()
+            },
+            gpu_processes: if kinds.contains(&FactKind::GpuProcesses) {
+                self.gpu_processes.clone()
+            } else {
+                Vec::new()
+            },
+            processes: if kinds.contains(&FactKind::Processes) {
+                self.processes.clone()
+            } else {
+                BTreeMap::new()
+            },
+        }
+    }
+
     /// The PIDs whose `/proc` facts the stages need: every GPU process, once.
     pub fn gpu_pids(&self) -> Vec<u32> {
         let mut pids: Vec<u32> = self.gpu_processes.iter().map(|p| p.pid).collect();

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime};
 
-use futures_util::future::join_all;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, Instance};
@@ -85,6 +85,7 @@ pub async fn run_cycle(config: &Config) -> Result<ScanResult, ScanError> {
         None => Inventory::default(),
     };
 
+    debug!(elapsed_ms = ms(clock), "previous state loaded");
     let users = UserNames::new();
     let budget = config.agent.scan_timeout;
     let deadline = clock
@@ -93,6 +94,7 @@ pub async fn run_cycle(config: &Config) -> Result<ScanResult, ScanError> {
         .unwrap_or_else(|| clock + Duration::from_secs(100 * 365 * 24 * 3600));
     let run = run_collectors(&config.collectors, &previous, &users, deadline).await;
 
+    debug!(elapsed_ms = ms(clock), "collectors done");
     let mut run = run;
     let mut work = build_workset(&mut run.observed, &previous, &now);
     let ctx = StageContext {
@@ -106,6 +108,7 @@ pub async fn run_cycle(config: &Config) -> Result<ScanResult, ScanError> {
         }
     }
 
+    debug!(elapsed_ms = ms(clock), "stages done");
     let mut inventory = assemble(&previous, work, &run, &config.collectors);
     inventory.last_scan = now.clone();
     inventory.scan = Some(ScanReport {
@@ -146,6 +149,7 @@ pub async fn run_cycle(config: &Config) -> Result<ScanResult, ScanError> {
     if let Some(message) = fatal {
         return Err(ScanError::Sink(message));
     }
+    debug!(elapsed_ms = ms(clock), "sinks done");
     let with_gpu = inventory.containers.values().filter(|c| c.has_gpu).count();
     info!(
         "Scan complete: {} containers ({} with GPU), {} host GPU processes ({} pending)",
@@ -161,8 +165,9 @@ pub async fn run_cycle(config: &Config) -> Result<ScanResult, ScanError> {
     })
 }
 
-/// Runs the collectors in waves: a collector runs once every collector that
-/// provides what it needs (and the one it is a fallback for) has finished.
+/// Runs the collectors concurrently: each starts as soon as every collector
+/// that provides what it needs (and the one it is a fallback for) has
+/// finished, and sees only the facts it needs.
 async fn run_collectors(
     collectors: &[Instance<dyn Collector>],
     previous: &Inventory,
@@ -172,40 +177,41 @@ async fn run_collectors(
     let previous_scan = parse_rfc3339(&previous.last_scan);
     let mut observed = Observations::default();
     let mut reports: BTreeMap<String, CollectorReport> = BTreeMap::new();
-    let mut remaining: Vec<usize> = (0..collectors.len()).collect();
     let mut outcome: BTreeMap<&str, bool> = BTreeMap::new();
+    let mut started = vec![false; collectors.len()];
+    let mut running = FuturesUnordered::new();
 
-    while !remaining.is_empty() {
-        // Waits while another unfinished collector provides what it needs or is
-        // the one it stands in for.
-        let waiting = |i: usize, left: &[usize]| {
-            let c = &collectors[i];
-            left.iter().any(|&j| {
-                let o = &collectors[j];
-                j != i
-                    && o.kind != c.kind
-                    && (o
-                        .plugin
-                        .provides()
-                        .iter()
-                        .any(|k| c.plugin.needs().contains(k))
-                        || c.plugin.fallback_for() == Some(o.kind))
-            })
+    // Whether collector `i` must wait for collector `j`.
+    let depends = |i: usize, j: usize| {
+        let (c, o) = (&collectors[i], &collectors[j]);
+        i != j
+            && o.kind != c.kind
+            && (o
+                .plugin
+                .provides()
+                .iter()
+                .any(|k| c.plugin.needs().contains(k))
+                || c.plugin.fallback_for() == Some(o.kind))
+    };
+
+    loop {
+        let finished = |j: usize, outcome: &BTreeMap<&str, bool>| {
+            outcome.contains_key(collectors[j].name.as_str())
         };
-        let mut ready: Vec<usize> = remaining
-            .iter()
-            .copied()
-            .filter(|&i| !waiting(i, &remaining))
+        let mut ready: Vec<usize> = (0..collectors.len())
+            .filter(|&i| !started[i])
+            .filter(|&i| (0..collectors.len()).all(|j| !depends(i, j) || finished(j, &outcome)))
             .collect();
-        if ready.is_empty() {
-            // A dependency cycle: break it at the first collector left.
-            ready = remaining[..1].to_vec();
+        if ready.is_empty() && running.is_empty() {
+            match started.iter().position(|s| !s) {
+                // A dependency cycle: break it at the first collector left.
+                Some(first) => ready.push(first),
+                None => break,
+            }
         }
-        remaining.retain(|i| !ready.contains(i));
-        let ready = ready.into_iter().map(|i| &collectors[i]);
-
-        let mut to_run = Vec::new();
-        for c in ready {
+        for i in ready {
+            started[i] = true;
+            let c = &collectors[i];
             if let Some(primary) = c.plugin.fallback_for() {
                 let primaries: Vec<bool> = collectors
                     .iter()
@@ -226,52 +232,59 @@ async fn run_collectors(
                     continue;
                 }
             }
-            to_run.push(c);
+            let view = observed.only(c.plugin.needs());
+            running.push(async move {
+                let ctx = CollectContext {
+                    previous,
+                    observed: &view,
+                    users,
+                    previous_scan,
+                };
+                (i, run_one(c, &ctx, deadline).await)
+            });
         }
-
-        let ctx = CollectContext {
-            previous,
-            observed: &observed,
-            users,
-            previous_scan,
+        // A skipped fallback may have unblocked others: look again first.
+        if running.is_empty() {
+            continue;
+        }
+        let Some((i, (result, elapsed))) = running.next().await else {
+            continue;
         };
-        let results = join_all(to_run.iter().map(|c| run_one(c, &ctx, deadline))).await;
-        for (c, (result, elapsed)) in to_run.into_iter().zip(results) {
-            let duration_ms = elapsed.as_millis() as u64;
-            match result {
-                Ok(Collected {
-                    mut observations,
-                    stats,
-                }) => {
-                    for container in &mut observations.containers {
-                        container.collector = c.name.clone();
-                    }
-                    debug!(collector = %c.name, duration_ms, "collected");
-                    observed.merge(observations);
-                    outcome.insert(&c.name, true);
-                    reports.insert(
-                        c.name.clone(),
-                        CollectorReport {
-                            ok: true,
-                            duration_ms,
-                            stats,
-                            ..Default::default()
-                        },
-                    );
+        let c = &collectors[i];
+        let duration_ms = elapsed.as_millis() as u64;
+        match result {
+            Ok(Collected {
+                mut observations,
+                stats,
+            }) => {
+                for container in &mut observations.containers {
+                    container.collector = c.name.clone();
                 }
-                Err(e) => {
-                    warn!(collector = %c.name, "collector failed, keeping what it reported last: {e}");
-                    outcome.insert(&c.name, false);
-                    reports.insert(
-                        c.name.clone(),
-                        CollectorReport {
-                            ok: false,
-                            duration_ms,
-                            error: Some(e.to_string()),
-                            ..Default::default()
-                        },
-                    );
-                }
+                debug!(collector = %c.name, duration_ms, "collected");
+                observed.merge(observations);
+                outcome.insert(&c.name, true);
+                reports.insert(
+                    c.name.clone(),
+                    CollectorReport {
+                        ok: true,
+                        duration_ms,
+                        stats,
+                        ..Default::default()
+                    },
+                );
+            }
+            Err(e) => {
+                warn!(collector = %c.name, "collector failed, keeping what it reported last: {e}");
+                outcome.insert(&c.name, false);
+                reports.insert(
+                    c.name.clone(),
+                    CollectorReport {
+                        ok: false,
+                        duration_ms,
+                        error: Some(e.to_string()),
+                        ..Default::default()
+                    },
+                );
             }
         }
     }
@@ -306,6 +319,11 @@ async fn run_collectors(
         failed_container_sources,
         gpu_known,
     }
+}
+
+/// Milliseconds since `start`, for the phase timings logged at debug level.
+fn ms(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64() * 1000.0
 }
 
 async fn run_one(
