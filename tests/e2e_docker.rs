@@ -319,3 +319,38 @@ fn processes_inside_containers_are_not_host_processes() {
         "owner of the main process"
     );
 }
+
+#[test]
+fn image_names_follow_tags_given_and_taken_between_scans() {
+    let Some(host) = docker_host() else { return };
+    let s = Scratch::new();
+    let mut c = Containers::new(&host);
+    let image_id = docker(
+        &host,
+        &[
+            "import",
+            &std::env::var("DW_TEST_ROOTFS_TAR").unwrap_or_default(),
+        ],
+    );
+    let short = image_id.trim_start_matches("sha256:")[..12].to_string();
+    let id = c.create(&[&image_id, "true"]);
+    let config = s.config(Some(&host), "");
+    s.scan(&config);
+    assert_eq!(entry(&s.inventory(), &id)["image"], short.as_str());
+
+    let tag = format!("{}:1", unique("dw-test/late"));
+    docker(&host, &["tag", &image_id, &tag]);
+    // Events are stamped in whole seconds: let the tag fall before the scan.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    s.scan(&config);
+    assert_eq!(entry(&s.inventory(), &id)["image"], tag.as_str());
+
+    docker(&host, &["rmi", "-f", &tag]);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    s.scan(&config);
+    assert_eq!(entry(&s.inventory(), &id)["image"], short.as_str());
+    drop(c);
+    let _ = Command::new("docker")
+        .args(["-H", &host, "rmi", &image_id])
+        .output();
+}

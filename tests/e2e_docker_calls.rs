@@ -1,8 +1,9 @@
 //! The cost of a scan in Docker API calls (issue 5), counted by the collector
 //! itself (`scan.collectors.docker.stats`), never by timing: a cold scan lists
-//! and inspects every container; a steady scan makes exactly three calls (list
-//! containers, list images, events since the previous scan) whatever the number
-//! of containers; a changed container costs one inspect.
+//! and inspects every container; a steady scan makes exactly two calls (list
+//! containers, events since the previous scan) whatever the number of
+//! containers; a changed container costs one inspect; new containers or a
+//! changed image add the image list (for tags) and their inspects.
 //!
 //! Its own test binary, so no other test of this crate creates containers on
 //! the engine while it counts.
@@ -54,7 +55,7 @@ fn steady_scan(s: &Scratch, config: &std::path::Path) -> (u64, u64, usize) {
 }
 
 #[test]
-fn steady_scan_costs_three_calls_whatever_the_number_of_containers() {
+fn steady_scan_costs_two_calls_whatever_the_number_of_containers() {
     let Some(host) = docker_host() else { return };
     let can_run = std::env::var("DW_TEST_DOCKER_CAN_RUN").as_deref() != Ok("0");
     let s = Scratch::new();
@@ -90,7 +91,7 @@ fn steady_scan_costs_three_calls_whatever_the_number_of_containers() {
 
     // Steady: list, images, events; nothing inspected.
     let (calls, inspects, n) = steady_scan(&s, &config);
-    assert_eq!((calls, inspects), (3, 0), "steady scan with {n} containers");
+    assert_eq!((calls, inspects), (2, 0), "steady scan with {n} containers");
     assert_eq!(n, total);
 
     // One container changes state: one more call, its inspect.
@@ -102,12 +103,12 @@ fn steady_scan_costs_three_calls_whatever_the_number_of_containers() {
         assert_eq!(inv["containers"][id]["status"], "running");
         assert_eq!(
             docker_stats(&inv),
-            (4, 1),
-            "after starting {id}: list + images + events + 1 inspect"
+            (3, 1),
+            "after starting {id}: list + events + 1 inspect"
         );
     }
 
-    // Three times as many containers of ours: a steady scan still makes 3 calls.
+    // Three times as many containers of ours: a steady scan still makes 2 calls.
     for _ in 0..10 {
         c.create(&["--network", "none", &img, "sleep", "300"]);
     }
@@ -115,7 +116,20 @@ fn steady_scan_costs_three_calls_whatever_the_number_of_containers() {
     s.scan(&config); // inspects the 10 new ones
     let (calls, inspects) = docker_stats(&s.inventory());
     assert!(inspects >= 10, "new containers inspected: {inspects}");
-    assert_eq!(calls, 3 + inspects);
+    assert_eq!(calls, 3 + inspects, "list + events + images + inspects");
+
+    // An image tagged: the image list is fetched again, nothing inspected.
+    docker(&host, &["tag", &img, "dw-test/retagged:calls"]);
+    settle();
+    s.scan(&config);
+    assert_eq!(
+        docker_stats(&s.inventory()),
+        (3, 0),
+        "list + events + images"
+    );
+    docker(&host, &["rmi", "dw-test/retagged:calls"]);
+    settle();
+    s.scan(&config);
     settle();
     let (calls, inspects, n) = steady_scan(&s, &config);
     assert!(
@@ -123,5 +137,5 @@ fn steady_scan_costs_three_calls_whatever_the_number_of_containers() {
         "{n} containers, expected at least {}",
         total + 10
     );
-    assert_eq!((calls, inspects), (3, 0), "steady scan with {n} containers");
+    assert_eq!((calls, inspects), (2, 0), "steady scan with {n} containers");
 }

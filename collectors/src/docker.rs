@@ -4,12 +4,15 @@
 //! Needs: read access to the engine socket (`endpoint`, else `$DOCKER_HOST`,
 //! else `unix:///var/run/docker.sock`). It only reads.
 //!
-//! Cost: a steady scan makes three API calls whatever the number of containers:
-//! list containers, list images (for tags), and the container events since the
-//! previous scan. Facts that need an inspect (GPU access, devices, main PID,
-//! user) are cached in the inventory and refreshed only for containers that are
-//! new, changed state, or had an event since the previous scan; those inspects
-//! run concurrently, at most `max_concurrent_inspects` at a time.
+//! Cost: a steady scan makes two API calls whatever the number of containers:
+//! list containers, and the container and image events since the previous
+//! scan. Image names (first tag) are looked up again (list images) only when a
+//! container is new or an image changed. Facts that need an inspect (GPU
+//! access, devices, main PID, user) are cached in the inventory and refreshed
+//! only for containers that are new, changed state, or had an event since the
+//! previous scan; those inspects run concurrently, at most
+//! `max_concurrent_inspects` at a time. The owner of each running container's
+//! main process is read from `/proc/<pid>/status` (`proc_root`) every scan.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -17,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bollard::errors::Error as DockerError;
-use bollard::models::{ContainerInspectResponse, ContainerSummary};
+use bollard::models::{ContainerInspectResponse, ContainerSummary, EventMessageTypeEnum};
 use bollard::query_parameters::{EventsOptions, ListContainersOptions, ListImagesOptions};
 use bollard::{ClientVersion, Docker};
 use detect_workloads_core::async_trait;
@@ -157,7 +160,7 @@ impl Collector for DockerCollector {
             .previous_scan
             .filter(|_| !ctx.previous.containers.is_empty());
         let mut docker = self.connect(&FIRST_API_VERSION)?;
-        let (list, tags, touched) = match fetch(&docker, since, &calls).await {
+        let (list, changes) = match fetch(&docker, since, &calls).await {
             Err(e) if version_refused(&e) => {
                 debug!("engine refused API 1.41; negotiating");
                 calls.count();
@@ -171,12 +174,34 @@ impl Collector for DockerCollector {
         }
         .map_err(|e| self.classify(e))?;
 
+        // Image names are looked up again only when an image changed or a
+        // container is new; otherwise each keeps the name it had.
+        let known = |s: &ContainerSummary| {
+            s.id.as_deref()
+                .and_then(|id| ctx.previous.containers.get(&short_id(id)))
+                .is_some_and(|e| !e.image.is_empty())
+        };
+        let tags = match &changes {
+            Some(changes) if !changes.images && list.iter().all(known) => None,
+            _ => Some(
+                image_tags(&docker, &calls)
+                    .await
+                    .map_err(|e| self.classify(e))?,
+            ),
+        };
+        let touched = changes.map(|c| c.containers).unwrap_or_default();
+
         let mut facts = Vec::with_capacity(list.len());
         let mut to_inspect = Vec::new();
         for summary in list {
-            let Some(c) = summary_facts(summary, &tags) else {
+            let Some(mut c) = summary_facts(summary, tags.as_ref()) else {
                 continue;
             };
+            if tags.is_none() {
+                if let Some(previous) = ctx.previous.containers.get(&short_id(&c.id)) {
+                    c.image.clone_from(&previous.image);
+                }
+            }
             match cached_inspect(ctx.previous, &c, &touched) {
                 Some(cached) => facts.push(ContainerFacts {
                     inspect: Some(cached),
@@ -228,54 +253,61 @@ impl Collector for DockerCollector {
     }
 }
 
-/// The three calls of every scan, concurrently (each on its own connection,
-/// so a steady scan takes about as long as the list call alone): the
-/// containers, the image tags (image id -> first tag), and, when there is a
-/// previous scan, the short ids of the containers with events since then.
+/// What changed on the engine since the previous scan, from its events.
+#[derive(Debug, Default)]
+struct Changes {
+    /// Short ids of containers with an event (they need a fresh inspect).
+    containers: BTreeSet<String>,
+    /// Whether any image was tagged, untagged, pulled, loaded or removed (the
+    /// containers' image names must then be looked up again).
+    images: bool,
+}
+
+/// The calls of every scan, concurrently (each on its own connection, so a
+/// steady scan takes about as long as the list call alone): the containers,
+/// and, when there is a previous scan, what changed since.
 async fn fetch(
     docker: &Docker,
     since: Option<i64>,
     calls: &Calls,
-) -> Result<
-    (
-        Vec<ContainerSummary>,
-        HashMap<String, String>,
-        BTreeSet<String>,
-    ),
-    DockerError,
-> {
+) -> Result<(Vec<ContainerSummary>, Option<Changes>), DockerError> {
     let list = async {
         calls.count();
         docker.list_containers(Some(list_options())).await
     };
-    let images = async {
-        calls.count();
-        let images = docker
-            .list_images(Some(ListImagesOptions::default()))
-            .await?;
-        Ok(images
-            .into_iter()
-            .filter_map(|i| {
-                Some((
-                    i.id,
-                    i.repo_tags.into_iter().find(|t| t != "<none>:<none>")?,
-                ))
-            })
-            .collect())
-    };
-    let touched = async {
+    let changes = async {
         match since {
             Some(since) => {
                 calls.count();
-                touched_since(docker, since).await
+                changes_since(docker, since).await.map(Some)
             }
-            None => Ok(BTreeSet::new()),
+            None => Ok(None),
         }
     };
-    futures_util::future::try_join3(list, images, touched).await
+    futures_util::future::try_join(list, changes).await
 }
 
-async fn touched_since(docker: &Docker, since: i64) -> Result<BTreeSet<String>, DockerError> {
+/// Image id -> first tag, for every tagged image.
+async fn image_tags(
+    docker: &Docker,
+    calls: &Calls,
+) -> Result<HashMap<String, String>, DockerError> {
+    calls.count();
+    let images = docker
+        .list_images(Some(ListImagesOptions::default()))
+        .await?;
+    Ok(images
+        .into_iter()
+        .filter_map(|i| {
+            Some((
+                i.id,
+                i.repo_tags.into_iter().find(|t| t != "<none>:<none>")?,
+            ))
+        })
+        .collect())
+}
+
+async fn changes_since(docker: &Docker, since: i64) -> Result<Changes, DockerError> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -286,17 +318,20 @@ async fn touched_since(docker: &Docker, since: i64) -> Result<BTreeSet<String>, 
         until: Some(now.to_string()),
         filters: Some(HashMap::from([(
             "type".to_string(),
-            vec!["container".to_string()],
+            vec!["container".to_string(), "image".to_string()],
         )])),
     };
-    let mut touched = BTreeSet::new();
+    let mut changes = Changes::default();
     let mut events = docker.events(Some(options));
     while let Some(event) = events.next().await {
-        if let Some(id) = event?.actor.and_then(|a| a.id) {
-            touched.insert(short_id(&id));
+        let event = event?;
+        if event.typ == Some(EventMessageTypeEnum::IMAGE) {
+            changes.images = true;
+        } else if let Some(id) = event.actor.and_then(|a| a.id) {
+            changes.containers.insert(short_id(&id));
         }
     }
-    Ok(touched)
+    Ok(changes)
 }
 
 /// The real uid of a running container's main process (one small read per
@@ -357,7 +392,12 @@ fn image_name(
     }
 }
 
-fn summary_facts(s: ContainerSummary, tags: &HashMap<String, String>) -> Option<ContainerFacts> {
+/// The facts of one listed container; its image name is resolved when the
+/// image tags were fetched (else the caller keeps the previous one).
+fn summary_facts(
+    s: ContainerSummary,
+    tags: Option<&HashMap<String, String>>,
+) -> Option<ContainerFacts> {
     let id = s.id.filter(|id| !id.is_empty())?;
     let name = s
         .names
@@ -368,7 +408,9 @@ fn summary_facts(s: ContainerSummary, tags: &HashMap<String, String>) -> Option<
         name,
         labels: s.labels.unwrap_or_default().into_iter().collect(),
         state: s.state.map(|st| st.to_string()).unwrap_or_default(),
-        image: image_name(s.image.as_deref(), s.image_id.as_deref(), tags),
+        image: tags
+            .map(|tags| image_name(s.image.as_deref(), s.image_id.as_deref(), tags))
+            .unwrap_or_default(),
         inspect: None,
         collector: String::new(),
         main_user: None,
