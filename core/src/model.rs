@@ -31,23 +31,32 @@ pub struct ContainerFacts {
 }
 
 /// Facts about a container that only an inspect call gives. They are cached in
-/// the inventory (field `inspect` of each container) and refreshed only when
-/// the container is new or changed.
+/// the inventory (field `inspect` of each container, empty values left out)
+/// and refreshed only when the container is new or changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct InspectFacts {
     /// `HostConfig.Runtime`.
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub runtime: String,
     /// `HostConfig.DeviceRequests` (`null` is an empty list).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub device_requests: Vec<DeviceRequest>,
     /// Host paths of `HostConfig.Devices` (`null` is an empty list).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<String>,
     /// `State.Pid`: the main process on the host, 0 when not running.
+    #[serde(skip_serializing_if = "is_zero")]
     pub main_pid: u32,
     /// `Config.User`: the user the container was started as (may be empty).
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub config_user: String,
     /// `State.StartedAt`, used to notice restarts.
     pub started_at: String,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// One entry of `HostConfig.DeviceRequests`.

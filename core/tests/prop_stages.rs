@@ -10,7 +10,7 @@ use detect_workloads_core::model::{
     ProcessEntry, ProcessFacts,
 };
 use detect_workloads_core::plugin::{ContainerDraft, ProcessDraft, StageContext, Verdict, Workset};
-use detect_workloads_core::stages::{ExcludeSystem, ExcludeSystemConfig};
+use detect_workloads_core::stages::{split_devices, ExcludeSystem, ExcludeSystemConfig};
 use detect_workloads_core::timefmt::looks_like_timestamp;
 use detect_workloads_core::users::UserNames;
 use proptest::prelude::*;
@@ -156,17 +156,10 @@ fn process() -> impl Strategy<Value = ProcessDraft> {
         )
 }
 
-/// What `gpu-devices` makes of one slot label value.
+/// What `gpu-devices` makes of one label value (the stage's own splitter,
+/// whose output the property below pins down).
 fn devices_of(value: &str) -> Vec<String> {
-    if looks_like_timestamp(value) {
-        return Vec::new();
-    }
-    value
-        .split(',')
-        .map(str::trim)
-        .filter(|v| !v.is_empty() && !looks_like_timestamp(v))
-        .map(str::to_string)
-        .collect()
+    split_devices(value)
 }
 
 proptest! {
@@ -264,6 +257,30 @@ proptest! {
         let from_slots = devices_of(&value);
         let expected = if from_slots.is_empty() { devices_of(&uuid) } else { from_slots };
         prop_assert_eq!(&work.containers[0].entry.gpu_devices, &expected);
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Every device is a trimmed, non-empty piece of the value between commas,
+    /// never a timestamp, in the value's order.
+    #[test]
+    fn split_devices_yields_clean_pieces_in_order(value in any::<String>()) {
+        let devices = split_devices(&value);
+        let pieces: Vec<&str> = value.split(',').map(str::trim).collect();
+        let mut from = 0;
+        for d in &devices {
+            prop_assert!(!d.is_empty() && d.trim() == d && !d.contains(','));
+            prop_assert!(!looks_like_timestamp(d));
+            let at = pieces[from..].iter().position(|p| p == d);
+            prop_assert!(at.is_some(), "{:?} is not a piece of {:?} after #{}", d, value, from);
+            from += at.unwrap_or_default() + 1;
+        }
+        if !looks_like_timestamp(&value) {
+            let expected = pieces.iter().filter(|p| !p.is_empty() && !looks_like_timestamp(p)).count();
+            prop_assert_eq!(devices.len(), expected);
+        }
     }
 }
 

@@ -9,7 +9,7 @@ mod transient_filter;
 
 pub use classify::{Classify, ClassifyConfig, ClassifyRule};
 pub use exclude_system::{ExcludeSystem, ExcludeSystemConfig};
-pub use gpu_devices::{GpuDevices, GpuDevicesConfig};
+pub use gpu_devices::{split_devices, GpuDevices, GpuDevicesConfig};
 pub use resolve_user::{ResolveUser, ResolveUserConfig};
 pub use transient_filter::{TransientFilter, TransientFilterConfig};
 
