@@ -160,6 +160,7 @@ impl Collector for DockerCollector {
             .previous_scan
             .filter(|_| !ctx.previous.containers.is_empty());
         let mut docker = self.connect(&FIRST_API_VERSION)?;
+        let started = std::time::Instant::now();
         let (list, changes) = match fetch(&docker, since, &calls).await {
             Err(e) if version_refused(&e) => {
                 debug!("engine refused API 1.41; negotiating");
@@ -174,6 +175,11 @@ impl Collector for DockerCollector {
         }
         .map_err(|e| self.classify(e))?;
 
+        debug!(
+            containers = list.len(),
+            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "listed"
+        );
         // Image names are looked up again only when an image changed or a
         // container is new; otherwise each keeps the name it had.
         let known = |s: &ContainerSummary| {
