@@ -1,7 +1,8 @@
 //! One scan cycle: load the previous state, run the collectors (concurrently,
-//! in dependency waves, each under its own timeout), run the stages in
-//! dependency order, assemble the inventory (carrying over what failed
-//! collectors own), diff it against the previous one, and hand both to the sinks.
+//! each as soon as what it needs is collected, each under its own timeout),
+//! run the stages in dependency order, assemble the inventory (carrying over
+//! what failed collectors own), diff it against the previous one, and hand
+//! both to the sinks (the state first, the events only once it is written).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime};
@@ -92,10 +93,9 @@ pub async fn run_cycle(config: &Config) -> Result<ScanResult, ScanError> {
         .checked_add(budget.saturating_sub((budget / 5).min(Duration::from_secs(2))))
         // A scan_timeout too long to add to the clock is no deadline at all.
         .unwrap_or_else(|| clock + Duration::from_secs(100 * 365 * 24 * 3600));
-    let run = run_collectors(&config.collectors, &previous, &users, deadline).await;
+    let mut run = run_collectors(&config.collectors, &previous, &users, deadline).await;
 
     debug!(elapsed_ms = ms(clock), "collectors done");
-    let mut run = run;
     let mut work = build_workset(&mut run.observed, &previous, &now);
     let ctx = StageContext {
         previous: &previous,
