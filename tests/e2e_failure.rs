@@ -8,22 +8,12 @@ use std::collections::BTreeSet;
 use std::fs::File;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{docker, docker_host, edit_config, test_image, unique, Containers, Proc, Scratch};
+use common::{
+    docker, docker_host, edit_config, sleeper, test_image, unique, Containers, Scratch, UUID,
+};
 use serde_json::Value;
-
-const UUID: &str = "GPU-56c0b0b8-eb5c-605d-11d6-1bac317b478c";
-
-fn sleeper() -> Proc {
-    Proc(
-        Command::new("sleep")
-            .arg("600")
-            .spawn()
-            .expect("spawn sleep"),
-    )
-}
 
 /// `[agent]` settings added to a config written by `Scratch::config`.
 fn set_agent(config: &Path, lines: &str) {

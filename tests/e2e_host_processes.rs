@@ -8,19 +8,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
-use common::{Proc, Scratch};
+use common::{sleeper, Proc, Scratch, UUID};
 use serde_json::Value;
-
-const UUID: &str = "GPU-56c0b0b8-eb5c-605d-11d6-1bac317b478c";
-
-fn sleeper() -> Proc {
-    Proc(
-        Command::new("sleep")
-            .arg("600")
-            .spawn()
-            .expect("spawn sleep"),
-    )
-}
 
 fn types(events: &[Value]) -> Vec<String> {
     events

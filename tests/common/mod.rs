@@ -11,6 +11,9 @@ use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_detect-workloads");
 
+/// The GPU of the real H100 capture in `shared/fixtures/gpu`.
+pub const UUID: &str = "GPU-56c0b0b8-eb5c-605d-11d6-1bac317b478c";
+
 /// A scratch directory holding a config, the inventory, the event log and a
 /// scripted `nvidia-smi`.
 pub struct Scratch {
@@ -116,15 +119,9 @@ path = "{events}"
 
     /// Runs the binary with this config and extra arguments.
     pub fn run(&self, config: &Path, args: &[&str]) -> Output {
-        let out = Command::new(BIN)
-            .arg("--config")
-            .arg(config)
-            .args(args)
-            .env_remove("DETECT_WORKLOADS_CONFIG")
-            .env_remove("DOCKER_HOST")
-            .output()
-            .expect("run detect-workloads");
-        out
+        self.spawn(config, args)
+            .wait_with_output()
+            .expect("run detect-workloads")
     }
 
     /// One scan that must succeed; returns its stderr.
@@ -251,6 +248,16 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
+/// A `sleep 600` to list as a GPU process, killed when dropped.
+pub fn sleeper() -> Proc {
+    Proc(
+        Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .expect("spawn sleep"),
+    )
+}
+
 /// A spawned process, killed when dropped.
 pub struct Proc(pub std::process::Child);
 
@@ -285,6 +292,7 @@ impl Scratch {
             .args(args)
             .env_remove("DETECT_WORKLOADS_CONFIG")
             .env_remove("DOCKER_HOST")
+            .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
