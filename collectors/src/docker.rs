@@ -63,8 +63,10 @@ impl Default for DockerConfig {
     }
 }
 
-/// The API version asked for first: understood by every engine from 20.10 to
-/// 28; an engine that refuses it is asked for its own version once.
+/// The API version the client is built with. bollard 0.21 sends unversioned
+/// paths (`/containers/json`), which every engine answers in its own current
+/// version; should a version ever be sent and refused, the refusal names the
+/// one to use (see `supported_version`).
 const FIRST_API_VERSION: ClientVersion = ClientVersion {
     major_version: 1,
     minor_version: 41,
@@ -130,6 +132,25 @@ fn version_refused(e: &DockerError) -> bool {
         if message.contains("API version") || message.contains("client version"))
 }
 
+/// The version an engine's refusal names: "client version 1.41 is too old.
+/// Minimum supported API version is 1.44" -> 1.44.
+fn supported_version(e: &DockerError) -> Option<ClientVersion> {
+    let DockerError::DockerResponseServerError { message, .. } = e else {
+        return None;
+    };
+    const NAMED: &str = "supported API version is ";
+    let rest = message.get(message.find(NAMED)? + NAMED.len()..)?;
+    let text: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    let (major, minor) = text.trim_end_matches('.').split_once('.')?;
+    Some(ClientVersion {
+        major_version: major.parse().ok()?,
+        minor_version: minor.parse().ok()?,
+    })
+}
+
 /// Counts the API calls of one collection.
 #[derive(Default)]
 struct Calls(AtomicU64);
@@ -163,12 +184,20 @@ impl Collector for DockerCollector {
         let started = std::time::Instant::now();
         let (list, changes) = match fetch(&docker, since, &calls).await {
             Err(e) if version_refused(&e) => {
-                debug!("engine refused API 1.41; negotiating");
-                calls.count();
-                docker = docker
-                    .negotiate_version()
-                    .await
-                    .map_err(|e| self.classify(e))?;
+                debug!("engine refused the API version: {e}");
+                // The refusal names the version the engine takes ("Minimum
+                // supported API version is 1.44"); else ask it (bollard's
+                // negotiation only ever lowers the version).
+                docker = match supported_version(&e) {
+                    Some(agreed) => self.connect(&agreed)?,
+                    None => {
+                        calls.count();
+                        docker
+                            .negotiate_version()
+                            .await
+                            .map_err(|e| self.classify(e))?
+                    }
+                };
                 fetch(&docker, since, &calls).await
             }
             other => other,
@@ -505,6 +534,27 @@ mod tests {
         assert_eq!(
             image_name(Some("sha256:0123456789abcdef"), None, &tags),
             "0123456789ab"
+        );
+    }
+
+    #[test]
+    fn refusals_name_the_version_to_use() {
+        let refusal = |message: &str| DockerError::DockerResponseServerError {
+            status_code: 400,
+            message: message.to_string(),
+        };
+        let version =
+            |e: &DockerError| supported_version(e).map(|v| (v.major_version, v.minor_version));
+        let too_old = refusal("client version 1.41 is too old. Minimum supported API version is 1.44, please upgrade your client to a newer version");
+        assert!(version_refused(&too_old));
+        assert_eq!(version(&too_old), Some((1, 44)));
+        let too_new =
+            refusal("client version 1.99 is too new. Maximum supported API version is 1.41");
+        assert_eq!(version(&too_new), Some((1, 41)));
+        assert_eq!(version(&refusal("client version 1.99 is too new")), None);
+        assert_eq!(
+            version(&refusal("Maximum supported API version is x")),
+            None
         );
     }
 
