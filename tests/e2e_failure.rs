@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{
-    docker, docker_host, edit_config, sleeper, test_image, unique, Containers, Scratch, UUID,
+    docker, docker_host, edit_config, listing, sleeper, test_image, unique, Containers, Scratch,
+    UUID,
 };
 use serde_json::Value;
 
@@ -43,16 +44,6 @@ fn pid_events(events: &[Value], pid: u32) -> Vec<(String, Value)> {
 }
 
 /// Names in a directory.
-fn listing(dir: &Path) -> BTreeSet<String> {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// Holds an exclusive `flock` on `path` (as a scan does on `<inventory>.lock`)
 /// until dropped.
 fn hold_lock(path: &Path) -> File {
@@ -129,8 +120,7 @@ fn four_simultaneous_scans_discover_each_container_once() {
 fn a_held_lock_makes_a_scan_wait_then_give_up_changing_nothing() {
     let s = Scratch::new();
     let config = s.config(None, "");
-    let p = sleeper();
-    s.set_gpu_apps(&format!("{}, 10, {UUID}\n", p.pid()));
+    let p = s.gpu_process();
     s.scan(&config);
     s.scan(&config);
     assert_eq!(s.events().len(), 1, "one discovered event");
@@ -513,8 +503,7 @@ fn a_reused_pid_is_a_new_process() {
 #[test]
 fn an_unwritable_event_log_is_a_warning() {
     let s = Scratch::new();
-    let p = sleeper();
-    s.set_gpu_apps(&format!("{}, 10, {UUID}\n", p.pid()));
+    let p = s.gpu_process();
     // The log is a directory; then its directory is a regular file.
     let blocker = s.path("blocker");
     std::fs::write(&blocker, "a regular file").expect("write");
@@ -547,8 +536,7 @@ fn an_unwritable_event_log_is_a_warning() {
 #[test]
 fn an_inventory_that_cannot_be_created_fails_the_scan() {
     let s = Scratch::new();
-    let p = sleeper();
-    s.set_gpu_apps(&format!("{}, 10, {UUID}\n", p.pid()));
+    let p = s.gpu_process();
     let config = s.config(None, "");
     // Reported at the first sighting, so the failed scan has an event to give.
     edit_config(
@@ -591,8 +579,7 @@ fn an_inventory_that_cannot_be_created_fails_the_scan() {
     // did not move on, so the next scan that can write it reports the same
     // transitions, once.
     let s = Scratch::new();
-    let p = sleeper();
-    s.set_gpu_apps(&format!("{}, 10, {UUID}\n", p.pid()));
+    let p = s.gpu_process();
     let config = s.config(None, "");
     edit_config(
         &config,
@@ -711,8 +698,7 @@ fn gpu_processes_update_while_the_engine_is_down() {
     let img = test_image();
     let mut c = Containers::new(&host);
     let a = c.create(&[&img, "true"]);
-    let p = sleeper();
-    s.set_gpu_apps(&format!("{}, 10, {UUID}\n", p.pid()));
+    let p = s.gpu_process();
     let up = s.config(Some(&host), "");
     s.scan(&up);
     s.scan(&up);
@@ -787,8 +773,7 @@ fn absurd_durations_do_not_crash_the_scan() {
         "scan_timeout = \"10000000000000000000s\"",
     );
     edit_config(&config, "timeout = \"3s\"", "timeout = \"500000000y\"");
-    let p = sleeper();
-    s.set_gpu_apps(&format!("{}, 10, {UUID}\n", p.pid()));
+    let p = s.gpu_process();
     s.scan(&config);
     s.scan(&config);
     assert!(s.inventory()["host_processes"][p.pid().to_string()].is_object());

@@ -190,8 +190,7 @@ fn host_processes_are_attributed_filtered_and_confirmed() {
 fn dry_run_reads_state_but_writes_nothing() {
     let s = Scratch::new();
     let config = s.config(None, "");
-    let p = sleeper();
-    s.set_gpu_apps(&format!("{}, 10, {UUID}\n", p.pid()));
+    let p = s.gpu_process();
     s.scan(&config);
     let state_before = std::fs::read(s.inventory_path()).expect("state");
     for args in [&["--sink", "stdout"][..], &["--dry-run"][..]] {
@@ -210,10 +209,7 @@ fn dry_run_reads_state_but_writes_nothing() {
         );
         assert!(!s.events_path().exists(), "no event emitted");
     }
-    let names: Vec<_> = std::fs::read_dir(s.inventory_path().parent().expect("dir"))
-        .expect("ls")
-        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-        .collect();
+    let names = common::listing(s.inventory_path().parent().expect("dir"));
     assert_eq!(
         names.iter().filter(|n| n.contains("tmp")).count(),
         0,
@@ -225,8 +221,7 @@ fn dry_run_reads_state_but_writes_nothing() {
 fn nvidia_smi_failure_is_recorded_and_keeps_processes() {
     let s = Scratch::new();
     let config = s.config(None, "");
-    let p = sleeper();
-    s.set_gpu_apps(&format!("{}, 10, {UUID}\n", p.pid()));
+    let _process = s.gpu_process(); // kept alive for the scans
     s.scan(&config);
     s.scan(&config);
     let confirmed = s.inventory()["host_processes"].clone();

@@ -252,7 +252,7 @@ async fn run_collectors(
         };
         let c = &collectors[i];
         let duration_ms = elapsed.as_millis() as u64;
-        match result {
+        let report = match result {
             Ok(Collected {
                 mut observations,
                 stats,
@@ -262,31 +262,25 @@ async fn run_collectors(
                 }
                 debug!(collector = %c.name, duration_ms, "collected");
                 observed.merge(observations);
-                outcome.insert(&c.name, true);
-                reports.insert(
-                    c.name.clone(),
-                    CollectorReport {
-                        ok: true,
-                        duration_ms,
-                        stats,
-                        ..Default::default()
-                    },
-                );
+                CollectorReport {
+                    ok: true,
+                    duration_ms,
+                    stats,
+                    ..Default::default()
+                }
             }
             Err(e) => {
                 warn!(collector = %c.name, "collector failed, keeping what it reported last: {e}");
-                outcome.insert(&c.name, false);
-                reports.insert(
-                    c.name.clone(),
-                    CollectorReport {
-                        ok: false,
-                        duration_ms,
-                        error: Some(e.to_string()),
-                        ..Default::default()
-                    },
-                );
+                CollectorReport {
+                    ok: false,
+                    duration_ms,
+                    error: Some(e.to_string()),
+                    ..Default::default()
+                }
             }
-        }
+        };
+        outcome.insert(&c.name, report.ok);
+        reports.insert(c.name.clone(), report);
     }
 
     let failed =

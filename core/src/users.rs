@@ -31,53 +31,19 @@ impl UserNames {
     }
 }
 
-/// One `getpwuid_r` call; `None` when the uid has no entry or NSS fails.
-pub fn lookup_uid(uid: u32) -> Option<String> {
+/// Runs one `getpw*_r` call (`call(pwd, buf, len, result)`) with a buffer
+/// that grows on `ERANGE`, and reads the entry it found with `read`.
+fn with_passwd<T>(
+    call: impl Fn(*mut libc::passwd, *mut libc::c_char, usize, *mut *mut libc::passwd) -> i32,
+    read: impl FnOnce(&libc::passwd) -> Option<T>,
+) -> Option<T> {
     let mut buf = vec![0u8; 1024];
     loop {
-        // SAFETY: `pwd` and `buf` outlive the call; getpwuid_r writes only within
-        // `buf.len()` bytes and sets `result` to null or to `&pwd`.
+        // SAFETY: `pwd`, `buf` and `result` outlive the call; getpw*_r writes
+        // only within `buf.len()` bytes and sets `result` to null or to `&pwd`.
         let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
         let mut result: *mut libc::passwd = std::ptr::null_mut();
-        let rc = unsafe {
-            libc::getpwuid_r(
-                uid,
-                &mut pwd,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                &mut result,
-            )
-        };
-        if rc == libc::ERANGE && buf.len() < 1 << 20 {
-            buf.resize(buf.len() * 4, 0);
-            continue;
-        }
-        if rc != 0 || result.is_null() || pwd.pw_name.is_null() {
-            return None;
-        }
-        // SAFETY: pw_name points into `buf`, NUL-terminated by getpwuid_r.
-        let name = unsafe { CStr::from_ptr(pwd.pw_name) };
-        return Some(name.to_string_lossy().into_owned());
-    }
-}
-
-/// The uid of a user name, through NSS (`getpwnam_r`).
-pub fn lookup_name(name: &str) -> Option<u32> {
-    let cname = std::ffi::CString::new(name).ok()?;
-    let mut buf = vec![0u8; 1024];
-    loop {
-        // SAFETY: as in `lookup_uid`.
-        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
-        let rc = unsafe {
-            libc::getpwnam_r(
-                cname.as_ptr(),
-                &mut pwd,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                &mut result,
-            )
-        };
+        let rc = call(&mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut result);
         if rc == libc::ERANGE && buf.len() < 1 << 20 {
             buf.resize(buf.len() * 4, 0);
             continue;
@@ -85,8 +51,34 @@ pub fn lookup_name(name: &str) -> Option<u32> {
         if rc != 0 || result.is_null() {
             return None;
         }
-        return Some(pwd.pw_uid);
+        return read(&pwd);
     }
+}
+
+/// One `getpwuid_r` call; `None` when the uid has no entry or NSS fails.
+pub fn lookup_uid(uid: u32) -> Option<String> {
+    with_passwd(
+        // SAFETY: the pointers come from `with_passwd` and are valid for the call.
+        |pwd, buf, len, result| unsafe { libc::getpwuid_r(uid, pwd, buf, len, result) },
+        |pwd| {
+            if pwd.pw_name.is_null() {
+                return None;
+            }
+            // SAFETY: pw_name points into the buffer, NUL-terminated by getpwuid_r.
+            let name = unsafe { CStr::from_ptr(pwd.pw_name) };
+            Some(name.to_string_lossy().into_owned())
+        },
+    )
+}
+
+/// The uid of a user name, through NSS (`getpwnam_r`).
+pub fn lookup_name(name: &str) -> Option<u32> {
+    let cname = std::ffi::CString::new(name).ok()?;
+    with_passwd(
+        // SAFETY: as above; `cname` outlives the call.
+        |pwd, buf, len, result| unsafe { libc::getpwnam_r(cname.as_ptr(), pwd, buf, len, result) },
+        |pwd| Some(pwd.pw_uid),
+    )
 }
 
 #[cfg(test)]

@@ -70,6 +70,14 @@ esac
         std::fs::write(self.path("apps.csv"), csv).expect("write apps.csv");
     }
 
+    /// A `sleep` that the scripted nvidia-smi lists as the only GPU process
+    /// (10 MiB on the fixture's GPU).
+    pub fn gpu_process(&self) -> Proc {
+        let p = sleeper();
+        self.set_gpu_apps(&format!("{}, 10, {UUID}\n", p.pid()));
+        p
+    }
+
     pub fn set_smi_mode(&self, mode: &str) {
         std::fs::write(self.path("mode"), mode).expect("write mode");
     }
@@ -256,6 +264,17 @@ pub fn sleeper() -> Proc {
             .spawn()
             .expect("spawn sleep"),
     )
+}
+
+/// The names in a directory (empty when it does not exist).
+pub fn listing(dir: &Path) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// A spawned process, killed when dropped.
