@@ -622,6 +622,36 @@ fn an_inventory_that_cannot_be_created_fails_the_scan() {
     );
 }
 
+#[test]
+fn a_previous_inventory_that_cannot_be_read_fails_the_scan() {
+    // The state is read while the collectors run; a read that fails still
+    // fails the scan before anything is written or emitted.
+    let s = Scratch::new();
+    let p = s.gpu_process();
+    let config = s.config(None, "");
+    edit_config(
+        &config,
+        "[[stages.transient-filter]]\n",
+        "[[stages.transient-filter]]\nmin_scans = 1\n",
+    );
+    std::fs::create_dir_all(s.inventory_path()).expect("mkdir");
+    let out = s.run(&config, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot read the previous inventory")
+            && stderr.contains(&s.inventory_path().display().to_string()),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("Scan complete"), "{stderr}");
+    assert!(s.inventory_path().is_dir(), "left as it was");
+    assert!(s.event_lines().is_empty(), "nothing emitted");
+
+    std::fs::remove_dir(s.inventory_path()).expect("rmdir");
+    s.scan(&config);
+    assert_eq!(pid_events(&s.events(), p.pid()).len(), 1, "emitted once");
+}
+
 /// A config whose GPU collectors are nvml (with a library that is not there)
 /// and nvidia-smi as its fallback.
 fn with_nvml_down(config: &Path) {

@@ -412,6 +412,7 @@ detect_workloads_core::inventory::submit! {
 mod tests {
     use super::*;
     use detect_workloads_core::config::Config;
+    use detect_workloads_core::plugin::Previous;
 
     fn info(pid: u32, used: UsedGpuMemory) -> ProcessInfo {
         ProcessInfo {
@@ -567,14 +568,13 @@ mod tests {
             library: "/nonexistent/libnvidia-ml.so.1".into(),
             ..NvmlConfig::default()
         });
-        let previous = Default::default();
+        let previous = Previous::known(Default::default());
         let observed = Default::default();
         let users = detect_workloads_core::users::UserNames::new();
         let ctx = CollectContext {
             previous: &previous,
             observed: &observed,
             users: &users,
-            previous_scan: None,
         };
         match collector.collect(&ctx).await {
             Err(CollectError::Unavailable(m)) => {

@@ -17,7 +17,7 @@ use detect_workloads_collectors as _;
 use detect_workloads_collectors::nvml::NvmlConfig;
 use detect_workloads_core::config::Config;
 use detect_workloads_core::model::{GpuProcess, Inventory, Observations};
-use detect_workloads_core::plugin::{CollectContext, CollectError, Collected};
+use detect_workloads_core::plugin::{CollectContext, CollectError, Collected, Previous};
 use detect_workloads_core::users::UserNames;
 
 /// The H100 capture in `shared/fixtures/gpu/h100-driver-580`.
@@ -100,14 +100,13 @@ fn collect_with_limit(library: &Path, limit: Duration) -> Option<Result<Collecte
     );
     let config = Config::parse("nvml-test.toml", &text, &[]).unwrap_or_else(|e| panic!("{e}"));
     let collector = &config.collectors[0].plugin;
-    let previous = Inventory::default();
+    let previous = Previous::known(Inventory::default());
     let observed = Observations::default();
     let users = UserNames::new();
     let ctx = CollectContext {
         previous: &previous,
         observed: &observed,
         users: &users,
-        previous_scan: None,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()

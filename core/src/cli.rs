@@ -105,7 +105,7 @@ fn scan(cli: &Cli) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let result = runtime.block_on(run_cycle(&config));
+    let result = run_cycle(&config, &runtime);
     // A collector abandoned on a blocking thread (a hung library call) must not
     // keep the process alive.
     runtime.shutdown_background();

@@ -44,15 +44,98 @@ pub struct Collected {
 
 /// What a collector may read while collecting.
 pub struct CollectContext<'a> {
-    /// The previous inventory (for caches; never to invent current facts).
-    pub previous: &'a Inventory,
+    /// The previous inventory (for caches; never to invent current facts). It
+    /// is read from disk while the collectors start: ask for it only once
+    /// your requests are under way.
+    pub previous: &'a Previous,
     /// What the collectors that ran before this one observed this cycle (the
     /// facts named in [`Collector::needs`]).
     pub observed: &'a Observations,
     /// uid -> user name, resolved once per scan.
     pub users: &'a UserNames,
+}
+
+/// What a state load yields: the inventory, or why it could not be read.
+pub type LoadResult = Result<Option<Inventory>, String>;
+
+/// The previous inventory, possibly still being read (on another thread) while
+/// the collectors start. [`Previous::get`] waits for it.
+pub struct Previous {
+    loaded: tokio::sync::OnceCell<Loaded>,
+    pending: std::sync::Mutex<Option<tokio::sync::oneshot::Receiver<LoadResult>>>,
+}
+
+struct Loaded {
+    inventory: Inventory,
+    started: Option<i64>,
+    error: Option<String>,
+}
+
+impl Loaded {
+    fn new(result: LoadResult) -> Self {
+        let (inventory, error) = match result {
+            Ok(inventory) => (inventory.unwrap_or_default(), None),
+            Err(e) => (Inventory::default(), Some(e)),
+        };
+        Loaded {
+            started: crate::timefmt::parse_rfc3339(&inventory.last_scan),
+            inventory,
+            error,
+        }
+    }
+}
+
+impl Previous {
+    /// An inventory already in memory (tests, tools; none yet: the default).
+    pub fn known(inventory: Inventory) -> Self {
+        Previous {
+            loaded: tokio::sync::OnceCell::new_with(Some(Loaded::new(Ok(Some(inventory))))),
+            pending: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// One that arrives on `result` (sent by the thread reading it).
+    pub fn arriving(result: tokio::sync::oneshot::Receiver<LoadResult>) -> Self {
+        Previous {
+            loaded: tokio::sync::OnceCell::new(),
+            pending: std::sync::Mutex::new(Some(result)),
+        }
+    }
+
+    async fn loaded(&self) -> &Loaded {
+        self.loaded
+            .get_or_init(|| async {
+                let pending = self.pending.lock().ok().and_then(|mut p| p.take());
+                let result = match pending {
+                    Some(rx) => rx
+                        .await
+                        .unwrap_or_else(|_| Err("the state reader stopped".to_string())),
+                    None => Err("no state reader".to_string()),
+                };
+                Loaded::new(result)
+            })
+            .await
+    }
+
+    /// The previous inventory (empty when there is none, or when it could
+    /// not be read: the cycle then fails after the collectors).
+    pub async fn get(&self) -> &Inventory {
+        &self.loaded().await.inventory
+    }
+
     /// When the previous scan started (seconds since the epoch), if there was one.
-    pub previous_scan: Option<i64>,
+    pub async fn scan_started(&self) -> Option<i64> {
+        self.loaded().await.started
+    }
+
+    /// The previous inventory, or why it could not be read.
+    pub async fn result(&self) -> Result<&Inventory, String> {
+        let loaded = self.loaded().await;
+        match &loaded.error {
+            Some(e) => Err(e.clone()),
+            None => Ok(&loaded.inventory),
+        }
+    }
 }
 
 /// Observes one aspect of the machine.
@@ -301,4 +384,65 @@ pub fn find_sink(name: &str) -> Option<&'static SinkPlugin> {
     inventory::iter::<SinkPlugin>
         .into_iter()
         .find(|p| p.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    }
+
+    #[test]
+    fn the_previous_state_is_what_the_reader_sends() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let previous = Previous::arriving(rx);
+        let inventory = Inventory {
+            last_scan: "2026-11-26T08:00:00Z".to_string(),
+            ..Inventory::default()
+        };
+        block_on(async {
+            // Both wait for the reader; it answers from another thread.
+            let reader = std::thread::spawn(move || tx.send(Ok(Some(inventory))).is_ok());
+            let (a, b) = tokio::join!(previous.get(), previous.scan_started());
+            assert!(reader.join().expect("reader"));
+            assert_eq!(a.last_scan, "2026-11-26T08:00:00Z");
+            assert_eq!(b, crate::timefmt::parse_rfc3339("2026-11-26T08:00:00Z"));
+            assert!(b.is_some());
+            assert!(previous.result().await.is_ok());
+        });
+    }
+
+    #[test]
+    fn a_state_that_cannot_be_read_is_empty_and_an_error() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        assert!(tx.send(Err("permission denied".to_string())).is_ok());
+        let previous = Previous::arriving(rx);
+        block_on(async {
+            assert!(previous.get().await.containers.is_empty());
+            assert_eq!(previous.scan_started().await, None);
+            assert_eq!(
+                previous.result().await.err().as_deref(),
+                Some("permission denied")
+            );
+        });
+
+        // A reader that stops without an answer is an error too, not "no state".
+        let (tx, rx) = tokio::sync::oneshot::channel::<LoadResult>();
+        drop(tx);
+        let previous = Previous::arriving(rx);
+        block_on(async {
+            assert_eq!(
+                previous.result().await.err().as_deref(),
+                Some("the state reader stopped")
+            );
+        });
+        // None yet is no error.
+        let previous = Previous::known(Inventory::default());
+        block_on(async { assert!(previous.result().await.is_ok()) });
+    }
 }

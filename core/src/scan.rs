@@ -17,10 +17,10 @@ use crate::model::{
     ScanReport,
 };
 use crate::plugin::{
-    CollectContext, CollectError, Collected, Collector, ContainerDraft, ProcessDraft, ScanOutput,
-    Stage, StageContext, StateStore, Verdict, Workset,
+    CollectContext, CollectError, Collected, Collector, ContainerDraft, Previous, ProcessDraft,
+    ScanOutput, Stage, StageContext, StateStore, Verdict, Workset,
 };
-use crate::timefmt::{parse_rfc3339, rfc3339};
+use crate::timefmt::rfc3339;
 use crate::users::UserNames;
 
 /// Why a cycle could not complete (exit status 1).
@@ -57,11 +57,15 @@ struct CollectorRun {
     gpu_known: bool,
 }
 
-/// Runs one cycle with this configuration.
-pub async fn run_cycle(config: &Config) -> Result<ScanResult, ScanError> {
+/// Runs one cycle with this configuration on `runtime`. The previous state
+/// is read on its own thread while the collectors start, so that a large
+/// inventory is parsed while the engine is still answering.
+pub fn run_cycle(
+    config: &Config,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<ScanResult, ScanError> {
     let started = SystemTime::now();
     let clock = Instant::now();
-    let now = rfc3339(started);
     let sinks = config.delivery_sinks();
     let store: Option<&dyn StateStore> = config
         .sinks
@@ -72,7 +76,7 @@ pub async fn run_cycle(config: &Config) -> Result<ScanResult, ScanError> {
         .iter()
         .any(|s| s.plugin.state_store().is_some() || s.plugin.emits_events());
 
-    // Held until the end of the cycle.
+    // Held until the end of the cycle; the state is read only under it.
     let _lock = match (store, writes) {
         (Some(store), true) => Some(
             store
@@ -81,24 +85,64 @@ pub async fn run_cycle(config: &Config) -> Result<ScanResult, ScanError> {
         ),
         _ => None,
     };
-    let previous = match store {
-        Some(store) => store.load().map_err(ScanError::State)?.unwrap_or_default(),
-        None => Inventory::default(),
-    };
+    std::thread::scope(|scope| {
+        let previous = match store {
+            Some(store) => start_loading(scope, store, clock),
+            None => Previous::known(Inventory::default()),
+        };
+        runtime.block_on(cycle(config, &previous, started, clock))
+    })
+}
 
-    debug!(elapsed_ms = ms(clock), "previous state loaded");
+/// Reads the previous state on a thread of `scope`; where no thread can be
+/// had, reads it now.
+fn start_loading<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    store: &'scope dyn StateStore,
+    clock: Instant,
+) -> Previous {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let load = move || {
+        let result = store.load();
+        debug!(elapsed_ms = ms(clock), "previous state loaded");
+        // The cycle may have ended (a panic); nobody is left to tell.
+        let _ = tx.send(result);
+    };
+    match std::thread::Builder::new()
+        .name("state-load".to_string())
+        .spawn_scoped(scope, load)
+    {
+        Ok(_) => Previous::arriving(rx),
+        Err(e) => {
+            debug!("no thread to read the state on ({e}); reading it first");
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let _ = tx.send(store.load());
+            Previous::arriving(rx)
+        }
+    }
+}
+
+async fn cycle(
+    config: &Config,
+    previous: &Previous,
+    started: SystemTime,
+    clock: Instant,
+) -> Result<ScanResult, ScanError> {
+    let now = rfc3339(started);
+    let sinks = config.delivery_sinks();
     let users = UserNames::new();
     let budget = config.agent.scan_timeout;
     let deadline = clock
         .checked_add(budget.saturating_sub((budget / 5).min(Duration::from_secs(2))))
         // A scan_timeout too long to add to the clock is no deadline at all.
         .unwrap_or_else(|| clock + Duration::from_secs(100 * 365 * 24 * 3600));
-    let mut run = run_collectors(&config.collectors, &previous, &users, deadline).await;
+    let mut run = run_collectors(&config.collectors, previous, &users, deadline).await;
+    let previous = previous.result().await.map_err(ScanError::State)?;
 
     debug!(elapsed_ms = ms(clock), "collectors done");
-    let mut work = build_workset(&mut run.observed, &previous, &now);
+    let mut work = build_workset(&mut run.observed, previous, &now);
     let ctx = StageContext {
-        previous: &previous,
+        previous,
         observations: &run.observed,
         users: &users,
     };
@@ -109,14 +153,14 @@ pub async fn run_cycle(config: &Config) -> Result<ScanResult, ScanError> {
     }
 
     debug!(elapsed_ms = ms(clock), "stages done");
-    let mut inventory = assemble(&previous, work, &run, &config.collectors);
+    let mut inventory = assemble(previous, work, &run, &config.collectors);
     inventory.last_scan = now.clone();
     inventory.scan = Some(ScanReport {
         started_at: now.clone(),
         duration_ms: clock.elapsed().as_millis() as u64,
         collectors: run.reports,
     });
-    let events = transitions(&previous, &inventory, &now);
+    let events = transitions(previous, &inventory, &now);
 
     let mut sink_warnings = Vec::new();
     let out = ScanOutput {
@@ -170,11 +214,10 @@ pub async fn run_cycle(config: &Config) -> Result<ScanResult, ScanError> {
 /// finished, and sees only the facts it needs.
 async fn run_collectors(
     collectors: &[Instance<dyn Collector>],
-    previous: &Inventory,
+    previous: &Previous,
     users: &UserNames,
     deadline: Instant,
 ) -> CollectorRun {
-    let previous_scan = parse_rfc3339(&previous.last_scan);
     let mut observed = Observations::default();
     let mut reports: BTreeMap<String, CollectorReport> = BTreeMap::new();
     let mut outcome: BTreeMap<&str, bool> = BTreeMap::new();
@@ -238,7 +281,6 @@ async fn run_collectors(
                     previous,
                     observed: &view,
                     users,
-                    previous_scan,
                 };
                 (i, run_one(c, &ctx, deadline).await)
             });

@@ -302,6 +302,7 @@ mod tests {
 
     use detect_workloads_core::config::Config;
     use detect_workloads_core::model::Inventory;
+    use detect_workloads_core::plugin::Previous;
     use detect_workloads_core::users::UserNames;
 
     /// A crafted proc tree: `links` are (pid, fd, target).
@@ -521,7 +522,7 @@ mod tests {
         });
         assert_eq!(collector.provides(), &[FactKind::GpuProcesses]);
         let (previous, observed, users) = (
-            Inventory::default(),
+            Previous::known(Inventory::default()),
             Observations::default(),
             UserNames::new(),
         );
@@ -529,7 +530,6 @@ mod tests {
             previous: &previous,
             observed: &observed,
             users: &users,
-            previous_scan: None,
         };
         let collected = collector.collect(&ctx).await.expect("collect");
         assert_eq!(collected.observations.gpu_processes.len(), 1);

@@ -1,5 +1,5 @@
 //! Collector `docker`: every container the Docker engine knows, running or not,
-//! through the Engine API (`bollard`).
+//! through the Engine API (`engine.rs`: plain HTTP `GET`s over the socket).
 //!
 //! Needs: read access to the engine socket (`endpoint`, else `$DOCKER_HOST`,
 //! else `unix:///var/run/docker.sock`). It only reads.
@@ -14,24 +14,23 @@
 //! `max_concurrent_inspects` at a time. The owner of each running container's
 //! main process is read from `/proc/<pid>/status` (`proc_root`) every scan.
 
+mod engine;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bollard::errors::Error as DockerError;
-use bollard::models::{ContainerInspectResponse, ContainerSummary, EventMessageTypeEnum};
-use bollard::query_parameters::{EventsOptions, ListContainersOptions, ListImagesOptions};
-use bollard::{ClientVersion, Docker};
 use detect_workloads_core::async_trait;
 use detect_workloads_core::config::{duration, ConfigError, PluginConfig};
 use detect_workloads_core::model::{
     ContainerFacts, DeviceRequest, FactKind, InspectFacts, Inventory, Observations,
 };
 use detect_workloads_core::plugin::{
-    CollectContext, CollectError, Collected, Collector, CollectorPlugin,
+    CollectContext, CollectError, Collected, Collector, CollectorPlugin, Previous,
 };
 use detect_workloads_core::scan::short_id;
+use engine::{ApiError, Endpoint, Engine, EventMessage, ImageSummary, Inspect, Summary};
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use serde::Deserialize;
 use tracing::debug;
@@ -63,15 +62,6 @@ impl Default for DockerConfig {
     }
 }
 
-/// The API version the client is built with. bollard 0.21 sends unversioned
-/// paths (`/containers/json`), which every engine answers in its own current
-/// version; should a version ever be sent and refused, the refusal names the
-/// one to use (see `supported_version`).
-const FIRST_API_VERSION: ClientVersion = ClientVersion {
-    major_version: 1,
-    minor_version: 41,
-};
-
 /// The `docker` collector.
 #[derive(Debug)]
 pub struct DockerCollector {
@@ -90,65 +80,16 @@ impl DockerCollector {
         Self { config, endpoint }
     }
 
-    fn connect(&self, version: &ClientVersion) -> Result<Docker, CollectError> {
-        let secs = self.config.timeout.as_secs().max(1);
-        let result = if let Some(path) = self.endpoint.strip_prefix("unix://") {
-            Docker::connect_with_unix(path, secs, version)
-        } else if self.endpoint.starts_with("tcp://") || self.endpoint.starts_with("http://") {
-            Docker::connect_with_http(&self.endpoint, secs, version)
-        } else {
-            return Err(CollectError::Unavailable(format!(
-                "unsupported endpoint {:?} (use unix://, tcp:// or http://)",
-                self.endpoint
-            )));
-        };
-        result.map_err(|e| self.classify(e))
-    }
-
     /// "Cannot reach the engine" is unavailability; an engine that answers
     /// wrongly is a failure.
-    fn classify(&self, e: DockerError) -> CollectError {
+    fn classify(&self, e: ApiError) -> CollectError {
         match e {
-            DockerError::DockerResponseServerError {
-                status_code,
-                message,
-            } => CollectError::Failed(format!(
-                "engine at {} answered {status_code}: {message}",
-                self.endpoint
-            )),
-            DockerError::JsonDataError { .. } | DockerError::JsonSerdeError { .. } => {
-                CollectError::Failed(format!(
-                    "engine at {} sent unreadable data: {e}",
-                    self.endpoint
-                ))
+            ApiError::Io(e) => {
+                CollectError::Unavailable(format!("engine at {}: {e}", self.endpoint))
             }
-            other => CollectError::Unavailable(format!("engine at {}: {other}", self.endpoint)),
+            other => CollectError::Failed(format!("engine at {} {other}", self.endpoint)),
         }
     }
-}
-
-fn version_refused(e: &DockerError) -> bool {
-    matches!(e, DockerError::DockerResponseServerError { status_code: 400, message }
-        if message.contains("API version") || message.contains("client version"))
-}
-
-/// The version an engine's refusal names: "client version 1.41 is too old.
-/// Minimum supported API version is 1.44" -> 1.44.
-fn supported_version(e: &DockerError) -> Option<ClientVersion> {
-    let DockerError::DockerResponseServerError { message, .. } = e else {
-        return None;
-    };
-    const NAMED: &str = "supported API version is ";
-    let rest = message.get(message.find(NAMED)? + NAMED.len()..)?;
-    let text: String = rest
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || *c == '.')
-        .collect();
-    let (major, minor) = text.trim_end_matches('.').split_once('.')?;
-    Some(ClientVersion {
-        major_version: major.parse().ok()?,
-        minor_version: minor.parse().ok()?,
-    })
 }
 
 /// Counts the API calls of one collection.
@@ -176,50 +117,29 @@ impl Collector for DockerCollector {
 
     async fn collect(&self, ctx: &CollectContext<'_>) -> Result<Collected, CollectError> {
         let calls = Calls::default();
-        // Containers with events since the previous scan need a fresh inspect.
-        let since = ctx
-            .previous_scan
-            .filter(|_| !ctx.previous.containers.is_empty());
-        let mut docker = self.connect(&FIRST_API_VERSION)?;
+        let engine =
+            Engine::new(Endpoint::parse(&self.endpoint).map_err(CollectError::Unavailable)?);
         let started = std::time::Instant::now();
-        let (list, changes) = match fetch(&docker, since, &calls).await {
-            Err(e) if version_refused(&e) => {
-                debug!("engine refused the API version: {e}");
-                // The refusal names the version the engine takes ("Minimum
-                // supported API version is 1.44"); else ask it (bollard's
-                // negotiation only ever lowers the version).
-                docker = match supported_version(&e) {
-                    Some(agreed) => self.connect(&agreed)?,
-                    None => {
-                        calls.count();
-                        docker
-                            .negotiate_version()
-                            .await
-                            .map_err(|e| self.classify(e))?
-                    }
-                };
-                fetch(&docker, since, &calls).await
-            }
-            other => other,
-        }
-        .map_err(|e| self.classify(e))?;
-
+        let (list, changes) = fetch(&engine, ctx.previous, &calls)
+            .await
+            .map_err(|e| self.classify(e))?;
         debug!(
             containers = list.len(),
             elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
             "listed"
         );
+        let previous = ctx.previous.get().await;
         // Image names are looked up again only when an image changed or a
         // container is new; otherwise each keeps the name it had.
-        let known = |s: &ContainerSummary| {
+        let known = |s: &Summary| {
             s.id.as_deref()
-                .and_then(|id| ctx.previous.containers.get(&short_id(id)))
+                .and_then(|id| previous.containers.get(&short_id(id)))
                 .is_some_and(|e| !e.image.is_empty())
         };
         let tags = match &changes {
             Some(changes) if !changes.images && list.iter().all(known) => None,
             _ => Some(
-                image_tags(&docker, &calls)
+                image_tags(&engine, &calls)
                     .await
                     .map_err(|e| self.classify(e))?,
             ),
@@ -233,11 +153,11 @@ impl Collector for DockerCollector {
                 continue;
             };
             if tags.is_none() {
-                if let Some(previous) = ctx.previous.containers.get(&short_id(&c.id)) {
-                    c.image.clone_from(&previous.image);
+                if let Some(before) = previous.containers.get(&short_id(&c.id)) {
+                    c.image.clone_from(&before.image);
                 }
             }
-            match cached_inspect(ctx.previous, &c, &touched) {
+            match cached_inspect(previous, &c, &touched) {
                 Some(cached) => facts.push(ContainerFacts {
                     inspect: Some(cached),
                     ..c
@@ -247,19 +167,18 @@ impl Collector for DockerCollector {
         }
         let inspected = stream::iter(to_inspect)
             .map(|mut c| {
-                let docker = &docker;
+                let engine = &engine;
                 let calls = &calls;
                 async move {
                     calls.count();
-                    match docker.inspect_container(&c.id, None).await {
+                    let path = format!("/containers/{}/json", engine::query_value(&c.id));
+                    match engine.get::<Inspect>(&path).await {
                         Ok(response) => {
                             c.inspect = Some(inspect_facts(response));
                             Ok(Some(c))
                         }
                         // Removed between the list and the inspect: gone.
-                        Err(DockerError::DockerResponseServerError {
-                            status_code: 404, ..
-                        }) => Ok(None),
+                        Err(ApiError::Status { code: 404, .. }) => Ok(None),
                         Err(e) => Err(self.classify(e)),
                     }
                 }
@@ -300,21 +219,27 @@ struct Changes {
 
 /// The calls of every scan, concurrently (each on its own connection, so a
 /// steady scan takes about as long as the list call alone): the containers,
-/// and, when there is a previous scan, what changed since.
+/// and, when there is a previous scan, what changed since. The list is asked
+/// for first; the previous state may still be loading meanwhile.
 async fn fetch(
-    docker: &Docker,
-    since: Option<i64>,
+    engine: &Engine,
+    previous: &Previous,
     calls: &Calls,
-) -> Result<(Vec<ContainerSummary>, Option<Changes>), DockerError> {
+) -> Result<(Vec<Summary>, Option<Changes>), ApiError> {
     let list = async {
         calls.count();
-        docker.list_containers(Some(list_options())).await
+        engine.get::<Vec<Summary>>("/containers/json?all=1").await
     };
     let changes = async {
+        // Containers with events since the previous scan need a fresh inspect.
+        let since = match previous.get().await.containers.is_empty() {
+            true => None,
+            false => previous.scan_started().await,
+        };
         match since {
             Some(since) => {
                 calls.count();
-                changes_since(docker, since).await.map(Some)
+                changes_since(engine, since).await.map(Some)
             }
             None => Ok(None),
         }
@@ -323,44 +248,32 @@ async fn fetch(
 }
 
 /// Image id -> first tag, for every tagged image.
-async fn image_tags(
-    docker: &Docker,
-    calls: &Calls,
-) -> Result<HashMap<String, String>, DockerError> {
+async fn image_tags(engine: &Engine, calls: &Calls) -> Result<HashMap<String, String>, ApiError> {
     calls.count();
-    let images = docker
-        .list_images(Some(ListImagesOptions::default()))
-        .await?;
+    let images: Vec<ImageSummary> = engine.get("/images/json").await?;
     Ok(images
         .into_iter()
         .filter_map(|i| {
-            Some((
-                i.id,
-                i.repo_tags.into_iter().find(|t| t != "<none>:<none>")?,
-            ))
+            let tag = i.repo_tags?.into_iter().find(|t| t != "<none>:<none>")?;
+            Some((i.id, tag))
         })
         .collect())
 }
 
-async fn changes_since(docker: &Docker, since: i64) -> Result<Changes, DockerError> {
+async fn changes_since(engine: &Engine, since: i64) -> Result<Changes, ApiError> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or_default();
-    let options = EventsOptions {
-        // One second of overlap: events are stamped in whole seconds here.
-        since: Some((since - 1).to_string()),
-        until: Some(now.to_string()),
-        filters: Some(HashMap::from([(
-            "type".to_string(),
-            vec!["container".to_string(), "image".to_string()],
-        )])),
-    };
+    // One second of overlap: events are stamped in whole seconds here.
+    let path = format!(
+        "/events?since={}&until={now}&filters={}",
+        since - 1,
+        engine::query_value(r#"{"type":["container","image"]}"#)
+    );
     let mut changes = Changes::default();
-    let mut events = docker.events(Some(options));
-    while let Some(event) = events.next().await {
-        let event = event?;
-        if event.typ == Some(EventMessageTypeEnum::IMAGE) {
+    for event in engine.get_all::<EventMessage>(&path).await? {
+        if event.typ.as_deref() == Some("image") {
             changes.images = true;
         } else if let Some(id) = event.actor.and_then(|a| a.id) {
             changes.containers.insert(short_id(&id));
@@ -378,13 +291,6 @@ fn main_process_uid(proc_root: &Path, c: &ContainerFacts) -> Option<u32> {
     }
     let status = std::fs::read_to_string(proc_root.join(pid.to_string()).join("status")).ok()?;
     crate::procfs::parse_status_uid(&status)
-}
-
-fn list_options() -> ListContainersOptions {
-    ListContainersOptions {
-        all: true,
-        ..Default::default()
-    }
 }
 
 /// The cached inspect facts of a container, when still valid: same state as in
@@ -429,10 +335,7 @@ fn image_name(
 
 /// The facts of one listed container; its image name is resolved when the
 /// image tags were fetched (else the caller keeps the previous one).
-fn summary_facts(
-    s: ContainerSummary,
-    tags: Option<&HashMap<String, String>>,
-) -> Option<ContainerFacts> {
+fn summary_facts(s: Summary, tags: Option<&HashMap<String, String>>) -> Option<ContainerFacts> {
     let id = s.id.filter(|id| !id.is_empty())?;
     let name = s
         .names
@@ -441,8 +344,8 @@ fn summary_facts(
         .unwrap_or_default();
     Some(ContainerFacts {
         name,
-        labels: s.labels.unwrap_or_default().into_iter().collect(),
-        state: s.state.map(|st| st.to_string()).unwrap_or_default(),
+        labels: s.labels.unwrap_or_default(),
+        state: s.state.unwrap_or_default(),
         image: tags
             .map(|tags| image_name(s.image.as_deref(), s.image_id.as_deref(), tags))
             .unwrap_or_default(),
@@ -453,7 +356,7 @@ fn summary_facts(
     })
 }
 
-fn inspect_facts(r: ContainerInspectResponse) -> InspectFacts {
+fn inspect_facts(r: Inspect) -> InspectFacts {
     let host = r.host_config.unwrap_or_default();
     let state = r.state.unwrap_or_default();
     InspectFacts {
@@ -490,12 +393,7 @@ fn build(config: PluginConfig<'_>) -> Result<Box<dyn Collector>, ConfigError> {
         return Err(config.invalid("max_concurrent_inspects", "must be at least 1"));
     }
     if let Some(endpoint) = &parsed.endpoint {
-        if !["unix://", "tcp://", "http://"]
-            .iter()
-            .any(|p| endpoint.starts_with(p))
-        {
-            return Err(config.invalid("endpoint", "must start with unix://, tcp:// or http://"));
-        }
+        Endpoint::parse(endpoint).map_err(|e| config.invalid("endpoint", e))?;
     }
     Ok(Box::new(DockerCollector::new(parsed)))
 }
@@ -538,29 +436,8 @@ mod tests {
     }
 
     #[test]
-    fn refusals_name_the_version_to_use() {
-        let refusal = |message: &str| DockerError::DockerResponseServerError {
-            status_code: 400,
-            message: message.to_string(),
-        };
-        let version =
-            |e: &DockerError| supported_version(e).map(|v| (v.major_version, v.minor_version));
-        let too_old = refusal("client version 1.41 is too old. Minimum supported API version is 1.44, please upgrade your client to a newer version");
-        assert!(version_refused(&too_old));
-        assert_eq!(version(&too_old), Some((1, 44)));
-        let too_new =
-            refusal("client version 1.99 is too new. Maximum supported API version is 1.41");
-        assert_eq!(version(&too_new), Some((1, 41)));
-        assert_eq!(version(&refusal("client version 1.99 is too new")), None);
-        assert_eq!(
-            version(&refusal("Maximum supported API version is x")),
-            None
-        );
-    }
-
-    #[test]
     fn null_host_config_fields_are_empty() {
-        let facts = inspect_facts(ContainerInspectResponse::default());
+        let facts = inspect_facts(Inspect::default());
         assert_eq!(facts, InspectFacts::default());
     }
 }
