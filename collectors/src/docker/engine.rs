@@ -122,7 +122,7 @@ impl Engine {
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: docker\r\nUser-Agent: detect-workloads\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
         );
-        let raw = match &self.endpoint {
+        let (code, body) = match &self.endpoint {
             Endpoint::Unix(path) => {
                 exchange(tokio::net::UnixStream::connect(path).await, &request).await
             }
@@ -133,9 +133,7 @@ impl Engine {
                 )
                 .await
             }
-        }
-        .map_err(ApiError::Io)?;
-        let (code, body) = parse_response(&raw).map_err(ApiError::Protocol)?;
+        }?;
         if (200..300).contains(&code) {
             Ok(body)
         } else {
@@ -147,32 +145,73 @@ impl Engine {
     }
 }
 
-/// Sends the request and reads the whole answer (the engine closes the
-/// connection after it, as asked).
+/// Sends the request and reads the answer: until its body is complete, or
+/// until the engine closes the connection (as asked), whichever comes first.
 async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     stream: std::io::Result<S>,
     request: &str,
-) -> std::io::Result<Vec<u8>> {
-    let mut stream = stream?;
-    stream.write_all(request.as_bytes()).await?;
+) -> Result<(u16, Vec<u8>), ApiError> {
+    let mut stream = stream.map_err(ApiError::Io)?;
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(ApiError::Io)?;
     let mut raw = Vec::with_capacity(64 * 1024);
-    (&mut stream)
-        .take(MAX_RESPONSE + 1)
-        .read_to_end(&mut raw)
-        .await?;
-    if raw.len() as u64 > MAX_RESPONSE {
-        return Err(std::io::Error::other(format!(
-            "answer larger than {MAX_RESPONSE} bytes"
-        )));
+    let mut head = None;
+    loop {
+        if raw.len() == raw.capacity() {
+            raw.reserve(raw.len());
+        }
+        let read = stream.read_buf(&mut raw).await.map_err(ApiError::Io)?;
+        if read == 0 {
+            break;
+        }
+        if raw.len() as u64 > MAX_RESPONSE {
+            return Err(ApiError::Protocol(format!(
+                "answer larger than {MAX_RESPONSE} bytes"
+            )));
+        }
+        if head.is_none() {
+            head = parse_head(&raw).ok();
+        }
+        let complete = match &head {
+            Some(Head {
+                chunked: true,
+                body_start,
+                ..
+            }) => raw.len() > *body_start && raw.ends_with(b"0\r\n\r\n"),
+            Some(Head {
+                length: Some(length),
+                body_start,
+                ..
+            }) => raw.len() >= body_start + length,
+            _ => false,
+        };
+        if complete {
+            // A chunked body can look complete at a read boundary and not be.
+            if let Ok(response) = parse_response(&raw) {
+                return Ok(response);
+            }
+        }
     }
-    Ok(raw)
+    parse_response(&raw).map_err(ApiError::Protocol)
 }
 
-/// The status code and the body of a whole HTTP/1.x response.
-pub(crate) fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), String> {
-    let end = find(raw, b"\r\n\r\n").ok_or("no end of headers")?;
+/// What the status line and headers say.
+#[derive(Debug, PartialEq, Eq)]
+struct Head {
+    code: u16,
+    /// Where the body starts in the raw answer.
+    body_start: usize,
+    chunked: bool,
+    length: Option<usize>,
+}
+
+fn parse_head(raw: &[u8]) -> Result<Head, String> {
+    // Headers are small; a peer that sends none is not searched for long.
+    let window = &raw[..raw.len().min(64 * 1024)];
+    let end = find(window, b"\r\n\r\n").ok_or("no end of headers")?;
     let head = std::str::from_utf8(&raw[..end]).map_err(|_| "headers are not UTF-8")?;
-    let rest = &raw[end + 4..];
     let mut lines = head.split("\r\n");
     let status = lines.next().unwrap_or_default();
     let mut parts = status.splitn(3, ' ');
@@ -203,15 +242,27 @@ pub(crate) fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), String> {
             );
         }
     }
-    if chunked {
-        return dechunk(rest).map(|body| (code, body));
+    Ok(Head {
+        code,
+        body_start: end + 4,
+        chunked,
+        length,
+    })
+}
+
+/// The status code and the body of a whole HTTP/1.x response.
+pub(crate) fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), String> {
+    let head = parse_head(raw)?;
+    let rest = &raw[head.body_start..];
+    if head.chunked {
+        return dechunk(rest).map(|body| (head.code, body));
     }
-    match length {
+    match head.length {
         Some(n) => rest
             .get(..n)
-            .map(|body| (code, body.to_vec()))
+            .map(|body| (head.code, body.to_vec()))
             .ok_or_else(|| format!("body cut short: {} of {n} bytes", rest.len())),
-        None => Ok((code, rest.to_vec())),
+        None => Ok((head.code, rest.to_vec())),
     }
 }
 
@@ -460,17 +511,41 @@ mod tests {
         assert!(inspect.host_config.is_none());
     }
 
-    /// Serves one canned answer per connection on a fresh socket.
-    fn serve(answers: Vec<&'static [u8]>) -> (tempfile::TempDir, Engine) {
+    /// A connection of the canned engine.
+    trait Conn: std::io::Read + std::io::Write + Send {}
+    impl<T: std::io::Read + std::io::Write + Send> Conn for T {}
+
+    /// Serves one canned answer per connection, on a fresh Unix socket or on
+    /// loopback TCP; answers marked `true` leave the connection open (the
+    /// client must see that the body is complete).
+    fn serve(tcp: bool, answers: Vec<(&'static [u8], bool)>) -> (tempfile::TempDir, Engine) {
         use std::io::{Read, Write};
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("engine.sock");
-        let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        let (accept, endpoint): (Box<dyn Fn() -> Option<Box<dyn Conn>> + Send>, Endpoint) = if tcp {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            let addr = listener.local_addr().expect("addr").to_string();
+            let accept = move || {
+                listener
+                    .accept()
+                    .ok()
+                    .map(|(c, _)| Box::new(c) as Box<dyn Conn>)
+            };
+            (Box::new(accept), Endpoint::Tcp(addr))
+        } else {
+            let path = dir.path().join("engine.sock");
+            let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+            let accept = move || {
+                listener
+                    .accept()
+                    .ok()
+                    .map(|(c, _)| Box::new(c) as Box<dyn Conn>)
+            };
+            (Box::new(accept), Endpoint::Unix(path))
+        };
         std::thread::spawn(move || {
-            for answer in answers {
-                let Ok((mut conn, _)) = listener.accept() else {
-                    return;
-                };
+            let mut open = Vec::new();
+            for (answer, keep_open) in answers {
+                let Some(mut conn) = accept() else { return };
                 let mut request = Vec::new();
                 let mut buf = [0u8; 1024];
                 while !request.ends_with(b"\r\n\r\n") {
@@ -481,37 +556,58 @@ mod tests {
                 }
                 assert!(request.starts_with(b"GET /containers/json?all=1 HTTP/1.1\r\n"));
                 let _ = conn.write_all(answer);
+                if keep_open {
+                    open.push(conn);
+                }
             }
+            std::thread::sleep(std::time::Duration::from_secs(60));
         });
-        (dir, Engine::new(Endpoint::Unix(path)))
+        (dir, Engine::new(endpoint))
     }
 
-    #[test]
-    fn calls_over_a_socket() {
-        let (_dir, engine) = serve(vec![
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nb\r\n[{\"Id\":\"a\"}\r\n1\r\n]\r\n0\r\n\r\n",
-            b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 22\r\n\r\n{\"message\":\"no disk\"}\n",
-            b"garbage",
-            b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n[{\"Id\":",
-        ]);
+    fn list(engine: &Engine) -> Result<Vec<Summary>, ApiError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
         runtime.block_on(async {
-            let list = engine.get::<Vec<Summary>>("/containers/json?all=1").await;
-            assert_eq!(list.expect("list")[0].id.as_deref(), Some("a"));
-            match engine.get::<Vec<Summary>>("/containers/json?all=1").await {
+            tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                engine.get::<Vec<Summary>>("/containers/json?all=1"),
+            )
+            .await
+            .expect("the answer is complete before the connection closes")
+        })
+    }
+
+    #[test]
+    fn calls_over_unix_and_tcp() {
+        for tcp in [false, true] {
+            let (_dir, engine) = serve(
+                tcp,
+                vec![
+                    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nb\r\n[{\"Id\":\"a\"}\r\n1\r\n]\r\n0\r\n\r\n", true),
+                    (b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n[{\"Id\":\"b\"}]", true),
+                    (b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 22\r\n\r\n{\"message\":\"no disk\"}\n", true),
+                    (b"HTTP/1.0 200 OK\r\n\r\n[{\"Id\":\"c\"}]", false),
+                    (b"garbage", false),
+                    (b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n[{\"Id\":", true),
+                ],
+            );
+            let id = |r: Result<Vec<Summary>, ApiError>| r.expect("list")[0].id.clone();
+            assert_eq!(id(list(&engine)).as_deref(), Some("a"));
+            assert_eq!(id(list(&engine)).as_deref(), Some("b"));
+            match list(&engine) {
                 Err(ApiError::Status { code: 500, message }) => assert_eq!(message, "no disk"),
                 other => panic!("{other:?}"),
             }
-            let garbage = engine.get::<Vec<Summary>>("/containers/json?all=1").await;
+            assert_eq!(id(list(&engine)).as_deref(), Some("c"));
+            let garbage = list(&engine);
             assert!(matches!(garbage, Err(ApiError::Protocol(_))), "{garbage:?}");
-            let cut = engine.get::<Vec<Summary>>("/containers/json?all=1").await;
+            let cut = list(&engine);
             assert!(matches!(cut, Err(ApiError::Json(_))), "{cut:?}");
-            let nowhere = Engine::new(Endpoint::Unix("/nonexistent/engine.sock".into()));
-            let gone = nowhere.get::<Vec<Summary>>("/containers/json?all=1").await;
-            assert!(matches!(gone, Err(ApiError::Io(_))), "{gone:?}");
-        });
+        }
+        let nowhere = Engine::new(Endpoint::Unix("/nonexistent/engine.sock".into()));
+        assert!(matches!(list(&nowhere), Err(ApiError::Io(_))));
     }
 }
