@@ -257,7 +257,7 @@ def table(a):
         ("list in-proc ms", lambda r: f"{r['bare_inproc_ms']:.1f}"),
         ("cold wall ms", lambda r: f"{r['cold_wall_ms']:.0f}"),
         ("steady wall ms", lambda r: f"{r['steady_wall_ms']:.1f}"),
-        ("steady/bare", lambda r: f"{r['ratio']:.2f}"),
+        ("steady/bare (paired)", lambda r: f"{r['ratio']:.2f} ({r['ratio_pairwise_median']:.2f})"),
         ("steady CPU ms (incl. smi)", lambda r: f"{r['steady_cpu_ms']:.1f} ({r['steady_cpu_ms'] - r['smi_cpu_ms']:.1f})"),
         ("steady peak RSS MB", lambda r: f"{r['steady_rss_mb']:.1f}"),
         ("steady API calls (log)", lambda r: f"{one(r['steady_calls'])} ({one(r['steady_logged'])})"),
@@ -272,6 +272,8 @@ def table(a):
     for r in rows:
         print("| " + " | ".join(c[1](r) for c in cols) + " |")
     print()
+    print("steady/bare: median steady wall over median bare wall; in parentheses the "
+          "median of each steady scan's wall over the bare call just before it.")
     print("steady CPU: wait4() figure of the scan incl. the scripted nvidia-smi it runs; "
           "in parentheses minus the script's own median CPU. API calls: "
           "scan.collectors.docker.stats.api_calls (in parentheses: 'Calling ...' lines "
@@ -285,7 +287,7 @@ def main():
     for k in ("bin", "rusage", "config", "sock", "log", "inventory", "events", "smi", "work"):
         m.add_argument("--" + k, required=True)
     m.add_argument("--n", type=int, required=True)
-    m.add_argument("--runs", type=int, default=7)
+    m.add_argument("--runs", type=int, default=21)
     m.add_argument("--cold-runs", type=int, default=5)
     c = sub.add_parser("create")
     c.add_argument("--sock", required=True)

@@ -29,7 +29,8 @@
 #   DW_BENCH_NS          container counts, ascending (default "1000")
 #   DW_BENCH_RUNNING     running containers among them (default 10)
 #   DW_BENCH_GPU_PROCS   host GPU processes P (default 100)
-#   DW_BENCH_RUNS        steady scans / bare calls per N (default 9; median)
+#   DW_BENCH_RUNS        steady scans / bare calls per N (default 21; median: the
+#                        engine's own list time drifts by 10-30 % between runs)
 #   DW_BENCH_COLD_RUNS   cold scans per N (default 5; median)
 #   DW_BENCH_DIR         scratch directory (default /tmp/dw-bench-$$); removed on exit
 #   DW_BENCH_BIN         binary to measure (default: cargo build --release, target/release)
@@ -52,7 +53,7 @@ source tests/lib/engine.sh
 NS=${DW_BENCH_NS:-1000}
 RUNNING=${DW_BENCH_RUNNING:-10}
 P=${DW_BENCH_GPU_PROCS:-100}
-RUNS=${DW_BENCH_RUNS:-9}
+RUNS=${DW_BENCH_RUNS:-21}
 COLD_RUNS=${DW_BENCH_COLD_RUNS:-5}
 DIR=${DW_BENCH_DIR:-/tmp/dw-bench-$$}
 ENGINE="$DIR/engine"

@@ -4,10 +4,12 @@
 //! the fields we use.
 //!
 //! Why not a general client: the list of every container is the one call a
-//! steady scan waits on, and a general client's typed models and per-chunk
-//! body handling added 6-8 ms to it at 1000 containers (measured against this
-//! code on the same engine), about a tenth of the call. Unknown fields and
-//! values (a container state added by a later engine) are simply carried.
+//! steady scan waits on. With `bollard` (typed models of every field, body
+//! read through hyper) the call alone took 4-9 ms longer at 1000 containers
+//! than this code (medians of 40 alternating pairs, same engine, same
+//! process), and a whole steady scan about 2 ms longer. Unknown fields and
+//! values (a container state added by a later engine) are simply carried,
+//! where typed enums failed the whole list.
 //!
 //! Paths carry no API version (`/containers/json`): the engine answers in its
 //! own current version. The fields read here have kept their names and
