@@ -533,17 +533,23 @@ fn an_unwritable_event_log_is_a_warning() {
     }
 }
 
-#[test]
-fn an_inventory_that_cannot_be_created_fails_the_scan() {
-    let s = Scratch::new();
-    let p = s.gpu_process();
+/// A config whose transient filter reports a GPU process at its first
+/// sighting, so that a failed scan has an event to give.
+fn reporting_at_first_sight(s: &Scratch) -> PathBuf {
     let config = s.config(None, "");
-    // Reported at the first sighting, so the failed scan has an event to give.
     edit_config(
         &config,
         "[[stages.transient-filter]]\n",
         "[[stages.transient-filter]]\nmin_scans = 1\n",
     );
+    config
+}
+
+#[test]
+fn an_inventory_that_cannot_be_created_fails_the_scan() {
+    let s = Scratch::new();
+    let p = s.gpu_process();
+    let config = reporting_at_first_sight(&s);
 
     // Its directory is a regular file: the lock beside it cannot be taken, so
     // the scan stops before it changes anything: no event either. The events
@@ -580,12 +586,7 @@ fn an_inventory_that_cannot_be_created_fails_the_scan() {
     // transitions, once.
     let s = Scratch::new();
     let p = s.gpu_process();
-    let config = s.config(None, "");
-    edit_config(
-        &config,
-        "[[stages.transient-filter]]\n",
-        "[[stages.transient-filter]]\nmin_scans = 1\n",
-    );
+    let config = reporting_at_first_sight(&s);
     let long = s.path("state").join(format!("{}.json", "i".repeat(245)));
     let from = format!("path = \"{}\"", s.inventory_path().display());
     edit_config(&config, &from, &format!("path = \"{}\"", long.display()));
@@ -628,12 +629,7 @@ fn a_previous_inventory_that_cannot_be_read_fails_the_scan() {
     // fails the scan before anything is written or emitted.
     let s = Scratch::new();
     let p = s.gpu_process();
-    let config = s.config(None, "");
-    edit_config(
-        &config,
-        "[[stages.transient-filter]]\n",
-        "[[stages.transient-filter]]\nmin_scans = 1\n",
-    );
+    let config = reporting_at_first_sight(&s);
     std::fs::create_dir_all(s.inventory_path()).expect("mkdir");
     let out = s.run(&config, &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
