@@ -516,6 +516,7 @@ mod tests {
     /// A connection of the canned engine.
     trait Conn: std::io::Read + std::io::Write + Send {}
     impl<T: std::io::Read + std::io::Write + Send> Conn for T {}
+    type Accept = Box<dyn Fn() -> Option<Box<dyn Conn>> + Send>;
 
     /// Serves one canned answer per connection, on a fresh Unix socket or on
     /// loopback TCP; answers marked `true` leave the connection open (the
@@ -523,7 +524,7 @@ mod tests {
     fn serve(tcp: bool, answers: Vec<(&'static [u8], bool)>) -> (tempfile::TempDir, Engine) {
         use std::io::{Read, Write};
         let dir = tempfile::tempdir().expect("tempdir");
-        let (accept, endpoint): (Box<dyn Fn() -> Option<Box<dyn Conn>> + Send>, Endpoint) = if tcp {
+        let (accept, endpoint): (Accept, Endpoint) = if tcp {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
             let addr = listener.local_addr().expect("addr").to_string();
             let accept = move || {
