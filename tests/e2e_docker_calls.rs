@@ -139,3 +139,58 @@ fn steady_scan_costs_two_calls_whatever_the_number_of_containers() {
     );
     assert_eq!((calls, inspects), (2, 0), "steady scan with {n} containers");
 }
+
+#[test]
+fn a_cached_main_pid_that_left_the_container_is_inspected_again() {
+    // The engine keeps only its last 256 events: a restart between two scans
+    // can go unseen, and the cached main PID then be gone or another
+    // process's. Played here by pointing the cache at a host process.
+    let Some(host) = docker_host() else { return };
+    if std::env::var("DW_TEST_DOCKER_CAN_RUN").as_deref() == Ok("0") {
+        return;
+    }
+    let Some((user, uid)) = common::test_user() else {
+        panic!("tests/run.sh creates the test user");
+    };
+    let s = Scratch::new();
+    let config = s.config(Some(&host), "");
+    let mut c = Containers::new(&host);
+    let uid = uid.to_string();
+    let id = c.run(&[
+        "--network",
+        "none",
+        "--user",
+        &uid,
+        &test_image(),
+        "sleep",
+        "300",
+    ]);
+    settle();
+    s.scan(&config);
+    steady_scan(&s, &config);
+    let inv = s.inventory();
+    let real_pid = inv["containers"][&id]["inspect"]["main_pid"].clone();
+    assert!(real_pid.as_u64().is_some_and(|p| p > 0), "{inv}");
+    assert_eq!(inv["containers"][&id]["user"], user.as_str());
+
+    // The cache now names a process of root's outside the container.
+    let stranger = common::sleeper();
+    let mut edited = inv.clone();
+    edited["containers"][&id]["inspect"]["main_pid"] = stranger.pid().into();
+    std::fs::write(s.inventory_path(), edited.to_string()).expect("write inventory");
+
+    s.scan(&config);
+    let inv = s.inventory();
+    let (calls, inspects) = docker_stats(&inv);
+    assert_eq!((calls, inspects), (3, 1), "list + events + one inspect");
+    assert_eq!(inv["containers"][&id]["inspect"]["main_pid"], real_pid);
+    assert_eq!(
+        inv["containers"][&id]["user"],
+        user.as_str(),
+        "the owner of the container's own main process, not root's sleep"
+    );
+
+    // And the next scan is steady again.
+    let (calls, inspects, _) = steady_scan(&s, &config);
+    assert_eq!((calls, inspects), (2, 0));
+}

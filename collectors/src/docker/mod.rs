@@ -10,9 +10,11 @@
 //! container is new or an image changed. Facts that need an inspect (GPU
 //! access, devices, main PID, user) are cached in the inventory and refreshed
 //! only for containers that are new, changed state, or had an event since the
-//! previous scan; those inspects run concurrently, at most
-//! `max_concurrent_inspects` at a time. The owner of each running container's
-//! main process is read from `/proc/<pid>/status` (`proc_root`) every scan.
+//! previous scan, or whose cached main PID no longer runs in them (its
+//! `/proc/<pid>/cgroup` does not name the container); those inspects run
+//! concurrently, at most `max_concurrent_inspects` at a time. The owner of each
+//! running container's main process is read from `/proc/<pid>/status`
+//! (`proc_root`) every scan.
 
 mod engine;
 
@@ -158,10 +160,16 @@ impl Collector for DockerCollector {
                 }
             }
             match cached_inspect(previous, &c, &touched) {
-                Some(cached) => facts.push(ContainerFacts {
-                    inspect: Some(cached),
-                    ..c
-                }),
+                Some(cached) if main_process_is_current(&self.config.proc_root, &c.id, &cached) => {
+                    facts.push(ContainerFacts {
+                        inspect: Some(cached),
+                        ..c
+                    })
+                }
+                Some(_) => {
+                    debug!(container = %short_id(&c.id), "its cached main PID is no longer in it (a restart whose events were missed); inspecting it again");
+                    to_inspect.push(c)
+                }
                 None => to_inspect.push(c),
             }
         }
@@ -291,6 +299,20 @@ fn main_process_uid(proc_root: &Path, c: &ContainerFacts) -> Option<u32> {
     }
     let status = std::fs::read_to_string(proc_root.join(pid.to_string()).join("status")).ok()?;
     crate::procfs::parse_status_uid(&status)
+}
+
+/// Whether the cached main PID of a container still runs in it: its cgroup
+/// path names the container's id. Events say when a container restarts, but
+/// the engine keeps only its last 256 events (of every kind): a restart
+/// between two scans can go unseen, and the cached PID then be gone or reused
+/// by another process, whose owner would become the container's user. One
+/// small read per running container.
+fn main_process_is_current(proc_root: &Path, id: &str, cached: &InspectFacts) -> bool {
+    if cached.main_pid == 0 {
+        return true;
+    }
+    let cgroup = proc_root.join(cached.main_pid.to_string()).join("cgroup");
+    std::fs::read_to_string(cgroup).is_ok_and(|text| text.contains(id))
 }
 
 /// The cached inspect facts of a container, when still valid: same state as in
