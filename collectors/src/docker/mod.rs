@@ -240,9 +240,10 @@ async fn fetch(
     };
     let changes = async {
         // Containers with events since the previous scan need a fresh inspect.
-        let since = match previous.get().await.containers.is_empty() {
-            true => None,
-            false => previous.scan_started().await,
+        let since = if previous.get().await.containers.is_empty() {
+            None
+        } else {
+            previous.scan_started().await
         };
         match since {
             Some(since) => {
