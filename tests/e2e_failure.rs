@@ -265,9 +265,7 @@ fn corrupt_state_is_moved_aside_and_the_scan_starts_afresh() {
         }
     }
     // And it goes on from there: the process is confirmed at the next scan.
-    let before = s.event_lines().len();
-    s.scan(&config);
-    let new = &s.events()[before..];
+    let new = &s.scan_events(&config);
     assert_eq!(
         pid_events(new, p.pid()),
         vec![(
@@ -364,9 +362,7 @@ fn state_written_by_the_python_scanner_is_read_without_loss() {
     }
 
     // The next scan has nothing more to say about any of them.
-    let before = s.event_lines().len();
-    s.scan(&config);
-    let new = &s.events()[before..];
+    let new = &s.scan_events(&config);
     assert!(pid_events(new, live.pid()).is_empty(), "{new:#?}");
     assert!(pid_events(new, 4_194_301).is_empty(), "{new:#?}");
     if let Some(id) = &ours {
@@ -482,10 +478,9 @@ fn a_reused_pid_is_a_new_process() {
     craft_process(&root, 447, 300, b"python3\0third.py\0");
     s.scan(&config);
     craft_process(&root, 447, 400, b"python3\0fourth.py\0");
-    let before = s.event_lines().len();
-    s.scan(&config);
+    let new = s.scan_events(&config);
     assert_eq!(
-        pid_events(&s.events()[before..], 447),
+        pid_events(&new, 447),
         vec![
             (
                 "detection.host_gpu_process_exited".to_string(),
@@ -705,10 +700,9 @@ fn containers_update_while_the_gpu_collectors_are_down() {
     // Back: the exit that happened meanwhile is reported, once.
     s.set_smi_mode("");
     s.set_gpu_apps("");
-    let before = s.event_lines().len();
-    s.scan(&config);
+    let new = s.scan_events(&config);
     assert_eq!(
-        pid_events(&s.events()[before..], p_pid),
+        pid_events(&new, p_pid),
         vec![(
             "detection.host_gpu_process_exited".to_string(),
             serde_json::json!({"pid": p_pid, "cmdline": "sleep 600"})
@@ -763,9 +757,7 @@ fn gpu_processes_update_while_the_engine_is_down() {
         .iter()
         .all(|e| e["details"].get("container_id").is_none()));
 
-    let before = s.event_lines().len();
-    s.scan(&down);
-    let new = &s.events()[before..];
+    let new = &s.scan_events(&down);
     assert_eq!(
         pid_events(new, q.pid()),
         vec![(
@@ -778,9 +770,7 @@ fn gpu_processes_update_while_the_engine_is_down() {
         .all(|e| e["details"].get("container_id").is_none()));
 
     // Back: the container created meanwhile is discovered.
-    let before = s.event_lines().len();
-    s.scan(&up);
-    let new = &s.events()[before..];
+    let new = &s.scan_events(&up);
     assert_eq!(
         container_events(new, "detection.container_discovered", &b).len(),
         1

@@ -144,6 +144,13 @@ path = "{events}"
         stderr
     }
 
+    /// One scan that must succeed; returns the events it wrote.
+    pub fn scan_events(&self, config: &Path) -> Vec<Value> {
+        let before = self.event_lines().len();
+        self.scan(config);
+        self.events().split_off(before)
+    }
+
     pub fn inventory(&self) -> Value {
         let text = std::fs::read_to_string(self.inventory_path()).expect("inventory written");
         serde_json::from_str(&text).expect("inventory is JSON")
