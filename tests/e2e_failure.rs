@@ -424,11 +424,10 @@ fn a_reused_pid_is_a_new_process() {
 
     // Same PID, another process.
     craft_process(&root, 447, 200, b"python3\0new.py\0");
-    let before = s.event_lines().len();
-    s.scan(&config);
+    let events = s.scan_events(&config);
     let inv = s.inventory();
     assert_eq!(
-        pid_events(&s.events()[before..], 447),
+        pid_events(&events, 447),
         vec![(
             "detection.host_gpu_process_exited".to_string(),
             serde_json::json!({"pid": 447, "cmdline": "python3 old.py"})
@@ -440,11 +439,10 @@ fn a_reused_pid_is_a_new_process() {
     assert_eq!(pending["seen_scans"], 1);
     assert_eq!(pending["cmdline"], "python3 new.py");
 
-    let before = s.event_lines().len();
-    s.scan(&config);
+    let events = s.scan_events(&config);
     let inv = s.inventory();
     assert_eq!(
-        pid_events(&s.events()[before..], 447),
+        pid_events(&events, 447),
         vec![(
             "detection.host_gpu_process_discovered".to_string(),
             serde_json::json!({"pid": 447, "cmdline": "python3 new.py", "gpu_memory_mb": 1030, "gpu_uuid": UUID})
@@ -677,8 +675,7 @@ fn containers_update_while_the_gpu_collectors_are_down() {
     docker(&host, &["rm", "-f", &a]);
     let p_pid = p.pid();
     drop(p);
-    let before = s.event_lines().len();
-    s.scan(&config);
+    let new = &s.scan_events(&config);
     let inv = s.inventory();
     assert_eq!(inv["scan"]["collectors"]["nvml"]["ok"], false);
     assert_eq!(inv["scan"]["collectors"]["nvidia-smi"]["ok"], false);
@@ -686,7 +683,6 @@ fn containers_update_while_the_gpu_collectors_are_down() {
     assert_eq!(inv["host_processes"], processes, "carried over");
     assert!(inv["containers"][&b].is_object());
     assert!(inv["containers"].get(&a).is_none());
-    let new = &s.events()[before..];
     assert_eq!(
         container_events(new, "detection.container_discovered", &b).len(),
         1
@@ -739,13 +735,11 @@ fn gpu_processes_update_while_the_engine_is_down() {
     drop(p);
     s.set_gpu_apps(&format!("{}, 20, {UUID}\n", q.pid()));
     let b = c.create(&[&img, "true"]);
-    let before = s.event_lines().len();
-    s.scan(&down);
+    let new = &s.scan_events(&down);
     let inv = s.inventory();
     assert_eq!(inv["scan"]["collectors"]["docker"]["ok"], false);
     assert_eq!(inv["containers"], containers, "carried over unchanged");
     assert!(inv["_pending_processes"][q.pid().to_string()].is_object());
-    let new = &s.events()[before..];
     assert_eq!(
         pid_events(new, p_pid),
         vec![(
