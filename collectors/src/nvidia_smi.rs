@@ -204,7 +204,7 @@ mod tests {
 
     const FIXTURES: &str = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/fixtures/gpu/h100-driver-580"
+        "/../tests/fixtures/gpu/h100-driver-580"
     );
 
     fn fixture(name: &str) -> String {

@@ -20,7 +20,7 @@ use detect_workloads_core::model::{GpuProcess, Inventory, Observations};
 use detect_workloads_core::plugin::{CollectContext, CollectError, Collected, Previous};
 use detect_workloads_core::users::UserNames;
 
-/// The H100 capture in `shared/fixtures/gpu/h100-driver-580`.
+/// The H100 capture in `tests/fixtures/gpu/h100-driver-580`.
 const H100_UUID: &str = "GPU-56c0b0b8-eb5c-605d-11d6-1bac317b478c";
 const H100: &str = "\
 driver 580.159.04

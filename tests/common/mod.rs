@@ -11,7 +11,7 @@ use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_detect-workloads");
 
-/// The GPU of the real H100 capture in `shared/fixtures/gpu`.
+/// The GPU of the real H100 capture in `tests/fixtures/gpu`.
 pub const UUID: &str = "GPU-56c0b0b8-eb5c-605d-11d6-1bac317b478c";
 
 /// A scratch directory holding a config, the inventory, the event log and a
