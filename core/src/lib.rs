@@ -23,6 +23,7 @@ pub mod scan;
 pub mod stages;
 pub mod timefmt;
 pub mod users;
+pub mod view;
 
 pub use async_trait::async_trait;
 pub use inventory;
