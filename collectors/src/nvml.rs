@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use detect_workloads_core::async_trait;
 use detect_workloads_core::config::{duration, ConfigError, PluginConfig};
-use detect_workloads_core::model::{FactKind, GpuProcess, Observations};
+use detect_workloads_core::model::{FactKind, GpuDevice, GpuProcess, Observations};
 use detect_workloads_core::plugin::{
     CollectContext, CollectError, Collected, Collector, CollectorPlugin,
 };
@@ -194,6 +194,7 @@ fn query(library: &str) -> Result<Collected, CollectError> {
 
     let count = nvml.device_count().map_err(fail("nvmlDeviceGetCount_v2"))?;
     let mut found = Vec::new();
+    let mut gpus = Vec::new();
     let mut mig_devices = 0u64;
     for index in 0..count {
         let gpu = nvml
@@ -203,6 +204,7 @@ fn query(library: &str) -> Result<Collected, CollectError> {
             .uuid()
             .map_err(fail(&format!("GPU {index}: nvmlDeviceGetUUID")))?;
         let gpu_label = format!("GPU {index} ({gpu_uuid})");
+        gpus.push(describe(&gpu, index, &gpu_uuid));
         let sm_util = latest_sm_util(gpu.process_utilization_stats(0).unwrap_or_else(|e| {
             debug!(gpu = %gpu_uuid, "no process utilisation samples: {e}");
             Vec::new()
@@ -270,10 +272,31 @@ fn query(library: &str) -> Result<Collected, CollectError> {
     Ok(Collected {
         observations: Observations {
             gpu_processes: found,
+            gpus,
             ..Observations::default()
         },
         stats,
     })
+}
+
+/// Name, memory and utilisation of a GPU, for people's views. Each is best
+/// effort: a driver that does not answer one leaves it out, and the scan
+/// goes on (the processes are what the inventory is for).
+fn describe(gpu: &Device<'_>, index: u32, uuid: &str) -> GpuDevice {
+    let memory = gpu
+        .memory_info()
+        .map_err(|e| debug!(gpu = %uuid, "no memory info: {e}"));
+    let util = gpu
+        .utilization_rates()
+        .map_err(|e| debug!(gpu = %uuid, "no utilisation: {e}"));
+    GpuDevice {
+        uuid: uuid.to_string(),
+        index,
+        name: gpu.name().unwrap_or_default(),
+        memory_used_mb: memory.as_ref().ok().map(|m| m.used / MIB),
+        memory_total_mb: memory.as_ref().ok().map(|m| m.total / MIB),
+        utilization_pct: util.ok().map(|u| u.gpu),
+    }
 }
 
 /// Whether the GPU is in MIG mode now. A GPU (or driver) without MIG is not.

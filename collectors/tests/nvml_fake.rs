@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use detect_workloads_collectors as _;
 use detect_workloads_collectors::nvml::NvmlConfig;
 use detect_workloads_core::config::Config;
+use detect_workloads_core::model::GpuDevice;
 use detect_workloads_core::model::{GpuProcess, Inventory, Observations};
 use detect_workloads_core::plugin::{CollectContext, CollectError, Collected, Previous};
 use detect_workloads_core::users::UserNames;
@@ -199,6 +200,56 @@ fn several_gpus_with_processes_on_each() {
         ]
     );
     assert_eq!(collected.stats.get("gpus"), Some(&3));
+}
+
+#[test]
+fn each_gpu_is_described_for_people() {
+    let _serial = serial();
+    // The capture's GPU (nvidia-smi.txt: 2587MiB / 81559MiB), a second GPU
+    // whose memory is its processes' sum, and a driver that answers no
+    // utilisation: that is left out, the rest is there.
+    use_scenario(
+        "described",
+        &format!(
+            "gpu {H100_UUID} mem=2587/81559 busy=0\n\
+             gpu GPU-11111111-1111-1111-1111-111111111111 busy=37 name=NVIDIA_A100\n\
+             compute 200 209715200\n\
+             fail nvmlDeviceGetUtilizationRates 3\n"
+        ),
+    );
+    let collected = collect(&fake().complete).unwrap_or_else(|e| panic!("{e}"));
+    let gpus = collected.observations.gpus;
+    assert_eq!(
+        gpus,
+        [
+            GpuDevice {
+                uuid: H100_UUID.to_string(),
+                index: 0,
+                name: "NVIDIA H100 80GB HBM3".to_string(),
+                memory_used_mb: Some(2587),
+                memory_total_mb: Some(81559),
+                utilization_pct: None,
+            },
+            GpuDevice {
+                uuid: "GPU-11111111-1111-1111-1111-111111111111".to_string(),
+                index: 1,
+                name: "NVIDIA A100".to_string(),
+                memory_used_mb: Some(200),
+                memory_total_mb: Some(81559),
+                utilization_pct: None,
+            },
+        ]
+    );
+    // Without the failure the utilisation is there.
+    use_scenario("described-util", &format!("gpu {H100_UUID} busy=42\n"));
+    let collected = collect(&fake().complete).unwrap_or_else(|e| panic!("{e}"));
+    let util: Vec<_> = collected
+        .observations
+        .gpus
+        .iter()
+        .map(|g| g.utilization_pct)
+        .collect();
+    assert_eq!(util, [Some(42)]);
 }
 
 #[test]

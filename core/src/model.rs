@@ -110,6 +110,29 @@ pub struct GpuProcess {
     pub sm_util: Option<u32>,
 }
 
+/// One physical GPU as NVML describes it this scan (for people's views:
+/// `top`'s summary lines). Only what the driver answered is set.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GpuDevice {
+    /// UUID of the GPU.
+    pub uuid: String,
+    /// NVML's index (the order of `nvidia-smi`).
+    pub index: u32,
+    /// Product name, e.g. `NVIDIA H100 80GB HBM3`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// Memory in use, MiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_used_mb: Option<u64>,
+    /// Memory installed, MiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_total_mb: Option<u64>,
+    /// Percent of the last sample period in which a kernel ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub utilization_pct: Option<u32>,
+}
+
 /// What `/proc` says about one process.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessFacts {
@@ -151,6 +174,8 @@ pub struct Observations {
     pub gpu_processes: Vec<GpuProcess>,
     /// `/proc` facts keyed by PID.
     pub processes: BTreeMap<u32, ProcessFacts>,
+    /// The GPUs, from a collector that can describe them (NVML).
+    pub gpus: Vec<GpuDevice>,
 }
 
 impl Observations {
@@ -159,6 +184,7 @@ impl Observations {
         self.containers.extend(other.containers);
         self.gpu_processes.extend(other.gpu_processes);
         self.processes.extend(other.processes);
+        self.gpus.extend(other.gpus);
     }
 
     /// A copy holding only the facts of these kinds (what a collector that
@@ -172,6 +198,11 @@ impl Observations {
             },
             gpu_processes: if kinds.contains(&FactKind::GpuProcesses) {
                 self.gpu_processes.clone()
+            } else {
+                Vec::new()
+            },
+            gpus: if kinds.contains(&FactKind::GpuProcesses) {
+                self.gpus.clone()
             } else {
                 Vec::new()
             },
@@ -210,6 +241,10 @@ pub struct Inventory {
     /// How the last cycle went.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scan: Option<ScanReport>,
+    /// The GPUs as NVML described them in the last cycle, keyed by UUID
+    /// (empty when NVML was not available).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub gpus: BTreeMap<String, GpuDevice>,
 }
 
 /// One container in the inventory.

@@ -13,8 +13,10 @@
 //!
 //! ```text
 //! driver 580.159.04                      # nvmlSystemGetDriverVersion (optional)
-//! gpu GPU-56c0b0b8-... [mig=on|off|unsupported]
-//!                                        # a physical GPU; its index is its rank among `gpu` lines
+//! gpu GPU-56c0b0b8-... [mig=on|off|unsupported] [mem=USED/TOTAL] [busy=N] [name=NVIDIA_H100]
+//!                                        # a physical GPU; its index is its rank among `gpu` lines;
+//!                                        # mem in MiB (default: its processes' sum / 81559),
+//!                                        # busy = GPU utilisation % (default 0), `_` in name = space
 //! mig MIG-1a2b... gi=1 ci=0              # a MIG device of the last GPU (index = rank on that GPU)
 //! compute 441 1616904192 [gi=N] [ci=N]   # a compute process of the last `gpu` or `mig` line
 //! graphics 500 unavailable               # a graphics process; memory in bytes or `unavailable`
@@ -119,7 +121,14 @@ struct Gpu {
     compute: Vec<Process>,
     graphics: Vec<Process>,
     util: Vec<Sample>,
+    name: String,
+    /// Used and total memory in MiB, when the scenario says.
+    memory: Option<(u64, u64)>,
+    busy: c_uint,
 }
+
+/// An H100's memory in MiB, as `nvidia-smi` reports it.
+const H100_MIB: u64 = 81_559;
 
 #[derive(Debug)]
 struct MigDevice {
@@ -195,6 +204,23 @@ fn parse_process(words: &[&str]) -> Result<Process, String> {
     Ok(process)
 }
 
+/// One `key=value` option of a `gpu` line.
+fn gpu_option(gpu: &mut Gpu, key: &str, value: &str) -> Result<(), String> {
+    match (key, value) {
+        ("mig", "on") => gpu.mig_mode = MigMode::On,
+        ("mig", "off") => gpu.mig_mode = MigMode::Off,
+        ("mig", "unsupported") => gpu.mig_mode = MigMode::Unsupported,
+        ("mem", v) => {
+            let (used, total) = v.split_once('/').ok_or("mem=USED/TOTAL (MiB)")?;
+            gpu.memory = Some((number(used, "mem")?, number(total, "mem")?));
+        }
+        ("busy", v) => gpu.busy = number(v, "busy")?,
+        ("name", v) => gpu.name = v.replace('_', " "),
+        _ => return Err(format!("unknown option {key}={value}")),
+    }
+    Ok(())
+}
+
 impl Scenario {
     fn parse(text: &str) -> Result<Scenario, String> {
         let mut s = Scenario {
@@ -214,7 +240,7 @@ impl Scenario {
                 "driver" => s.driver = args.join(" "),
                 "gpu" => {
                     let [uuid, rest @ ..] = args else {
-                        return Err(at("expected: gpu <uuid> [mig=on|off|unsupported]".into()));
+                        return Err(at("expected: gpu <uuid> [mig=on|off|unsupported] [mem=U/T] [busy=N] [name=X]".into()));
                     };
                     let mut gpu = Gpu {
                         uuid: uuid.to_string(),
@@ -223,14 +249,12 @@ impl Scenario {
                         compute: Vec::new(),
                         graphics: Vec::new(),
                         util: Vec::new(),
+                        name: "NVIDIA H100 80GB HBM3".into(),
+                        memory: None,
+                        busy: 0,
                     };
                     for (key, value) in options(rest).map_err(at)? {
-                        gpu.mig_mode = match (key, value) {
-                            ("mig", "on") => MigMode::On,
-                            ("mig", "off") => MigMode::Off,
-                            ("mig", "unsupported") => MigMode::Unsupported,
-                            _ => return Err(at(format!("unknown option {key}={value}"))),
-                        };
+                        gpu_option(&mut gpu, key, value).map_err(at)?;
                     }
                     s.gpus.push(gpu);
                     in_mig = false;
@@ -567,6 +591,85 @@ pub unsafe extern "C" fn nvmlDeviceGetUUID(
     on_device("nvmlDeviceGetUUID", device, |t| match t {
         Target::Gpu(g) => put_str(&g.uuid, uuid, length),
         Target::Mig(m) => put_str(&m.uuid, uuid, length),
+    })
+}
+
+/// `nvmlMemory_v2_t`.
+#[repr(C)]
+pub struct Memory2 {
+    version: c_uint,
+    total: c_ulonglong,
+    reserved: c_ulonglong,
+    free: c_ulonglong,
+    used: c_ulonglong,
+}
+
+/// `nvmlUtilization_t`.
+#[repr(C)]
+pub struct Utilization {
+    gpu: c_uint,
+    memory: c_uint,
+}
+
+/// `nvmlDeviceGetName`: of a GPU.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetName(
+    device: Handle,
+    name: *mut c_char,
+    length: c_uint,
+) -> Ret {
+    on_device("nvmlDeviceGetName", device, |t| match t {
+        Target::Gpu(g) => put_str(&g.name, name, length),
+        Target::Mig(_) => NOT_SUPPORTED,
+    })
+}
+
+/// `nvmlDeviceGetMemoryInfo_v2`: the scenario's `mem=`, else the sum of the
+/// GPU's processes on an H100's total.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(device: Handle, memory: *mut Memory2) -> Ret {
+    on_device("nvmlDeviceGetMemoryInfo_v2", device, |t| {
+        let Target::Gpu(g) = t else {
+            return NOT_SUPPORTED;
+        };
+        let (used, total) = g.memory.unwrap_or_else(|| {
+            let bytes: u64 = g
+                .compute
+                .iter()
+                .chain(&g.graphics)
+                .filter_map(|p| p.bytes)
+                .sum();
+            (bytes / 1_048_576, H100_MIB)
+        });
+        let mib = 1_048_576;
+        put(
+            memory,
+            Memory2 {
+                version: 0,
+                total: total * mib,
+                reserved: 0,
+                free: total.saturating_sub(used) * mib,
+                used: used * mib,
+            },
+        )
+    })
+}
+
+/// `nvmlDeviceGetUtilizationRates`: the scenario's `busy=`.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetUtilizationRates(
+    device: Handle,
+    util: *mut Utilization,
+) -> Ret {
+    on_device("nvmlDeviceGetUtilizationRates", device, |t| match t {
+        Target::Gpu(g) => put(
+            util,
+            Utilization {
+                gpu: g.busy,
+                memory: 0,
+            },
+        ),
+        Target::Mig(_) => NOT_SUPPORTED,
     })
 }
 
