@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::model::{ContainerEntry, Inventory, ProcessEntry};
+use crate::model::{ContainerEntry, GpuDevice, Inventory, ProcessEntry};
 
 /// Which workloads to show.
 #[derive(Clone, Debug, Default)]
@@ -330,6 +330,31 @@ pub fn footer(inv: &Inventory, now: i64) -> String {
     )
 }
 
+/// One summary line per GPU, as `top` shows them above the table: index,
+/// name, memory used of total, utilisation (`-` where NVML did not say).
+pub fn gpu_lines(inv: &Inventory) -> String {
+    let mut gpus: Vec<&GpuDevice> = inv.gpus.values().collect();
+    gpus.sort_by_key(|g| g.index);
+    let mut out = String::new();
+    for g in gpus {
+        let memory = match (g.memory_used_mb, g.memory_total_mb) {
+            (Some(used), Some(total)) => format!("{} / {}", human_mib(used), human_mib(total)),
+            _ => "-".to_string(),
+        };
+        let util = g
+            .utilization_pct
+            .map_or_else(|| "-".to_string(), |u| format!("{u}%"));
+        let _ = writeln!(
+            out,
+            "GPU {}  {}  {}  mem {memory}  util {util}",
+            g.index,
+            short_uuid(&g.uuid),
+            printable(&g.name),
+        );
+    }
+    out
+}
+
 /// Table and footer, as `ps` prints them.
 pub fn render(inv: &Inventory, filter: &Filter, layout: Layout, now: i64) -> String {
     let rows = rows(inv, filter, now);
@@ -465,6 +490,30 @@ scan 12s ago, took 14 ms; docker ok, nvml FAILED: unavailable: no libnvidia-ml
         let text = render(&inv, &Filter::default(), Layout::Wide, NOW);
         assert!(text.contains("evil?[2J?name?"));
         assert!(!text.chars().any(|c| c.is_control() && c != '\n'));
+    }
+
+    #[test]
+    fn one_summary_line_per_gpu_in_index_order() {
+        let mut inv = Inventory::default();
+        let gpu = |uuid: &str, index, used, util| GpuDevice {
+            uuid: uuid.to_string(),
+            index,
+            name: "NVIDIA H100 80GB HBM3".to_string(),
+            memory_used_mb: used,
+            memory_total_mb: used.map(|_| 81_559),
+            utilization_pct: util,
+        };
+        for g in [
+            gpu("GPU-bbbbbbbb-1", 1, None, None),
+            gpu("GPU-56c0b0b8-eb5c", 0, Some(2587), Some(37)),
+        ] {
+            inv.gpus.insert(g.uuid.clone(), g);
+        }
+        assert_eq!(
+            gpu_lines(&inv),
+            "GPU 0  GPU-56c0b0b8  NVIDIA H100 80GB HBM3  mem 2.5 GiB / 79.6 GiB  util 37%\n\
+             GPU 1  GPU-bbbbbbbb  NVIDIA H100 80GB HBM3  mem -  util -\n"
+        );
     }
 
     #[test]
