@@ -275,6 +275,54 @@ pub struct ContainerEntry {
     /// Cached inspect facts (see [`InspectFacts`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inspect: Option<InspectFacts>,
+    /// The GPU processes running inside it (confirmed by the transient filter).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpu_processes: Vec<ContainerGpuProcess>,
+    /// The GPU memory its processes hold, MiB (their sum; absent when none
+    /// is known).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_memory_mb: Option<u64>,
+    /// The GPUs its processes use (distinct UUIDs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpu_uuids: Vec<String>,
+    /// Whether any process in it uses a GPU now. `has_gpu` says whether it
+    /// was granted access; this says whether it uses it.
+    #[serde(default)]
+    pub gpu_in_use: bool,
+    /// Why its GPU use does not match what it was granted, when it does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_mismatch: Option<GpuMismatch>,
+}
+
+/// A GPU process inside a container.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContainerGpuProcess {
+    /// Host PID.
+    pub pid: u32,
+    /// Owner on the host (its uid through NSS).
+    pub user: String,
+    /// Command line (redacted as host processes' are).
+    pub cmdline: String,
+    /// UUID of the physical GPU.
+    pub gpu_uuid: String,
+    /// UUID of the MIG device, when the GPU is in MIG mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mig_uuid: Option<String>,
+    /// Used GPU memory in MiB (`null` when the driver does not say).
+    pub gpu_memory_mb: Option<u64>,
+    /// SM utilisation percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sm_util: Option<u32>,
+}
+
+/// How a container's GPU use differs from what it was granted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GpuMismatch {
+    /// It uses a GPU but has no GPU access configured (`has_gpu` false).
+    NotGranted,
+    /// It uses a GPU outside its `gpu_devices`.
+    OutsideAllocation,
 }
 
 /// One host GPU process in the inventory.

@@ -431,6 +431,7 @@ fn build_workset(observed: &mut Observations, previous: &Inventory, now: &str) -
                     // Moved in from the facts when the inventory is assembled.
                     collector: String::new(),
                     inspect: None,
+                    ..ContainerEntry::default()
                 },
                 facts,
             }
