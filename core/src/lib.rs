@@ -22,6 +22,7 @@ pub mod plugin;
 pub mod scan;
 pub mod stages;
 pub mod timefmt;
+pub mod top;
 pub mod users;
 pub mod view;
 
