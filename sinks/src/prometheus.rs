@@ -94,17 +94,17 @@ impl Carried {
         let mut carried = Carried::default();
         for (name, labels, value) in text.lines().filter_map(parse_sample) {
             match (name, labels.as_slice()) {
-                (EVENTS_TOTAL, [(label, event_type)]) if label == "event_type" => {
-                    if value.is_finite() && value >= 0.0 {
-                        carried
-                            .events_total
-                            .insert(event_type.clone(), value as u64);
-                    }
+                (EVENTS_TOTAL, [(label, event_type)])
+                    if label == "event_type" && value.is_finite() && value >= 0.0 =>
+                {
+                    carried
+                        .events_total
+                        .insert(event_type.clone(), value as u64);
                 }
-                (LAST_SUCCESS, [(label, collector)]) if label == "collector" => {
-                    if value.is_finite() {
-                        carried.last_success.insert(collector.clone(), value);
-                    }
+                (LAST_SUCCESS, [(label, collector)])
+                    if label == "collector" && value.is_finite() =>
+                {
+                    carried.last_success.insert(collector.clone(), value);
                 }
                 _ => {}
             }
@@ -145,9 +145,12 @@ fn event_type_name(event: &Event) -> Option<String> {
     }
 }
 
-/// One sample line `name{label="value",...} value`: its name, labels
-/// (unescaped) and value. `None` for comments, blank or malformed lines.
-fn parse_sample(line: &str) -> Option<(&str, Vec<(String, String)>, f64)> {
+/// A sample's labels: (name, unescaped value) in the order written.
+type Labels = Vec<(String, String)>;
+
+/// One sample line `name{label="value",...} value`: its name, labels and
+/// value. `None` for comments, blank or malformed lines.
+fn parse_sample(line: &str) -> Option<(&str, Labels, f64)> {
     let line = line.trim();
     if line.is_empty() || line.starts_with('#') {
         return None;
@@ -166,7 +169,7 @@ fn parse_sample(line: &str) -> Option<(&str, Vec<(String, String)>, f64)> {
 }
 
 /// Parses `a="x",b="y"}` and returns the labels and what follows the `}`.
-fn parse_labels(mut text: &str) -> Option<(Vec<(String, String)>, &str)> {
+fn parse_labels(mut text: &str) -> Option<(Labels, &str)> {
     let mut labels = Vec::new();
     loop {
         text = text.trim_start_matches([',', ' ']);
