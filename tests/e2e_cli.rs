@@ -107,7 +107,7 @@ fn config_errors_exit_2_naming_file_line_and_key() {
     let out = run(&["--sink", "nope"], &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        stderr(&out).contains("known: event-log, inventory-file, stdout"),
+        stderr(&out).contains("known: event-log, inventory-file, prometheus, stdout"),
         "{}",
         stderr(&out)
     );

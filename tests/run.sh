@@ -176,6 +176,37 @@ if [ "${DW_TEST_ENGINE_ONLY:-}" = 1 ]; then
 	exit 0
 fi
 
+# --- Prometheus tools (tests/e2e_prometheus.rs) -----------------------------------
+# promtool (Debian's `prometheus`) checks the metrics file and runs the rules'
+# tests; a real node_exporter serves the file. Installed when missing, without
+# letting the packages start their system services; their paths are exported
+# as DW_TEST_PROMTOOL and DW_TEST_NODE_EXPORTER. Under CI a missing tool fails
+# those tests (they are skipped elsewhere).
+dw_ensure_prometheus_tools() {
+	local missing=() policy=/usr/sbin/policy-rc.d added_policy=0 rc=0
+	command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+	command -v prometheus-node-exporter >/dev/null 2>&1 || missing+=(prometheus-node-exporter)
+	[ "${#missing[@]}" -eq 0 ] && return 0
+	[ "$(id -u)" -eq 0 ] || { dw_warn "missing ${missing[*]} and not root"; return 1; }
+	dw_log "installing: ${missing[*]}"
+	if [ ! -e "$policy" ]; then
+		printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && added_policy=1
+	fi
+	{
+		DEBIAN_FRONTEND=noninteractive apt-get update -q &&
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+	} >&2 || rc=$?
+	[ "$added_policy" -eq 1 ] && rm -f "$policy"
+	return "$rc"
+}
+if ! dw_ensure_prometheus_tools; then
+	is_ci && dw_die "could not install promtool and prometheus-node-exporter"
+	dw_warn "Prometheus tools missing; tests/e2e_prometheus.rs will skip what needs them"
+fi
+DW_TEST_PROMTOOL="$(command -v promtool || true)"
+DW_TEST_NODE_EXPORTER="$(command -v prometheus-node-exporter || true)"
+export DW_TEST_PROMTOOL DW_TEST_NODE_EXPORTER
+
 # --- 6. the Rust checks ------------------------------------------------------------
 dw_log "cargo fmt --all --check"
 cargo fmt --all --check

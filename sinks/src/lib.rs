@@ -3,4 +3,5 @@
 
 pub mod event_log;
 pub mod inventory_file;
+pub mod prometheus;
 pub mod stdout;

@@ -1,0 +1,458 @@
+//! The `prometheus` sink against the real tools of the Prometheus stack:
+//! `promtool` (Debian's `prometheus`) checks the textfile the binary writes and
+//! runs the rules' unit tests; a real `prometheus-node-exporter` serves the
+//! textfile over loopback; the Grafana dashboard only asks for metrics the
+//! sink emits. `tests/run.sh` installs both tools and exports their paths
+//! (`DW_TEST_PROMTOOL`, `DW_TEST_NODE_EXPORTER`); under CI a missing tool is a
+//! failure, elsewhere the test is skipped.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{Proc, Scratch};
+use detect_workloads_core::model::{
+    CollectorReport, ContainerEntry, ContainerGpuProcess, GpuMismatch, Inventory, ProcessEntry,
+    ScanReport,
+};
+use detect_workloads_sinks::prometheus::{render, Carried, FILE_NAME};
+
+fn is_ci() -> bool {
+    matches!(std::env::var("CI").as_deref(), Ok("true") | Ok("1"))
+}
+
+/// The tool from `env` (set by tests/run.sh), else `name` on PATH; `None`
+/// (skip) when missing outside CI.
+fn tool(env: &str, name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os(env)
+        .map(PathBuf::from)
+        .filter(|p| !p.as_os_str().is_empty())
+        .or_else(|| {
+            std::env::var_os("PATH").and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|dir| dir.join(name))
+                    .find(|p| p.is_file())
+            })
+        });
+    match path {
+        Some(p) if p.is_file() => Some(p),
+        _ => {
+            assert!(
+                !is_ci(),
+                "under CI, {name} must be installed ({env}): tests/run.sh installs it"
+            );
+            eprintln!("skipped: {name} not found (set {env} or run tests/run.sh)");
+            None
+        }
+    }
+}
+
+fn promtool() -> Option<PathBuf> {
+    tool("DW_TEST_PROMTOOL", "promtool")
+}
+
+/// Runs promtool; panics with its output unless it succeeds.
+fn promtool_ok(promtool: &Path, dir: &Path, args: &[&str], stdin: Option<&str>) -> String {
+    let mut child = Command::new(promtool)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start promtool");
+    let mut input = child.stdin.take().expect("stdin");
+    input
+        .write_all(stdin.unwrap_or_default().as_bytes())
+        .expect("feed promtool");
+    drop(input);
+    let out = child.wait_with_output().expect("promtool");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "promtool {args:?} failed:\n{text}");
+    text
+}
+
+fn prometheus_config_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("config/prometheus")
+}
+
+/// A scratch whose config adds `[[sinks.prometheus]]` writing into `textfile/`.
+fn scratch_with_sink() -> (Scratch, PathBuf, PathBuf) {
+    let s = Scratch::new();
+    let dir = s.path("textfile");
+    std::fs::create_dir(&dir).expect("textfile dir");
+    let config = s.config(
+        None,
+        &format!(
+            "\n[[sinks.prometheus]]\ntextfile_dir = \"{}\"\n",
+            dir.display()
+        ),
+    );
+    (s, config, dir)
+}
+
+/// The value of the sample line starting with `series` (name and labels).
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Every sample line of an exposition: series (name and labels) -> value.
+fn samples(text: &str) -> std::collections::BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter_map(|(series, value)| Some((series.to_string(), value.parse().ok()?)))
+        .collect()
+}
+
+fn read_metrics(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join(FILE_NAME)).expect("metrics file written")
+}
+
+#[test]
+fn textfile_passes_promtool_and_counters_stay_monotonic() {
+    let Some(promtool) = promtool() else { return };
+    let (s, config, dir) = scratch_with_sink();
+    let gpu = s.gpu_process();
+    s.scan(&config);
+    s.scan(&config); // confirms the host GPU process
+    let text = read_metrics(&dir);
+    let mode = std::fs::metadata(dir.join(FILE_NAME))
+        .expect("metadata")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7777, 0o644);
+    assert_eq!(
+        common::listing(&dir),
+        BTreeSet::from([FILE_NAME.to_string()])
+    );
+    promtool_ok(&promtool, &dir, &["check", "metrics"], Some(&text));
+
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("ds01_workload_host_gpu_processes{user=") && l.ends_with(" 1")),
+        "{text}"
+    );
+    let discovered =
+        "ds01_workload_events_total{event_type=\"detection.host_gpu_process_discovered\"}";
+    let exited = "ds01_workload_events_total{event_type=\"detection.host_gpu_process_exited\"}";
+    assert_eq!(sample(&text, discovered), Some(1.0), "{text}");
+    assert_eq!(sample(&text, exited), Some(0.0), "{text}");
+    assert!(
+        !text.contains(&gpu.pid().to_string()),
+        "a PID leaked: {text}"
+    );
+
+    // The process ends: the exit is counted and the discovery is not forgotten
+    // by a new oneshot process.
+    drop(gpu);
+    s.set_gpu_apps("");
+    s.scan(&config);
+    let text = read_metrics(&dir);
+    assert_eq!(sample(&text, discovered), Some(1.0), "{text}");
+    assert_eq!(sample(&text, exited), Some(1.0), "{text}");
+    assert!(
+        !text.contains("ds01_workload_host_gpu_processes{"),
+        "{text}"
+    );
+}
+
+#[test]
+fn last_success_survives_a_failing_collector() {
+    let (s, config, dir) = scratch_with_sink();
+    s.scan(&config);
+    let series = "ds01_workload_collector_last_success_timestamp_seconds{collector=\"nvidia-smi\"}";
+    let before = read_metrics(&dir);
+    let first = sample(&before, series).expect("last success after a good scan");
+    assert_eq!(
+        sample(
+            &before,
+            "ds01_workload_collector_up{collector=\"nvidia-smi\"}"
+        ),
+        Some(1.0)
+    );
+    // The next scan starts at least a second later, so a fresh time would differ.
+    std::thread::sleep(Duration::from_millis(1100));
+    s.set_smi_mode("fail");
+    s.run(&config, &[]);
+    let after = read_metrics(&dir);
+    assert_eq!(
+        sample(
+            &after,
+            "ds01_workload_collector_up{collector=\"nvidia-smi\"}"
+        ),
+        Some(0.0),
+        "{after}"
+    );
+    assert_eq!(sample(&after, series), Some(first), "{after}");
+    assert!(
+        sample(&after, "ds01_workload_scan_timestamp_seconds").expect("scan time") > first,
+        "{after}"
+    );
+}
+
+#[test]
+fn listen_without_textfile_dir_needs_watch_mode() {
+    let s = Scratch::new();
+    let config = s.config(
+        None,
+        "\n[[sinks.prometheus]]\nlisten = \"127.0.0.1:9102\"\n",
+    );
+    let out = s.run(&config, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("listen") && err.contains("watch mode") && err.contains("textfile_dir"),
+        "{err}"
+    );
+    let config = s.config(None, "\n[[sinks.prometheus]]\n");
+    let out = s.run(&config, &[]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+/// A loopback port nobody listens on now.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// A plain HTTP/1.0 GET over loopback; `None` while nothing answers.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    Some(response)
+}
+
+#[test]
+fn node_exporter_serves_the_textfile() {
+    let Some(exporter) = tool("DW_TEST_NODE_EXPORTER", "prometheus-node-exporter") else {
+        return;
+    };
+    let (s, config, dir) = scratch_with_sink();
+    let _gpu = s.gpu_process();
+    s.scan(&config);
+    s.scan(&config);
+    let port = free_port();
+    let _exporter = Proc(
+        Command::new(exporter)
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--collector.disable-defaults")
+            .arg("--collector.textfile")
+            .arg(format!("--collector.textfile.directory={}", dir.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start node_exporter"),
+    );
+    // It answers once it has bound the port (a generous bound, not a timing).
+    let response = (0..300)
+        .find_map(|_| {
+            let r = http_get(port, "/metrics");
+            if r.is_none() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            r
+        })
+        .expect("node_exporter answered within 30 s");
+    assert!(response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"));
+    // Every sample of the file, with its value (Go may write it differently:
+    // 1.767225610e+09).
+    let served = samples(&response);
+    let file = samples(&read_metrics(&dir));
+    assert!(file.len() > 10, "{file:?}");
+    for (series, value) in &file {
+        assert_eq!(
+            served.get(series),
+            Some(value),
+            "{series} not served:\n{response}"
+        );
+    }
+    assert!(
+        response.contains("node_textfile_scrape_error 0"),
+        "{response}"
+    );
+}
+
+#[test]
+fn rules_pass_promtool_check_and_test() {
+    let Some(promtool) = promtool() else { return };
+    let dir = prometheus_config_dir();
+    let checked = promtool_ok(
+        &promtool,
+        &dir,
+        &["check", "rules", "detect-workloads.rules.yml"],
+        None,
+    );
+    assert!(checked.contains("SUCCESS: 5 rules found"), "{checked}");
+    promtool_ok(
+        &promtool,
+        &dir,
+        &["test", "rules", "detect-workloads.rules.test.yml"],
+        None,
+    );
+    promtool_ok(&promtool, &dir, &["check", "config", "scrape.yml"], None);
+}
+
+#[test]
+fn every_rule_has_its_own_test() {
+    let dir = prometheus_config_dir();
+    let rules = std::fs::read_to_string(dir.join("detect-workloads.rules.yml")).expect("rules");
+    let tests =
+        std::fs::read_to_string(dir.join("detect-workloads.rules.test.yml")).expect("tests");
+    let alerts: Vec<&str> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+        .collect();
+    assert_eq!(alerts.len(), 5, "{alerts:?}");
+    for alert in alerts {
+        assert!(
+            tests.contains(&format!(
+                "alertname: {alert}\n        exp_alerts:\n          - exp_labels:"
+            )),
+            "no firing test for {alert}"
+        );
+    }
+}
+
+/// An inventory in which every metric has a series.
+fn full_inventory() -> Inventory {
+    let mut c = ContainerEntry {
+        id: "aaaaaaaaaaaa".into(),
+        name: "train".into(),
+        origin: "raw-docker".into(),
+        user: "unknown".into(),
+        status: "running".into(),
+        gpu_in_use: true,
+        gpu_uuids: vec!["GPU-0".into()],
+        gpu_mismatch: Some(GpuMismatch::NotGranted),
+        ..Default::default()
+    };
+    c.gpu_processes.push(ContainerGpuProcess {
+        gpu_uuid: "GPU-0".into(),
+        gpu_memory_mb: Some(1),
+        ..Default::default()
+    });
+    let mut inv = Inventory {
+        last_scan: "2026-01-01T00:00:00Z".into(),
+        ..Default::default()
+    };
+    inv.containers.insert(c.id.clone(), c);
+    inv.host_processes.insert(
+        "1".into(),
+        ProcessEntry {
+            user: "carol".into(),
+            gpu_uuid: "GPU-0".into(),
+            detected_at: "2026-01-01T00:00:00Z".into(),
+            ..Default::default()
+        },
+    );
+    inv.scan = Some(ScanReport {
+        started_at: "2026-01-01T00:00:00Z".into(),
+        collectors: [(
+            "docker".to_string(),
+            CollectorReport {
+                ok: true,
+                ..Default::default()
+            },
+        )]
+        .into_iter()
+        .collect(),
+        ..Default::default()
+    });
+    inv
+}
+
+/// Every `ds01_workload_*` name in a text.
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("ds01_workload_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        // `ds01_workload_*` in a comment names the prefix, not a metric.
+        if !tail[..end].ends_with('_') {
+            names.insert(tail[..end].to_string());
+        }
+        rest = &tail[end..];
+    }
+    names
+}
+
+/// Every string under a key `key` anywhere in a JSON value.
+fn strings_under(value: &serde_json::Value, key: &str, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                match v {
+                    serde_json::Value::String(s) if k == key => out.push(s.clone()),
+                    _ => strings_under(v, key, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| strings_under(v, key, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn dashboard_and_rules_use_only_emitted_metrics() {
+    let mut carried = Carried::default();
+    carried.advance(&full_inventory(), &[]);
+    let emitted: BTreeSet<String> = render(&full_inventory(), &carried)
+        .expect("render")
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .map(str::to_string)
+        .collect();
+    assert!(emitted.len() >= 15, "{emitted:?}");
+
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/grafana/detect-workloads.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("dashboard")).expect("JSON");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let mut exprs = Vec::new();
+    for panel in panels {
+        let mut own = Vec::new();
+        strings_under(&panel["targets"], "expr", &mut own);
+        assert!(!own.is_empty(), "panel without a query: {}", panel["title"]);
+        exprs.extend(own);
+    }
+    strings_under(&dashboard["templating"], "query", &mut exprs);
+    let used: BTreeSet<String> = exprs.iter().flat_map(|e| metric_names(e)).collect();
+    let unknown: Vec<_> = used.difference(&emitted).collect();
+    assert!(unknown.is_empty(), "the dashboard asks for {unknown:?}");
+    assert!(panels.iter().any(|p| p["type"] == "timeseries"
+        && p["targets"][0]["expr"]
+            .as_str()
+            .is_some_and(|e| e.contains("by (user)") && e.contains("gpu_memory_bytes"))));
+    assert!(panels.iter().any(|p| p["type"] == "table"));
+
+    let rules = std::fs::read_to_string(prometheus_config_dir().join("detect-workloads.rules.yml"))
+        .expect("rules");
+    let unknown: Vec<_> = metric_names(&rules)
+        .into_iter()
+        .filter(|m| !emitted.contains(m))
+        .collect();
+    assert!(unknown.is_empty(), "the rules ask for {unknown:?}");
+}
