@@ -32,7 +32,12 @@ fn default_stages() -> Config {
     let end = DEFAULT_CONFIG
         .find("[[sinks.")
         .expect("sinks in the default config");
-    Config::parse("default stages", &DEFAULT_CONFIG[start..end], &[]).expect("default stages parse")
+    // A fixed UID_MIN: the tests read nothing outside the repository.
+    let text = DEFAULT_CONFIG[start..end].replace(
+        "[[stages.exclude-system]]",
+        "[[stages.exclude-system]]\nuid_min = 1000",
+    );
+    Config::parse("default stages", &text, &[]).expect("default stages parse")
 }
 
 const USER_LABELS: [&str; 2] = ["ds01.user", "aime.mlc.USER"];
@@ -135,11 +140,13 @@ fn process() -> impl Strategy<Value = ProcessDraft> {
         ],
         any::<u32>(),
         any::<bool>(),
+        prop_oneof![Just(0u32), 0u32..2000, any::<u32>()],
     )
         .prop_map(
-            |(pid, comm, cmdline, seen_scans, confirmed_before)| ProcessDraft {
+            |(pid, comm, cmdline, seen_scans, confirmed_before, uid)| ProcessDraft {
                 facts: ProcessFacts {
                     pid,
+                    uid,
                     comm,
                     cmdline: cmdline.clone(),
                     ..Default::default()
@@ -221,11 +228,17 @@ proptest! {
             }
         }
 
-        let system = ExcludeSystem::new(ExcludeSystemConfig::default());
+        let system = ExcludeSystem::new(ExcludeSystemConfig { uid_min: Some(1000), ..ExcludeSystemConfig::default() });
         prop_assert_eq!(work.processes.len(), processes.len());
         for p in &work.processes {
             let dropped = matches!(p.verdict, Verdict::Drop(_));
-            prop_assert_eq!(dropped, system.is_system(&p.facts.comm, &p.facts.cmdline));
+            prop_assert_eq!(dropped, system.is_system(p.facts.uid, &p.facts.comm, &p.facts.cmdline));
+            if p.facts.uid >= 1000 {
+                prop_assert!(!dropped);
+            }
+            // Redacted and capped by the default `redact` stage.
+            prop_assert!(p.entry.cmdline.len() <= 4096);
+            prop_assert_eq!(&p.entry.cmdline, &p.facts.cmdline);
             if p.verdict == Verdict::Pending {
                 prop_assert!(!p.confirmed_before && p.entry.seen_scans < 2);
             }
