@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use detect_workloads_core::config::{Config, DEFAULT_CONFIG};
 use detect_workloads_core::model::{
     ContainerEntry, ContainerFacts, DeviceRequest, InspectFacts, Inventory, Observations,
-    ProcessEntry, ProcessFacts,
+    ProcessEntry, ProcessFacts, UserSource,
 };
 use detect_workloads_core::plugin::{ContainerDraft, ProcessDraft, StageContext, Verdict, Workset};
 use detect_workloads_core::stages::{split_devices, ExcludeSystem, ExcludeSystemConfig};
@@ -180,11 +180,20 @@ proptest! {
         previous_users in prop::collection::vec(any::<String>(), 0..4),
     ) {
         let stages = default_stages();
-        let observations = Observations::default();
-        let mut containers = containers;
-        for c in &mut containers {
+        // The owners of main PIDs, placed in the containers that name them
+        // (the last one where several share a PID: the others' are stale).
+        let mut observations = Observations::default();
+        for c in &containers {
             let main_pid = c.facts.inspect.as_ref().map_or(0, |i| i.main_pid);
-            c.facts.main_user = owners.get(&main_pid).cloned();
+            if let Some(user) = owners.get(&main_pid) {
+                observations.processes.insert(main_pid, ProcessFacts {
+                    pid: main_pid,
+                    user: user.clone(),
+                    in_container: true,
+                    container_id: Some(c.facts.id.clone()),
+                    ..Default::default()
+                });
+            }
         }
         let mut previous = Inventory::default();
         for (c, user) in containers.iter().zip(&previous_users) {
@@ -214,6 +223,13 @@ proptest! {
                 .find(|v| !v.is_empty());
             if let Some(user) = labelled {
                 prop_assert_eq!(c.entry.user.as_str(), user);
+                prop_assert!(c.entry.user_source.to_string().starts_with("label:"));
+            }
+            if c.entry.user_source == UserSource::ProcessOwner {
+                let pid = c.facts.inspect.as_ref().map_or(0, |i| i.main_pid);
+                let owner = observations.processes.get(&pid);
+                prop_assert_eq!(owner.and_then(|p| p.container_id.as_deref()), Some(c.facts.id.as_str()));
+                prop_assert_eq!(owner.map(|p| p.user.as_str()), Some(c.entry.user.as_str()));
             }
             for d in &c.entry.gpu_devices {
                 prop_assert!(!d.is_empty());

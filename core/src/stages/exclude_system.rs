@@ -119,7 +119,10 @@ fn parse_uid_min(text: &str) -> Option<u32> {
         .next_back()
         .and_then(|value| {
             let value = value.trim_matches('"');
-            if let Some(hex) = value.strip_prefix("0x").or_else(|| value.strip_prefix("0X")) {
+            if let Some(hex) = value
+                .strip_prefix("0x")
+                .or_else(|| value.strip_prefix("0X"))
+            {
                 u32::from_str_radix(hex, 16).ok()
             } else if value.len() > 1 && value.starts_with('0') {
                 u32::from_str_radix(&value[1..], 8).ok()
@@ -145,7 +148,13 @@ impl Stage for ExcludeSystem {
                 continue;
             }
             let argv0 = f.cmdline.split(' ').next().unwrap_or_default();
-            info!(pid = f.pid, uid = f.uid, name, exe = argv0, "excluded as a system process");
+            info!(
+                pid = f.pid,
+                uid = f.uid,
+                name,
+                exe = argv0,
+                "excluded as a system process"
+            );
             p.verdict = Verdict::Drop(format!("system process {name} (uid {})", f.uid));
         }
         Ok(())
@@ -179,7 +188,11 @@ mod tests {
     #[test]
     fn matches_argv0_basename_and_truncated_comm() {
         let s = stage(Some(1000), "");
-        assert!(s.is_system(0, "nvidia-persiste", "/usr/bin/nvidia-persistenced --user x"));
+        assert!(s.is_system(
+            0,
+            "nvidia-persiste",
+            "/usr/bin/nvidia-persistenced --user x"
+        ));
         assert!(s.is_system(0, "nvidia-persiste", ""));
         assert!(s.is_system(999, "Xorg", "/usr/lib/xorg/Xorg :0"));
         assert!(!s.is_system(0, "python3", "/opt/venv/bin/python3 train.py"));
@@ -211,7 +224,10 @@ mod tests {
         let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/login.defs");
         assert_eq!(stage(None, fixture).uid_min(), 500);
         assert_eq!(stage(Some(42), fixture).uid_min(), 42);
-        let missing = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/no-such-login.defs");
+        let missing = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/no-such-login.defs"
+        );
         assert_eq!(stage(None, missing).uid_min(), DEFAULT_UID_MIN);
     }
 }

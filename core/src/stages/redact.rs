@@ -192,7 +192,9 @@ impl Redact {
             .replace_all(&line, format!("${{1}}:{MASK}@"));
         let mut line = line.into_owned();
         if let Some(query) = &self.query {
-            line = query.replace_all(&line, format!("${{1}}{MASK}")).into_owned();
+            line = query
+                .replace_all(&line, format!("${{1}}{MASK}"))
+                .into_owned();
         }
         for pattern in &self.patterns {
             line = mask_matches(pattern, &line);
@@ -381,7 +383,10 @@ mod tests {
             "app --password *** --db-passwd=*** -v"
         );
         assert_eq!(default("app --API-KEY k1 x"), "app --API-KEY *** x");
-        assert_eq!(default("app --aws-credential c"), "app --aws-credential ***");
+        assert_eq!(
+            default("app --aws-credential c"),
+            "app --aws-credential ***"
+        );
         // A flag right after is not taken for the value; an empty value stays.
         assert_eq!(default("app --token --verbose"), "app --token --verbose");
         assert_eq!(default("app --token="), "app --token=");
@@ -395,7 +400,10 @@ mod tests {
 
     #[test]
     fn short_flags_only_where_configured() {
-        assert_eq!(default("mysql -u bob -p hunter2"), "mysql -u bob -p hunter2");
+        assert_eq!(
+            default("mysql -u bob -p hunter2"),
+            "mysql -u bob -p hunter2"
+        );
         let config = || RedactConfig {
             short_flags: vec!["-p".into(), "-pw".into()],
             ..RedactConfig::default()
@@ -532,8 +540,9 @@ mod tests {
             stage_kinds("[[stages.transient-filter]]\n[[stages.redact]]\nmode = \"full\"\n"),
             ["transient-filter", NAME]
         );
-        let err = crate::config::Config::parse("t.toml", "[[stages.redact]]\nmax_length = 2\n", &[])
-            .expect_err("refused");
+        let err =
+            crate::config::Config::parse("t.toml", "[[stages.redact]]\nmax_length = 2\n", &[])
+                .expect_err("refused");
         assert!(err.to_string().contains("max_length"), "{err}");
     }
 }
