@@ -36,6 +36,7 @@ fn every_builtin_plugin_is_registered_and_listed() {
         "gpu-devices",
         "exclude-system",
         "transient-filter",
+        "redact",
     ];
     let sinks = ["inventory-file", "event-log", "stdout"];
     for name in collectors {

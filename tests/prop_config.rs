@@ -63,6 +63,7 @@ fn header() -> impl Strategy<Value = String> {
         "[[stages.exclude-system]]",
         "[[stages.transient-filter]]",
         "[stages.transient-filter]",
+        "[[stages.redact]]",
         "[[sinks.inventory-file]]",
         "[[sinks.event-log]]",
         "[[sinks.stdout]]",
@@ -79,7 +80,8 @@ fn key() -> impl Strategy<Value = String> {
             "scan_timeout", "source", "lock_timeout", "endpoint", "timeout", "library",
             "command", "fallback_for", "root", "rules", "default", "labels", "path_labels",
             "home_dirs", "slot_labels", "uuid_labels", "process_names", "min_scans", "path",
-            "mode", "format", "max_concurrent_inspects",
+            "mode", "format", "max_concurrent_inspects", "secret_words", "short_flags",
+            "patterns", "max_length",
         ])
         .prop_map(str::to_string),
         1 => "[a-z_]{1,12}",
@@ -222,7 +224,7 @@ fn mutate(text: &str, mutations: &[Mutation]) -> String {
 fn the_default_configuration_parses() {
     let config = Config::parse(FILE, DEFAULT_CONFIG, &[]).expect("the default parses");
     assert_eq!(config.collectors.len(), 4);
-    assert_eq!(config.stages.len(), 5);
+    assert_eq!(config.stages.len(), 6);
     assert_eq!(config.sinks.len(), 2);
 }
 

@@ -344,6 +344,7 @@ impl Config {
                 }
             }
         }
+        crate::stages::add_mandatory(file, &mut config.stages)?;
         if !sink_override.is_empty() {
             config.sink_override = Some(build_sink_override(source, &doc, sink_override)?);
         }

@@ -258,6 +258,9 @@ pub struct ContainerEntry {
     pub origin: String,
     /// Owner.
     pub user: String,
+    /// Where `user` came from (`unknown` in inventories written before it existed).
+    #[serde(default)]
+    pub user_source: UserSource,
     /// Whether it can reach a GPU.
     pub has_gpu: bool,
     /// GPU slots or UUIDs allocated to it.
@@ -323,6 +326,59 @@ pub enum GpuMismatch {
     NotGranted,
     /// It uses a GPU outside its `gpu_devices`.
     OutsideAllocation,
+}
+
+/// Where a container's user came from. Written as `label:<label name>`,
+/// `path-label:<label name>`, `process-owner`, `config-user` or `unknown`;
+/// any other text reads back as `unknown`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum UserSource {
+    /// A user label (the label's name).
+    Label(String),
+    /// A label holding a path under a home directory (the label's name).
+    PathLabel(String),
+    /// The owner of the container's main process.
+    ProcessOwner,
+    /// `Config.User` of a container that is not running.
+    ConfigUser,
+    /// Nothing said.
+    #[default]
+    Unknown,
+}
+
+impl std::fmt::Display for UserSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UserSource::Label(name) => write!(f, "label:{name}"),
+            UserSource::PathLabel(name) => write!(f, "path-label:{name}"),
+            UserSource::ProcessOwner => f.write_str("process-owner"),
+            UserSource::ConfigUser => f.write_str("config-user"),
+            UserSource::Unknown => f.write_str("unknown"),
+        }
+    }
+}
+
+impl From<UserSource> for String {
+    fn from(source: UserSource) -> String {
+        source.to_string()
+    }
+}
+
+impl From<String> for UserSource {
+    fn from(text: String) -> UserSource {
+        if let Some(name) = text.strip_prefix("label:") {
+            return UserSource::Label(name.to_string());
+        }
+        if let Some(name) = text.strip_prefix("path-label:") {
+            return UserSource::PathLabel(name.to_string());
+        }
+        match text.as_str() {
+            "process-owner" => UserSource::ProcessOwner,
+            "config-user" => UserSource::ConfigUser,
+            _ => UserSource::Unknown,
+        }
+    }
 }
 
 /// One host GPU process in the inventory.
@@ -417,4 +473,47 @@ pub struct Event {
     pub user: String,
     /// The event's fields.
     pub details: serde_json::Value,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_sources_round_trip_as_text() {
+        for (source, text) in [
+            (UserSource::Label("ds01.user".into()), "label:ds01.user"),
+            (
+                UserSource::PathLabel("devcontainer.local_folder".into()),
+                "path-label:devcontainer.local_folder",
+            ),
+            (UserSource::ProcessOwner, "process-owner"),
+            (UserSource::ConfigUser, "config-user"),
+            (UserSource::Unknown, "unknown"),
+        ] {
+            assert_eq!(serde_json::to_value(&source).ok(), Some(text.into()));
+            assert_eq!(
+                serde_json::from_value::<UserSource>(text.into()).ok(),
+                Some(source)
+            );
+        }
+        assert_eq!(
+            serde_json::from_value::<UserSource>("from-mars".into()).ok(),
+            Some(UserSource::Unknown)
+        );
+    }
+
+    #[test]
+    fn containers_always_say_where_their_user_came_from() {
+        let entry = ContainerEntry::default();
+        let json = serde_json::to_value(&entry).unwrap_or_default();
+        assert_eq!(json["user_source"], "unknown");
+        // An inventory written before the field existed still reads.
+        let mut old = json;
+        if let Some(o) = old.as_object_mut() {
+            o.remove("user_source");
+        }
+        let back: Result<ContainerEntry, _> = serde_json::from_value(old);
+        assert_eq!(back.ok().map(|e| e.user_source), Some(UserSource::Unknown));
+    }
 }

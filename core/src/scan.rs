@@ -423,6 +423,7 @@ fn build_workset(observed: &mut Observations, previous: &Inventory, now: &str) -
                     name: facts.name.clone(),
                     origin: String::new(),
                     user: String::new(),
+                    user_source: Default::default(),
                     has_gpu: facts.has_gpu(),
                     gpu_devices: Vec::new(),
                     status: facts.state.clone(),

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use detect_workloads_core::config::{Config, DEFAULT_CONFIG};
 use detect_workloads_core::model::{
     ContainerEntry, ContainerFacts, DeviceRequest, InspectFacts, Inventory, Observations,
-    ProcessEntry, ProcessFacts,
+    ProcessEntry, ProcessFacts, UserSource,
 };
 use detect_workloads_core::plugin::{ContainerDraft, ProcessDraft, StageContext, Verdict, Workset};
 use detect_workloads_core::stages::{split_devices, ExcludeSystem, ExcludeSystemConfig};
@@ -32,7 +32,12 @@ fn default_stages() -> Config {
     let end = DEFAULT_CONFIG
         .find("[[sinks.")
         .expect("sinks in the default config");
-    Config::parse("default stages", &DEFAULT_CONFIG[start..end], &[]).expect("default stages parse")
+    // A fixed UID_MIN: the tests read nothing outside the repository.
+    let text = DEFAULT_CONFIG[start..end].replace(
+        "[[stages.exclude-system]]",
+        "[[stages.exclude-system]]\nuid_min = 1000",
+    );
+    Config::parse("default stages", &text, &[]).expect("default stages parse")
 }
 
 const USER_LABELS: [&str; 2] = ["ds01.user", "aime.mlc.USER"];
@@ -135,11 +140,13 @@ fn process() -> impl Strategy<Value = ProcessDraft> {
         ],
         any::<u32>(),
         any::<bool>(),
+        prop_oneof![Just(0u32), 0u32..2000, any::<u32>()],
     )
         .prop_map(
-            |(pid, comm, cmdline, seen_scans, confirmed_before)| ProcessDraft {
+            |(pid, comm, cmdline, seen_scans, confirmed_before, uid)| ProcessDraft {
                 facts: ProcessFacts {
                     pid,
+                    uid,
                     comm,
                     cmdline: cmdline.clone(),
                     ..Default::default()
@@ -173,11 +180,20 @@ proptest! {
         previous_users in prop::collection::vec(any::<String>(), 0..4),
     ) {
         let stages = default_stages();
-        let observations = Observations::default();
-        let mut containers = containers;
-        for c in &mut containers {
+        // The owners of main PIDs, placed in the containers that name them
+        // (the last one where several share a PID: the others' are stale).
+        let mut observations = Observations::default();
+        for c in &containers {
             let main_pid = c.facts.inspect.as_ref().map_or(0, |i| i.main_pid);
-            c.facts.main_user = owners.get(&main_pid).cloned();
+            if let Some(user) = owners.get(&main_pid) {
+                observations.processes.insert(main_pid, ProcessFacts {
+                    pid: main_pid,
+                    user: user.clone(),
+                    in_container: true,
+                    container_id: Some(c.facts.id.clone()),
+                    ..Default::default()
+                });
+            }
         }
         let mut previous = Inventory::default();
         for (c, user) in containers.iter().zip(&previous_users) {
@@ -207,6 +223,13 @@ proptest! {
                 .find(|v| !v.is_empty());
             if let Some(user) = labelled {
                 prop_assert_eq!(c.entry.user.as_str(), user);
+                prop_assert!(c.entry.user_source.to_string().starts_with("label:"));
+            }
+            if c.entry.user_source == UserSource::ProcessOwner {
+                let pid = c.facts.inspect.as_ref().map_or(0, |i| i.main_pid);
+                let owner = observations.processes.get(&pid);
+                prop_assert_eq!(owner.and_then(|p| p.container_id.as_deref()), Some(c.facts.id.as_str()));
+                prop_assert_eq!(owner.map(|p| p.user.as_str()), Some(c.entry.user.as_str()));
             }
             for d in &c.entry.gpu_devices {
                 prop_assert!(!d.is_empty());
@@ -221,11 +244,17 @@ proptest! {
             }
         }
 
-        let system = ExcludeSystem::new(ExcludeSystemConfig::default());
+        let system = ExcludeSystem::new(ExcludeSystemConfig { uid_min: Some(1000), ..ExcludeSystemConfig::default() });
         prop_assert_eq!(work.processes.len(), processes.len());
         for p in &work.processes {
             let dropped = matches!(p.verdict, Verdict::Drop(_));
-            prop_assert_eq!(dropped, system.is_system(&p.facts.comm, &p.facts.cmdline));
+            prop_assert_eq!(dropped, system.is_system(p.facts.uid, &p.facts.comm, &p.facts.cmdline));
+            if p.facts.uid >= 1000 {
+                prop_assert!(!dropped);
+            }
+            // Redacted and capped by the default `redact` stage.
+            prop_assert!(p.entry.cmdline.len() <= 4096);
+            prop_assert_eq!(&p.entry.cmdline, &p.facts.cmdline);
             if p.verdict == Verdict::Pending {
                 prop_assert!(!p.confirmed_before && p.entry.seen_scans < 2);
             }

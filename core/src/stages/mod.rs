@@ -4,14 +4,29 @@
 mod classify;
 mod exclude_system;
 mod gpu_devices;
+mod redact;
 mod resolve_user;
 mod transient_filter;
 
 pub use classify::{Classify, ClassifyConfig, ClassifyRule};
 pub use exclude_system::{ExcludeSystem, ExcludeSystemConfig};
 pub use gpu_devices::{split_devices, GpuDevices, GpuDevicesConfig};
+pub use redact::{cap, Redact, RedactConfig, RedactError, RedactMode};
 pub use resolve_user::{ResolveUser, ResolveUserConfig};
 pub use transient_filter::{TransientFilter, TransientFilterConfig};
+
+use crate::config::{ConfigError, Instance};
+use crate::plugin::Stage;
+
+/// Adds the stages that are in force even when a configuration does not list
+/// them (`redact`, with its defaults), ahead of the others.
+pub fn add_mandatory(file: &str, stages: &mut Vec<Instance<dyn Stage>>) -> Result<(), ConfigError> {
+    redact::add_if_missing(stages).map_err(|e| ConfigError {
+        file: file.to_string(),
+        line: None,
+        message: format!("[stages.{}] built-in defaults: {e}", redact::NAME),
+    })
+}
 
 #[cfg(test)]
 pub(crate) mod testing {

@@ -1,8 +1,11 @@
 //! Stage `resolve-user`: attributes each container to a user, in order: the
 //! first present user label, a path label under a home directory
-//! (`/home/<user>/...`), the owner of the container's main process (read from
-//! `/proc` by the container collector), the user it was started as when it is not
-//! running, the user it had in the previous scan, else `unknown`.
+//! (`/home/<user>/...`), the owner of the container's main process (its `/proc`
+//! facts, when they place it in this container), the user it was started as
+//! when it is not running, the user it had in the previous scan, else
+//! `unknown`; and records where the user came from (`user_source`).
+//!
+//! Label values are data: stored as they are (trimmed), never used as paths.
 
 use std::collections::BTreeMap;
 use std::path::{Component, Path};
@@ -10,8 +13,10 @@ use std::path::{Component, Path};
 use serde::Deserialize;
 
 use crate::config::{ConfigError, PluginConfig};
-use crate::model::ContainerFacts;
-use crate::plugin::{Stage, StageContext, StageError, StagePlugin, Workset};
+use tracing::debug;
+
+use crate::model::{ContainerFacts, UserSource};
+use crate::plugin::{ContainerDraft, Stage, StageContext, StageError, StagePlugin, Workset};
 use crate::users;
 
 /// `[[stages.resolve-user]]`
@@ -51,40 +56,64 @@ impl ResolveUser {
         Self { config }
     }
 
-    fn by_labels(&self, labels: &BTreeMap<String, String>) -> Option<String> {
-        self.config
-            .labels
-            .iter()
-            .filter_map(|l| labels.get(l))
-            .map(|v| v.trim())
-            .find(|v| !v.is_empty())
-            .map(str::to_string)
+    fn by_labels(&self, labels: &BTreeMap<String, String>) -> Option<(String, UserSource)> {
+        self.config.labels.iter().find_map(|label| {
+            let value = labels.get(label)?.trim();
+            (!value.is_empty()).then(|| (value.to_string(), UserSource::Label(label.clone())))
+        })
     }
 
-    fn by_path_labels(&self, labels: &BTreeMap<String, String>) -> Option<String> {
-        self.config
-            .path_labels
-            .iter()
-            .filter_map(|l| labels.get(l))
-            .find_map(|path| user_from_home_path(Path::new(path.trim()), &self.config.home_dirs))
+    fn by_path_labels(&self, labels: &BTreeMap<String, String>) -> Option<(String, UserSource)> {
+        self.config.path_labels.iter().find_map(|label| {
+            let path = labels.get(label)?;
+            let user = user_from_home_path(Path::new(path.trim()), &self.config.home_dirs)?;
+            Some((user, UserSource::PathLabel(label.clone())))
+        })
     }
 
-    fn by_main_process(&self, facts: &ContainerFacts) -> Option<String> {
+    /// The owner of the main process, when its `/proc` facts place it in this
+    /// container. When they place it elsewhere (or nowhere), the cached main
+    /// PID is stale: it is zeroed, so that the container is inspected again.
+    fn by_main_process(
+        &self,
+        draft: &mut ContainerDraft,
+        ctx: &StageContext<'_>,
+    ) -> Option<String> {
+        let inspect = draft.facts.inspect.as_mut()?;
+        if inspect.main_pid == 0 {
+            return None;
+        }
+        let process = ctx.observations.processes.get(&inspect.main_pid)?;
+        if process.container_id.as_deref() != Some(draft.facts.id.as_str()) {
+            debug!(
+                container = %draft.entry.id,
+                pid = inspect.main_pid,
+                in_container = ?process.container_id,
+                "the cached main PID is not this container's; it is inspected again next scan"
+            );
+            inspect.main_pid = 0;
+            return None;
+        }
         // An NSS entry may have an empty name: that names nobody.
-        facts.main_user.clone().filter(|u| !u.is_empty())
+        Some(process.user.clone()).filter(|u| !u.is_empty())
     }
 
-    fn by_config_user(&self, facts: &ContainerFacts, ctx: &StageContext<'_>) -> Option<String> {
+    fn by_config_user(
+        &self,
+        facts: &ContainerFacts,
+        ctx: &StageContext<'_>,
+    ) -> Option<(String, UserSource)> {
         let inspect = facts.inspect.as_ref()?;
         // `Config.User` is `name`, `uid`, `name:group` or `uid:gid`; empty means root.
         let user = inspect.config_user.split(':').next().unwrap_or("").trim();
         if user.is_empty() {
             return None;
         }
-        match user.parse::<u32>() {
+        let name = match user.parse::<u32>() {
             Ok(uid) => Some(ctx.users.name(uid)),
             Err(_) => users::lookup_name(user).map(|_| user.to_string()),
-        }
+        };
+        name.map(|n| (n, UserSource::ConfigUser))
     }
 }
 
@@ -109,20 +138,24 @@ impl Stage for ResolveUser {
     fn run(&self, work: &mut Workset, ctx: &StageContext<'_>) -> Result<(), StageError> {
         for c in &mut work.containers {
             let running = c.facts.inspect.as_ref().is_some_and(|i| i.main_pid > 0);
+            let owner = self
+                .by_main_process(c, ctx)
+                .map(|u| (u, UserSource::ProcessOwner));
             let previous = ctx
                 .previous
                 .containers
                 .get(&c.entry.id)
-                .map(|e| e.user.clone())
-                .filter(|u| !u.is_empty() && u != UNKNOWN_USER);
-            let user = self
+                .filter(|e| !e.user.is_empty() && e.user != UNKNOWN_USER)
+                .map(|e| (e.user.clone(), e.user_source.clone()));
+            let found = self
                 .by_labels(&c.facts.labels)
                 .or_else(|| self.by_path_labels(&c.facts.labels))
-                .or_else(|| self.by_main_process(&c.facts))
+                .or(owner)
                 .or_else(|| if running { None } else { previous.clone() })
                 .or_else(|| self.by_config_user(&c.facts, ctx))
                 .or(previous);
-            c.entry.user = user.unwrap_or_else(|| UNKNOWN_USER.to_string());
+            (c.entry.user, c.entry.user_source) =
+                found.unwrap_or_else(|| (UNKNOWN_USER.to_string(), UserSource::Unknown));
         }
         Ok(())
     }
@@ -143,7 +176,9 @@ inventory::submit! {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stages::testing::{container, with_context};
+    use crate::model::{ContainerEntry, Inventory, Observations, ProcessFacts};
+    use crate::stages::testing::container;
+    use crate::users::UserNames;
 
     #[test]
     fn home_paths() {
@@ -158,46 +193,153 @@ mod tests {
         assert_eq!(user("/opt/alice"), None);
     }
 
+    /// A container whose main PID is `main_pid`, resolved with these `/proc`
+    /// facts: (pid, owner, container id or None).
+    fn resolve_with(
+        labels: &[(&str, &str)],
+        main_pid: u32,
+        config_user: &str,
+        procs: &[(u32, &str, Option<&str>)],
+    ) -> ContainerDraft {
+        let stage = ResolveUser::new(ResolveUserConfig::default());
+        let mut c = container("c", labels);
+        if let Some(i) = c.facts.inspect.as_mut() {
+            i.main_pid = main_pid;
+            i.config_user = config_user.to_string();
+        }
+        let mut observations = Observations::default();
+        for (pid, user, id) in procs {
+            let container_id = id.map(|id| {
+                if id == "self" {
+                    c.facts.id.clone()
+                } else {
+                    id.to_string()
+                }
+            });
+            observations.processes.insert(
+                *pid,
+                ProcessFacts {
+                    pid: *pid,
+                    user: user.to_string(),
+                    in_container: container_id.is_some(),
+                    container_id,
+                    ..Default::default()
+                },
+            );
+        }
+        let mut work = Workset {
+            containers: vec![c],
+            processes: vec![],
+        };
+        let (previous, users) = (Inventory::default(), UserNames::new());
+        let ctx = StageContext {
+            previous: &previous,
+            observations: &observations,
+            users: &users,
+        };
+        stage.run(&mut work, &ctx).expect("never fails");
+        work.containers.remove(0)
+    }
+
     #[test]
     fn order_of_sources() {
-        let stage = ResolveUser::new(ResolveUserConfig::default());
-        // Main PID 77 is owned by carol, 78 by a user whose NSS name is empty.
+        // Main PID 77 is carol's, 78 belongs to a user whose NSS name is empty.
+        let procs = [(77, "carol", Some("self")), (78, "", Some("self"))];
         let resolve = |labels: &[(&str, &str)], main_pid: u32, config_user: &str| {
-            let mut c = container("c", labels);
-            if let Some(i) = c.facts.inspect.as_mut() {
-                i.main_pid = main_pid;
-                i.config_user = config_user.to_string();
-            }
-            c.facts.main_user = match main_pid {
-                77 => Some("carol".into()),
-                78 => Some(String::new()),
-                _ => None,
-            };
-            let mut work = Workset {
-                containers: vec![c],
-                processes: vec![],
-            };
-            with_context(|ctx| stage.run(&mut work, ctx)).expect("never fails");
-            work.containers[0].entry.user.clone()
+            let c = resolve_with(labels, main_pid, config_user, &procs);
+            (c.entry.user, c.entry.user_source.to_string())
         };
         let both = [
             ("aime.mlc.USER", "bob"),
             ("ds01.user", "alice"),
             ("devcontainer.local_folder", "/home/dave/x"),
         ];
-        assert_eq!(resolve(&both, 77, ""), "alice");
-        assert_eq!(resolve(&both[..1], 77, ""), "bob");
-        assert_eq!(resolve(&[("ds01.user", " ")], 77, ""), "carol");
-        assert_eq!(resolve(&both[2..], 77, ""), "dave");
-        assert_eq!(resolve(&[], 77, ""), "carol");
+        let r = |u: &str, s: &str| (u.to_string(), s.to_string());
+        assert_eq!(resolve(&both, 77, ""), r("alice", "label:ds01.user"));
+        assert_eq!(resolve(&both[..1], 77, ""), r("bob", "label:aime.mlc.USER"));
+        assert_eq!(
+            resolve(&[("ds01.user", " ")], 77, ""),
+            r("carol", "process-owner")
+        );
+        assert_eq!(
+            resolve(&both[2..], 77, ""),
+            r("dave", "path-label:devcontainer.local_folder")
+        );
+        assert_eq!(resolve(&[], 77, ""), r("carol", "process-owner"));
         assert_eq!(
             resolve(&[], 78, ""),
-            UNKNOWN_USER,
+            r(UNKNOWN_USER, "unknown"),
             "an owner with an empty name"
         );
-        assert_eq!(resolve(&[], 0, "0"), "root");
-        assert_eq!(resolve(&[], 0, "root:root"), "root");
-        assert_eq!(resolve(&[], 0, ""), UNKNOWN_USER);
-        assert_eq!(resolve(&[], 0, "no-such-user-x"), UNKNOWN_USER);
+        assert_eq!(resolve(&[], 0, "0"), r("root", "config-user"));
+        assert_eq!(resolve(&[], 0, "root:root"), r("root", "config-user"));
+        assert_eq!(resolve(&[], 0, ""), r(UNKNOWN_USER, "unknown"));
+        assert_eq!(
+            resolve(&[], 0, "no-such-user-x"),
+            r(UNKNOWN_USER, "unknown")
+        );
+    }
+
+    #[test]
+    fn a_main_pid_of_another_container_or_none_is_not_the_owner() {
+        let other = "f".repeat(64);
+        for procs in [
+            [(77, "mallory", Some(other.as_str()))],
+            [(77, "mallory", None)],
+        ] {
+            let c = resolve_with(&[], 77, "", &procs);
+            assert_eq!(c.entry.user, UNKNOWN_USER, "{procs:?}");
+            assert_eq!(c.entry.user_source, UserSource::Unknown);
+            let main_pid = c.facts.inspect.as_ref().map(|i| i.main_pid);
+            assert_eq!(main_pid, Some(0), "the stale PID is dropped: {procs:?}");
+        }
+        // Its own: used, and kept.
+        let c = resolve_with(&[], 77, "", &[(77, "carol", Some("self"))]);
+        assert_eq!(c.entry.user, "carol");
+        assert_eq!(c.facts.inspect.as_ref().map(|i| i.main_pid), Some(77));
+        // Not read this cycle: not used, kept.
+        let c = resolve_with(&[], 77, "", &[]);
+        assert_eq!(c.entry.user, UNKNOWN_USER);
+        assert_eq!(c.facts.inspect.as_ref().map(|i| i.main_pid), Some(77));
+    }
+
+    #[test]
+    fn label_values_are_stored_as_data() {
+        for value in ["../../etc", "a\u{1b}[31mb\u{7}", "x\u{2028}/y"] {
+            let c = resolve_with(&[("ds01.user", value)], 0, "", &[]);
+            assert_eq!(c.entry.user, value);
+            assert_eq!(c.entry.user_source.to_string(), "label:ds01.user");
+        }
+    }
+
+    #[test]
+    fn a_user_kept_from_the_previous_scan_keeps_its_source() {
+        let stage = ResolveUser::new(ResolveUserConfig::default());
+        let c = container("c", &[]);
+        let mut previous = Inventory::default();
+        previous.containers.insert(
+            c.entry.id.clone(),
+            ContainerEntry {
+                user: "erin".into(),
+                user_source: UserSource::Label("ds01.user".into()),
+                ..Default::default()
+            },
+        );
+        let mut work = Workset {
+            containers: vec![c],
+            processes: vec![],
+        };
+        let (observations, users) = (Observations::default(), UserNames::new());
+        let ctx = StageContext {
+            previous: &previous,
+            observations: &observations,
+            users: &users,
+        };
+        stage.run(&mut work, &ctx).expect("never fails");
+        assert_eq!(work.containers[0].entry.user, "erin");
+        assert_eq!(
+            work.containers[0].entry.user_source,
+            UserSource::Label("ds01.user".into())
+        );
     }
 }

@@ -1,0 +1,548 @@
+//! Stage `redact`: hides secrets in the command lines of host GPU processes
+//! before anything is stored or emitted, and caps their length.
+//!
+//! It is in force even when a configuration does not list it (see
+//! [`add_if_missing`]); turning it off is an explicit `mode = "full"`.
+//! In the default mode `redacted`, these become `***`, the rest staying
+//! readable:
+//! - the value of a flag whose name contains a secret word
+//!   (`--token=v`, `--password v`), and of a configured short flag (`-p v`);
+//! - the value of an assignment whose name contains a secret word
+//!   (`AWS_SECRET_ACCESS_KEY=v`, `db.password=v`), case-insensitively;
+//! - the same in URL query strings (`?access_token=v`);
+//! - the password of user-info in URLs (`postgres://bob:***@db/x`);
+//! - what configured extra patterns match (their first group when they have one).
+
+use std::borrow::Cow;
+
+use regex::{Regex, RegexBuilder};
+use serde::Deserialize;
+
+use crate::config::{ConfigError, Instance, PluginConfig};
+use crate::plugin::{Stage, StageContext, StageError, StagePlugin, Workset};
+
+/// The stage's type name.
+pub const NAME: &str = "redact";
+
+/// What replaces a hidden value.
+pub const MASK: &str = "***";
+
+/// What ends a command line cut at `max_length`.
+pub const ELLIPSIS: char = '…';
+
+/// How much of a command line is kept.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RedactMode {
+    /// The whole command line (still capped at `max_length`).
+    Full,
+    /// The command line with secrets replaced by `***`.
+    #[default]
+    Redacted,
+    /// Only `argv[0]`.
+    Argv0,
+}
+
+/// `[[stages.redact]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedactConfig {
+    /// `full`, `redacted` or `argv0`.
+    pub mode: RedactMode,
+    /// A flag or assignment whose name contains one of these (any case) has
+    /// its value hidden.
+    pub secret_words: Vec<String>,
+    /// Short flags whose value is hidden: `-p v`, `-p=v`, `-pv`.
+    pub short_flags: Vec<String>,
+    /// Extra regular expressions: the first group of each match (the whole
+    /// match when there is no group) is hidden.
+    pub patterns: Vec<String>,
+    /// Longest stored command line in bytes, the final `…` included.
+    pub max_length: usize,
+}
+
+impl Default for RedactConfig {
+    fn default() -> Self {
+        Self {
+            mode: RedactMode::Redacted,
+            secret_words: ["password", "passwd", "token", "secret", "key", "credential"]
+                .map(String::from)
+                .to_vec(),
+            short_flags: Vec::new(),
+            patterns: Vec::new(),
+            max_length: 4096,
+        }
+    }
+}
+
+/// Shortest `max_length` accepted: room for a program name and the `…`.
+const MIN_LENGTH: usize = 16;
+
+/// Why a redact configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RedactError {
+    /// A pattern (extra or built from the secret words) does not compile.
+    #[error("pattern {pattern:?}: {source}")]
+    Pattern {
+        /// The pattern.
+        pattern: String,
+        /// Why.
+        source: Box<regex::Error>,
+    },
+    /// A short flag that is not `-` and one or more characters.
+    #[error("short flag {0:?} must be `-` followed by a name, like \"-p\"")]
+    ShortFlag(String),
+    /// A `max_length` too small to hold anything.
+    #[error("max_length must be at least {MIN_LENGTH} bytes, not {0}")]
+    MaxLength(usize),
+    /// A secret word that is empty (it would match every name).
+    #[error("secret_words may not hold an empty word")]
+    EmptyWord,
+}
+
+impl RedactError {
+    /// The configuration key it is about.
+    pub fn key(&self) -> &'static str {
+        match self {
+            RedactError::Pattern { .. } => "patterns",
+            RedactError::ShortFlag(_) => "short_flags",
+            RedactError::MaxLength(_) => "max_length",
+            RedactError::EmptyWord => "secret_words",
+        }
+    }
+}
+
+/// The `redact` stage.
+#[derive(Debug)]
+pub struct Redact {
+    mode: RedactMode,
+    words: Vec<String>,
+    short_flags: Vec<String>,
+    url_userinfo: Regex,
+    query: Option<Regex>,
+    patterns: Vec<Regex>,
+    max_length: usize,
+}
+
+fn compile(pattern: &str) -> Result<Regex, RedactError> {
+    RegexBuilder::new(pattern)
+        .size_limit(1 << 20)
+        .build()
+        .map_err(|e| RedactError::Pattern {
+            pattern: pattern.to_string(),
+            source: Box::new(e),
+        })
+}
+
+impl Redact {
+    /// Builds it, checking the configuration.
+    pub fn new(config: RedactConfig) -> Result<Self, RedactError> {
+        if config.max_length < MIN_LENGTH {
+            return Err(RedactError::MaxLength(config.max_length));
+        }
+        if config.secret_words.iter().any(|w| w.is_empty()) {
+            return Err(RedactError::EmptyWord);
+        }
+        if let Some(bad) = config.short_flags.iter().find(|f| !is_short_flag(f)) {
+            return Err(RedactError::ShortFlag(bad.clone()));
+        }
+        let words: Vec<String> = config
+            .secret_words
+            .iter()
+            .map(|w| w.to_lowercase())
+            .collect();
+        let query = if words.is_empty() {
+            None
+        } else {
+            let alternatives: Vec<String> = words.iter().map(|w| regex::escape(w)).collect();
+            Some(compile(&format!(
+                r"(?i)([?&;][\w.\-]*(?:{})[\w.\-]*=)[^\s&#;]+",
+                alternatives.join("|")
+            ))?)
+        };
+        Ok(Self {
+            mode: config.mode,
+            words,
+            short_flags: config.short_flags,
+            url_userinfo: compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^\s:/?#@]*):[^\s/?#]*@")?,
+            query,
+            patterns: config
+                .patterns
+                .iter()
+                .map(|p| compile(p))
+                .collect::<Result<_, _>>()?,
+            max_length: config.max_length,
+        })
+    }
+
+    /// What is stored of this command line.
+    pub fn apply(&self, cmdline: &str) -> String {
+        let kept = match self.mode {
+            RedactMode::Full => Cow::Borrowed(cmdline),
+            RedactMode::Argv0 => Cow::Borrowed(cmdline.split(' ').next().unwrap_or_default()),
+            RedactMode::Redacted => Cow::Owned(self.redact(cmdline)),
+        };
+        cap(&kept, self.max_length)
+    }
+
+    fn redact(&self, cmdline: &str) -> String {
+        let line = self.redact_arguments(cmdline);
+        let line = self
+            .url_userinfo
+            .replace_all(&line, format!("${{1}}:{MASK}@"));
+        let mut line = line.into_owned();
+        if let Some(query) = &self.query {
+            line = query
+                .replace_all(&line, format!("${{1}}{MASK}"))
+                .into_owned();
+        }
+        for pattern in &self.patterns {
+            line = mask_matches(pattern, &line);
+        }
+        line
+    }
+
+    /// Flags and assignments, argument by argument (the command line's
+    /// arguments are separated by spaces).
+    fn redact_arguments(&self, cmdline: &str) -> String {
+        let mut out: Vec<Cow<'_, str>> = Vec::new();
+        let mut hide_next = false;
+        for arg in cmdline.split(' ') {
+            if std::mem::take(&mut hide_next) && !arg.is_empty() && !arg.starts_with("--") {
+                out.push(Cow::Borrowed(MASK));
+                continue;
+            }
+            let (kept, hide) = self.argument(arg);
+            hide_next = hide;
+            out.push(kept);
+        }
+        out.join(" ")
+    }
+
+    /// One argument with its secret hidden, and whether the next argument is
+    /// a secret value.
+    fn argument<'a>(&self, arg: &'a str) -> (Cow<'a, str>, bool) {
+        if let Some(found) = self.short_flag(arg) {
+            return found;
+        }
+        let (name, value) = match arg.split_once('=') {
+            Some((name, value)) => (name, Some(value)),
+            None => (arg, None),
+        };
+        let is_flag = name.starts_with('-');
+        if !self.names_secret(name.trim_start_matches('-')) {
+            return (Cow::Borrowed(arg), false);
+        }
+        match value {
+            Some("") => (Cow::Borrowed(arg), false),
+            Some(_) if is_flag || is_assignment_name(name) => {
+                (Cow::Owned(format!("{name}={MASK}")), false)
+            }
+            Some(_) => (Cow::Borrowed(arg), false),
+            None => (Cow::Borrowed(arg), is_flag),
+        }
+    }
+
+    /// A configured short flag: `-p v` (the next argument is the value),
+    /// `-p=v`, and for a one-letter flag `-pv`.
+    fn short_flag<'a>(&self, arg: &'a str) -> Option<(Cow<'a, str>, bool)> {
+        if self.short_flags.iter().any(|f| f == arg) {
+            return Some((Cow::Borrowed(arg), true));
+        }
+        self.short_flags.iter().find_map(|flag| {
+            let rest = arg.strip_prefix(flag.as_str())?;
+            if rest.starts_with('=') {
+                Some((Cow::Owned(format!("{flag}={MASK}")), false))
+            } else {
+                (flag.len() == 2).then(|| (Cow::Owned(format!("{flag}{MASK}")), false))
+            }
+        })
+    }
+
+    fn names_secret(&self, name: &str) -> bool {
+        let name = name.to_lowercase();
+        self.words.iter().any(|w| name.contains(w.as_str()))
+    }
+}
+
+/// `-p`, `-pw`: a single dash and a name.
+fn is_short_flag(flag: &str) -> bool {
+    flag.strip_prefix('-')
+        .is_some_and(|name| !name.is_empty() && !name.starts_with('-') && !name.contains('='))
+}
+
+/// `AWS_SECRET_ACCESS_KEY`, `db.password`, `api-key`: a name an assignment may have.
+fn is_assignment_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// Each match of `pattern` (its first group when it has one) becomes `***`.
+fn mask_matches(pattern: &Regex, line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut last = 0;
+    for caps in pattern.captures_iter(line) {
+        let Some(hidden) = caps.get(1).or_else(|| caps.get(0)) else {
+            continue;
+        };
+        if hidden.start() < last || hidden.is_empty() {
+            continue;
+        }
+        out.push_str(&line[last..hidden.start()]);
+        out.push_str(MASK);
+        last = hidden.end();
+    }
+    out.push_str(&line[last..]);
+    out
+}
+
+/// At most `max` bytes, ending in `…` when cut (on a character boundary).
+pub fn cap(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max.saturating_sub(ELLIPSIS.len_utf8());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut out = String::with_capacity(end + ELLIPSIS.len_utf8());
+    out.push_str(&text[..end]);
+    out.push(ELLIPSIS);
+    out
+}
+
+impl Stage for Redact {
+    fn run(&self, work: &mut Workset, _ctx: &StageContext<'_>) -> Result<(), StageError> {
+        for p in &mut work.processes {
+            let original = std::mem::take(&mut p.entry.cmdline);
+            p.entry.cmdline = self.apply(&original);
+            p.facts.cmdline = if p.facts.cmdline == original {
+                p.entry.cmdline.clone()
+            } else {
+                self.apply(&p.facts.cmdline)
+            };
+        }
+        Ok(())
+    }
+}
+
+fn build(config: PluginConfig<'_>) -> Result<Box<dyn Stage>, ConfigError> {
+    Redact::new(config.parse()?)
+        .map(|r| Box::new(r) as Box<dyn Stage>)
+        .map_err(|e| config.invalid(e.key(), e))
+}
+
+/// Puts a `redact` stage with its defaults first when the configuration
+/// lists none: redaction is on unless a configuration turns it off.
+pub fn add_if_missing(stages: &mut Vec<Instance<dyn Stage>>) -> Result<(), RedactError> {
+    if stages.iter().any(|s| s.kind == NAME) {
+        return Ok(());
+    }
+    stages.insert(
+        0,
+        Instance {
+            name: NAME.to_string(),
+            kind: NAME,
+            plugin: Box::new(Redact::new(RedactConfig::default())?),
+        },
+    );
+    Ok(())
+}
+
+inventory::submit! {
+    StagePlugin {
+        name: NAME,
+        summary: "hides secrets in command lines (flags, assignments, URL passwords) and caps their length",
+        build,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn redact(config: RedactConfig, line: &str) -> String {
+        Redact::new(config).expect("valid config").apply(line)
+    }
+
+    fn default(line: &str) -> String {
+        redact(RedactConfig::default(), line)
+    }
+
+    #[test]
+    fn flag_values_are_hidden() {
+        assert_eq!(
+            default("python3 train.py --token=hf_abc --epochs 3"),
+            "python3 train.py --token=*** --epochs 3"
+        );
+        assert_eq!(
+            default("app --password hunter2 --db-passwd=x -v"),
+            "app --password *** --db-passwd=*** -v"
+        );
+        assert_eq!(default("app --API-KEY k1 x"), "app --API-KEY *** x");
+        assert_eq!(
+            default("app --aws-credential c"),
+            "app --aws-credential ***"
+        );
+        // A flag right after is not taken for the value; an empty value stays.
+        assert_eq!(default("app --token --verbose"), "app --token --verbose");
+        assert_eq!(default("app --token="), "app --token=");
+        assert_eq!(default("app --secret"), "app --secret");
+        // Names without a secret word are untouched.
+        assert_eq!(
+            default("app --config=/etc/a.yaml --name bob"),
+            "app --config=/etc/a.yaml --name bob"
+        );
+    }
+
+    #[test]
+    fn short_flags_only_where_configured() {
+        assert_eq!(
+            default("mysql -u bob -p hunter2"),
+            "mysql -u bob -p hunter2"
+        );
+        let config = || RedactConfig {
+            short_flags: vec!["-p".into(), "-pw".into()],
+            ..RedactConfig::default()
+        };
+        assert_eq!(
+            redact(config(), "mysql -u bob -p hunter2"),
+            "mysql -u bob -p ***"
+        );
+        assert_eq!(redact(config(), "mysql -phunter2"), "mysql -p***");
+        assert_eq!(redact(config(), "mysql -p=hunter2"), "mysql -p=***");
+        assert_eq!(redact(config(), "x -pw s3 -pwx"), "x -pw *** -p***");
+    }
+
+    #[test]
+    fn assignments_are_hidden_case_insensitively() {
+        assert_eq!(
+            default("env AWS_SECRET_ACCESS_KEY=abc/def HF_TOKEN=hf_x PATH=/bin run"),
+            "env AWS_SECRET_ACCESS_KEY=*** HF_TOKEN=*** PATH=/bin run"
+        );
+        assert_eq!(
+            default("run db_Password=pw api_key=k trainer.lr=0.1"),
+            "run db_Password=*** api_key=*** trainer.lr=0.1"
+        );
+        // Not a name: a path or a URL holding `=` is not an assignment.
+        assert_eq!(default("run /tmp/key=x"), "run /tmp/key=x");
+    }
+
+    #[test]
+    fn url_passwords_and_query_secrets_are_hidden() {
+        assert_eq!(
+            default("psql postgres://bob:hunter2@db/x"),
+            "psql postgres://bob:***@db/x"
+        );
+        assert_eq!(
+            default("git clone https://u:p@ss:w@host/r.git http://host:8080/a@b"),
+            "git clone https://u:***@host/r.git http://host:8080/a@b"
+        );
+        assert_eq!(
+            default("curl https://h/x?access_token=abc&page=2"),
+            "curl https://h/x?access_token=***&page=2"
+        );
+        assert_eq!(default("ssh://git@host/x"), "ssh://git@host/x");
+    }
+
+    #[test]
+    fn extra_patterns_hide_their_group_or_match() {
+        let config = RedactConfig {
+            patterns: vec![r"hf_[A-Za-z0-9]+".into(), r"--auth\s+(\S+)".into()],
+            ..RedactConfig::default()
+        };
+        assert_eq!(
+            redact(config, "run hf_abc123 --auth bob:pw x"),
+            "run *** --auth *** x"
+        );
+    }
+
+    #[test]
+    fn modes() {
+        let line = "python3 --token=abc x";
+        let mode = |mode| RedactConfig {
+            mode,
+            ..RedactConfig::default()
+        };
+        assert_eq!(redact(mode(RedactMode::Full), line), line);
+        assert_eq!(redact(mode(RedactMode::Argv0), line), "python3");
+        assert_eq!(
+            redact(mode(RedactMode::Redacted), line),
+            "python3 --token=*** x"
+        );
+    }
+
+    #[test]
+    fn long_lines_are_cut_on_a_character_boundary() {
+        let config = || RedactConfig {
+            max_length: 16,
+            ..RedactConfig::default()
+        };
+        assert_eq!(redact(config(), "short"), "short");
+        let cut = redact(config(), &"é".repeat(40));
+        assert!(cut.len() <= 16, "{cut}");
+        assert!(cut.ends_with(ELLIPSIS));
+        assert_eq!(cut, format!("{}…", "é".repeat(6)));
+        let huge = format!("run --token=secret {}", "a".repeat(2_000_000));
+        let stored = default(&huge);
+        assert_eq!(stored.len(), 4096);
+        assert!(stored.starts_with("run --token=*** aaa"));
+        // The secret is hidden before the cut, never cut in two.
+        assert_eq!(
+            redact(config(), "run --token=abcdefghijklmnop"),
+            "run --token=***"
+        );
+    }
+
+    #[test]
+    fn bad_configs_are_refused() {
+        let bad = |config| Redact::new(config).is_err();
+        assert!(bad(RedactConfig {
+            patterns: vec!["(".into()],
+            ..RedactConfig::default()
+        }));
+        assert!(bad(RedactConfig {
+            short_flags: vec!["p".into()],
+            ..RedactConfig::default()
+        }));
+        assert!(bad(RedactConfig {
+            short_flags: vec!["--p".into()],
+            ..RedactConfig::default()
+        }));
+        assert!(bad(RedactConfig {
+            max_length: 3,
+            ..RedactConfig::default()
+        }));
+        assert!(bad(RedactConfig {
+            secret_words: vec![String::new()],
+            ..RedactConfig::default()
+        }));
+    }
+
+    fn stage_kinds(text: &str) -> Vec<&'static str> {
+        let config = crate::config::Config::parse("t.toml", text, &[]).expect("parses");
+        config.stages.iter().map(|s| s.kind).collect()
+    }
+
+    #[test]
+    fn in_force_unless_configured_otherwise() {
+        // Listed stages without it, and no stages at all: it is added, first.
+        assert_eq!(
+            stage_kinds("[[stages.exclude-system]]\nuid_min = 1000\n[[stages.transient-filter]]\n"),
+            [NAME, "exclude-system", "transient-filter"]
+        );
+        assert_eq!(stage_kinds("[agent]\n"), [NAME]);
+        // Configured: only that one.
+        assert_eq!(
+            stage_kinds("[[stages.transient-filter]]\n[[stages.redact]]\nmode = \"full\"\n"),
+            ["transient-filter", NAME]
+        );
+        let err =
+            crate::config::Config::parse("t.toml", "[[stages.redact]]\nmax_length = 2\n", &[])
+                .expect_err("refused");
+        assert!(err.to_string().contains("max_length"), "{err}");
+    }
+}
