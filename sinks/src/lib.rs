@@ -2,5 +2,7 @@
 //! crate (`use detect_workloads_sinks as _;`) registers them.
 
 pub mod event_log;
+pub mod fsafe;
+pub mod json;
 pub mod inventory_file;
 pub mod stdout;
