@@ -22,7 +22,12 @@ pub fn parent_of(path: &Path) -> &Path {
 pub fn ensure_safe_dir(dir: &Path) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let meta = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    check_dir(dir, meta.uid(), meta.mode(), nix::unistd::geteuid().as_raw())
+    check_dir(
+        dir,
+        meta.uid(),
+        meta.mode(),
+        nix::unistd::geteuid().as_raw(),
+    )
 }
 
 fn check_dir(dir: &Path, owner: u32, mode: u32, euid: u32) -> Result<(), String> {

@@ -86,7 +86,8 @@ impl InventoryFile {
             .map_err(|e| fail(&e))?;
         // The umask may have cleared bits the administrator asked for.
         (|| {
-            tmp.as_file().set_permissions(Permissions::from_mode(self.mode))?;
+            tmp.as_file()
+                .set_permissions(Permissions::from_mode(self.mode))?;
             tmp.write_all(bytes)?;
             tmp.as_file().sync_all()
         })()

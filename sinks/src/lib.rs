@@ -3,6 +3,6 @@
 
 pub mod event_log;
 pub mod fsafe;
-pub mod json;
 pub mod inventory_file;
+pub mod json;
 pub mod stdout;
