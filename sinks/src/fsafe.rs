@@ -56,7 +56,9 @@ pub fn open_nofollow(options: &mut OpenOptions, path: &Path) -> Result<File, Str
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
         .map_err(|e| {
-            if e.raw_os_error() == Some(libc::ELOOP) {
+            // ELOOP, or EACCES where the kernel protects links in sticky
+            // directories.
+            if e.raw_os_error() == Some(libc::ELOOP) || is_symlink(path) {
                 format!("refusing {}: it is a symbolic link", path.display())
             } else if e.kind() == ErrorKind::AlreadyExists {
                 format!("{} appeared meanwhile: {e}", path.display())
@@ -64,6 +66,11 @@ pub fn open_nofollow(options: &mut OpenOptions, path: &Path) -> Result<File, Str
                 format!("cannot open {}: {e}", path.display())
             }
         })
+}
+
+/// Whether `path` itself is a symbolic link.
+pub fn is_symlink(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
 }
 
 /// Checks that an opened file is a regular file owned by this process's user.

@@ -24,7 +24,7 @@ use detect_workloads_core::timefmt::rfc3339;
 use serde::Deserialize;
 use tracing::warn;
 
-use crate::fsafe::{check_own_file, ensure_safe_dir, open_nofollow, parent_of};
+use crate::fsafe::{check_own_file, ensure_safe_dir, is_symlink, open_nofollow, parent_of};
 
 /// `[[sinks.inventory-file]]`
 #[derive(Debug, Clone, Deserialize)]
@@ -197,11 +197,12 @@ impl StateStore for InventoryFile {
 }
 
 /// Opens the lock file, which only this user may open: created `0600`,
-/// never through a link. One found with another owner, another type or a
-/// looser mode (someone else may hold it open) is removed and created anew.
+/// never through a link. A link there, or a file with another owner, another
+/// type or a looser mode (someone else may hold it open), is removed and the
+/// lock file created anew.
 fn open_private_lock(path: &Path) -> Result<File, String> {
     for _ in 0..3 {
-        let file = open_nofollow(
+        let opened = open_nofollow(
             OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -209,7 +210,18 @@ fn open_private_lock(path: &Path) -> Result<File, String> {
                 .truncate(false)
                 .mode(0o600),
             path,
-        )?;
+        );
+        let file = match opened {
+            Ok(file) => file,
+            // Never followed; removing a link touches only the link.
+            Err(why) if is_symlink(path) => {
+                warn!("{why}; replacing it with a private lock file");
+                std::fs::remove_file(path)
+                    .map_err(|e| format!("{why}, and it cannot be removed: {e}"))?;
+                continue;
+            }
+            Err(why) => return Err(why),
+        };
         match check_private(&file, path) {
             Ok(()) => return Ok(file),
             Err(why) => {
@@ -374,11 +386,10 @@ mod tests {
         std::fs::write(&outside, "keep").expect("write");
         let sink = InventoryFile::new(dir.path().join("inv.json"), 0o644);
         std::os::unix::fs::symlink(&outside, sink.lock_path()).expect("symlink");
-        let err = match sink.lock(Duration::from_millis(10)) {
-            Ok(_) => panic!("a link must not be used as the lock"),
-            Err(e) => e,
-        };
-        assert!(err.contains("symbolic link"), "{err}");
+        let held = sink.lock(Duration::from_millis(10)).expect("link replaced");
+        let meta = std::fs::symlink_metadata(sink.lock_path()).expect("lock");
+        assert!(meta.is_file() && meta.mode() & 0o7777 == 0o600, "{meta:?}");
+        drop(held);
         std::os::unix::fs::symlink(&outside, &sink.path).expect("symlink");
         assert_eq!(sink.load(), Ok(None), "a link is not read as the state");
         sink.write_atomically(b"{}\n").expect("write");
