@@ -123,7 +123,10 @@ fn a_user_holding_an_old_lock_file_cannot_stop_the_scan() {
     holder.wait_for("held");
 
     let stderr = s.scan(&config);
-    assert!(stderr.contains("replacing it with a private lock file"), "{stderr}");
+    assert!(
+        stderr.contains("replacing it with a private lock file"),
+        "{stderr}"
+    );
     assert_private_lock(&lock_path(&s));
     // The test user cannot open the new one at all.
     let denied = Command::new("sh")
@@ -222,7 +225,10 @@ fn links_planted_in_a_sticky_directory_are_not_followed() {
     let text = std::fs::read_to_string(&inventory).expect("inventory");
     assert!(text.contains(&format!("\"{}\"", gpu.pid())), "{text}");
     assert_private_lock(&shared.join("inventory.json.lock"));
-    assert!(stderr.contains("events.jsonl: it is a symbolic link"), "{stderr}");
+    assert!(
+        stderr.contains("events.jsonl: it is a symbolic link"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -262,7 +268,10 @@ fn a_configuration_others_can_change_is_refused() {
         let out = s.run(&config, &["validate"]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{stderr}");
-        assert!(stderr.contains(&format!("owned by uid {}", user.0)), "{stderr}");
+        assert!(
+            stderr.contains(&format!("owned by uid {}", user.0)),
+            "{stderr}"
+        );
     }
 }
 
@@ -309,7 +318,9 @@ fn a_2mb_command_line_keeps_the_facts_of_its_event() {
     assert_eq!(details["gpu_memory_mb"], 40960, "{event}");
     assert_eq!(details["gpu_uuid"], UUID, "{event}");
     assert_eq!(event["user"], "root");
-    let cmdline = details["cmdline"].as_str().expect("cmdline kept, shortened");
+    let cmdline = details["cmdline"]
+        .as_str()
+        .expect("cmdline kept, shortened");
     assert!(cmdline.starts_with("sh -c read x sh AAAA"), "{cmdline}");
     assert!(cmdline.ends_with('…'), "{cmdline}");
 }
@@ -332,7 +343,10 @@ fn hostile_text_is_escaped_in_json_and_replaced_in_the_table() {
         for bad in ['\u{2028}', '\u{2029}', '\u{85}', '\u{1b}', '\u{7}'] {
             assert!(!text.contains(bad), "{what} holds {bad:?} raw: {text}");
         }
-        assert!(text.contains("\\u2028") && text.contains("\\u0085"), "{what}: {text}");
+        assert!(
+            text.contains("\\u2028") && text.contains("\\u0085"),
+            "{what}: {text}"
+        );
     };
     let inventory = std::fs::read_to_string(s.inventory_path()).expect("inventory");
     raw_is_safe("inventory", &inventory);
@@ -376,7 +390,11 @@ fn nvidia_smi_is_never_taken_from_the_callers_path() {
     let fake = bin.join("nvidia-smi");
     std::fs::write(&fake, format!("#!/bin/sh\ntouch '{}'\n", marker.display())).expect("write");
     chmod(&fake, 0o755);
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let out = Command::new(common::BIN)
         .arg("--config")
         .arg(&config)
@@ -384,8 +402,15 @@ fn nvidia_smi_is_never_taken_from_the_callers_path() {
         .env_remove("DETECT_WORKLOADS_CONFIG")
         .output()
         .expect("run");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(!marker.exists(), "nvidia-smi was run from the caller's PATH");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !marker.exists(),
+        "nvidia-smi was run from the caller's PATH"
+    );
 
     // A relative command is a configuration error.
     edit_config(
@@ -426,14 +451,24 @@ fn a_hostile_container_label_is_escaped_in_json_and_replaced_in_the_table() {
     let name = common::unique("dw-h3-label");
     let user = "ev\u{2028}il\u{1b}[31m\u{85}x";
     let label = format!("ds01.user={user}");
-    let id = containers.create(&["--name", &name, "--label", &label, &common::test_image(), "true"]);
+    let id = containers.create(&[
+        "--name",
+        &name,
+        "--label",
+        &label,
+        &common::test_image(),
+        "true",
+    ]);
     s.scan(&config);
 
     let inventory = std::fs::read_to_string(s.inventory_path()).expect("inventory");
     for bad in ['\u{2028}', '\u{1b}', '\u{85}'] {
         assert!(!inventory.contains(bad), "raw {bad:?} in {inventory}");
     }
-    assert!(inventory.contains("ev\\u2028il\\u001b[31m\\u0085x"), "{inventory}");
+    assert!(
+        inventory.contains("ev\\u2028il\\u001b[31m\\u0085x"),
+        "{inventory}"
+    );
     let entry = &s.inventory()["containers"][&id];
     assert_eq!(entry["user"], user, "{entry}");
 
@@ -447,5 +482,8 @@ fn a_hostile_container_label_is_escaped_in_json_and_replaced_in_the_table() {
     let out = s.run(&table_config, &["--sink", "stdout"]);
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("ev?il?[31m?x"), "{table:?}");
-    assert!(!table.chars().any(|c| c != '\n' && c.is_control()), "{table:?}");
+    assert!(
+        !table.chars().any(|c| c != '\n' && c.is_control()),
+        "{table:?}"
+    );
 }

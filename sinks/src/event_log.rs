@@ -22,7 +22,7 @@ use detect_workloads_core::plugin::{ScanOutput, Sink, SinkError, SinkPlugin};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use crate::fsafe::{check_own_file, ensure_safe_dir, open_nofollow, parent_of};
+use crate::fsafe::{check_own_file, ensure_safe_dir, open_nofollow};
 
 /// `[[sinks.event-log]]`
 #[derive(Debug, Clone, Deserialize)]
@@ -143,7 +143,7 @@ impl EventLog {
     /// never through a link, and only a file of this user; write bits for
     /// others are removed.
     fn open(&self) -> Result<File, String> {
-        ensure_safe_dir(parent_of(&self.path))?;
+        ensure_safe_dir(&self.path)?;
         let file = open_nofollow(
             OpenOptions::new().append(true).create(true).mode(0o644),
             &self.path,

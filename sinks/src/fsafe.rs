@@ -15,19 +15,28 @@ pub fn parent_of(path: &Path) -> &Path {
     }
 }
 
-/// Creates `dir` if missing, then checks that only its owner can change its
-/// entries: owned by root or by this process's user, and not group- or
-/// world-writable unless sticky (like `/tmp`, where links planted by others
-/// are defeated by [`open_nofollow`] and exclusive creation).
-pub fn ensure_safe_dir(dir: &Path) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let meta = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+/// Creates the directory of `file` if missing, then checks that only its
+/// owner can change its entries: owned by root or by this process's user, and
+/// not group- or world-writable unless sticky (like `/tmp`, where links
+/// planted by others are defeated by [`open_nofollow`] and exclusive
+/// creation). Errors name `file`.
+pub fn ensure_safe_dir(file: &Path) -> Result<(), String> {
+    let dir = parent_of(file);
+    let fail = |e: &dyn std::fmt::Display| format!("{}: {e}", file.display());
+    std::fs::create_dir_all(dir).map_err(|e| {
+        fail(&format!(
+            "cannot create its directory {}: {e}",
+            dir.display()
+        ))
+    })?;
+    let meta = std::fs::metadata(dir).map_err(|e| fail(&format!("{}: {e}", dir.display())))?;
     check_dir(
         dir,
         meta.uid(),
         meta.mode(),
         nix::unistd::geteuid().as_raw(),
     )
+    .map_err(|e| fail(&e))
 }
 
 fn check_dir(dir: &Path, owner: u32, mode: u32, euid: u32) -> Result<(), String> {

@@ -74,7 +74,7 @@ impl InventoryFile {
     /// file (a link there is replaced, not followed), fsync of the directory.
     pub fn write_atomically(&self, bytes: &[u8]) -> Result<(), String> {
         let dir = parent_of(&self.path);
-        ensure_safe_dir(dir)?;
+        ensure_safe_dir(&self.path)?;
         let mut prefix = std::ffi::OsString::from(".");
         prefix.push(self.path.file_name().unwrap_or_default());
         prefix.push(".tmp.");
@@ -171,7 +171,7 @@ impl StateStore for InventoryFile {
 
     fn lock(&self, wait: Duration) -> Result<LockGuard, String> {
         let path = self.lock_path();
-        ensure_safe_dir(parent_of(&path))?;
+        ensure_safe_dir(&path)?;
         let start = Instant::now();
         let mut file = open_private_lock(&path)?;
         loop {
