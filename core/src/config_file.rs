@@ -62,7 +62,10 @@ mod tests {
         assert_eq!(untrusted_because(0, 0o100600, 0), None);
         let world = untrusted_because(0, 0o100666, 0).expect("world-writable");
         assert!(world.contains("mode 0666"), "{world}");
-        assert!(untrusted_because(0, 0o100664, 0).is_some(), "group-writable");
+        assert!(
+            untrusted_because(0, 0o100664, 0).is_some(),
+            "group-writable"
+        );
         let owner = untrusted_because(4242, 0o100644, 0).expect("another owner");
         assert!(owner.contains("uid 4242"), "{owner}");
         assert_eq!(untrusted_because(4242, 0o100666, 4242), None, "not root");
