@@ -215,3 +215,32 @@ cargo clippy --workspace --all-targets -- -D warnings
 dw_log "cargo test --workspace --release"
 cargo test --workspace --release 2>&1
 dw_log "all checks passed"
+
+# --- 8. systemd units (issue 10, point 9): verify, and a sandbox rated "OK" ----
+# `systemd-analyze security --offline=true` must rate the service 3.0 or lower;
+# `systemd-analyze verify` must pass on the service and the timer.
+dw_log "systemd units: systemd-analyze verify and security (exposure at most 3.0)"
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends systemd >/dev/null ||
+		dw_die "systemd-analyze is missing and Debian's systemd package could not be installed"
+fi
+units_dir=$(mktemp -d /tmp/dw-units.XXXXXX)
+cp config/systemd/detect-workloads.service config/systemd/detect-workloads.timer "$units_dir/"
+# verify needs ExecStart's binary to exist: the one just built.
+unit_bin="$PWD/target/release/detect-workloads"
+[ -x "$unit_bin" ] || unit_bin=/bin/true
+sed -i "s|^ExecStart=.*|ExecStart=$unit_bin|" "$units_dir/detect-workloads.service"
+# It exits 0 on settings it ignores, with a warning: any output is a failure.
+verify_rc=0
+verify_out=$(cd "$units_dir" && systemd-analyze verify ./detect-workloads.service ./detect-workloads.timer 2>&1) || verify_rc=$?
+rm -rf "$units_dir"
+if [ "$verify_rc" -ne 0 ] || [ -n "$verify_out" ]; then
+	printf '%s\n' "$verify_out" >&2
+	dw_die "systemd-analyze verify failed on config/systemd/ (exit $verify_rc)"
+fi
+exposure=$(systemd-analyze security --offline=true --no-pager config/systemd/detect-workloads.service 2>&1 |
+	sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p')
+[ -n "$exposure" ] || dw_die "systemd-analyze security printed no exposure level"
+awk -v e="$exposure" 'BEGIN { exit !(e <= 3.0) }' ||
+	dw_die "config/systemd/detect-workloads.service is rated $exposure by systemd-analyze security; at most 3.0 (OK) is required"
+dw_log "ok: systemd units verified, service exposure $exposure (at most 3.0)"

@@ -2,12 +2,20 @@
 //! --query-compute-apps=pid,used_memory,gpu_uuid --format=csv,noheader,nounits`
 //! lists them. The fallback for `nvml` (`fallback_for = "nvml"`).
 //!
-//! Needs: the `nvidia-smi` command. It runs in its own process group, which is
-//! killed whole when it runs over its timeout or the scan abandons it, so a hung
-//! `nvidia-smi` leaves nothing behind.
+//! Needs: the `nvidia-smi` command, at an absolute path or found in the fixed
+//! system path [`SYSTEM_PATH`] (never the caller's `PATH`). It runs in its own
+//! process group, which is killed whole when it runs over its timeout, writes
+//! more than [`OUTPUT_CAP`], or the scan abandons it, so a hung `nvidia-smi`
+//! leaves nothing behind.
 
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 use detect_workloads_core::async_trait;
 use detect_workloads_core::config::{duration, ConfigError, PluginConfig};
@@ -21,7 +29,8 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NvidiaSmiConfig {
-    /// The command (a name looked up on `PATH`, or a path).
+    /// The command: an absolute path, or a bare name looked up in
+    /// [`SYSTEM_PATH`] (the caller's `PATH` is never used).
     pub command: String,
     /// Time allowed for one run.
     #[serde(deserialize_with = "duration")]
@@ -45,6 +54,43 @@ pub const QUERY_ARGS: [&str; 2] = [
     "--query-compute-apps=pid,used_memory,gpu_uuid",
     "--format=csv,noheader,nounits",
 ];
+
+/// Where a bare command name is looked up: fixed, never the caller's `PATH`.
+pub const SYSTEM_PATH: &str = "/usr/bin:/bin:/usr/sbin:/sbin";
+
+/// The most output (on standard output or standard error) read from one run;
+/// more is a failure and the command is killed.
+pub const OUTPUT_CAP: u64 = 8 * 1024 * 1024;
+
+/// The program `command` names: itself when it is a path, else the first
+/// executable file of that name in [`SYSTEM_PATH`].
+pub fn resolve(command: &str) -> Option<PathBuf> {
+    if command.contains('/') {
+        return Some(PathBuf::from(command));
+    }
+    SYSTEM_PATH
+        .split(':')
+        .map(|dir| Path::new(dir).join(command))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// Reads all of `stream`, failing when it holds more than `cap` bytes.
+async fn read_capped<R: AsyncRead + Unpin>(stream: Option<R>, cap: u64) -> Result<Vec<u8>, String> {
+    let mut bytes = Vec::new();
+    if let Some(stream) = stream {
+        stream
+            .take(cap + 1)
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(|e| format!("reading its output: {e}"))?;
+    }
+    if bytes.len() as u64 > cap {
+        return Err(format!("it wrote more than {} MiB", cap / (1024 * 1024)));
+    }
+    Ok(bytes)
+}
 
 /// The `nvidia-smi` collector.
 #[derive(Debug)]
@@ -105,10 +151,8 @@ struct GroupGuard(Option<i32>);
 impl Drop for GroupGuard {
     fn drop(&mut self) {
         if let Some(pgid) = self.0 {
-            // SAFETY: plain syscall; ESRCH (group already gone) is fine.
-            unsafe {
-                libc::killpg(pgid, libc::SIGKILL);
-            }
+            // ESRCH (the group is already gone) is fine.
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
         }
     }
 }
@@ -128,7 +172,11 @@ impl Collector for NvidiaSmi {
     }
 
     async fn collect(&self, _ctx: &CollectContext<'_>) -> Result<Collected, CollectError> {
-        let mut command = tokio::process::Command::new(&self.config.command);
+        let name = &self.config.command;
+        let program = resolve(name).ok_or_else(|| {
+            CollectError::Unavailable(format!("{name:?} not found in {SYSTEM_PATH}"))
+        })?;
+        let mut command = tokio::process::Command::new(&program);
         command
             .args(QUERY_ARGS)
             .stdin(Stdio::null())
@@ -136,8 +184,8 @@ impl Collector for NvidiaSmi {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        let child = command.spawn().map_err(|e| {
-            let what = format!("cannot run {:?}: {e}", self.config.command);
+        let mut child = command.spawn().map_err(|e| {
+            let what = format!("cannot run {}: {e}", program.display());
             if e.kind() == std::io::ErrorKind::NotFound
                 || e.kind() == std::io::ErrorKind::PermissionDenied
             {
@@ -147,9 +195,20 @@ impl Collector for NvidiaSmi {
             }
         })?;
         let _group = GroupGuard(child.id().and_then(|id| i32::try_from(id).ok()));
-        let output = child.wait_with_output().await.map_err(|e| {
-            CollectError::Failed(format!("waiting for {:?}: {e}", self.config.command))
-        })?;
+        let (stdout, stderr) = tokio::try_join!(
+            read_capped(child.stdout.take(), OUTPUT_CAP),
+            read_capped(child.stderr.take(), OUTPUT_CAP),
+        )
+        .map_err(|e| CollectError::Failed(format!("{}: {e}", program.display())))?;
+        let status = child
+            .wait()
+            .await
+            .map_err(|e| CollectError::Failed(format!("waiting for {}: {e}", program.display())))?;
+        let output = std::process::Output {
+            status,
+            stdout,
+            stderr,
+        };
         if !output.status.success() {
             let stderr = String::from_utf8_lossy(&output.stderr);
             let stdout = String::from_utf8_lossy(&output.stdout);
@@ -160,17 +219,14 @@ impl Collector for NvidiaSmi {
             };
             return Err(CollectError::Failed(format!(
                 "{} exited with {}: {}",
-                self.config.command,
+                program.display(),
                 output.status,
                 clip(said.trim())
             )));
         }
         let text = String::from_utf8_lossy(&output.stdout);
         let gpu_processes = parse_compute_apps(&text).map_err(|e| {
-            CollectError::Failed(format!(
-                "unreadable output from {}: {e}",
-                self.config.command
-            ))
+            CollectError::Failed(format!("unreadable output from {}: {e}", program.display()))
         })?;
         Ok(Collected {
             observations: Observations {
@@ -186,6 +242,15 @@ fn build(config: PluginConfig<'_>) -> Result<Box<dyn Collector>, ConfigError> {
     let parsed: NvidiaSmiConfig = config.parse()?;
     if parsed.command.trim().is_empty() {
         return Err(config.invalid("command", "must not be empty"));
+    }
+    if parsed.command.contains('/') && !Path::new(&parsed.command).is_absolute() {
+        return Err(config.invalid(
+            "command",
+            format!(
+                "{:?} is a relative path; give an absolute path, or a bare name found in {SYSTEM_PATH}",
+                parsed.command
+            ),
+        ));
     }
     Ok(Box::new(NvidiaSmi { config: parsed }))
 }
@@ -259,5 +324,50 @@ mod tests {
         ] {
             assert!(parse_compute_apps(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn bare_names_are_found_only_in_the_system_path() {
+        let found = resolve("sh").expect("sh is in /usr/bin or /bin");
+        assert!(found.is_absolute());
+        assert!(SYSTEM_PATH
+            .split(':')
+            .any(|d| found.parent() == Some(Path::new(d))));
+        assert_eq!(
+            resolve("/opt/x/nvidia-smi"),
+            Some(PathBuf::from("/opt/x/nvidia-smi"))
+        );
+        assert_eq!(resolve("dw-no-such-command-anywhere"), None);
+    }
+
+    #[tokio::test]
+    async fn output_over_the_cap_is_a_failure() {
+        let (tx, rx) = tokio::io::duplex(1 << 16);
+        let writer = tokio::spawn(async move {
+            let mut tx = tx;
+            let chunk = vec![b'x'; 4096];
+            for _ in 0..20 {
+                if tokio::io::AsyncWriteExt::write_all(&mut tx, &chunk)
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        let err = read_capped(Some(rx), 40_000)
+            .await
+            .expect_err("over the cap");
+        assert!(err.contains("more than"), "{err}");
+        let _ = writer.await;
+        let (mut tx, rx) = tokio::io::duplex(1 << 16);
+        tokio::io::AsyncWriteExt::write_all(&mut tx, b"1, 2, GPU-x\n")
+            .await
+            .expect("write");
+        drop(tx);
+        assert_eq!(
+            read_capped(Some(rx), 40_000).await.expect("fits"),
+            b"1, 2, GPU-x\n"
+        );
     }
 }

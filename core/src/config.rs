@@ -267,11 +267,7 @@ impl Config {
         match path {
             Some(path) => {
                 let file = path.display().to_string();
-                let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-                    file: file.clone(),
-                    line: None,
-                    message: format!("cannot read: {e}"),
-                })?;
+                let text = crate::config_file::read_trusted(path)?;
                 Config::parse(&file, &text, sink_override)
             }
             None => Config::parse("built-in default config", DEFAULT_CONFIG, sink_override),

@@ -16,6 +16,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod config_file;
 pub mod diff;
 pub mod model;
 pub mod plugin;

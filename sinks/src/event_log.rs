@@ -1,14 +1,18 @@
 //! Sink `event-log`: appends each transition to a JSON-lines file in the lab's
 //! event envelope (schema "1"). Each line is one `write` on a file opened with
 //! `O_APPEND` and is kept under 4096 bytes, so lines from concurrent writers
-//! never interleave; a line that would be longer has its `details` replaced by
-//! `{"truncated":true,"original_size":N}`. A log that cannot be written is a
-//! warning: the scan still succeeds. Needs: write access to the file (its
-//! directory is created if missing).
+//! never interleave; a line that would be longer has its free-text fields
+//! (command line, name, image) shortened first, and only if that is not enough
+//! its `details` replaced by `{"truncated":true,"original_size":N}`. JSON
+//! escapes U+2028, U+2029 and C0/C1 controls. The file is opened with
+//! `O_NOFOLLOW`, must belong to the user running the scan, and its directory
+//! must not be writable by others (unless sticky). A log that cannot be
+//! written is a warning: the scan still succeeds. Needs: write access to the
+//! file (its directory is created if missing).
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions, Permissions};
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
 
 use detect_workloads_core::async_trait;
@@ -16,6 +20,9 @@ use detect_workloads_core::config::{ConfigError, PluginConfig};
 use detect_workloads_core::model::Event;
 use detect_workloads_core::plugin::{ScanOutput, Sink, SinkError, SinkPlugin};
 use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use crate::fsafe::{check_own_file, ensure_safe_dir, open_nofollow};
 
 /// `[[sinks.event-log]]`
 #[derive(Debug, Clone, Deserialize)]
@@ -47,10 +54,16 @@ struct Envelope<'a> {
     details: &'a serde_json::Value,
 }
 
-/// One event as its log line (with the newline), truncated to fit [`MAX_LINE`].
+/// Free-text fields of `details`, shortened first when a line is too long.
+const FREE_TEXT: [&str; 3] = ["cmdline", "name", "image"];
+
+/// One event as its log line (with the newline), kept under [`MAX_LINE`]:
+/// first the free-text fields are shortened (ending in `…`), keeping pid,
+/// user, memory, GPU and ids; only if that is not enough is `details`
+/// replaced by `{"truncated":true,"original_size":N}`.
 pub fn event_line(event: &Event, source: &str) -> Result<Vec<u8>, serde_json::Error> {
     let encode = |details: &serde_json::Value| -> Result<Vec<u8>, serde_json::Error> {
-        let mut line = serde_json::to_vec(&Envelope {
+        let mut line = crate::json::to_string(&Envelope {
             timestamp: &event.timestamp,
             event_type: &event.event_type,
             schema_version: "1",
@@ -58,12 +71,20 @@ pub fn event_line(event: &Event, source: &str) -> Result<Vec<u8>, serde_json::Er
             source,
             details,
         })?;
-        line.push(b'\n');
-        Ok(line)
+        line.push('\n');
+        Ok(line.into_bytes())
     };
     let line = encode(&event.details)?;
     if line.len() < MAX_LINE {
         return Ok(line);
+    }
+    // 64 characters are at most 384 bytes once escaped, so three such
+    // fields leave room for the facts.
+    for keep in [1024, 256, 64] {
+        let shortened = encode(&shorten_free_text(&event.details, keep))?;
+        if shortened.len() < MAX_LINE {
+            return Ok(shortened);
+        }
     }
     let truncated = encode(&serde_json::json!({"truncated": true, "original_size": line.len()}))?;
     if truncated.len() < MAX_LINE {
@@ -73,29 +94,71 @@ pub fn event_line(event: &Event, source: &str) -> Result<Vec<u8>, serde_json::Er
     // strings, then cut them more. 128 characters of anything are at most 768
     // bytes once escaped, so four of them always fit.
     let details = serde_json::json!({"truncated": true, "original_size": line.len()});
-    let mut short = Vec::new();
+    let mut short = String::new();
     for keep in [256, 128] {
-        let cut = |s: &str| -> String { s.chars().take(keep).collect() };
-        short = serde_json::to_vec(&Envelope {
-            timestamp: &cut(&event.timestamp),
-            event_type: &cut(&event.event_type),
+        short = crate::json::to_string(&Envelope {
+            timestamp: &cut(&event.timestamp, keep),
+            event_type: &cut(&event.event_type, keep),
             schema_version: "1",
-            user: &cut(&event.user),
-            source: &cut(source),
+            user: &cut(&event.user, keep),
+            source: &cut(source, keep),
             details: &details,
         })?;
-        short.push(b'\n');
+        short.push('\n');
         if short.len() < MAX_LINE {
             break;
         }
     }
-    Ok(short)
+    Ok(short.into_bytes())
+}
+
+/// `details` with each [`FREE_TEXT`] string longer than `keep` characters cut
+/// to `keep` and ended with `…`.
+fn shorten_free_text(details: &serde_json::Value, keep: usize) -> serde_json::Value {
+    let mut details = details.clone();
+    if let Some(map) = details.as_object_mut() {
+        for key in FREE_TEXT {
+            if let Some(serde_json::Value::String(text)) = map.get_mut(key) {
+                if text.chars().nth(keep).is_some() {
+                    *text = format!("{}…", cut(text, keep));
+                }
+            }
+        }
+    }
+    details
+}
+
+fn cut(s: &str, keep: usize) -> String {
+    s.chars().take(keep).collect()
 }
 
 /// The `event-log` sink.
 #[derive(Debug)]
 pub struct EventLog {
     path: PathBuf,
+}
+
+impl EventLog {
+    /// Opens the log for appending: in a directory only its owner can change,
+    /// never through a link, and only a file of this user; write bits for
+    /// others are removed.
+    fn open(&self) -> Result<File, String> {
+        ensure_safe_dir(&self.path)?;
+        let file = open_nofollow(
+            OpenOptions::new().append(true).create(true).mode(0o644),
+            &self.path,
+        )?;
+        let mode = check_own_file(&file, &self.path)?.mode() & 0o7777;
+        if mode & 0o022 != 0 {
+            warn!(
+                "{} was writable by others (mode {mode:04o}); removing that",
+                self.path.display()
+            );
+            file.set_permissions(Permissions::from_mode(mode & !0o022))
+                .map_err(|e| format!("cannot chmod {}: {e}", self.path.display()))?;
+        }
+        Ok(file)
+    }
 }
 
 #[async_trait]
@@ -110,15 +173,9 @@ impl Sink for EventLog {
                 self.path.display()
             ))
         };
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| fail("create the directory of", &e))?;
-        }
-        let mut file = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o644)
-            .open(&self.path)
-            .map_err(|e| fail("open", &e))?;
+        let mut file = self
+            .open()
+            .map_err(|e| SinkError(format!("event log: {e}")))?;
         for event in out.events {
             let line = event_line(event, &out.agent.source).map_err(|e| fail("encode for", &e))?;
             // One write per line: with O_APPEND the kernel places it whole.
@@ -180,9 +237,45 @@ mod tests {
     }
 
     #[test]
+    fn a_huge_command_line_is_shortened_and_the_facts_kept() {
+        let huge = "python3 train.py ".repeat(120_000); // 2 MB
+        let mut e = event("alice", &huge);
+        e.details["gpu_memory_mb"] = 40_960.into();
+        e.details["gpu_uuid"] = "GPU-56c0b0b8-eb5c-605d-11d6-1bac317b478c".into();
+        let line = event_line(&e, "detect-workloads").expect("encodes");
+        assert!(line.len() < MAX_LINE, "{}", line.len());
+        let value: serde_json::Value = serde_json::from_slice(&line).expect("valid json");
+        let details = &value["details"];
+        assert_eq!(details["pid"], 447);
+        assert_eq!(details["gpu_memory_mb"], 40_960);
+        assert_eq!(
+            details["gpu_uuid"],
+            "GPU-56c0b0b8-eb5c-605d-11d6-1bac317b478c"
+        );
+        assert_eq!(value["user"], "alice");
+        let cmdline = details["cmdline"].as_str().expect("cmdline kept");
+        assert!(cmdline.starts_with("python3 train.py python3"), "{cmdline}");
+        assert!(cmdline.ends_with('…'));
+        assert!(details.get("truncated").is_none());
+    }
+
+    #[test]
+    fn escaped_text_is_counted_when_shortening() {
+        // Each U+2028 becomes six bytes once escaped.
+        let mut e = event("bob", &"\u{2028}".repeat(3000));
+        e.details["name"] = "\u{85}".repeat(3000).into();
+        e.details["image"] = "\u{1b}".repeat(3000).into();
+        let line = event_line(&e, "detect-workloads").expect("encodes");
+        assert!(line.len() < MAX_LINE, "{}", line.len());
+        let value: serde_json::Value = serde_json::from_slice(&line).expect("valid json");
+        assert_eq!(value["details"]["pid"], 447);
+    }
+
+    #[test]
     fn long_lines_are_truncated_below_the_limit() {
-        let huge = "x".repeat(20_000);
-        let line = event_line(&event("alice", &huge), "detect-workloads").expect("encodes");
+        let mut e = event("alice", "x");
+        e.details["other"] = "y".repeat(20_000).into();
+        let line = event_line(&e, "detect-workloads").expect("encodes");
         assert!(line.len() < MAX_LINE);
         let value: serde_json::Value = serde_json::from_slice(&line).expect("valid json");
         assert_eq!(value["details"]["truncated"], true);
@@ -190,5 +283,29 @@ mod tests {
         let absurd =
             event_line(&event(&"u".repeat(10_000), "x"), &"s".repeat(10_000)).expect("encodes");
         assert!(absurd.len() < MAX_LINE);
+    }
+
+    #[test]
+    fn a_link_or_a_foreign_log_is_not_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let outside = dir.path().join("outside");
+        std::fs::write(&outside, "keep").expect("write");
+        let path = dir.path().join("events.jsonl");
+        std::os::unix::fs::symlink(&outside, &path).expect("symlink");
+        let log = EventLog { path };
+        let err = log.open().expect_err("a link is refused");
+        assert!(err.contains("symbolic link"), "{err}");
+        assert_eq!(std::fs::read_to_string(&outside).expect("read"), "keep");
+    }
+
+    #[test]
+    fn others_write_bits_are_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("events.jsonl");
+        std::fs::write(&path, "").expect("write");
+        std::fs::set_permissions(&path, Permissions::from_mode(0o666)).expect("chmod");
+        EventLog { path: path.clone() }.open().expect("opens");
+        let mode = std::fs::metadata(&path).expect("meta").mode() & 0o7777;
+        assert_eq!(mode, 0o644);
     }
 }

@@ -8,10 +8,9 @@
 //! is taken) and the scan proceeds as a first scan. Needs: write access to the
 //! file's directory (created if missing).
 
-use std::fs::{File, OpenOptions};
+use std::fs::{File, OpenOptions, Permissions, TryLockError};
 use std::io::{ErrorKind, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::os::unix::io::AsRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -24,6 +23,8 @@ use detect_workloads_core::plugin::{
 use detect_workloads_core::timefmt::rfc3339;
 use serde::Deserialize;
 use tracing::warn;
+
+use crate::fsafe::{check_own_file, ensure_safe_dir, is_symlink, open_nofollow, parent_of};
 
 /// `[[sinks.inventory-file]]`
 #[derive(Debug, Clone, Deserialize)]
@@ -56,13 +57,6 @@ fn parse_mode(text: &str) -> Option<u32> {
     u32::from_str_radix(digits, 8).ok().filter(|m| *m <= 0o7777)
 }
 
-fn parent_of(path: &Path) -> &Path {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
-}
-
 impl InventoryFile {
     /// A sink writing `path` with permission bits `mode`.
     pub fn new(path: PathBuf, mode: u32) -> Self {
@@ -75,33 +69,34 @@ impl InventoryFile {
         self.path.with_file_name(name)
     }
 
-    /// Writes `bytes` to the file atomically and durably.
+    /// Writes `bytes` to the file atomically and durably: an exclusively
+    /// created temporary file (`O_EXCL`, random name), fsync, rename over the
+    /// file (a link there is replaced, not followed), fsync of the directory.
     pub fn write_atomically(&self, bytes: &[u8]) -> Result<(), String> {
         let dir = parent_of(&self.path);
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let mut tmp_name = std::ffi::OsString::from(".");
-        tmp_name.push(self.path.file_name().unwrap_or_default());
-        tmp_name.push(format!(".tmp.{}", std::process::id()));
-        let tmp = dir.join(tmp_name);
-        let result = (|| {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(self.mode)
-                .open(&tmp)?;
-            // The umask may have cleared bits the administrator asked for.
-            file.set_permissions(std::fs::Permissions::from_mode(self.mode))?;
-            file.write_all(bytes)?;
-            file.sync_all()?;
-            std::fs::rename(&tmp, &self.path)?;
-            File::open(dir)?.sync_all()
-        })();
-        result.map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            format!("cannot write {}: {e}", self.path.display())
-        })
+        ensure_safe_dir(&self.path)?;
+        let mut prefix = std::ffi::OsString::from(".");
+        prefix.push(self.path.file_name().unwrap_or_default());
+        prefix.push(".tmp.");
+        let fail = |e: &dyn std::fmt::Display| format!("cannot write {}: {e}", self.path.display());
+        let mut tmp = tempfile::Builder::new()
+            .prefix(&prefix)
+            .permissions(Permissions::from_mode(self.mode))
+            .tempfile_in(dir)
+            .map_err(|e| fail(&e))?;
+        // The umask may have cleared bits the administrator asked for.
+        (|| {
+            tmp.as_file()
+                .set_permissions(Permissions::from_mode(self.mode))?;
+            tmp.write_all(bytes)?;
+            tmp.as_file().sync_all()
+        })()
+        .map_err(|e| fail(&e))?;
+        // On error the temporary file is removed when dropped.
+        tmp.persist(&self.path).map_err(|e| fail(&e.error))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| fail(&e))
     }
 
     fn move_aside(&self, why: &str) -> Result<(), String> {
@@ -148,9 +143,21 @@ impl StateStore for InventoryFile {
     }
 
     fn load(&self) -> Result<Option<Inventory>, String> {
-        let bytes = match std::fs::read(&self.path) {
+        let read = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&self.path)
+            .and_then(|mut f| {
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(&mut f, &mut bytes).map(|_| bytes)
+            });
+        let bytes = match read {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                self.move_aside("a symbolic link, not the inventory")?;
+                return Ok(None);
+            }
             Err(e) => return Err(format!("{}: {e}", self.path.display())),
         };
         match serde_json::from_slice::<Inventory>(&bytes) {
@@ -164,27 +171,18 @@ impl StateStore for InventoryFile {
 
     fn lock(&self, wait: Duration) -> Result<LockGuard, String> {
         let path = self.lock_path();
-        std::fs::create_dir_all(parent_of(&path))
-            .map_err(|e| format!("cannot create the directory of {}: {e}", path.display()))?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o644)
-            .open(&path)
-            .map_err(|e| format!("cannot open lock file {}: {e}", path.display()))?;
+        ensure_safe_dir(&path)?;
         let start = Instant::now();
+        let mut file = open_private_lock(&path)?;
         loop {
-            // SAFETY: plain syscall on a descriptor we own.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-            if rc == 0 {
-                return Ok(Box::new(HeldLock(file)));
-            }
-            let err = std::io::Error::last_os_error();
-            if err.raw_os_error() != Some(libc::EWOULDBLOCK) && err.kind() != ErrorKind::Interrupted
-            {
-                return Err(format!("cannot lock {}: {err}", path.display()));
+            match file.try_lock() {
+                Ok(()) if still_at(&file, &path) => return Ok(Box::new(HeldLock(file))),
+                // Replaced by another scan meanwhile: lock the file there now.
+                Ok(()) => file = open_private_lock(&path)?,
+                Err(TryLockError::WouldBlock) => {}
+                Err(TryLockError::Error(e)) => {
+                    return Err(format!("cannot lock {}: {e}", path.display()))
+                }
             }
             if start.elapsed() >= wait {
                 return Err(format!(
@@ -198,15 +196,78 @@ impl StateStore for InventoryFile {
     }
 }
 
+/// Opens the lock file, which only this user may open: created `0600`,
+/// never through a link. A link there, or a file with another owner, another
+/// type or a looser mode (someone else may hold it open), is removed and the
+/// lock file created anew.
+fn open_private_lock(path: &Path) -> Result<File, String> {
+    for _ in 0..3 {
+        let opened = open_nofollow(
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600),
+            path,
+        );
+        let file = match opened {
+            Ok(file) => file,
+            // Never followed; removing a link touches only the link.
+            Err(why) if is_symlink(path) => {
+                warn!("{why}; replacing it with a private lock file");
+                std::fs::remove_file(path)
+                    .map_err(|e| format!("{why}, and it cannot be removed: {e}"))?;
+                continue;
+            }
+            Err(why) => return Err(why),
+        };
+        match check_private(&file, path) {
+            Ok(()) => return Ok(file),
+            Err(why) => {
+                warn!("{why}; replacing it with a private lock file");
+                if still_at(&file, path) {
+                    std::fs::remove_file(path)
+                        .map_err(|e| format!("{why}, and it cannot be removed: {e}"))?;
+                }
+            }
+        }
+    }
+    Err(format!(
+        "cannot create a private lock file {}: it keeps being replaced",
+        path.display()
+    ))
+}
+
+fn check_private(file: &File, path: &Path) -> Result<(), String> {
+    let meta = check_own_file(file, path)?;
+    if meta.mode() & 0o077 != 0 {
+        return Err(format!(
+            "lock file {} has mode {:04o}, so other users can open and hold it",
+            path.display(),
+            meta.mode() & 0o7777
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `path` still names the file `file` has open.
+fn still_at(file: &File, path: &Path) -> bool {
+    match (file.metadata(), std::fs::symlink_metadata(path)) {
+        (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
+        _ => false,
+    }
+}
+
 #[async_trait]
 impl Sink for InventoryFile {
     async fn deliver(&self, out: &ScanOutput<'_>) -> Result<(), SinkError> {
         // Compact: a third smaller than pretty-printed, and cheaper to write and
         // to read back at the next scan (`jq .` shows it indented).
-        let mut json = serde_json::to_vec(out.inventory)
+        let mut json = crate::json::to_string(out.inventory)
             .map_err(|e| SinkError(format!("cannot encode the inventory: {e}")))?;
-        json.push(b'\n');
-        self.write_atomically(&json).map_err(SinkError)
+        json.push('\n');
+        self.write_atomically(json.as_bytes()).map_err(SinkError)
     }
 
     fn required(&self) -> bool {
@@ -300,5 +361,57 @@ mod tests {
         assert!(err.contains("another scan"), "{err}");
         drop(held);
         assert!(sink.lock(Duration::from_millis(10)).is_ok());
+    }
+
+    #[test]
+    fn a_lock_file_others_can_open_is_replaced_even_while_held() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sink = InventoryFile::new(dir.path().join("inv.json"), 0o644);
+        let path = sink.lock_path();
+        std::fs::write(&path, "").expect("plant");
+        std::fs::set_permissions(&path, Permissions::from_mode(0o644)).expect("chmod");
+        // Someone opened it while it was readable, and holds it.
+        let theirs = File::open(&path).expect("open");
+        theirs.lock_shared().expect("their lock");
+        let held = sink.lock(Duration::from_millis(200)).expect("not blocked");
+        let meta = std::fs::symlink_metadata(&path).expect("lock file");
+        assert_eq!(meta.mode() & 0o7777, 0o600);
+        drop(held);
+    }
+
+    #[test]
+    fn links_at_the_lock_and_inventory_paths_are_not_followed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let outside = dir.path().join("outside");
+        std::fs::write(&outside, "keep").expect("write");
+        let sink = InventoryFile::new(dir.path().join("inv.json"), 0o644);
+        std::os::unix::fs::symlink(&outside, sink.lock_path()).expect("symlink");
+        let held = sink.lock(Duration::from_millis(10)).expect("link replaced");
+        let meta = std::fs::symlink_metadata(sink.lock_path()).expect("lock");
+        assert!(meta.is_file() && meta.mode() & 0o7777 == 0o600, "{meta:?}");
+        drop(held);
+        std::os::unix::fs::symlink(&outside, &sink.path).expect("symlink");
+        assert_eq!(sink.load(), Ok(None), "a link is not read as the state");
+        sink.write_atomically(b"{}\n").expect("write");
+        assert_eq!(std::fs::read_to_string(&outside).expect("read"), "keep");
+        assert!(!std::fs::symlink_metadata(&sink.path)
+            .expect("written")
+            .file_type()
+            .is_symlink());
+    }
+
+    #[test]
+    fn a_directory_others_can_write_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::set_permissions(dir.path(), Permissions::from_mode(0o777)).expect("chmod");
+        let sink = InventoryFile::new(dir.path().join("inv.json"), 0o644);
+        let err = sink.write_atomically(b"{}\n").expect_err("refused");
+        assert!(err.contains("world-writable"), "{err}");
+        assert!(sink.lock(Duration::from_millis(10)).is_err());
+        assert!(listing_is_empty(dir.path()));
+    }
+
+    fn listing_is_empty(dir: &Path) -> bool {
+        std::fs::read_dir(dir).expect("ls").next().is_none()
     }
 }

@@ -1,6 +1,7 @@
 //! Sink `stdout`: prints the inventory to standard output (JSON, or a table for
 //! people). `--sink stdout` / `--dry-run` use it: nothing is written to disk and
-//! no event is emitted. Needs nothing.
+//! no event is emitted. JSON escapes U+2028, U+2029 and C0/C1 controls; the
+//! table replaces control characters with `?`. Needs nothing.
 
 use std::fmt::Write as _;
 use std::io::Write;
@@ -36,7 +37,22 @@ pub struct Stdout {
     config: StdoutConfig,
 }
 
-/// The inventory as a table.
+/// `text` fit for a terminal: control characters (C0, DEL, C1), line and
+/// paragraph separators and bidirectional overrides each become `?`, so a
+/// label or command line cannot move the cursor, recolour or hide text.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') {
+                '?'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// The inventory as a table (text from outside made [`printable`]).
 pub fn table(inv: &Inventory) -> String {
     let mut out = String::new();
     let _ = writeln!(
@@ -48,13 +64,13 @@ pub fn table(inv: &Inventory) -> String {
         let _ = writeln!(
             out,
             "{:<12}  {:<24}  {:<12}  {:<12}  {:<10}  {:<5}  {}",
-            c.id,
-            c.name,
-            c.origin,
-            c.user,
-            c.status,
+            printable(&c.id),
+            printable(&c.name),
+            printable(&c.origin),
+            printable(&c.user),
+            printable(&c.status),
             if c.has_gpu { "yes" } else { "no" },
-            c.gpu_devices.join(",")
+            printable(&c.gpu_devices.join(","))
         );
     }
     let _ = writeln!(
@@ -71,14 +87,14 @@ pub fn table(inv: &Inventory) -> String {
         let memory = p
             .gpu_memory_mb
             .map_or_else(|| "?".to_string(), |m| m.to_string());
-        let cmdline: String = p.cmdline.chars().take(60).collect();
+        let cmdline = printable(&p.cmdline.chars().take(60).collect::<String>());
         let _ = writeln!(
             out,
             "{:<8}  {:<12}  {:>8}  {:<40}  {}{}",
             p.pid,
-            p.user,
+            printable(&p.user),
             memory,
-            p.gpu_uuid,
+            printable(&p.gpu_uuid),
             cmdline,
             if pending { "  (pending)" } else { "" }
         );
@@ -91,7 +107,7 @@ impl Sink for Stdout {
     async fn deliver(&self, out: &ScanOutput<'_>) -> Result<(), SinkError> {
         let text = match self.config.format {
             Format::Json => {
-                serde_json::to_string_pretty(out.inventory)
+                crate::json::to_string_pretty(out.inventory)
                     .map_err(|e| SinkError(format!("cannot encode the inventory: {e}")))?
                     + "\n"
             }
@@ -116,5 +132,33 @@ detect_workloads_core::inventory::submit! {
         name: "stdout",
         summary: "prints the inventory (json or table); --sink stdout is the dry run",
         build,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use detect_workloads_core::model::ContainerEntry;
+
+    #[test]
+    fn the_table_prints_no_control_characters() {
+        let mut inv = Inventory::default();
+        inv.containers.insert(
+            "abc".into(),
+            ContainerEntry {
+                id: "abc".into(),
+                name: "evil\u{1b}[2J\u{1b}]0;owned\u{7}\u{2028}\u{9b}31m\u{202e}x".into(),
+                user: "alice".into(),
+                ..Default::default()
+            },
+        );
+        let text = table(&inv);
+        assert!(
+            !text
+                .chars()
+                .any(|c| c != '\n' && printable(&c.to_string()) != c.to_string()),
+            "{text:?}"
+        );
+        assert!(text.contains("evil?[2J?]0;owned???31m?x"), "{text:?}");
     }
 }

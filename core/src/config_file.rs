@@ -1,0 +1,73 @@
+//! Reading a configuration file that can be trusted: it names commands and
+//! libraries that run with the scan's privileges, so when the scan runs as
+//! root the file must be owned by root and writable by no one else. The
+//! built-in default configuration is exempt.
+
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use crate::config::ConfigError;
+
+/// Reads `path` after checking, on the opened file, who may change it.
+pub fn read_trusted(path: &Path) -> Result<String, ConfigError> {
+    let error = |message: String| ConfigError {
+        file: path.display().to_string(),
+        line: None,
+        message,
+    };
+    let mut file = std::fs::File::open(path).map_err(|e| error(format!("cannot read: {e}")))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| error(format!("cannot read: {e}")))?;
+    let euid = nix::unistd::geteuid().as_raw();
+    untrusted_because(meta.uid(), meta.mode(), euid).map_or(Ok(()), |why| {
+        Err(error(format!(
+            "refusing a configuration file that {why}: it names commands and libraries \
+             that run as root; fix it with `chown root:root {p} && chmod go-w {p}`",
+            p = path.display()
+        )))
+    })?;
+    let mut text = String::new();
+    file.read_to_string(&mut text)
+        .map_err(|e| error(format!("cannot read: {e}")))?;
+    Ok(text)
+}
+
+/// Why a file with this owner and mode must not configure a scan run by
+/// `euid`, if it must not (only root's scans are checked).
+fn untrusted_because(owner: u32, mode: u32, euid: u32) -> Option<String> {
+    if euid != 0 {
+        return None;
+    }
+    if owner != 0 {
+        return Some(format!("is owned by uid {owner}, not root"));
+    }
+    if mode & 0o022 != 0 {
+        return Some(format!(
+            "is writable by its group or by everyone (mode {:04o})",
+            mode & 0o7777
+        ));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_trusts_only_files_only_root_can_change() {
+        assert_eq!(untrusted_because(0, 0o100644, 0), None);
+        assert_eq!(untrusted_because(0, 0o100600, 0), None);
+        let world = untrusted_because(0, 0o100666, 0).expect("world-writable");
+        assert!(world.contains("mode 0666"), "{world}");
+        assert!(
+            untrusted_because(0, 0o100664, 0).is_some(),
+            "group-writable"
+        );
+        let owner = untrusted_because(4242, 0o100644, 0).expect("another owner");
+        assert!(owner.contains("uid 4242"), "{owner}");
+        assert_eq!(untrusted_because(4242, 0o100666, 4242), None, "not root");
+    }
+}
