@@ -9,8 +9,8 @@ use clap::{Parser, Subcommand};
 use tracing::error;
 
 use crate::config::{choose_config, Config};
+use crate::cycle::run_cycle;
 use crate::plugin::PluginKind;
-use crate::scan::run_cycle;
 
 /// Live inventory of the containers and GPU processes of a shared GPU server.
 /// With no subcommand, performs one scan cycle and exits.
@@ -165,7 +165,7 @@ pub fn describe(config: &Config) -> String {
     out += &format!(
         "stages (in run order): {}\n",
         names(
-            crate::scan::order_stages(&config.stages)
+            crate::cycle::stages::order(&config.stages)
                 .iter()
                 .map(|s| s.name.as_str())
                 .collect()

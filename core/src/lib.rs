@@ -16,10 +16,10 @@
 
 pub mod cli;
 pub mod config;
+pub mod cycle;
 pub mod diff;
 pub mod model;
 pub mod plugin;
-pub mod scan;
 pub mod stages;
 pub mod timefmt;
 pub mod users;
