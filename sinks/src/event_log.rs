@@ -52,7 +52,7 @@ pub fn event_line(event: &Event, source: &str) -> Result<Vec<u8>, serde_json::Er
     let encode = |details: &serde_json::Value| -> Result<Vec<u8>, serde_json::Error> {
         let mut line = serde_json::to_vec(&Envelope {
             timestamp: &event.timestamp,
-            event_type: &event.event_type,
+            event_type: event.event_type.as_str(),
             schema_version: "1",
             user: &event.user,
             source,
@@ -78,7 +78,7 @@ pub fn event_line(event: &Event, source: &str) -> Result<Vec<u8>, serde_json::Er
         let cut = |s: &str| -> String { s.chars().take(keep).collect() };
         short = serde_json::to_vec(&Envelope {
             timestamp: &cut(&event.timestamp),
-            event_type: &cut(&event.event_type),
+            event_type: &cut(event.event_type.as_str()),
             schema_version: "1",
             user: &cut(&event.user),
             source: &cut(source),
@@ -105,7 +105,7 @@ impl Sink for EventLog {
             return Ok(());
         }
         let fail = |what: &str, e: &dyn std::fmt::Display| {
-            SinkError(format!(
+            SinkError::new(format!(
                 "cannot {what} event log {}: {e}",
                 self.path.display()
             ))
@@ -157,11 +157,12 @@ detect_workloads_core::inventory::submit! {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use detect_workloads_core::model::EventType;
 
     fn event(user: &str, cmdline: &str) -> Event {
         Event {
             timestamp: "2026-11-26T06:12:19Z".into(),
-            event_type: "detection.host_gpu_process_discovered".into(),
+            event_type: EventType::HostGpuProcessDiscovered,
             user: user.into(),
             details: serde_json::json!({"pid": 447, "cmdline": cmdline}),
         }

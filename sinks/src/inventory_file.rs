@@ -19,7 +19,7 @@ use detect_workloads_core::async_trait;
 use detect_workloads_core::config::{ConfigError, PluginConfig};
 use detect_workloads_core::model::Inventory;
 use detect_workloads_core::plugin::{
-    LockGuard, ScanOutput, Sink, SinkError, SinkPlugin, StateStore,
+    LockGuard, ScanOutput, Sink, SinkError, SinkPlugin, StateError, StateStore,
 };
 use detect_workloads_core::timefmt::rfc3339;
 use serde::Deserialize;
@@ -143,29 +143,29 @@ impl InventoryFile {
 struct HeldLock(#[allow(dead_code)] File);
 
 impl StateStore for InventoryFile {
-    fn location(&self) -> &Path {
-        &self.path
-    }
-
-    fn load(&self) -> Result<Option<Inventory>, String> {
+    fn load(&self) -> Result<Option<Inventory>, StateError> {
         let bytes = match std::fs::read(&self.path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(format!("{}: {e}", self.path.display())),
+            Err(e) => return Err(StateError::io(self.path.display().to_string(), e)),
         };
         match serde_json::from_slice::<Inventory>(&bytes) {
             Ok(inventory) => Ok(Some(inventory)),
             Err(e) => {
-                self.move_aside(&e.to_string())?;
+                self.move_aside(&e.to_string()).map_err(StateError::Other)?;
                 Ok(None)
             }
         }
     }
 
-    fn lock(&self, wait: Duration) -> Result<LockGuard, String> {
+    fn lock(&self, wait: Duration) -> Result<LockGuard, StateError> {
         let path = self.lock_path();
-        std::fs::create_dir_all(parent_of(&path))
-            .map_err(|e| format!("cannot create the directory of {}: {e}", path.display()))?;
+        std::fs::create_dir_all(parent_of(&path)).map_err(|e| {
+            StateError::io(
+                format!("cannot create the directory of {}", path.display()),
+                e,
+            )
+        })?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -173,7 +173,7 @@ impl StateStore for InventoryFile {
             .truncate(false)
             .mode(0o644)
             .open(&path)
-            .map_err(|e| format!("cannot open lock file {}: {e}", path.display()))?;
+            .map_err(|e| StateError::io(format!("cannot open lock file {}", path.display()), e))?;
         let start = Instant::now();
         loop {
             // SAFETY: plain syscall on a descriptor we own.
@@ -184,14 +184,17 @@ impl StateStore for InventoryFile {
             let err = std::io::Error::last_os_error();
             if err.raw_os_error() != Some(libc::EWOULDBLOCK) && err.kind() != ErrorKind::Interrupted
             {
-                return Err(format!("cannot lock {}: {err}", path.display()));
+                return Err(StateError::io(
+                    format!("cannot lock {}", path.display()),
+                    err,
+                ));
             }
             if start.elapsed() >= wait {
-                return Err(format!(
+                return Err(StateError::Busy(format!(
                     "another scan holds {} (waited {}); giving up, nothing was changed",
                     path.display(),
                     humantime::format_duration(wait)
-                ));
+                )));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -203,10 +206,9 @@ impl Sink for InventoryFile {
     async fn deliver(&self, out: &ScanOutput<'_>) -> Result<(), SinkError> {
         // Compact: a third smaller than pretty-printed, and cheaper to write and
         // to read back at the next scan (`jq .` shows it indented).
-        let mut json = serde_json::to_vec(out.inventory)
-            .map_err(|e| SinkError(format!("cannot encode the inventory: {e}")))?;
+        let mut json = serde_json::to_vec(out.inventory).map_err(SinkError::Encode)?;
         json.push(b'\n');
-        self.write_atomically(&json).map_err(SinkError)
+        self.write_atomically(&json).map_err(SinkError::new)
     }
 
     fn required(&self) -> bool {
@@ -276,7 +278,7 @@ mod tests {
         let path = dir.path().join("inv.json");
         std::fs::write(&path, "{ not json").expect("write");
         let sink = InventoryFile::new(path.clone(), 0o644);
-        assert_eq!(sink.load(), Ok(None));
+        assert_eq!(sink.load().map_err(|e| e.to_string()), Ok(None));
         assert!(!path.exists());
         let moved: Vec<_> = std::fs::read_dir(dir.path())
             .expect("ls")
@@ -295,7 +297,7 @@ mod tests {
         let held = sink.lock(Duration::from_millis(10)).expect("first lock");
         let err = match sink.lock(Duration::from_millis(120)) {
             Ok(_) => panic!("a second lock must not be granted"),
-            Err(e) => e,
+            Err(e) => e.to_string(),
         };
         assert!(err.contains("another scan"), "{err}");
         drop(held);

@@ -91,9 +91,7 @@ impl Sink for Stdout {
     async fn deliver(&self, out: &ScanOutput<'_>) -> Result<(), SinkError> {
         let text = match self.config.format {
             Format::Json => {
-                serde_json::to_string_pretty(out.inventory)
-                    .map_err(|e| SinkError(format!("cannot encode the inventory: {e}")))?
-                    + "\n"
+                serde_json::to_string_pretty(out.inventory).map_err(SinkError::Encode)? + "\n"
             }
             Format::Table => table(out.inventory),
         };
@@ -101,7 +99,7 @@ impl Sink for Stdout {
         stdout
             .write_all(text.as_bytes())
             .and_then(|()| stdout.flush())
-            .map_err(|e| SinkError(format!("cannot write to standard output: {e}")))
+            .map_err(|e| SinkError::io("cannot write to standard output", e))
     }
 }
 

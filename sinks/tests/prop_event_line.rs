@@ -2,7 +2,7 @@
 //! (huge command lines, control characters, non-ASCII, a huge user or
 //! source), a line is valid JSON, one line, and under 4096 bytes.
 
-use detect_workloads_core::model::Event;
+use detect_workloads_core::model::{Event, EventType};
 use detect_workloads_sinks::event_log::{event_line, MAX_LINE};
 use proptest::prelude::*;
 use serde_json::{json, Value};
@@ -27,18 +27,9 @@ fn any_text(max: usize) -> impl Strategy<Value = String> {
     ]
 }
 
-fn event_type() -> impl Strategy<Value = String> {
-    prop_oneof![
-        4 => prop::sample::select(vec![
-            "detection.container_discovered",
-            "detection.container_exited",
-            "detection.container_status_changed",
-            "detection.host_gpu_process_discovered",
-            "detection.host_gpu_process_exited",
-        ])
-        .prop_map(str::to_string),
-        1 => any_text(6000),
-    ]
+/// Event types are a closed set now (`EventType`): every one of them.
+fn event_type() -> impl Strategy<Value = EventType> {
+    prop::sample::select(EventType::ALL.to_vec())
 }
 
 fn details() -> impl Strategy<Value = Value> {
@@ -106,7 +97,7 @@ proptest! {
         }
         let event = Event {
             timestamp: "2026-11-26T06:12:19Z".to_string(),
-            event_type: "detection.host_gpu_process_discovered".to_string(),
+            event_type: EventType::HostGpuProcessDiscovered,
             user,
             details: json!({"pid": 447, "cmdline": cmdline, "gpu_memory_mb": 1030, "gpu_uuid": "GPU-x"}),
         };

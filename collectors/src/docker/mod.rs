@@ -25,13 +25,13 @@ use std::time::Duration;
 
 use detect_workloads_core::async_trait;
 use detect_workloads_core::config::{duration, ConfigError, PluginConfig};
+use detect_workloads_core::model::short_id;
 use detect_workloads_core::model::{
     ContainerFacts, DeviceRequest, FactKind, InspectFacts, Inventory, Observations,
 };
 use detect_workloads_core::plugin::{
     CollectContext, CollectError, Collected, Collector, CollectorPlugin, Previous,
 };
-use detect_workloads_core::scan::short_id;
 use engine::{ApiError, Endpoint, Engine, EventMessage, ImageSummary, Inspect, Summary};
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use serde::Deserialize;

@@ -6,7 +6,7 @@
 use serde::Deserialize;
 
 use crate::config::{ConfigError, PluginConfig};
-use crate::plugin::{Stage, StageContext, StageError, StagePlugin, Verdict, Workset};
+use crate::plugin::{Stage, StageContext, StageError, StagePlugin, StageType, Verdict, Workset};
 
 /// `[[stages.transient-filter]]`
 #[derive(Debug, Clone, Deserialize)]
@@ -29,8 +29,8 @@ pub struct TransientFilter {
 }
 
 impl Stage for TransientFilter {
-    fn after(&self) -> &'static [&'static str] {
-        &["exclude-system"]
+    fn after(&self) -> &'static [StageType] {
+        &[StageType("exclude-system")]
     }
 
     fn run(&self, work: &mut Workset, _ctx: &StageContext<'_>) -> Result<(), StageError> {
