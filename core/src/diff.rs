@@ -19,9 +19,16 @@ fn holds(map: &std::collections::BTreeMap<u32, ProcessEntry>, p: &ProcessEntry) 
         .is_some_and(|other| other.is_process(p.pid, p.start_time))
 }
 
-/// The events that turn `previous` into `current`, stamped `now`.
+/// The events that turn `previous` into `current`, stamped `now`: the
+/// containers' first, then the host GPU processes'.
 pub fn transitions(previous: &Inventory, current: &Inventory, now: &str) -> Vec<Event> {
     let mut events = Vec::new();
+    container_events(previous, current, now, &mut events);
+    process_events(previous, current, now, &mut events);
+    events
+}
+
+fn container_events(previous: &Inventory, current: &Inventory, now: &str, events: &mut Vec<Event>) {
     for (id, c) in &current.containers {
         match previous.containers.get(id) {
             None => events.push(event(
@@ -64,6 +71,9 @@ pub fn transitions(previous: &Inventory, current: &Inventory, now: &str) -> Vec<
             ));
         }
     }
+}
+
+fn process_events(previous: &Inventory, current: &Inventory, now: &str, events: &mut Vec<Event>) {
     // Processes in the order of their PIDs as text: the order of the file.
     for (_, old) in in_text_order(&previous.host_processes) {
         if !holds(&current.host_processes, old) {
@@ -90,7 +100,6 @@ pub fn transitions(previous: &Inventory, current: &Inventory, now: &str) -> Vec<
             ));
         }
     }
-    events
 }
 
 #[cfg(test)]

@@ -558,15 +558,23 @@ impl PluginKind {
 pub fn check_unique_names() -> Result<(), String> {
     for kind in PluginKind::ALL {
         let names: Vec<&str> = kind.listed().iter().map(|l| l.name).collect();
-        if let Some(twice) = names.windows(2).find(|w| w[0] == w[1]) {
-            return Err(format!(
-                "two {} plugins are registered as `{}`: link only one of them",
-                kind.noun(),
-                twice[0]
-            ));
+        if let Some(twice) = first_duplicate(&names) {
+            return Err(duplicate_message(kind, twice));
         }
     }
     Ok(())
+}
+
+/// The first name listed twice in `sorted`.
+fn first_duplicate<'a>(sorted: &[&'a str]) -> Option<&'a str> {
+    sorted.windows(2).find(|w| w[0] == w[1]).map(|w| w[0])
+}
+
+fn duplicate_message(kind: PluginKind, name: &str) -> String {
+    format!(
+        "two {} plugins are registered as `{name}`: link only one of them",
+        kind.noun()
+    )
 }
 
 /// Finds a registered collector type by name.
@@ -593,6 +601,43 @@ mod tests {
             .build()
             .expect("runtime")
             .block_on(f)
+    }
+
+    #[test]
+    fn plugin_names_are_unique() {
+        assert_eq!(check_unique_names(), Ok(()));
+        assert_eq!(
+            first_duplicate(&["docker", "docker", "nvml"]),
+            Some("docker")
+        );
+        assert_eq!(first_duplicate(&["docker", "nvml"]), None);
+        assert_eq!(
+            duplicate_message(PluginKind::Collector, "docker"),
+            "two collector plugins are registered as `docker`: link only one of them"
+        );
+    }
+
+    #[test]
+    fn the_registries_share_one_shape() {
+        let names: Vec<&str> = PluginKind::Stage.listed().iter().map(|l| l.name).collect();
+        assert!(names.contains(&"transient-filter"), "{names:?}");
+        assert!(find::<dyn Stage>("transient-filter").is_some());
+        assert!(find::<dyn Collector>("transient-filter").is_none());
+        assert!(StageType("exclude-system").is_registered());
+        assert!(!StageType("exclude-sistem").is_registered());
+    }
+
+    #[test]
+    fn a_state_reader_that_does_not_answer_is_given_up_at_the_deadline() {
+        let (_tx, rx) = tokio::sync::oneshot::channel();
+        let deadline = std::time::Instant::now() + Duration::from_millis(20);
+        let previous = Previous::arriving(rx, Some(deadline));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        let err = runtime.block_on(async { previous.result().await.err().map(|e| e.to_string()) });
+        assert_eq!(err.as_deref(), Some("not read within the scan's deadline"));
     }
 
     #[test]
