@@ -22,6 +22,12 @@ use detect_workloads_core::plugin::{
 use serde::Deserialize;
 use tracing::debug;
 
+/// The sample configuration of this plugin (`detect-workloads plugins
+/// --sample procfs`); `config/default.toml` holds the same table.
+pub const SAMPLE: &str = r#"[[collectors.procfs]]
+root = "/proc"
+"#;
+
 /// `[[collectors.procfs]]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -221,6 +227,7 @@ detect_workloads_core::inventory::submit! {
     CollectorPlugin {
         name: "procfs",
         summary: "owner, command line, start time and container cgroup of each GPU process",
+        sample: SAMPLE,
         build,
     }
 }

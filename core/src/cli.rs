@@ -42,7 +42,11 @@ enum Command {
     /// Parse and check the configuration, list what would run; exit 0 or 2
     Validate,
     /// List every registered collector, stage and sink
-    Plugins,
+    Plugins {
+        /// Print the sample configuration of this plugin instead
+        #[arg(long, value_name = "NAME")]
+        sample: Option<String>,
+    },
 }
 
 fn init_logging(verbose: bool, quiet: bool) {
@@ -69,10 +73,11 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
     match cli.command {
-        Some(Command::Plugins) => {
+        Some(Command::Plugins { sample: None }) => {
             print!("{}", plugin_listing());
             ExitCode::SUCCESS
         }
+        Some(Command::Plugins { sample: Some(name) }) => print_sample(&name),
         Some(Command::Validate) => validate(&cli),
         None => scan(&cli),
     }
@@ -194,4 +199,23 @@ pub fn plugin_listing() -> String {
         }
     }
     out
+}
+
+/// `detect-workloads plugins --sample NAME`: the plugin's sample configuration.
+fn print_sample(name: &str) -> ExitCode {
+    match crate::plugin::sample_of(name) {
+        Some((_, sample)) => {
+            print!("{sample}");
+            ExitCode::SUCCESS
+        }
+        None => {
+            let known: Vec<&str> = PluginKind::ALL
+                .iter()
+                .flat_map(|k| k.listed())
+                .map(|l| l.name)
+                .collect();
+            error!("no plugin `{name}`; known: {}", known.join(", "));
+            ExitCode::from(2)
+        }
+    }
 }

@@ -2,7 +2,7 @@
 //!
 //! A plugin is registered with one `inventory::submit!` of a [`Registration`]
 //! ([`CollectorPlugin`], [`StagePlugin`] or [`SinkPlugin`]): its name, a
-//! summary and its build function. The core finds
+//! summary, its sample configuration and its build function. The core finds
 //! it by name. Nothing in the core names a plugin.
 
 use std::any::Any;
@@ -431,6 +431,11 @@ pub struct Registration<T: ?Sized + 'static> {
     pub name: &'static str,
     /// One line for `detect-workloads plugins`.
     pub summary: &'static str,
+    /// Its table in a configuration file with its defaults, commented: a
+    /// `const SAMPLE: &str` beside the plugin's config struct.
+    /// `detect-workloads plugins --sample NAME` prints it; the tables of
+    /// `config/default.toml` are checked against it.
+    pub sample: &'static str,
     /// Builds an instance.
     pub build: BuildFn<T>,
 }
@@ -499,6 +504,8 @@ pub struct Listing {
     pub name: &'static str,
     /// One line.
     pub summary: &'static str,
+    /// Sample configuration.
+    pub sample: &'static str,
 }
 
 fn listings<T: Registered + ?Sized>() -> Vec<Listing> {
@@ -507,6 +514,7 @@ fn listings<T: Registered + ?Sized>() -> Vec<Listing> {
         .map(|p| Listing {
             name: p.name,
             summary: p.summary,
+            sample: p.sample,
         })
         .collect()
 }
@@ -577,6 +585,16 @@ fn duplicate_message(kind: PluginKind, name: &str) -> String {
     )
 }
 
+/// The sample configuration of the plugin `name`, searched in every kind.
+pub fn sample_of(name: &str) -> Option<(PluginKind, &'static str)> {
+    PluginKind::ALL.into_iter().find_map(|kind| {
+        kind.listed()
+            .into_iter()
+            .find(|l| l.name == name)
+            .map(|l| (kind, l.sample))
+    })
+}
+
 /// Finds a registered collector type by name.
 pub fn find_collector(name: &str) -> Option<&'static CollectorPlugin> {
     find::<dyn Collector>(name)
@@ -625,6 +643,13 @@ mod tests {
         assert!(find::<dyn Collector>("transient-filter").is_none());
         assert!(StageType("exclude-system").is_registered());
         assert!(!StageType("exclude-sistem").is_registered());
+        let (kind, sample) = sample_of("transient-filter").expect("a sample");
+        assert_eq!(kind, PluginKind::Stage);
+        assert!(
+            sample.starts_with("[[stages.transient-filter]]\n"),
+            "{sample}"
+        );
+        assert_eq!(sample_of("nope"), None);
     }
 
     #[test]

@@ -17,6 +17,12 @@ use detect_workloads_core::model::Event;
 use detect_workloads_core::plugin::{ScanOutput, Sink, SinkError, SinkPlugin};
 use serde::{Deserialize, Serialize};
 
+/// The sample configuration of this plugin (`detect-workloads plugins
+/// --sample event-log`); `config/default.toml` holds the same table.
+pub const SAMPLE: &str = r#"[[sinks.event-log]]
+path = "/var/log/ds01/events.jsonl"
+"#;
+
 /// `[[sinks.event-log]]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -150,6 +156,7 @@ detect_workloads_core::inventory::submit! {
     SinkPlugin {
         name: "event-log",
         summary: "appends each transition as one JSON line (lab event schema 1)",
+        sample: SAMPLE,
         build,
     }
 }

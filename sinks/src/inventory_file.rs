@@ -25,6 +25,13 @@ use detect_workloads_core::timefmt::rfc3339;
 use serde::Deserialize;
 use tracing::warn;
 
+/// The sample configuration of this plugin (`detect-workloads plugins
+/// --sample inventory-file`); `config/default.toml` holds the same table.
+pub const SAMPLE: &str = r#"[[sinks.inventory-file]]
+path = "/var/lib/ds01/workload-inventory.json"   # also the state read back at the next scan
+mode = "0644"
+"#;
+
 /// `[[sinks.inventory-file]]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -238,6 +245,7 @@ detect_workloads_core::inventory::submit! {
     SinkPlugin {
         name: "inventory-file",
         summary: "writes the inventory JSON atomically; also the state read at the next scan",
+        sample: SAMPLE,
         build,
     }
 }

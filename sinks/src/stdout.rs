@@ -22,6 +22,12 @@ pub enum Format {
     Table,
 }
 
+/// The sample configuration of this plugin (`detect-workloads plugins
+/// --sample stdout`); `config/default.toml` holds the same table.
+pub const SAMPLE: &str = r#"[[sinks.stdout]]
+format = "json"                 # or "table"
+"#;
+
 /// `[[sinks.stdout]]`
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -113,6 +119,7 @@ detect_workloads_core::inventory::submit! {
     SinkPlugin {
         name: "stdout",
         summary: "prints the inventory (json or table); --sink stdout is the dry run",
+        sample: SAMPLE,
         build,
     }
 }

@@ -37,6 +37,13 @@ use futures_util::stream::{self, StreamExt, TryStreamExt};
 use serde::Deserialize;
 use tracing::debug;
 
+/// The sample configuration of this plugin (`detect-workloads plugins
+/// --sample docker`); `config/default.toml` holds the same table.
+pub const SAMPLE: &str = r#"[[collectors.docker]]
+# endpoint = "unix:///tmp/other.sock"   # default: $DOCKER_HOST, else unix:///var/run/docker.sock
+timeout = "10s"
+"#;
+
 /// `[[collectors.docker]]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -425,6 +432,7 @@ detect_workloads_core::inventory::submit! {
     CollectorPlugin {
         name: "docker",
         summary: "every Docker container (running or not) with labels, state, image and GPU access",
+        sample: SAMPLE,
         build,
     }
 }

@@ -9,6 +9,12 @@ use serde::Deserialize;
 use crate::config::{ConfigError, PluginConfig};
 use crate::plugin::{Stage, StageContext, StageError, StagePlugin, Verdict, Workset};
 
+/// The sample configuration of this plugin (`detect-workloads plugins
+/// --sample exclude-system`); `config/default.toml` holds the same table.
+pub const SAMPLE: &str = r#"[[stages.exclude-system]]
+process_names = ["nvidia-persistenced", "nv-hostengine", "dcgm", "dcgmi", "nvidia-smi", "Xorg", "X"]
+"#;
+
 /// `[[stages.exclude-system]]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -82,6 +88,7 @@ inventory::submit! {
     StagePlugin {
         name: "exclude-system",
         summary: "drops system GPU processes (persistenced, DCGM, nvidia-smi, X) by name",
+        sample: SAMPLE,
         build,
     }
 }
