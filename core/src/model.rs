@@ -145,6 +145,18 @@ pub struct ProcessFacts {
     pub container_id: Option<String>,
 }
 
+impl ProcessFacts {
+    /// The real uid in the text of `/proc/<pid>/status` (the first number of
+    /// its `Uid:` line). Shared by every collector that reads a process's
+    /// owner (`procfs`, and `docker` for a container's main process).
+    pub fn uid_from_status(text: &str) -> Option<u32> {
+        text.lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|uid| uid.parse().ok())
+    }
+}
+
 /// Which kind of fact a collector provides or needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum FactKind {
@@ -499,6 +511,14 @@ mod tests {
             ..e
         };
         assert!(old.is_process(7, Some(5)));
+    }
+
+    #[test]
+    fn the_owner_is_the_real_uid_of_the_status_file() {
+        let status = "Name:\tpython3\nUid:\t1001\t0\t0\t0\nGid:\t100\n";
+        assert_eq!(ProcessFacts::uid_from_status(status), Some(1001));
+        assert_eq!(ProcessFacts::uid_from_status("Name: x\n"), None);
+        assert_eq!(ProcessFacts::uid_from_status("Uid:\tabc\n"), None);
     }
 
     #[test]
