@@ -67,12 +67,10 @@ pub fn parse_stat(text: &str) -> Option<(String, u64)> {
     Some((comm, start))
 }
 
-/// `/proc/<pid>/status`: the real uid (first number of the `Uid:` line).
+/// `/proc/<pid>/status`: the real uid (first number of the `Uid:` line), by
+/// the model's rule ([`ProcessFacts::uid_from_status`]).
 pub fn parse_status_uid(text: &str) -> Option<u32> {
-    text.lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|uid| uid.parse().ok())
+    ProcessFacts::uid_from_status(text)
 }
 
 /// `/proc/<pid>/cmdline`: NUL separators become spaces, bytes are decoded as

@@ -25,9 +25,9 @@ use std::time::Duration;
 
 use detect_workloads_core::async_trait;
 use detect_workloads_core::config::{duration, ConfigError, PluginConfig};
-use detect_workloads_core::model::short_id;
 use detect_workloads_core::model::{
-    ContainerFacts, DeviceRequest, FactKind, InspectFacts, Inventory, Observations,
+    short_id, ContainerFacts, DeviceRequest, FactKind, InspectFacts, Inventory, Observations,
+    ProcessFacts,
 };
 use detect_workloads_core::plugin::{
     CollectContext, CollectError, Collected, Collector, CollectorPlugin, Previous,
@@ -306,7 +306,7 @@ fn main_process_uid(proc_root: &Path, c: &ContainerFacts) -> Option<u32> {
         return None;
     }
     let status = std::fs::read_to_string(proc_root.join(pid.to_string()).join("status")).ok()?;
-    crate::procfs::parse_status_uid(&status)
+    ProcessFacts::uid_from_status(&status)
 }
 
 /// Whether the cached main PID of a container still runs in it: its cgroup
