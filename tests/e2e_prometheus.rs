@@ -356,7 +356,7 @@ fn full_inventory() -> Inventory {
     };
     inv.containers.insert(c.id.clone(), c);
     inv.host_processes.insert(
-        "1".into(),
+        1,
         ProcessEntry {
             user: "carol".into(),
             gpu_uuid: "GPU-0".into(),

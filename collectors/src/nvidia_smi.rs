@@ -25,6 +25,14 @@ use detect_workloads_core::plugin::{
 };
 use serde::Deserialize;
 
+/// The sample configuration of this plugin (`detect-workloads plugins
+/// --sample nvidia-smi`); `config/default.toml` holds the same table.
+pub const SAMPLE: &str = r#"[[collectors.nvidia-smi]]
+command = "nvidia-smi"            # absolute, or found in /usr/bin:/bin:/usr/sbin:/sbin (never $PATH)
+timeout = "5s"
+fallback_for = "nvml"           # runs only when the nvml collector failed this cycle
+"#;
+
 /// `[[collectors.nvidia-smi]]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -259,6 +267,7 @@ detect_workloads_core::inventory::submit! {
     CollectorPlugin {
         name: "nvidia-smi",
         summary: "GPU processes from `nvidia-smi --query-compute-apps` (fallback for nvml)",
+        sample: SAMPLE,
         build,
     }
 }

@@ -37,6 +37,12 @@ const MIG_ENABLED: u32 = 1;
 /// Bytes in a MiB: NVML reports bytes, the inventory MiB.
 const MIB: u64 = 1024 * 1024;
 
+/// The sample configuration of this plugin (`detect-workloads plugins
+/// --sample nvml`); `config/default.toml` holds the same table.
+pub const SAMPLE: &str = r#"[[collectors.nvml]]
+library = "libnvidia-ml.so.1"   # dlopen'ed at run time; absence is a warning, not an error
+"#;
+
 /// `[[collectors.nvml]]`
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
@@ -427,6 +433,7 @@ detect_workloads_core::inventory::submit! {
     CollectorPlugin {
         name: "nvml",
         summary: "GPU processes (memory, GPU/MIG device, SM use) from the NVML library, loaded at run time",
+        sample: SAMPLE,
         build,
     }
 }

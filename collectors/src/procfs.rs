@@ -22,6 +22,12 @@ use detect_workloads_core::plugin::{
 use serde::Deserialize;
 use tracing::debug;
 
+/// The sample configuration of this plugin (`detect-workloads plugins
+/// --sample procfs`); `config/default.toml` holds the same table.
+pub const SAMPLE: &str = r#"[[collectors.procfs]]
+root = "/proc"
+"#;
+
 /// `[[collectors.procfs]]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -61,12 +67,10 @@ pub fn parse_stat(text: &str) -> Option<(String, u64)> {
     Some((comm, start))
 }
 
-/// `/proc/<pid>/status`: the real uid (first number of the `Uid:` line).
+/// `/proc/<pid>/status`: the real uid (first number of the `Uid:` line), by
+/// the model's rule ([`ProcessFacts::uid_from_status`]).
 pub fn parse_status_uid(text: &str) -> Option<u32> {
-    text.lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|uid| uid.parse().ok())
+    ProcessFacts::uid_from_status(text)
 }
 
 /// `/proc/<pid>/cmdline`: NUL separators become spaces, bytes are decoded as
@@ -221,6 +225,7 @@ detect_workloads_core::inventory::submit! {
     CollectorPlugin {
         name: "procfs",
         summary: "owner, command line, start time and container cgroup of each GPU process",
+        sample: SAMPLE,
         build,
     }
 }

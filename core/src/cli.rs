@@ -9,8 +9,8 @@ use clap::{Parser, Subcommand};
 use tracing::error;
 
 use crate::config::{choose_config, Config};
+use crate::cycle::run_cycle;
 use crate::plugin::PluginKind;
-use crate::scan::run_cycle;
 
 /// Live inventory of the containers and GPU processes of a shared GPU server.
 /// With no subcommand, performs one scan cycle and exits.
@@ -42,7 +42,11 @@ enum Command {
     /// Parse and check the configuration, list what would run; exit 0 or 2
     Validate,
     /// List every registered collector, stage and sink
-    Plugins,
+    Plugins {
+        /// Print the sample configuration of this plugin instead
+        #[arg(long, value_name = "NAME")]
+        sample: Option<String>,
+    },
 }
 
 fn init_logging(verbose: bool, quiet: bool) {
@@ -69,10 +73,11 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
     match cli.command {
-        Some(Command::Plugins) => {
+        Some(Command::Plugins { sample: None }) => {
             print!("{}", plugin_listing());
             ExitCode::SUCCESS
         }
+        Some(Command::Plugins { sample: Some(name) }) => print_sample(&name),
         Some(Command::Validate) => validate(&cli),
         None => scan(&cli),
     }
@@ -165,7 +170,7 @@ pub fn describe(config: &Config) -> String {
     out += &format!(
         "stages (in run order): {}\n",
         names(
-            crate::scan::order_stages(&config.stages)
+            crate::cycle::stages::order(&config.stages)
                 .iter()
                 .map(|s| s.name.as_str())
                 .collect()
@@ -194,4 +199,23 @@ pub fn plugin_listing() -> String {
         }
     }
     out
+}
+
+/// `detect-workloads plugins --sample NAME`: the plugin's sample configuration.
+fn print_sample(name: &str) -> ExitCode {
+    match crate::plugin::sample_of(name) {
+        Some((_, sample)) => {
+            print!("{sample}");
+            ExitCode::SUCCESS
+        }
+        None => {
+            let known: Vec<&str> = PluginKind::ALL
+                .iter()
+                .flat_map(|k| k.listed())
+                .map(|l| l.name)
+                .collect();
+            error!("no plugin `{name}`; known: {}", known.join(", "));
+            ExitCode::from(2)
+        }
+    }
 }

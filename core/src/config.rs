@@ -11,7 +11,9 @@ use serde::{Deserialize, Deserializer};
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
 
-use crate::plugin::{find_collector, find_sink, find_stage, Collector, PluginKind, Sink, Stage};
+use crate::plugin::{
+    check_unique_names, find, find_sink, Collector, PluginKind, Registered, Sink, Stage,
+};
 
 /// The built-in default configuration (`config/default.toml`).
 pub const DEFAULT_CONFIG: &str = include_str!("../../config/default.toml");
@@ -48,6 +50,8 @@ struct Source<'i> {
     text: &'i str,
 }
 
+type Span = std::ops::Range<usize>;
+
 impl Source<'_> {
     fn line_of(&self, offset: usize) -> usize {
         let end = offset.min(self.text.len());
@@ -58,51 +62,32 @@ impl Source<'_> {
             + 1
     }
 
-    /// The key written on the line holding `offset` (`key = value`), if any.
-    fn key_at(&self, offset: usize) -> Option<&str> {
-        let start = self.text.get(..offset)?.rfind('\n').map_or(0, |i| i + 1);
-        let line = self.text.get(start..)?.lines().next()?;
-        let key = line.split_once('=')?.0.trim().trim_matches(['"', '\'']);
-        (!key.is_empty() && !key.starts_with('[')).then_some(key)
-    }
-
-    /// A deserialization error of the table at `table`, placed on the key's line
-    /// and naming the key.
+    /// A deserialization error of `table`, placed on the line of the key it
+    /// is about and naming that key. Both come from the error's own span
+    /// (the unknown key, or the bad value) and the parsed table's spans.
     fn value_error(
         &self,
         label: &str,
-        table: &std::ops::Range<usize>,
+        table: &Spanned<DeValue<'_>>,
         e: &toml::de::Error,
     ) -> ConfigError {
         let message = e.message();
-        if let Some(key) = unknown_field(message) {
-            return ConfigError {
-                file: self.file.to_string(),
-                line: self
-                    .key_line(table, key)
-                    .or_else(|| Some(self.line_of(table.start))),
-                message: format!("[{label}] {message}"),
-            };
-        }
-        let offset = e.span().map_or(table.start, |s| s.start);
-        let message = match self.key_at(offset) {
-            Some(key) if !message.contains(&format!("`{key}`")) => {
-                format!("[{label}] key `{key}`: {message}")
+        let offset = e.span().map_or(table.span().start, |s| s.start);
+        let (line, message) = match key_containing(table, offset) {
+            Some((key, span)) if !message.contains(&format!("`{key}`")) => {
+                (span.start, format!("[{label}] key `{key}`: {message}"))
             }
-            _ => format!("[{label}] {message}"),
+            Some((_, span)) => (span.start, format!("[{label}] {message}")),
+            None => (offset, format!("[{label}] {message}")),
         };
         ConfigError {
             file: self.file.to_string(),
-            line: Some(self.line_of(offset)),
+            line: Some(self.line_of(line)),
             message,
         }
     }
 
-    fn error(
-        &self,
-        span: Option<std::ops::Range<usize>>,
-        message: impl Into<String>,
-    ) -> ConfigError {
+    fn error(&self, span: Option<Span>, message: impl Into<String>) -> ConfigError {
         ConfigError {
             file: self.file.to_string(),
             line: span.map(|s| self.line_of(s.start)),
@@ -110,28 +95,31 @@ impl Source<'_> {
         }
     }
 
-    /// The line where `key = ...` is written in the table starting at `span`
-    /// (its body runs to the next table header).
-    fn key_line(&self, span: &std::ops::Range<usize>, key: &str) -> Option<usize> {
-        let start = span.start.min(self.text.len());
-        let body = self.text.get(start..)?;
-        let mut offset = start;
-        for (n, line) in body.split_inclusive('\n').enumerate() {
-            let trimmed = line.trim_start();
-            if n > 0 && trimmed.starts_with('[') && offset >= span.end {
-                break;
-            }
-            let bare = trimmed.trim_start_matches(['"', '\'']);
-            if let Some(rest) = bare.strip_prefix(key) {
-                let rest = rest.trim_start_matches(['"', '\'']).trim_start();
-                if rest.starts_with('=') {
-                    return Some(self.line_of(offset));
-                }
-            }
-            offset += line.len();
-        }
-        None
+    /// An error about `key` of `table`, on the key's line (the table's when
+    /// the key is not written).
+    fn key_error(&self, table: &Spanned<DeValue<'_>>, key: &str, message: String) -> ConfigError {
+        let span = key_span(table, key).unwrap_or_else(|| table.span());
+        self.error(Some(span), message)
     }
+}
+
+/// The span of `key` as written in `table`.
+fn key_span(table: &Spanned<DeValue<'_>>, key: &str) -> Option<Span> {
+    let table = table.get_ref().as_table()?;
+    table
+        .iter()
+        .find(|(k, _)| k.get_ref().as_ref() == key)
+        .map(|(k, _)| k.span())
+}
+
+/// The key of `table` whose key or value spans `offset`, with its key's span.
+fn key_containing<'t>(table: &'t Spanned<DeValue<'_>>, offset: usize) -> Option<(&'t str, Span)> {
+    let table = table.get_ref().as_table()?;
+    table.iter().find_map(|(k, v)| {
+        let (ks, vs) = (k.span(), v.span());
+        (ks.contains(&offset) || vs.contains(&offset) || offset == vs.end)
+            .then(|| (k.get_ref().as_ref(), ks))
+    })
 }
 
 /// One plugin's configuration table, handed to its build function.
@@ -146,26 +134,15 @@ impl PluginConfig<'_> {
     /// `#[serde(default, deny_unknown_fields)]`).
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ConfigError> {
         T::deserialize(ValueDeserializer::from(self.value.clone()))
-            .map_err(|e| self.source.value_error(&self.label, &self.value.span(), &e))
+            .map_err(|e| self.source.value_error(&self.label, &self.value, &e))
     }
 
-    /// An error about one key's value, found by the plugin after parsing.
+    /// An error about one key's value, found by the plugin after parsing,
+    /// placed on the key's line.
     pub fn invalid(&self, key: &str, message: impl fmt::Display) -> ConfigError {
-        let span = self.value.span();
-        ConfigError {
-            file: self.source.file.to_string(),
-            line: self
-                .source
-                .key_line(&span, key)
-                .or_else(|| Some(self.source.line_of(span.start))),
-            message: format!("[{}] key `{}`: {}", self.label, key, message),
-        }
+        let message = format!("[{}] key `{}`: {}", self.label, key, message);
+        self.source.key_error(&self.value, key, message)
     }
-}
-
-fn unknown_field(message: &str) -> Option<&str> {
-    let rest = message.strip_prefix("unknown field `")?;
-    rest.split('`').next()
 }
 
 /// Deserializes a duration written as `"5s"`, `"250ms"`, `"1m 30s"`.
@@ -205,8 +182,8 @@ pub struct Instance<T: ?Sized> {
     pub name: String,
     /// Plugin type name.
     pub kind: &'static str,
-    /// The plugin.
-    pub plugin: Box<T>,
+    /// The plugin (shared: the state is read on a thread of its own).
+    pub plugin: std::sync::Arc<T>,
 }
 
 /// A loaded, checked configuration with every plugin built.
@@ -276,6 +253,11 @@ impl Config {
 
     /// Parses configuration text (`file` names it in errors).
     pub fn parse(file: &str, text: &str, sink_override: &[String]) -> Result<Config, ConfigError> {
+        check_unique_names().map_err(|message| ConfigError {
+            file: "plugin registry".to_string(),
+            line: None,
+            message,
+        })?;
         let source = Source { file, text };
         let doc = DeTable::parse(text).map_err(|e| source.error(e.span(), e.message()))?;
         let mut config = Config {
@@ -291,45 +273,18 @@ impl Config {
             match key.get_ref().as_ref() {
                 "agent" => {
                     config.agent = AgentConfig::deserialize(ValueDeserializer::from(value.clone()))
-                        .map_err(|e| source.value_error("agent", &value.span(), &e))?;
+                        .map_err(|e| source.value_error("agent", value, &e))?;
                     if config.agent.scan_timeout.is_zero() {
-                        let line = source
-                            .key_line(&value.span(), "scan_timeout")
-                            .unwrap_or_else(|| source.line_of(value.span().start));
-                        return Err(ConfigError {
-                            file: file.to_string(),
-                            line: Some(line),
-                            message: "[agent] key `scan_timeout`: must be longer than 0s".into(),
-                        });
+                        return Err(source.key_error(
+                            value,
+                            "scan_timeout",
+                            "[agent] key `scan_timeout`: must be longer than 0s".into(),
+                        ));
                     }
                 }
-                "collectors" => {
-                    for (name, table) in plugin_tables(source, PluginKind::Collector, value)? {
-                        let plugin = find_collector(name.get_ref())
-                            .ok_or_else(|| unknown_plugin(source, PluginKind::Collector, &name))?;
-                        let cfg = plugin_config(source, PluginKind::Collector, plugin.name, table);
-                        let built = (plugin.build)(cfg)?;
-                        push_instance(&mut config.collectors, plugin.name, built);
-                    }
-                }
-                "stages" => {
-                    for (name, table) in plugin_tables(source, PluginKind::Stage, value)? {
-                        let plugin = find_stage(name.get_ref())
-                            .ok_or_else(|| unknown_plugin(source, PluginKind::Stage, &name))?;
-                        let cfg = plugin_config(source, PluginKind::Stage, plugin.name, table);
-                        let built = (plugin.build)(cfg)?;
-                        push_instance(&mut config.stages, plugin.name, built);
-                    }
-                }
-                "sinks" => {
-                    for (name, table) in plugin_tables(source, PluginKind::Sink, value)? {
-                        let plugin = find_sink(name.get_ref())
-                            .ok_or_else(|| unknown_plugin(source, PluginKind::Sink, &name))?;
-                        let cfg = plugin_config(source, PluginKind::Sink, plugin.name, table);
-                        let built = (plugin.build)(cfg)?;
-                        push_instance(&mut config.sinks, plugin.name, built);
-                    }
-                }
+                "collectors" => build_section(source, value, &mut config.collectors)?,
+                "stages" => build_section(source, value, &mut config.stages)?,
+                "sinks" => build_section(source, value, &mut config.sinks)?,
                 other => {
                     return Err(source.error(
                         Some(span),
@@ -353,6 +308,22 @@ impl Config {
     }
 }
 
+/// Builds every plugin of one section into `list`.
+fn build_section<T: Registered + ?Sized>(
+    source: Source<'_>,
+    section: &Spanned<DeValue<'_>>,
+    list: &mut Vec<Instance<T>>,
+) -> Result<(), ConfigError> {
+    for (name, table) in plugin_tables(source, T::KIND, section)? {
+        let plugin =
+            find::<T>(name.get_ref()).ok_or_else(|| unknown_plugin(source, T::KIND, &name))?;
+        let cfg = plugin_config(source, T::KIND, plugin.name, table);
+        let built = (plugin.build)(cfg)?;
+        push_instance(list, plugin.name, built);
+    }
+    Ok(())
+}
+
 fn push_instance<T: ?Sized>(list: &mut Vec<Instance<T>>, kind: &'static str, plugin: Box<T>) {
     let n = list.iter().filter(|i| i.kind == kind).count() + 1;
     let name = if n == 1 {
@@ -360,7 +331,11 @@ fn push_instance<T: ?Sized>(list: &mut Vec<Instance<T>>, kind: &'static str, plu
     } else {
         format!("{kind}.{n}")
     };
-    list.push(Instance { name, kind, plugin });
+    list.push(Instance {
+        name,
+        kind,
+        plugin: plugin.into(),
+    });
 }
 
 type Tables<'i> = Vec<(Spanned<String>, Spanned<DeValue<'i>>)>;
@@ -440,11 +415,7 @@ pub fn unknown_plugin_message(kind: PluginKind, name: &str) -> String {
     let known: Vec<&str> = kind.registered().into_iter().map(|(n, _)| n).collect();
     format!(
         "unknown {} plugin `{}`; known: {}",
-        match kind {
-            PluginKind::Collector => "collector",
-            PluginKind::Stage => "stage",
-            PluginKind::Sink => "sink",
-        },
+        kind.noun(),
         name,
         known.join(", ")
     )

@@ -2,34 +2,38 @@
 
 use serde_json::json;
 
-use crate::model::{Event, Inventory, ProcessEntry};
+use crate::model::{pid_map::in_text_order, Event, EventType, Inventory, ProcessEntry};
 
-fn event(now: &str, event_type: &str, user: &str, details: serde_json::Value) -> Event {
+fn event(now: &str, event_type: EventType, user: &str, details: serde_json::Value) -> Event {
     Event {
         timestamp: now.to_string(),
-        event_type: event_type.to_string(),
+        event_type,
         user: user.to_string(),
         details,
     }
 }
 
-/// Whether two entries with the same PID are the same process (PID + start time;
-/// an entry without a start time, from an older scanner, matches any).
-fn same_process(a: &ProcessEntry, b: &ProcessEntry) -> bool {
-    match (a.start_time, b.start_time) {
-        (Some(x), Some(y)) => x == y,
-        _ => true,
-    }
+/// Whether `map` holds the process `p` is (same PID, same start time).
+fn holds(map: &std::collections::BTreeMap<u32, ProcessEntry>, p: &ProcessEntry) -> bool {
+    map.get(&p.pid)
+        .is_some_and(|other| other.is_process(p.pid, p.start_time))
 }
 
-/// The events that turn `previous` into `current`, stamped `now`.
+/// The events that turn `previous` into `current`, stamped `now`: the
+/// containers' first, then the host GPU processes'.
 pub fn transitions(previous: &Inventory, current: &Inventory, now: &str) -> Vec<Event> {
     let mut events = Vec::new();
+    container_events(previous, current, now, &mut events);
+    process_events(previous, current, now, &mut events);
+    events
+}
+
+fn container_events(previous: &Inventory, current: &Inventory, now: &str, events: &mut Vec<Event>) {
     for (id, c) in &current.containers {
         match previous.containers.get(id) {
             None => events.push(event(
                 now,
-                "detection.container_discovered",
+                EventType::ContainerDiscovered,
                 &c.user,
                 json!({
                     "container_id": c.id,
@@ -41,7 +45,7 @@ pub fn transitions(previous: &Inventory, current: &Inventory, now: &str) -> Vec<
             )),
             Some(old) if old.status != c.status => events.push(event(
                 now,
-                "detection.container_status_changed",
+                EventType::ContainerStatusChanged,
                 &c.user,
                 json!({
                     "container_id": c.id,
@@ -57,7 +61,7 @@ pub fn transitions(previous: &Inventory, current: &Inventory, now: &str) -> Vec<
         if !current.containers.contains_key(id) {
             events.push(event(
                 now,
-                "detection.container_exited",
+                EventType::ContainerExited,
                 &old.user,
                 json!({
                     "container_id": old.id,
@@ -67,29 +71,25 @@ pub fn transitions(previous: &Inventory, current: &Inventory, now: &str) -> Vec<
             ));
         }
     }
-    for (pid, old) in &previous.host_processes {
-        let still = current
-            .host_processes
-            .get(pid)
-            .is_some_and(|new| same_process(old, new));
-        if !still {
+}
+
+fn process_events(previous: &Inventory, current: &Inventory, now: &str, events: &mut Vec<Event>) {
+    // Processes in the order of their PIDs as text: the order of the file.
+    for (_, old) in in_text_order(&previous.host_processes) {
+        if !holds(&current.host_processes, old) {
             events.push(event(
                 now,
-                "detection.host_gpu_process_exited",
+                EventType::HostGpuProcessExited,
                 &old.user,
                 json!({ "pid": old.pid, "cmdline": old.cmdline }),
             ));
         }
     }
-    for (pid, new) in &current.host_processes {
-        let known = previous
-            .host_processes
-            .get(pid)
-            .is_some_and(|old| same_process(old, new));
-        if !known {
+    for (_, new) in in_text_order(&current.host_processes) {
+        if !holds(&previous.host_processes, new) {
             events.push(event(
                 now,
-                "detection.host_gpu_process_discovered",
+                EventType::HostGpuProcessDiscovered,
                 &new.user,
                 json!({
                     "pid": new.pid,
@@ -100,7 +100,6 @@ pub fn transitions(previous: &Inventory, current: &Inventory, now: &str) -> Vec<
             ));
         }
     }
-    events
 }
 
 #[cfg(test)]
@@ -138,17 +137,16 @@ mod tests {
             .insert("a".into(), container("a", "running"));
         prev.containers
             .insert("b".into(), container("b", "running"));
-        prev.host_processes
-            .insert("10".into(), process(10, Some(5)));
-        prev.host_processes.insert("11".into(), process(11, None));
+        prev.host_processes.insert(10, process(10, Some(5)));
+        prev.host_processes.insert(11, process(11, None));
         let mut cur = Inventory::default();
         cur.containers.insert("a".into(), container("a", "exited"));
         cur.containers.insert("c".into(), container("c", "created"));
-        cur.host_processes.insert("10".into(), process(10, Some(6)));
-        cur.host_processes.insert("11".into(), process(11, Some(9)));
+        cur.host_processes.insert(10, process(10, Some(6)));
+        cur.host_processes.insert(11, process(11, Some(9)));
         let types: Vec<_> = transitions(&prev, &cur, "t")
             .into_iter()
-            .map(|e| (e.event_type, e.details.to_string()))
+            .map(|e| (e.event_type.as_str().to_string(), e.details.to_string()))
             .collect();
         assert_eq!(
             types,
@@ -181,7 +179,7 @@ mod tests {
     fn identical_inventories_have_no_transitions() {
         let mut inv = Inventory::default();
         inv.containers.insert("a".into(), container("a", "running"));
-        inv.host_processes.insert("10".into(), process(10, Some(5)));
+        inv.host_processes.insert(10, process(10, Some(5)));
         assert!(transitions(&inv, &inv, "t").is_empty());
     }
 }

@@ -17,10 +17,10 @@
 pub mod cli;
 pub mod config;
 pub mod config_file;
+pub mod cycle;
 pub mod diff;
 pub mod model;
 pub mod plugin;
-pub mod scan;
 pub mod stages;
 pub mod timefmt;
 pub mod top;

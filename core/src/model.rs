@@ -51,7 +51,9 @@ pub struct InspectFacts {
     /// `Config.User`: the user the container was started as (may be empty).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub config_user: String,
-    /// `State.StartedAt`, used to notice restarts.
+    /// `State.StartedAt`. Nothing reads it (restarts are noticed through the
+    /// engine's events and the main PID's cgroup); it stays because it is
+    /// part of the cached `inspect` object other tools may read.
     pub started_at: String,
 }
 
@@ -88,6 +90,18 @@ impl ContainerFacts {
                     || r.device_ids.iter().any(|d| d.starts_with("nvidia.com/gpu"))
             })
             || inspect.devices.iter().any(|d| d.contains("nvidia"))
+    }
+}
+
+/// The key of a container in the inventory: the first 12 hex digits of its id.
+pub fn short_id(id: &str) -> String {
+    id.chars().take(12).collect()
+}
+
+impl ContainerFacts {
+    /// Its key in the inventory ([`short_id`] of its id).
+    pub fn key(&self) -> String {
+        short_id(&self.id)
     }
 }
 
@@ -152,6 +166,18 @@ pub struct ProcessFacts {
     pub in_container: bool,
     /// The 64-hex container id found in the cgroup path, when there is one.
     pub container_id: Option<String>,
+}
+
+impl ProcessFacts {
+    /// The real uid in the text of `/proc/<pid>/status` (the first number of
+    /// its `Uid:` line). Shared by every collector that reads a process's
+    /// owner (`procfs`, and `docker` for a container's main process).
+    pub fn uid_from_status(text: &str) -> Option<u32> {
+        text.lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|uid| uid.parse().ok())
+    }
 }
 
 /// Which kind of fact a collector provides or needs.
@@ -232,12 +258,16 @@ pub struct Inventory {
     /// Every container, keyed by the first 12 hex digits of its id.
     #[serde(default)]
     pub containers: BTreeMap<String, ContainerEntry>,
-    /// Confirmed host GPU processes, keyed by PID.
-    #[serde(default)]
-    pub host_processes: BTreeMap<String, ProcessEntry>,
+    /// Confirmed host GPU processes, keyed by PID (written as a string).
+    #[serde(default, serialize_with = "pid_map::serialize")]
+    pub host_processes: BTreeMap<u32, ProcessEntry>,
     /// Host GPU processes not yet confirmed by the transient filter.
-    #[serde(default, rename = "_pending_processes")]
-    pub pending_processes: BTreeMap<String, ProcessEntry>,
+    #[serde(
+        default,
+        rename = "_pending_processes",
+        serialize_with = "pid_map::serialize"
+    )]
+    pub pending_processes: BTreeMap<u32, ProcessEntry>,
     /// How the last cycle went.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scan: Option<ScanReport>,
@@ -420,6 +450,48 @@ pub struct ProcessEntry {
     pub seen_scans: u32,
 }
 
+impl ProcessEntry {
+    /// Whether this entry is the process `pid` started at `start_time`: the
+    /// same PID and the same start time. An entry or observation without a
+    /// start time (written by an older scanner) matches any start time.
+    pub fn is_process(&self, pid: u32, start_time: Option<u64>) -> bool {
+        self.pid == pid
+            && match (self.start_time, start_time) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            }
+    }
+}
+
+/// Process maps keyed by PID in memory, by the PID's decimal text in files:
+/// written in the order of that text, as when the keys were strings, so
+/// that the files do not change.
+pub mod pid_map {
+    use std::collections::BTreeMap;
+
+    use serde::ser::{SerializeMap, Serializer};
+
+    /// The entries in the order of their keys as text (`"10"` before `"9"`).
+    pub fn in_text_order<V>(map: &BTreeMap<u32, V>) -> Vec<(u32, &V)> {
+        let mut entries: Vec<(String, u32, &V)> =
+            map.iter().map(|(k, v)| (k.to_string(), *k, v)).collect();
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        entries.into_iter().map(|(_, k, v)| (k, v)).collect()
+    }
+
+    /// Writes the map with string keys, in text order.
+    pub fn serialize<S: Serializer, V: serde::Serialize>(
+        map: &BTreeMap<u32, V>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let mut out = s.serialize_map(Some(map.len()))?;
+        for (k, v) in in_text_order(map) {
+            out.serialize_entry(&k.to_string(), v)?;
+        }
+        out.end()
+    }
+}
+
 fn pid_from_number_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -467,12 +539,60 @@ pub struct CollectorReport {
 pub struct Event {
     /// Event time (the scan's start).
     pub timestamp: String,
-    /// One of the `detection.*` types.
-    pub event_type: String,
+    /// Its type.
+    pub event_type: EventType,
     /// The user it concerns (omitted when empty).
     pub user: String,
     /// The event's fields.
     pub details: serde_json::Value,
+}
+
+/// The type of an [`Event`], written as its `detection.*` name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum EventType {
+    /// A container appeared.
+    #[serde(rename = "detection.container_discovered")]
+    ContainerDiscovered,
+    /// A container's engine state changed.
+    #[serde(rename = "detection.container_status_changed")]
+    ContainerStatusChanged,
+    /// A container is gone.
+    #[serde(rename = "detection.container_exited")]
+    ContainerExited,
+    /// A host GPU process was confirmed.
+    #[serde(rename = "detection.host_gpu_process_discovered")]
+    HostGpuProcessDiscovered,
+    /// A confirmed host GPU process is gone.
+    #[serde(rename = "detection.host_gpu_process_exited")]
+    HostGpuProcessExited,
+}
+
+impl EventType {
+    /// Every event type.
+    pub const ALL: [EventType; 5] = [
+        EventType::ContainerDiscovered,
+        EventType::ContainerStatusChanged,
+        EventType::ContainerExited,
+        EventType::HostGpuProcessDiscovered,
+        EventType::HostGpuProcessExited,
+    ];
+
+    /// Its `detection.*` name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::ContainerDiscovered => "detection.container_discovered",
+            EventType::ContainerStatusChanged => "detection.container_status_changed",
+            EventType::ContainerExited => "detection.container_exited",
+            EventType::HostGpuProcessDiscovered => "detection.host_gpu_process_discovered",
+            EventType::HostGpuProcessExited => "detection.host_gpu_process_exited",
+        }
+    }
+}
+
+impl std::fmt::Display for EventType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[cfg(test)]
@@ -515,5 +635,72 @@ mod tests {
         }
         let back: Result<ContainerEntry, _> = serde_json::from_value(old);
         assert_eq!(back.ok().map(|e| e.user_source), Some(UserSource::Unknown));
+    }
+
+    #[test]
+    fn event_types_are_written_as_their_names() {
+        for t in EventType::ALL {
+            let json = serde_json::to_string(&t).expect("encode");
+            assert_eq!(json, format!("\"{}\"", t.as_str()));
+            assert_eq!(serde_json::from_str::<EventType>(&json).ok(), Some(t));
+        }
+    }
+
+    #[test]
+    fn pid_keys_are_written_as_strings_in_text_order() {
+        let mut inv = Inventory::default();
+        for pid in [9, 10, 100] {
+            let entry = ProcessEntry {
+                pid,
+                ..Default::default()
+            };
+            inv.host_processes.insert(pid, entry);
+        }
+        let json = serde_json::to_value(&inv).expect("encode");
+        let keys: Vec<&String> = json["host_processes"]
+            .as_object()
+            .expect("object")
+            .keys()
+            .collect();
+        assert_eq!(keys, ["10", "100", "9"]);
+        let text = serde_json::to_string(&inv).expect("encode");
+        assert!(
+            text.contains(r#""host_processes":{"10":{"pid":10,"#),
+            "{text}"
+        );
+        let back: Inventory = serde_json::from_str(&text).expect("decode");
+        assert_eq!(back, inv);
+    }
+
+    #[test]
+    fn a_process_is_its_pid_and_start_time() {
+        let e = ProcessEntry {
+            pid: 7,
+            start_time: Some(100),
+            ..Default::default()
+        };
+        assert!(e.is_process(7, Some(100)));
+        assert!(!e.is_process(7, Some(101)), "PID reused by a new process");
+        assert!(!e.is_process(8, Some(100)));
+        assert!(e.is_process(7, None), "no start time recorded: any");
+        let old = ProcessEntry {
+            start_time: None,
+            ..e
+        };
+        assert!(old.is_process(7, Some(5)));
+    }
+
+    #[test]
+    fn the_owner_is_the_real_uid_of_the_status_file() {
+        let status = "Name:\tpython3\nUid:\t1001\t0\t0\t0\nGid:\t100\n";
+        assert_eq!(ProcessFacts::uid_from_status(status), Some(1001));
+        assert_eq!(ProcessFacts::uid_from_status("Name: x\n"), None);
+        assert_eq!(ProcessFacts::uid_from_status("Uid:\tabc\n"), None);
+    }
+
+    #[test]
+    fn the_container_key_is_the_short_id() {
+        assert_eq!(short_id(&"ab".repeat(32)), "abababababab");
+        assert_eq!(short_id("abc"), "abc");
     }
 }

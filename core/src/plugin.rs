@@ -1,12 +1,12 @@
 //! The three plugin kinds, their contracts, and the compile-time registry.
 //!
-//! A plugin is registered with one `inventory::submit!` of a [`CollectorPlugin`],
-//! [`StagePlugin`] or [`SinkPlugin`]; the core finds it by name. Nothing in the
-//! core names a plugin.
+//! A plugin is registered with one `inventory::submit!` of a [`Registration`]
+//! ([`CollectorPlugin`], [`StagePlugin`] or [`SinkPlugin`]): its name, a
+//! summary, its sample configuration and its build function. The core finds
+//! it by name. Nothing in the core names a plugin.
 
 use std::any::Any;
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -56,26 +56,68 @@ pub struct CollectContext<'a> {
 }
 
 /// What a state load yields: the inventory, or why it could not be read.
-pub type LoadResult = Result<Option<Inventory>, String>;
+pub type LoadResult = Result<Option<Inventory>, StateError>;
+
+/// Why the previous state could not be read, or the scan lock taken.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// A file could not be read, written or locked.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done, naming the file.
+        context: String,
+        /// The system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another scan holds the lock.
+    #[error("{0}")]
+    Busy(String),
+    /// Anything else, said in words.
+    #[error("{0}")]
+    Other(String),
+    /// The reader did not answer before the scan's deadline.
+    #[error("not read within the scan's deadline")]
+    TimedOut,
+    /// The reader stopped without an answer.
+    #[error("the state reader stopped")]
+    ReaderStopped,
+}
+
+impl StateError {
+    /// An I/O error with what was being done.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        StateError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
 
 /// The previous inventory, possibly still being read (on another thread) while
-/// the collectors start. [`Previous::get`] waits for it.
+/// the collectors start. [`Previous::get`] waits for it, until the deadline
+/// given to [`Previous::arriving`] at most.
 pub struct Previous {
     loaded: tokio::sync::OnceCell<Loaded>,
-    pending: std::sync::Mutex<Option<tokio::sync::oneshot::Receiver<LoadResult>>>,
+    pending: std::sync::Mutex<Option<Pending>>,
+}
+
+struct Pending {
+    result: tokio::sync::oneshot::Receiver<LoadResult>,
+    deadline: Option<tokio::time::Instant>,
 }
 
 struct Loaded {
     inventory: Inventory,
     started: Option<i64>,
-    error: Option<String>,
+    error: Option<std::sync::Arc<StateError>>,
 }
 
 impl Loaded {
     fn new(result: LoadResult) -> Self {
         let (inventory, error) = match result {
             Ok(inventory) => (inventory.unwrap_or_default(), None),
-            Err(e) => (Inventory::default(), Some(e)),
+            Err(e) => (Inventory::default(), Some(std::sync::Arc::new(e))),
         };
         Loaded {
             started: crate::timefmt::parse_rfc3339(&inventory.last_scan),
@@ -94,11 +136,19 @@ impl Previous {
         }
     }
 
-    /// One that arrives on `result` (sent by the thread reading it).
-    pub fn arriving(result: tokio::sync::oneshot::Receiver<LoadResult>) -> Self {
+    /// One that arrives on `result` (sent by the thread reading it); when
+    /// it has not arrived by `deadline` (if any), it is an error
+    /// ([`StateError::TimedOut`]) and the reader is left behind.
+    pub fn arriving(
+        result: tokio::sync::oneshot::Receiver<LoadResult>,
+        deadline: Option<std::time::Instant>,
+    ) -> Self {
         Previous {
             loaded: tokio::sync::OnceCell::new(),
-            pending: std::sync::Mutex::new(Some(result)),
+            pending: std::sync::Mutex::new(Some(Pending {
+                result,
+                deadline: deadline.map(tokio::time::Instant::from_std),
+            })),
         }
     }
 
@@ -106,13 +156,10 @@ impl Previous {
         self.loaded
             .get_or_init(|| async {
                 let pending = self.pending.lock().ok().and_then(|mut p| p.take());
-                let result = match pending {
-                    Some(rx) => rx
-                        .await
-                        .unwrap_or_else(|_| Err("the state reader stopped".to_string())),
-                    None => Err("no state reader".to_string()),
-                };
-                Loaded::new(result)
+                Loaded::new(match pending {
+                    Some(pending) => pending.wait().await,
+                    None => Err(StateError::ReaderStopped),
+                })
             })
             .await
     }
@@ -129,12 +176,25 @@ impl Previous {
     }
 
     /// The previous inventory, or why it could not be read.
-    pub async fn result(&self) -> Result<&Inventory, String> {
+    pub async fn result(&self) -> Result<&Inventory, std::sync::Arc<StateError>> {
         let loaded = self.loaded().await;
         match &loaded.error {
             Some(e) => Err(e.clone()),
             None => Ok(&loaded.inventory),
         }
+    }
+}
+
+impl Pending {
+    async fn wait(self) -> LoadResult {
+        let answer = match self.deadline {
+            Some(deadline) => match tokio::time::timeout_at(deadline, self.result).await {
+                Ok(answer) => answer,
+                Err(_) => return Err(StateError::TimedOut),
+            },
+            None => self.result.await,
+        };
+        answer.unwrap_or(Err(StateError::ReaderStopped))
     }
 }
 
@@ -220,15 +280,61 @@ pub struct StageContext<'a> {
 }
 
 /// Why a stage could not do its work. The cycle goes on without it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct StageError(pub String);
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    /// Something it needed is missing or wrong.
+    #[error("{0}")]
+    Failed(String),
+    /// An error of something it called.
+    #[error("{context}: {source}")]
+    Caused {
+        /// What it was doing.
+        context: String,
+        /// Why that failed.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl StageError {
+    /// A failure said in words.
+    pub fn new(message: impl Into<String>) -> Self {
+        StageError::Failed(message.into())
+    }
+}
+
+/// A stage type, named as in `[[stages.NAME]]`: what [`Stage::after`] returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StageType(pub &'static str);
+
+impl StageType {
+    /// The stage type registered under `name`.
+    pub const fn named(name: &'static str) -> Self {
+        StageType(name)
+    }
+
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        self.0
+    }
+
+    /// Whether a stage of this type is registered in this binary.
+    pub fn is_registered(self) -> bool {
+        find_stage(self.0).is_some()
+    }
+}
+
+impl PartialEq<&str> for StageType {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
 
 /// Turns observations into inventory entries: reads the observations and the
 /// previous inventory, and changes only the [`Workset`].
 pub trait Stage: Send + Sync {
     /// Stage types that must run before this one (when configured).
-    fn after(&self) -> &'static [&'static str] {
+    fn after(&self) -> &'static [StageType] {
         &[]
     }
     /// Does its work on the entries.
@@ -247,21 +353,50 @@ pub struct ScanOutput<'a> {
 
 /// Why a sink could not deliver.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct SinkError(pub String);
+pub enum SinkError {
+    /// The output could not be encoded.
+    #[error("cannot encode the inventory: {0}")]
+    Encode(#[source] serde_json::Error),
+    /// A file or stream could not be written.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done, naming the file.
+        context: String,
+        /// The system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Anything else, said in words.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl SinkError {
+    /// A failure said in words.
+    pub fn new(message: impl Into<String>) -> Self {
+        SinkError::Failed(message.into())
+    }
+
+    /// An I/O error with what was being done.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        SinkError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
 
 /// A held scan lock; released when dropped.
 pub type LockGuard = Box<dyn Any + Send>;
 
 /// Where the previous inventory lives between runs (the inventory file).
 pub trait StateStore: Send + Sync {
-    /// Where it is, for messages.
-    fn location(&self) -> &Path;
     /// Reads the previous inventory: `Ok(None)` when there is none yet. A
-    /// corrupt one is moved aside and reported as none.
-    fn load(&self) -> Result<Option<Inventory>, String>;
+    /// corrupt one is moved aside and reported as none. It runs on a thread
+    /// of its own, which the cycle abandons at its deadline.
+    fn load(&self) -> Result<Option<Inventory>, StateError>;
     /// Takes the scan lock, waiting at most `wait`.
-    fn lock(&self, wait: Duration) -> Result<LockGuard, String>;
+    fn lock(&self, wait: Duration) -> Result<LockGuard, StateError>;
 }
 
 /// Delivers the result of a cycle.
@@ -289,39 +424,67 @@ pub trait Sink: Send + Sync {
 /// Builds a plugin from its configuration table.
 pub type BuildFn<T> = fn(PluginConfig<'_>) -> Result<Box<T>, ConfigError>;
 
-/// A registered collector type.
-pub struct CollectorPlugin {
+/// A registered plugin type of one kind (`T` is `dyn Collector`, `dyn Stage`
+/// or `dyn Sink`).
+pub struct Registration<T: ?Sized + 'static> {
     /// Type name, as in `[[collectors.NAME]]`.
     pub name: &'static str,
     /// One line for `detect-workloads plugins`.
     pub summary: &'static str,
+    /// Its table in a configuration file with its defaults, commented: a
+    /// `const SAMPLE: &str` beside the plugin's config struct.
+    /// `detect-workloads plugins --sample NAME` prints it; the tables of
+    /// `config/default.toml` are checked against it.
+    pub sample: &'static str,
     /// Builds an instance.
-    pub build: BuildFn<dyn Collector>,
+    pub build: BuildFn<T>,
 }
 
+/// A registered collector type.
+pub type CollectorPlugin = Registration<dyn Collector>;
 /// A registered stage type.
-pub struct StagePlugin {
-    /// Type name, as in `[[stages.NAME]]`.
-    pub name: &'static str,
-    /// One line for `detect-workloads plugins`.
-    pub summary: &'static str,
-    /// Builds an instance.
-    pub build: BuildFn<dyn Stage>,
-}
-
+pub type StagePlugin = Registration<dyn Stage>;
 /// A registered sink type.
-pub struct SinkPlugin {
-    /// Type name, as in `[[sinks.NAME]]`.
-    pub name: &'static str,
-    /// One line for `detect-workloads plugins`.
-    pub summary: &'static str,
-    /// Builds an instance.
-    pub build: BuildFn<dyn Sink>,
-}
+pub type SinkPlugin = Registration<dyn Sink>;
 
 inventory::collect!(CollectorPlugin);
 inventory::collect!(StagePlugin);
 inventory::collect!(SinkPlugin);
+
+/// The registrations of one plugin kind (implemented for `dyn Collector`,
+/// `dyn Stage`, `dyn Sink`).
+pub trait Registered: 'static {
+    /// Its config section.
+    const KIND: PluginKind;
+    /// Every registration of this kind, in link order.
+    fn all() -> Vec<&'static Registration<Self>>;
+}
+
+impl Registered for dyn Collector {
+    const KIND: PluginKind = PluginKind::Collector;
+    fn all() -> Vec<&'static Registration<Self>> {
+        inventory::iter::<CollectorPlugin>.into_iter().collect()
+    }
+}
+
+impl Registered for dyn Stage {
+    const KIND: PluginKind = PluginKind::Stage;
+    fn all() -> Vec<&'static Registration<Self>> {
+        inventory::iter::<StagePlugin>.into_iter().collect()
+    }
+}
+
+impl Registered for dyn Sink {
+    const KIND: PluginKind = PluginKind::Sink;
+    fn all() -> Vec<&'static Registration<Self>> {
+        inventory::iter::<SinkPlugin>.into_iter().collect()
+    }
+}
+
+/// Finds a registered plugin type of kind `T` by name.
+pub fn find<T: Registered + ?Sized>(name: &str) -> Option<&'static Registration<T>> {
+    T::all().into_iter().find(|p| p.name == name)
+}
 
 /// The kind of a plugin: its config section.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -334,7 +497,32 @@ pub enum PluginKind {
     Sink,
 }
 
+/// What is known of a registered plugin whatever its kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Listing {
+    /// Type name.
+    pub name: &'static str,
+    /// One line.
+    pub summary: &'static str,
+    /// Sample configuration.
+    pub sample: &'static str,
+}
+
+fn listings<T: Registered + ?Sized>() -> Vec<Listing> {
+    T::all()
+        .into_iter()
+        .map(|p| Listing {
+            name: p.name,
+            summary: p.summary,
+            sample: p.sample,
+        })
+        .collect()
+}
+
 impl PluginKind {
+    /// Every kind, in the order of the configuration file.
+    pub const ALL: [PluginKind; 3] = [PluginKind::Collector, PluginKind::Stage, PluginKind::Sink];
+
     /// The config section name.
     pub fn section(self) -> &'static str {
         match self {
@@ -344,46 +532,82 @@ impl PluginKind {
         }
     }
 
-    /// Every registered plugin of this kind, as (name, summary), sorted by name.
-    pub fn registered(self) -> Vec<(&'static str, &'static str)> {
-        let mut all: Vec<_> = match self {
-            PluginKind::Collector => inventory::iter::<CollectorPlugin>
-                .into_iter()
-                .map(|p| (p.name, p.summary))
-                .collect(),
-            PluginKind::Stage => inventory::iter::<StagePlugin>
-                .into_iter()
-                .map(|p| (p.name, p.summary))
-                .collect(),
-            PluginKind::Sink => inventory::iter::<SinkPlugin>
-                .into_iter()
-                .map(|p| (p.name, p.summary))
-                .collect(),
+    /// The kind in words (`collector`).
+    pub fn noun(self) -> &'static str {
+        match self {
+            PluginKind::Collector => "collector",
+            PluginKind::Stage => "stage",
+            PluginKind::Sink => "sink",
+        }
+    }
+
+    /// Every registered plugin of this kind, sorted by name.
+    pub fn listed(self) -> Vec<Listing> {
+        let mut all = match self {
+            PluginKind::Collector => listings::<dyn Collector>(),
+            PluginKind::Stage => listings::<dyn Stage>(),
+            PluginKind::Sink => listings::<dyn Sink>(),
         };
         all.sort();
         all
     }
+
+    /// Every registered plugin of this kind, as (name, summary), sorted by name.
+    pub fn registered(self) -> Vec<(&'static str, &'static str)> {
+        self.listed()
+            .into_iter()
+            .map(|l| (l.name, l.summary))
+            .collect()
+    }
+}
+
+/// Checks that no two plugins of one kind are registered under one name
+/// (two crates linked into one binary may both register `docker`).
+pub fn check_unique_names() -> Result<(), String> {
+    for kind in PluginKind::ALL {
+        let names: Vec<&str> = kind.listed().iter().map(|l| l.name).collect();
+        if let Some(twice) = first_duplicate(&names) {
+            return Err(duplicate_message(kind, twice));
+        }
+    }
+    Ok(())
+}
+
+/// The first name listed twice in `sorted`.
+fn first_duplicate<'a>(sorted: &[&'a str]) -> Option<&'a str> {
+    sorted.windows(2).find(|w| w[0] == w[1]).map(|w| w[0])
+}
+
+fn duplicate_message(kind: PluginKind, name: &str) -> String {
+    format!(
+        "two {} plugins are registered as `{name}`: link only one of them",
+        kind.noun()
+    )
+}
+
+/// The sample configuration of the plugin `name`, searched in every kind.
+pub fn sample_of(name: &str) -> Option<(PluginKind, &'static str)> {
+    PluginKind::ALL.into_iter().find_map(|kind| {
+        kind.listed()
+            .into_iter()
+            .find(|l| l.name == name)
+            .map(|l| (kind, l.sample))
+    })
 }
 
 /// Finds a registered collector type by name.
 pub fn find_collector(name: &str) -> Option<&'static CollectorPlugin> {
-    inventory::iter::<CollectorPlugin>
-        .into_iter()
-        .find(|p| p.name == name)
+    find::<dyn Collector>(name)
 }
 
 /// Finds a registered stage type by name.
 pub fn find_stage(name: &str) -> Option<&'static StagePlugin> {
-    inventory::iter::<StagePlugin>
-        .into_iter()
-        .find(|p| p.name == name)
+    find::<dyn Stage>(name)
 }
 
 /// Finds a registered sink type by name.
 pub fn find_sink(name: &str) -> Option<&'static SinkPlugin> {
-    inventory::iter::<SinkPlugin>
-        .into_iter()
-        .find(|p| p.name == name)
+    find::<dyn Sink>(name)
 }
 
 #[cfg(test)]
@@ -398,9 +622,53 @@ mod tests {
     }
 
     #[test]
+    fn plugin_names_are_unique() {
+        assert_eq!(check_unique_names(), Ok(()));
+        assert_eq!(
+            first_duplicate(&["docker", "docker", "nvml"]),
+            Some("docker")
+        );
+        assert_eq!(first_duplicate(&["docker", "nvml"]), None);
+        assert_eq!(
+            duplicate_message(PluginKind::Collector, "docker"),
+            "two collector plugins are registered as `docker`: link only one of them"
+        );
+    }
+
+    #[test]
+    fn the_registries_share_one_shape() {
+        let names: Vec<&str> = PluginKind::Stage.listed().iter().map(|l| l.name).collect();
+        assert!(names.contains(&"transient-filter"), "{names:?}");
+        assert!(find::<dyn Stage>("transient-filter").is_some());
+        assert!(find::<dyn Collector>("transient-filter").is_none());
+        assert!(StageType("exclude-system").is_registered());
+        assert!(!StageType("exclude-sistem").is_registered());
+        let (kind, sample) = sample_of("transient-filter").expect("a sample");
+        assert_eq!(kind, PluginKind::Stage);
+        assert!(
+            sample.starts_with("[[stages.transient-filter]]\n"),
+            "{sample}"
+        );
+        assert_eq!(sample_of("nope"), None);
+    }
+
+    #[test]
+    fn a_state_reader_that_does_not_answer_is_given_up_at_the_deadline() {
+        let (_tx, rx) = tokio::sync::oneshot::channel();
+        let deadline = std::time::Instant::now() + Duration::from_millis(20);
+        let previous = Previous::arriving(rx, Some(deadline));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        let err = runtime.block_on(async { previous.result().await.err().map(|e| e.to_string()) });
+        assert_eq!(err.as_deref(), Some("not read within the scan's deadline"));
+    }
+
+    #[test]
     fn the_previous_state_is_what_the_reader_sends() {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let previous = Previous::arriving(rx);
+        let previous = Previous::arriving(rx, None);
         let inventory = Inventory {
             last_scan: "2026-11-26T08:00:00Z".to_string(),
             ..Inventory::default()
@@ -420,13 +688,20 @@ mod tests {
     #[test]
     fn a_state_that_cannot_be_read_is_empty_and_an_error() {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        assert!(tx.send(Err("permission denied".to_string())).is_ok());
-        let previous = Previous::arriving(rx);
+        assert!(tx
+            .send(Err(StateError::Other("permission denied".to_string())))
+            .is_ok());
+        let previous = Previous::arriving(rx, None);
         block_on(async {
             assert!(previous.get().await.containers.is_empty());
             assert_eq!(previous.scan_started().await, None);
             assert_eq!(
-                previous.result().await.err().as_deref(),
+                previous
+                    .result()
+                    .await
+                    .err()
+                    .map(|e| e.to_string())
+                    .as_deref(),
                 Some("permission denied")
             );
         });
@@ -434,10 +709,15 @@ mod tests {
         // A reader that stops without an answer is an error too, not "no state".
         let (tx, rx) = tokio::sync::oneshot::channel::<LoadResult>();
         drop(tx);
-        let previous = Previous::arriving(rx);
+        let previous = Previous::arriving(rx, None);
         block_on(async {
             assert_eq!(
-                previous.result().await.err().as_deref(),
+                previous
+                    .result()
+                    .await
+                    .err()
+                    .map(|e| e.to_string())
+                    .as_deref(),
                 Some("the state reader stopped")
             );
         });

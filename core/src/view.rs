@@ -398,7 +398,7 @@ mod tests {
             detected_at: "2026-11-26T06:39:00Z".to_string(),
             ..ProcessEntry::default()
         };
-        inv.host_processes.insert("447".to_string(), p);
+        inv.host_processes.insert(447, p);
         inv.scan = Some(ScanReport {
             started_at: "2026-11-26T06:39:48Z".to_string(),
             duration_ms: 14,
@@ -467,7 +467,7 @@ scan 12s ago, took 14 ms; docker ok, nvml FAILED: unavailable: no libnvidia-ml
     #[test]
     fn a_fitted_table_cuts_commands_and_names_to_the_width() {
         let mut inv = inventory();
-        if let Some(p) = inv.host_processes.get_mut("447") {
+        if let Some(p) = inv.host_processes.get_mut(&447) {
             p.cmdline = format!("python3 {}", "x".repeat(200));
         }
         let text = table(

@@ -24,6 +24,12 @@ use tracing::warn;
 
 use crate::fsafe::{check_own_file, ensure_safe_dir, open_nofollow};
 
+/// The sample configuration of this plugin (`detect-workloads plugins
+/// --sample event-log`); `config/default.toml` holds the same table.
+pub const SAMPLE: &str = r#"[[sinks.event-log]]
+path = "/var/log/ds01/events.jsonl"
+"#;
+
 /// `[[sinks.event-log]]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -65,7 +71,7 @@ pub fn event_line(event: &Event, source: &str) -> Result<Vec<u8>, serde_json::Er
     let encode = |details: &serde_json::Value| -> Result<Vec<u8>, serde_json::Error> {
         let mut line = crate::json::to_string(&Envelope {
             timestamp: &event.timestamp,
-            event_type: &event.event_type,
+            event_type: event.event_type.as_str(),
             schema_version: "1",
             user: &event.user,
             source,
@@ -98,7 +104,7 @@ pub fn event_line(event: &Event, source: &str) -> Result<Vec<u8>, serde_json::Er
     for keep in [256, 128] {
         short = crate::json::to_string(&Envelope {
             timestamp: &cut(&event.timestamp, keep),
-            event_type: &cut(&event.event_type, keep),
+            event_type: &cut(event.event_type.as_str(), keep),
             schema_version: "1",
             user: &cut(&event.user, keep),
             source: &cut(source, keep),
@@ -168,14 +174,14 @@ impl Sink for EventLog {
             return Ok(());
         }
         let fail = |what: &str, e: &dyn std::fmt::Display| {
-            SinkError(format!(
+            SinkError::new(format!(
                 "cannot {what} event log {}: {e}",
                 self.path.display()
             ))
         };
         let mut file = self
             .open()
-            .map_err(|e| SinkError(format!("event log: {e}")))?;
+            .map_err(|e| SinkError::new(format!("event log: {e}")))?;
         for event in out.events {
             let line = event_line(event, &out.agent.source).map_err(|e| fail("encode for", &e))?;
             // One write per line: with O_APPEND the kernel places it whole.
@@ -207,6 +213,7 @@ detect_workloads_core::inventory::submit! {
     SinkPlugin {
         name: "event-log",
         summary: "appends each transition as one JSON line (lab event schema 1)",
+        sample: SAMPLE,
         build,
     }
 }
@@ -214,11 +221,12 @@ detect_workloads_core::inventory::submit! {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use detect_workloads_core::model::EventType;
 
     fn event(user: &str, cmdline: &str) -> Event {
         Event {
             timestamp: "2026-11-26T06:12:19Z".into(),
-            event_type: "detection.host_gpu_process_discovered".into(),
+            event_type: EventType::HostGpuProcessDiscovered,
             user: user.into(),
             details: serde_json::json!({"pid": 447, "cmdline": cmdline}),
         }

@@ -18,13 +18,20 @@ use detect_workloads_core::async_trait;
 use detect_workloads_core::config::{ConfigError, PluginConfig};
 use detect_workloads_core::model::Inventory;
 use detect_workloads_core::plugin::{
-    LockGuard, ScanOutput, Sink, SinkError, SinkPlugin, StateStore,
+    LockGuard, ScanOutput, Sink, SinkError, SinkPlugin, StateError, StateStore,
 };
 use detect_workloads_core::timefmt::rfc3339;
 use serde::Deserialize;
 use tracing::warn;
 
 use crate::fsafe::{check_own_file, ensure_safe_dir, is_symlink, open_nofollow, parent_of};
+
+/// The sample configuration of this plugin (`detect-workloads plugins
+/// --sample inventory-file`); `config/default.toml` holds the same table.
+pub const SAMPLE: &str = r#"[[sinks.inventory-file]]
+path = "/var/lib/ds01/workload-inventory.json"   # also the state read back at the next scan
+mode = "0644"
+"#;
 
 /// `[[sinks.inventory-file]]`
 #[derive(Debug, Clone, Deserialize)]
@@ -138,11 +145,7 @@ impl InventoryFile {
 struct HeldLock(#[allow(dead_code)] File);
 
 impl StateStore for InventoryFile {
-    fn location(&self) -> &Path {
-        &self.path
-    }
-
-    fn load(&self) -> Result<Option<Inventory>, String> {
+    fn load(&self) -> Result<Option<Inventory>, StateError> {
         let read = OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
@@ -155,41 +158,42 @@ impl StateStore for InventoryFile {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
             Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-                self.move_aside("a symbolic link, not the inventory")?;
+                self.move_aside("a symbolic link, not the inventory")
+                    .map_err(StateError::Other)?;
                 return Ok(None);
             }
-            Err(e) => return Err(format!("{}: {e}", self.path.display())),
+            Err(e) => return Err(StateError::io(self.path.display().to_string(), e)),
         };
         match serde_json::from_slice::<Inventory>(&bytes) {
             Ok(inventory) => Ok(Some(inventory)),
             Err(e) => {
-                self.move_aside(&e.to_string())?;
+                self.move_aside(&e.to_string()).map_err(StateError::Other)?;
                 Ok(None)
             }
         }
     }
 
-    fn lock(&self, wait: Duration) -> Result<LockGuard, String> {
+    fn lock(&self, wait: Duration) -> Result<LockGuard, StateError> {
         let path = self.lock_path();
-        ensure_safe_dir(&path)?;
+        ensure_safe_dir(&path).map_err(StateError::Other)?;
         let start = Instant::now();
-        let mut file = open_private_lock(&path)?;
+        let mut file = open_private_lock(&path).map_err(StateError::Other)?;
         loop {
             match file.try_lock() {
                 Ok(()) if still_at(&file, &path) => return Ok(Box::new(HeldLock(file))),
                 // Replaced by another scan meanwhile: lock the file there now.
-                Ok(()) => file = open_private_lock(&path)?,
+                Ok(()) => file = open_private_lock(&path).map_err(StateError::Other)?,
                 Err(TryLockError::WouldBlock) => {}
                 Err(TryLockError::Error(e)) => {
-                    return Err(format!("cannot lock {}: {e}", path.display()))
+                    return Err(StateError::io(format!("cannot lock {}", path.display()), e))
                 }
             }
             if start.elapsed() >= wait {
-                return Err(format!(
+                return Err(StateError::Busy(format!(
                     "another scan holds {} (waited {}); giving up, nothing was changed",
                     path.display(),
                     humantime::format_duration(wait)
-                ));
+                )));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -264,10 +268,10 @@ impl Sink for InventoryFile {
     async fn deliver(&self, out: &ScanOutput<'_>) -> Result<(), SinkError> {
         // Compact: a third smaller than pretty-printed, and cheaper to write and
         // to read back at the next scan (`jq .` shows it indented).
-        let mut json = crate::json::to_string(out.inventory)
-            .map_err(|e| SinkError(format!("cannot encode the inventory: {e}")))?;
+        let mut json = crate::json::to_string(out.inventory).map_err(SinkError::Encode)?;
         json.push('\n');
-        self.write_atomically(json.as_bytes()).map_err(SinkError)
+        self.write_atomically(json.as_bytes())
+            .map_err(SinkError::new)
     }
 
     fn required(&self) -> bool {
@@ -297,6 +301,7 @@ detect_workloads_core::inventory::submit! {
     SinkPlugin {
         name: "inventory-file",
         summary: "writes the inventory JSON atomically; also the state read at the next scan",
+        sample: SAMPLE,
         build,
     }
 }
@@ -337,7 +342,7 @@ mod tests {
         let path = dir.path().join("inv.json");
         std::fs::write(&path, "{ not json").expect("write");
         let sink = InventoryFile::new(path.clone(), 0o644);
-        assert_eq!(sink.load(), Ok(None));
+        assert_eq!(sink.load().map_err(|e| e.to_string()), Ok(None));
         assert!(!path.exists());
         let moved: Vec<_> = std::fs::read_dir(dir.path())
             .expect("ls")
@@ -356,7 +361,7 @@ mod tests {
         let held = sink.lock(Duration::from_millis(10)).expect("first lock");
         let err = match sink.lock(Duration::from_millis(120)) {
             Ok(_) => panic!("a second lock must not be granted"),
-            Err(e) => e,
+            Err(e) => e.to_string(),
         };
         assert!(err.contains("another scan"), "{err}");
         drop(held);
@@ -391,7 +396,10 @@ mod tests {
         assert!(meta.is_file() && meta.mode() & 0o7777 == 0o600, "{meta:?}");
         drop(held);
         std::os::unix::fs::symlink(&outside, &sink.path).expect("symlink");
-        assert_eq!(sink.load(), Ok(None), "a link is not read as the state");
+        assert!(
+            matches!(sink.load(), Ok(None)),
+            "a link is not read as the state"
+        );
         sink.write_atomically(b"{}\n").expect("write");
         assert_eq!(std::fs::read_to_string(&outside).expect("read"), "keep");
         assert!(!std::fs::symlink_metadata(&sink.path)

@@ -66,6 +66,13 @@ const MIB: f64 = 1024.0 * 1024.0;
 const EVENTS_TOTAL: &str = "ds01_workload_events_total";
 const LAST_SUCCESS: &str = "ds01_workload_collector_last_success_timestamp_seconds";
 
+/// The sample configuration of this plugin (`detect-workloads plugins
+/// --sample prometheus`); `config/default.toml` shows it commented out.
+pub const SAMPLE: &str = r#"[[sinks.prometheus]]
+textfile_dir = "/var/lib/prometheus/node-exporter"   # must exist; gets detect_workloads.prom
+# listen = "127.0.0.1:9102"                          # watch mode only: serves /metrics there
+"#;
+
 /// `[[sinks.prometheus]]`
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -117,8 +124,9 @@ impl Carried {
     /// skipped collector keeps its earlier time; one no longer configured is
     /// forgotten.
     pub fn advance(&mut self, inventory: &Inventory, events: &[Event]) {
-        for event_type in events.iter().filter_map(event_type_name) {
-            *self.events_total.entry(event_type).or_default() += 1;
+        for event in events {
+            let name = event.event_type.as_str().to_string();
+            *self.events_total.entry(name).or_default() += 1;
         }
         let Some(scan) = &inventory.scan else {
             return;
@@ -133,15 +141,6 @@ impl Carried {
                 self.last_success.insert(name.clone(), started as f64);
             }
         }
-    }
-}
-
-/// The serialised name of an event's type (`detection.*`), whatever Rust
-/// type holds it.
-fn event_type_name(event: &Event) -> Option<String> {
-    match serde_json::to_value(&event.event_type) {
-        Ok(serde_json::Value::String(name)) => Some(name),
-        _ => None,
     }
 }
 
@@ -602,7 +601,7 @@ impl PrometheusSink {
         let mut guard = self
             .carried
             .lock()
-            .map_err(|_| SinkError("the metrics state was poisoned".to_string()))?;
+            .map_err(|_| SinkError::new("the metrics state was poisoned"))?;
         let carried = guard.get_or_insert_with(|| self.previous());
         carried.advance(out.inventory, out.events);
         Ok(carried.clone())
@@ -614,9 +613,9 @@ impl Sink for PrometheusSink {
     async fn deliver(&self, out: &ScanOutput<'_>) -> Result<(), SinkError> {
         let carried = self.advance(out)?;
         let text = render(out.inventory, &carried)
-            .map_err(|e| SinkError(format!("cannot render the metrics: {e}")))?;
+            .map_err(|e| SinkError::new(format!("cannot render the metrics: {e}")))?;
         if let Some(dir) = &self.textfile_dir {
-            write_textfile(dir, &text).map_err(SinkError)?;
+            write_textfile(dir, &text).map_err(SinkError::new)?;
         }
         self.feed.send_replace(text);
         Ok(())
@@ -652,6 +651,7 @@ detect_workloads_core::inventory::submit! {
     SinkPlugin {
         name: "prometheus",
         summary: "writes metrics for node_exporter's textfile collector (watch mode: serves /metrics)",
+        sample: SAMPLE,
         build,
     }
 }
@@ -660,7 +660,7 @@ detect_workloads_core::inventory::submit! {
 mod tests {
     use super::*;
     use detect_workloads_core::model::{
-        CollectorReport, ContainerEntry, ContainerGpuProcess, ProcessEntry, ScanReport,
+        CollectorReport, ContainerEntry, ContainerGpuProcess, EventType, ProcessEntry, ScanReport,
     };
 
     const GPU0: &str = "GPU-0000";
@@ -729,14 +729,10 @@ mod tests {
         };
         inv.containers.insert(a.id.clone(), a);
         inv.containers.insert(b.id.clone(), b);
-        inv.host_processes.insert(
-            "7".to_string(),
-            host_process(7, "carol", 100, "2026-01-01T00:00:05Z"),
-        );
-        inv.host_processes.insert(
-            "8".to_string(),
-            host_process(8, "carol", 50, "2026-01-01T00:00:01Z"),
-        );
+        inv.host_processes
+            .insert(7, host_process(7, "carol", 100, "2026-01-01T00:00:05Z"));
+        inv.host_processes
+            .insert(8, host_process(8, "carol", 50, "2026-01-01T00:00:01Z"));
         inv.scan = Some(ScanReport {
             started_at: "2026-01-01T00:00:10Z".to_string(),
             duration_ms: 1500,
@@ -829,10 +825,8 @@ ds01_workload_user_gpu_memory_bytes{user="carol"} 157286400
     fn hostile_names_are_escaped_and_read_back() {
         let user = "ev\"il\\us\ner} 1\n# HELP x";
         let mut inv = Inventory::default();
-        inv.host_processes.insert(
-            "7".to_string(),
-            host_process(7, user, 1, "2026-01-01T00:00:05Z"),
-        );
+        inv.host_processes
+            .insert(7, host_process(7, user, 1, "2026-01-01T00:00:05Z"));
         let text = render(&inv, &Carried::default()).expect("render");
         assert!(
             text.contains(
@@ -853,10 +847,10 @@ ds01_workload_user_gpu_memory_bytes{user="carol"} 157286400
         assert_eq!(sample.2, 1.0);
     }
 
-    fn event(event_type: &str) -> Event {
+    fn event(event_type: EventType) -> Event {
         Event {
             timestamp: String::new(),
-            event_type: event_type.into(),
+            event_type,
             user: String::new(),
             details: serde_json::Value::Null,
         }
@@ -869,18 +863,18 @@ ds01_workload_user_gpu_memory_bytes{user="carol"} 157286400
         carried.advance(
             &inv,
             &[
-                event("detection.container_discovered"),
-                event("detection.container_discovered"),
-                event("detection.some_future_type"),
+                event(EventType::ContainerDiscovered),
+                event(EventType::ContainerDiscovered),
+                event(EventType::ContainerExited),
             ],
         );
         let text = render(&inv, &carried).expect("render");
         let mut again = Carried::from_exposition(&text);
         assert_eq!(again.last_success, carried.last_success);
         assert_eq!(render(&inv, &again).expect("render again"), text);
-        again.advance(&inv, &[event("detection.container_discovered")]);
+        again.advance(&inv, &[event(EventType::ContainerDiscovered)]);
         assert_eq!(again.events_total["detection.container_discovered"], 3);
-        assert_eq!(again.events_total["detection.some_future_type"], 1);
+        assert_eq!(again.events_total["detection.container_exited"], 1);
     }
 
     #[test]
@@ -977,7 +971,7 @@ ds01_workload_user_gpu_memory_bytes{user="carol"} 157286400
             let server = tokio::spawn(serve(listener, sink.subscribe()));
             let agent = detect_workloads_core::config::AgentConfig::default();
             let inv = small_inventory();
-            let events = [event("detection.container_discovered")];
+            let events = [event(EventType::ContainerDiscovered)];
             for expected in ["1", "2"] {
                 let out = ScanOutput { inventory: &inv, events: &events, agent: &agent };
                 sink.deliver(&out).await.expect("deliver");

@@ -23,6 +23,12 @@ pub enum Format {
     Table,
 }
 
+/// The sample configuration of this plugin (`detect-workloads plugins
+/// --sample stdout`); `config/default.toml` holds the same table.
+pub const SAMPLE: &str = r#"[[sinks.stdout]]
+format = "json"                 # or "table"
+"#;
+
 /// `[[sinks.stdout]]`
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -107,9 +113,7 @@ impl Sink for Stdout {
     async fn deliver(&self, out: &ScanOutput<'_>) -> Result<(), SinkError> {
         let text = match self.config.format {
             Format::Json => {
-                crate::json::to_string_pretty(out.inventory)
-                    .map_err(|e| SinkError(format!("cannot encode the inventory: {e}")))?
-                    + "\n"
+                crate::json::to_string_pretty(out.inventory).map_err(SinkError::Encode)? + "\n"
             }
             Format::Table => table(out.inventory),
         };
@@ -117,7 +121,7 @@ impl Sink for Stdout {
         stdout
             .write_all(text.as_bytes())
             .and_then(|()| stdout.flush())
-            .map_err(|e| SinkError(format!("cannot write to standard output: {e}")))
+            .map_err(|e| SinkError::io("cannot write to standard output", e))
     }
 }
 
@@ -131,6 +135,7 @@ detect_workloads_core::inventory::submit! {
     SinkPlugin {
         name: "stdout",
         summary: "prints the inventory (json or table); --sink stdout is the dry run",
+        sample: SAMPLE,
         build,
     }
 }

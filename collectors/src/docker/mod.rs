@@ -26,16 +26,23 @@ use std::time::Duration;
 use detect_workloads_core::async_trait;
 use detect_workloads_core::config::{duration, ConfigError, PluginConfig};
 use detect_workloads_core::model::{
-    ContainerFacts, DeviceRequest, FactKind, InspectFacts, Inventory, Observations,
+    short_id, ContainerFacts, DeviceRequest, FactKind, InspectFacts, Inventory, Observations,
+    ProcessFacts,
 };
 use detect_workloads_core::plugin::{
     CollectContext, CollectError, Collected, Collector, CollectorPlugin, Previous,
 };
-use detect_workloads_core::scan::short_id;
 use engine::{ApiError, Endpoint, Engine, EventMessage, ImageSummary, Inspect, Summary};
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use serde::Deserialize;
 use tracing::debug;
+
+/// The sample configuration of this plugin (`detect-workloads plugins
+/// --sample docker`); `config/default.toml` holds the same table.
+pub const SAMPLE: &str = r#"[[collectors.docker]]
+# endpoint = "unix:///tmp/other.sock"   # default: $DOCKER_HOST, else unix:///var/run/docker.sock
+timeout = "10s"
+"#;
 
 /// `[[collectors.docker]]`
 #[derive(Debug, Clone, Deserialize)]
@@ -299,7 +306,7 @@ fn main_process_uid(proc_root: &Path, c: &ContainerFacts) -> Option<u32> {
         return None;
     }
     let status = std::fs::read_to_string(proc_root.join(pid.to_string()).join("status")).ok()?;
-    crate::procfs::parse_status_uid(&status)
+    ProcessFacts::uid_from_status(&status)
 }
 
 /// Whether the cached main PID of a container still runs in it: its cgroup
@@ -425,6 +432,7 @@ detect_workloads_core::inventory::submit! {
     CollectorPlugin {
         name: "docker",
         summary: "every Docker container (running or not) with labels, state, image and GPU access",
+        sample: SAMPLE,
         build,
     }
 }

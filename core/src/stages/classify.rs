@@ -23,6 +23,18 @@ pub struct ClassifyRule {
     pub name_prefix: Option<String>,
 }
 
+/// The sample configuration of this plugin (`detect-workloads plugins
+/// --sample classify`); `config/default.toml` holds the same table.
+pub const SAMPLE: &str = r#"[[stages.classify]]             # first matching rule wins
+rules = [
+  { origin = "ds01-managed", label = "ds01.managed", equals = "true" },
+  { origin = "devcontainer", label_prefix = "devcontainer." },
+  { origin = "compose",      label = "com.docker.compose.project" },
+  { origin = "devcontainer", name_prefix = "vsc-" },
+]
+default = "raw-docker"
+"#;
+
 /// `[[stages.classify]]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -138,6 +150,7 @@ inventory::submit! {
     StagePlugin {
         name: "classify",
         summary: "sets each container's origin from label and name rules (first match wins)",
+        sample: SAMPLE,
         build,
     }
 }

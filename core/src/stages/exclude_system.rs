@@ -11,7 +11,17 @@ use serde::Deserialize;
 use tracing::{info, warn};
 
 use crate::config::{ConfigError, PluginConfig};
-use crate::plugin::{Stage, StageContext, StageError, StagePlugin, Verdict, Workset};
+use crate::plugin::{Stage, StageContext, StageError, StagePlugin, StageType, Verdict, Workset};
+
+/// The sample configuration of this plugin (`detect-workloads plugins
+/// --sample exclude-system`); `config/default.toml` holds the same table.
+pub const SAMPLE: &str = r#"[[stages.exclude-system]]
+process_names = ["nvidia-persistenced", "nv-hostengine", "dcgm", "dcgmi", "nvidia-smi", "Xorg", "X"]
+# Only processes of system accounts (uid below uid_min) are excluded: a user's
+# process is reported whatever it calls itself. Each exclusion is logged.
+# uid_min = 1000                # default: UID_MIN of login_defs, else 1000
+login_defs = "/etc/login.defs"
+"#;
 
 /// `[[stages.exclude-system]]`
 #[derive(Debug, Clone, Deserialize)]
@@ -133,9 +143,9 @@ fn parse_uid_min(text: &str) -> Option<u32> {
 }
 
 impl Stage for ExcludeSystem {
-    fn after(&self) -> &'static [&'static str] {
+    fn after(&self) -> &'static [StageType] {
         // Its log lines name argv[0]: after secrets are hidden.
-        &["redact"]
+        &[StageType("redact")]
     }
 
     fn run(&self, work: &mut Workset, _ctx: &StageContext<'_>) -> Result<(), StageError> {
@@ -169,6 +179,7 @@ inventory::submit! {
     StagePlugin {
         name: "exclude-system",
         summary: "drops system GPU processes (persistenced, DCGM, nvidia-smi, X): a system owner and a listed name",
+        sample: SAMPLE,
         build,
     }
 }

@@ -12,6 +12,13 @@ use crate::model::InspectFacts;
 use crate::plugin::{Stage, StageContext, StageError, StagePlugin, Workset};
 use crate::timefmt::looks_like_timestamp;
 
+/// The sample configuration of this plugin (`detect-workloads plugins
+/// --sample gpu-devices`); `config/default.toml` holds the same table.
+pub const SAMPLE: &str = r#"[[stages.gpu-devices]]
+slot_labels = ["ds01.gpu.slots", "ds01.gpu_slot", "ds01.gpu.allocated"]
+uuid_labels = ["ds01.gpu.uuids", "ds01.gpu.uuid"]
+"#;
+
 /// `[[stages.gpu-devices]]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -104,6 +111,7 @@ inventory::submit! {
     StagePlugin {
         name: "gpu-devices",
         summary: "lists each container's GPUs from slot and UUID labels, then device requests",
+        sample: SAMPLE,
         build,
     }
 }

@@ -24,6 +24,16 @@ use crate::plugin::{Stage, StageContext, StageError, StagePlugin, Workset};
 /// The stage's type name.
 pub const NAME: &str = "redact";
 
+/// The sample configuration of this plugin (`detect-workloads plugins
+/// --sample redact`); `config/default.toml` holds the same table.
+pub const SAMPLE: &str = r#"[[stages.redact]]               # in force even when a config lists its stages without it
+mode = "redacted"               # "redacted": secrets become ***; "full": keep everything; "argv0": the program only
+secret_words = ["password", "passwd", "token", "secret", "key", "credential"]  # in flag/assignment names, any case
+short_flags = []                # e.g. ["-p"]: hides the value of `-p v`, `-p=v`, `-pv`
+patterns = []                   # extra regexes: the first group (else the whole match) becomes ***
+max_length = 4096               # bytes kept of a command line, ending in … when cut
+"#;
+
 /// What replaces a hidden value.
 pub const MASK: &str = "***";
 
@@ -346,7 +356,7 @@ pub fn add_if_missing(stages: &mut Vec<Instance<dyn Stage>>) -> Result<(), Redac
         Instance {
             name: NAME.to_string(),
             kind: NAME,
-            plugin: Box::new(Redact::new(RedactConfig::default())?),
+            plugin: std::sync::Arc::new(Redact::new(RedactConfig::default())?),
         },
     );
     Ok(())
@@ -356,6 +366,7 @@ inventory::submit! {
     StagePlugin {
         name: NAME,
         summary: "hides secrets in command lines (flags, assignments, URL passwords) and caps their length",
+        sample: SAMPLE,
         build,
     }
 }

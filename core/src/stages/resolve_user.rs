@@ -19,6 +19,14 @@ use crate::model::{ContainerFacts, UserSource};
 use crate::plugin::{ContainerDraft, Stage, StageContext, StageError, StagePlugin, Workset};
 use crate::users;
 
+/// The sample configuration of this plugin (`detect-workloads plugins
+/// --sample resolve-user`); `config/default.toml` holds the same table.
+pub const SAMPLE: &str = r#"[[stages.resolve-user]]
+labels = ["ds01.user", "aime.mlc.USER"]          # first present label wins
+path_labels = ["devcontainer.local_folder"]      # /home/<user>/... -> <user>
+home_dirs = ["/home"]
+"#;
+
 /// `[[stages.resolve-user]]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -169,6 +177,7 @@ inventory::submit! {
     StagePlugin {
         name: "resolve-user",
         summary: "attributes each container to a user (labels, home path, main process owner)",
+        sample: SAMPLE,
         build,
     }
 }

@@ -6,7 +6,13 @@
 use serde::Deserialize;
 
 use crate::config::{ConfigError, PluginConfig};
-use crate::plugin::{Stage, StageContext, StageError, StagePlugin, Verdict, Workset};
+use crate::plugin::{Stage, StageContext, StageError, StagePlugin, StageType, Verdict, Workset};
+
+/// The sample configuration of this plugin (`detect-workloads plugins
+/// --sample transient-filter`); `config/default.toml` holds the same table.
+pub const SAMPLE: &str = r#"[[stages.transient-filter]]
+min_scans = 2                   # a host GPU process is reported after this many consecutive scans
+"#;
 
 /// `[[stages.transient-filter]]`
 #[derive(Debug, Clone, Deserialize)]
@@ -29,8 +35,8 @@ pub struct TransientFilter {
 }
 
 impl Stage for TransientFilter {
-    fn after(&self) -> &'static [&'static str] {
-        &["exclude-system"]
+    fn after(&self) -> &'static [StageType] {
+        &[StageType("exclude-system")]
     }
 
     fn run(&self, work: &mut Workset, _ctx: &StageContext<'_>) -> Result<(), StageError> {
@@ -58,6 +64,7 @@ inventory::submit! {
     StagePlugin {
         name: "transient-filter",
         summary: "reports a host GPU process only after min_scans consecutive sightings",
+        sample: SAMPLE,
         build,
     }
 }

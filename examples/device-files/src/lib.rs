@@ -44,6 +44,15 @@ use detect_workloads_core::plugin::{
 use serde::{Deserialize, Deserializer};
 use tracing::debug;
 
+/// The sample configuration of this plugin (`detect-workloads plugins
+/// --sample device-files`); `config/default.toml` holds the same table.
+pub const SAMPLE: &str = r#"[[collectors.device-files]]
+root = "/proc"
+dev_dir = "/dev"                # matches <dev_dir>/nvidiaN and <dev_dir>/nvidia-caps/*
+timeout = "5s"
+only_unlisted = true            # only processes no other GPU collector listed
+"#;
+
 /// `[[collectors.device-files]]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -291,6 +300,7 @@ detect_workloads_core::inventory::submit! {
     CollectorPlugin {
         name: "device-files",
         summary: "processes holding /dev/nvidiaN open (reads every /proc/<pid>/fd)",
+        sample: SAMPLE,
         build,
     }
 }

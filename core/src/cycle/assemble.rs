@@ -1,0 +1,63 @@
+//! The new inventory: this cycle's entries, plus, for each source that
+//! failed, the entries it owned in the previous inventory, unchanged.
+
+use tracing::debug;
+
+use crate::model::{ContainerEntry, Inventory};
+use crate::plugin::{Verdict, Workset};
+
+use super::trust::Trust;
+
+/// Assembles the inventory from the stages' work (without `last_scan` and
+/// `scan`, which the cycle fills in).
+pub fn inventory(previous: &Inventory, work: Workset, trust: &Trust) -> Inventory {
+    let mut inventory = Inventory::default();
+    for draft in work.containers {
+        let entry = ContainerEntry {
+            collector: draft.facts.collector,
+            inspect: draft.facts.inspect,
+            ..draft.entry
+        };
+        inventory.containers.insert(entry.id.clone(), entry);
+    }
+    carry_over_containers(previous, trust, &mut inventory);
+    if trust.gpu_view_complete {
+        for draft in work.processes {
+            let pid = draft.entry.pid;
+            match draft.verdict {
+                Verdict::Report => {
+                    inventory.host_processes.insert(pid, draft.entry);
+                }
+                Verdict::Pending => {
+                    inventory.pending_processes.insert(pid, draft.entry);
+                }
+                Verdict::Drop(reason) => debug!(pid, "not reported: {reason}"),
+            }
+        }
+    } else {
+        inventory.host_processes = previous.host_processes.clone();
+        inventory.pending_processes = previous.pending_processes.clone();
+    }
+    inventory
+}
+
+/// Keeps the previous entries of every container source that failed.
+fn carry_over_containers(previous: &Inventory, trust: &Trust, inventory: &mut Inventory) {
+    if trust.failed_container_sources.is_empty() {
+        return;
+    }
+    for (id, entry) in &previous.containers {
+        // Entries from before the source was recorded belong to the first one.
+        let source = if entry.collector.is_empty() {
+            &trust.first_container_source
+        } else {
+            &entry.collector
+        };
+        if trust.failed_container_sources.contains(source) {
+            inventory
+                .containers
+                .entry(id.clone())
+                .or_insert_with(|| entry.clone());
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! Delivery: the state first, then the rest. Events describe the step from
+//! the previous state to this one, so they go out only once that step is
+//! committed; if the state cannot be written, the next scan computes the
+//! same transitions again from the unchanged previous state: nothing is
+//! lost, nothing doubled.
+
+use tracing::{error, warn};
+
+use crate::config::Instance;
+use crate::plugin::{ScanOutput, Sink};
+
+use super::ScanError;
+
+/// Delivers `out` to every sink; the first failure of a required sink is
+/// the cycle's error (the other sinks still run, except those emitting events).
+pub async fn to_sinks(sinks: &[Instance<dyn Sink>], out: &ScanOutput<'_>) -> Result<(), ScanError> {
+    let (state, others): (Vec<_>, Vec<_>) =
+        sinks.iter().partition(|s| s.plugin.state_store().is_some());
+    let mut fatal = None;
+    for sink in state.into_iter().chain(others) {
+        if fatal.is_some() && sink.plugin.emits_events() {
+            warn!(sink = %sink.name, "not delivered: the state was not written; the next scan reports these transitions");
+            continue;
+        }
+        let Err(e) = sink.plugin.deliver(out).await else {
+            continue;
+        };
+        if !sink.plugin.required() {
+            warn!(sink = %sink.name, "{e}");
+        } else if fatal.is_none() {
+            error!(sink = %sink.name, "{e}");
+            fatal = Some(ScanError::Sink {
+                sink: sink.name.clone(),
+                source: e,
+            });
+        } else {
+            error!(sink = %sink.name, "{e}");
+        }
+    }
+    fatal.map_or(Ok(()), Err)
+}

@@ -1,0 +1,172 @@
+//! One scan cycle, phase by phase. Read it top to bottom:
+//!
+//! 1. [`state`]: take the scan lock; start reading the previous inventory on
+//!    a thread of its own (abandoned at the deadline).
+//! 2. [`schedule`]: run the collectors, each once what it needs is known;
+//!    one [`schedule::Outcome`] per collector instance.
+//! 3. [`trust`]: from those outcomes, which container sources failed and
+//!    whether the GPU view is complete (failure is not absence).
+//! 4. [`workset`]: turn the observations into drafts (process identity,
+//!    fields carried over from the previous inventory).
+//! 5. [`stages`]: run the stages on the drafts, in dependency order.
+//! 6. [`assemble`]: the new inventory, carrying over what failed sources owned.
+//! 7. [`crate::diff`]: the events from the previous inventory to the new one.
+//! 8. [`deliver`]: hand both to the sinks, the state first.
+
+pub mod assemble;
+pub mod deliver;
+pub mod schedule;
+pub mod stages;
+pub mod state;
+pub mod trust;
+pub mod workset;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tracing::{debug, info};
+
+use crate::config::Config;
+use crate::diff::transitions;
+use crate::model::{Event, Inventory, ScanReport};
+use crate::plugin::{Previous, ScanOutput, SinkError, StageContext, StateError};
+use crate::timefmt::rfc3339;
+use crate::users::UserNames;
+
+/// Why a cycle could not complete (exit status 1).
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    /// The scan lock could not be taken (another scan holds it).
+    #[error("{0}")]
+    Locked(#[source] StateError),
+    /// The previous state could not be read.
+    #[error("cannot read the previous inventory: {0}")]
+    State(#[source] Arc<StateError>),
+    /// A required sink (the inventory file) failed.
+    #[error("sink {sink}: {source}")]
+    Sink {
+        /// The sink instance.
+        sink: String,
+        /// Why.
+        #[source]
+        source: SinkError,
+    },
+}
+
+/// The result of a completed cycle.
+#[derive(Debug)]
+pub struct ScanResult {
+    /// The new inventory.
+    pub inventory: Inventory,
+    /// The transitions emitted.
+    pub events: Vec<Event>,
+}
+
+/// When the cycle started, and when its collectors must be done.
+pub struct Clock {
+    /// The start, as written in the inventory and the events.
+    pub now: String,
+    /// The start, for durations.
+    pub start: Instant,
+    /// When the collectors (and the state read) are given up:
+    /// `scan_timeout` less the [`reserve`] kept for stages and sinks.
+    pub deadline: Instant,
+}
+
+/// The part of `scan_timeout` kept for the stages and the sinks to write
+/// once the collectors are given up: a fifth of it, at most 2 s (stages take
+/// milliseconds; the sinks write two files). The collectors get the rest, so
+/// that the inventory is still written within `scan_timeout`.
+pub fn reserve(scan_timeout: Duration) -> Duration {
+    (scan_timeout / 5).min(Duration::from_secs(2))
+}
+
+impl Clock {
+    /// Starts the clock of a cycle that must end within `scan_timeout`.
+    pub fn start(scan_timeout: Duration) -> Clock {
+        let start = Instant::now();
+        let deadline = start
+            .checked_add(scan_timeout.saturating_sub(reserve(scan_timeout)))
+            // A scan_timeout too long to add to the clock is no deadline at all.
+            .unwrap_or_else(|| start + Duration::from_secs(100 * 365 * 24 * 3600));
+        Clock {
+            now: rfc3339(SystemTime::now()),
+            start,
+            deadline,
+        }
+    }
+
+    /// Milliseconds since the start, for the phase timings logged at debug level.
+    fn ms(&self) -> f64 {
+        self.start.elapsed().as_secs_f64() * 1000.0
+    }
+}
+
+/// Runs one cycle with this configuration on `runtime`. The previous state
+/// is read on its own thread while the collectors start, so that a large
+/// inventory is parsed while the engine is still answering.
+pub fn run_cycle(
+    config: &Config,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<ScanResult, ScanError> {
+    let clock = Clock::start(config.agent.scan_timeout);
+    // Held until the end of the cycle; the state is read only under it.
+    let _lock = state::lock(config)?;
+    let previous = state::start_loading(config, clock.deadline);
+    runtime.block_on(cycle(config, &previous, &clock))
+}
+
+async fn cycle(
+    config: &Config,
+    previous: &Previous,
+    clock: &Clock,
+) -> Result<ScanResult, ScanError> {
+    let users = UserNames::new();
+    let collection =
+        schedule::run_collectors(&config.collectors, previous, &users, clock.deadline).await;
+    let previous = previous.result().await.map_err(ScanError::State)?;
+    debug!(elapsed_ms = clock.ms(), "collectors done");
+
+    let trust = trust::Trust::of(&collection.ran);
+    let mut observed = collection.observed;
+    let mut work = workset::build(&mut observed, previous, &clock.now);
+    let ctx = StageContext {
+        previous,
+        observations: &observed,
+        users: &users,
+    };
+    stages::run(&config.stages, &mut work, &ctx);
+    debug!(elapsed_ms = clock.ms(), "stages done");
+
+    let mut inventory = assemble::inventory(previous, work, &trust);
+    inventory.last_scan = clock.now.clone();
+    inventory.scan = Some(ScanReport {
+        started_at: clock.now.clone(),
+        duration_ms: clock.start.elapsed().as_millis() as u64,
+        collectors: trust::reports(&collection.ran),
+    });
+    let events = transitions(previous, &inventory, &clock.now);
+    let out = ScanOutput {
+        inventory: &inventory,
+        events: &events,
+        agent: &config.agent,
+    };
+    deliver::to_sinks(config.delivery_sinks(), &out).await?;
+    debug!(elapsed_ms = clock.ms(), "sinks done");
+    log_summary(&inventory);
+    Ok(ScanResult { inventory, events })
+}
+
+fn log_summary(inventory: &Inventory) {
+    let with_gpu = inventory.containers.values().filter(|c| c.has_gpu).count();
+    info!(
+        "Scan complete: {} containers ({} with GPU), {} host GPU processes ({} pending)",
+        inventory.containers.len(),
+        with_gpu,
+        inventory.host_processes.len(),
+        inventory.pending_processes.len()
+    );
+}

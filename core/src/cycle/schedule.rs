@@ -1,0 +1,233 @@
+//! Scheduling, and nothing else: runs the collectors concurrently, each as
+//! soon as every collector that provides what it needs (and the one it is a
+//! fallback for) has finished, each under its own timeout and the cycle's
+//! deadline, and returns one [`Outcome`] per collector instance.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tracing::{debug, warn};
+
+use crate::config::Instance;
+use crate::model::Observations;
+use crate::plugin::{CollectContext, CollectError, Collected, Collector, Previous};
+use crate::users::UserNames;
+
+/// How one collector instance did this cycle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// It answered; its observations are merged into the cycle's.
+    Collected {
+        /// How long it took.
+        duration: Duration,
+        /// Its counters.
+        stats: BTreeMap<String, u64>,
+    },
+    /// It could not look (or ran over its time).
+    Failed {
+        /// How long it took.
+        duration: Duration,
+        /// Why.
+        error: CollectError,
+    },
+    /// A fallback not run: every instance of its primary collected.
+    SkippedAsFallback {
+        /// The collector type it stands in for.
+        primary: String,
+    },
+}
+
+impl Outcome {
+    /// Whether it failed (a skipped fallback did not).
+    pub fn failed(&self) -> bool {
+        matches!(self, Outcome::Failed { .. })
+    }
+}
+
+/// A collector instance with its outcome.
+pub struct Ran<'c> {
+    /// The instance.
+    pub instance: &'c Instance<dyn Collector>,
+    /// How it did.
+    pub outcome: Outcome,
+}
+
+/// What the collectors produced: one [`Ran`] per instance, in configuration
+/// order, and everything they observed.
+pub struct Collection<'c> {
+    /// The outcomes.
+    pub ran: Vec<Ran<'c>>,
+    /// The merged observations of every collector that collected.
+    pub observed: Observations,
+}
+
+/// Whether `c` must wait for `o`: `o` provides what `c` needs, or `c` is a
+/// fallback for `o`'s type.
+fn waits_for(c: &Instance<dyn Collector>, o: &Instance<dyn Collector>) -> bool {
+    o.kind != c.kind
+        && (o
+            .plugin
+            .provides()
+            .iter()
+            .any(|k| c.plugin.needs().contains(k))
+            || c.plugin.fallback_for() == Some(o.kind))
+}
+
+/// The bookkeeping of one run: who started, who finished and how.
+struct Board<'c> {
+    collectors: &'c [Instance<dyn Collector>],
+    started: Vec<bool>,
+    outcomes: Vec<Option<Outcome>>,
+}
+
+impl<'c> Board<'c> {
+    /// The collectors not started whose dependencies have all finished;
+    /// when none is and nothing runs, the first one left (breaking a cycle
+    /// of dependencies).
+    fn ready(&self, nothing_running: bool) -> Vec<usize> {
+        let n = self.collectors.len();
+        let ready: Vec<usize> = (0..n)
+            .filter(|&i| !self.started[i])
+            .filter(|&i| {
+                (0..n).all(|j| {
+                    i == j
+                        || !waits_for(&self.collectors[i], &self.collectors[j])
+                        || self.outcomes[j].is_some()
+                })
+            })
+            .collect();
+        if ready.is_empty() && nothing_running {
+            return self.started.iter().position(|s| !s).into_iter().collect();
+        }
+        ready
+    }
+
+    /// The type whose success makes `i` (a fallback) unnecessary, if it is
+    /// one and every instance of that type collected.
+    fn skip_reason(&self, i: usize) -> Option<String> {
+        let primary = self.collectors[i].plugin.fallback_for()?;
+        let mut primaries = self
+            .collectors
+            .iter()
+            .zip(&self.outcomes)
+            .filter(|(o, _)| o.kind == primary)
+            .peekable();
+        primaries.peek()?;
+        primaries
+            .all(|(_, outcome)| outcome.as_ref().is_some_and(|o| !o.failed()))
+            .then(|| primary.to_string())
+    }
+
+    fn done(&self) -> bool {
+        self.started.iter().all(|s| *s)
+    }
+
+    fn into_ran(self) -> Vec<Ran<'c>> {
+        self.collectors
+            .iter()
+            .zip(self.outcomes)
+            .filter_map(|(instance, outcome)| {
+                Some(Ran {
+                    instance,
+                    outcome: outcome?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Runs the collectors; see the module's documentation.
+pub async fn run_collectors<'c>(
+    collectors: &'c [Instance<dyn Collector>],
+    previous: &Previous,
+    users: &UserNames,
+    deadline: Instant,
+) -> Collection<'c> {
+    let mut board = Board {
+        collectors,
+        started: vec![false; collectors.len()],
+        outcomes: vec![None; collectors.len()],
+    };
+    let mut observed = Observations::default();
+    let mut running = FuturesUnordered::new();
+    loop {
+        for i in board.ready(running.is_empty()) {
+            board.started[i] = true;
+            let c = &collectors[i];
+            if let Some(primary) = board.skip_reason(i) {
+                debug!(collector = %c.name, "skipped: {primary} succeeded");
+                board.outcomes[i] = Some(Outcome::SkippedAsFallback { primary });
+                continue;
+            }
+            let view = observed.only(c.plugin.needs());
+            running.push(async move {
+                let ctx = CollectContext {
+                    previous,
+                    observed: &view,
+                    users,
+                };
+                (i, run_one(c, &ctx, deadline).await)
+            });
+        }
+        if running.is_empty() {
+            // A skipped fallback may have unblocked others: look again.
+            if board.done() {
+                break;
+            }
+            continue;
+        }
+        let Some((i, (result, duration))) = running.next().await else {
+            continue;
+        };
+        board.outcomes[i] = Some(settle(&collectors[i], result, duration, &mut observed));
+    }
+    Collection {
+        ran: board.into_ran(),
+        observed,
+    }
+}
+
+/// The outcome of a collector that ran; what it observed joins `observed`.
+fn settle(
+    c: &Instance<dyn Collector>,
+    result: Result<Collected, CollectError>,
+    duration: Duration,
+    observed: &mut Observations,
+) -> Outcome {
+    match result {
+        Ok(Collected {
+            mut observations,
+            stats,
+        }) => {
+            for container in &mut observations.containers {
+                container.collector = c.name.clone();
+            }
+            debug!(collector = %c.name, duration_ms = duration.as_millis() as u64, "collected");
+            observed.merge(observations);
+            Outcome::Collected { duration, stats }
+        }
+        Err(error) => {
+            warn!(collector = %c.name, "collector failed, keeping what it reported last: {error}");
+            Outcome::Failed { duration, error }
+        }
+    }
+}
+
+/// Runs one collector under its own timeout and the cycle's deadline.
+async fn run_one(
+    c: &Instance<dyn Collector>,
+    ctx: &CollectContext<'_>,
+    deadline: Instant,
+) -> (Result<Collected, CollectError>, Duration) {
+    let start = Instant::now();
+    let limit = c
+        .plugin
+        .timeout()
+        .min(deadline.saturating_duration_since(start));
+    let result = match tokio::time::timeout(limit, c.plugin.collect(ctx)).await {
+        Ok(result) => result,
+        Err(_) => Err(CollectError::TimedOut(limit)),
+    };
+    (result, start.elapsed())
+}

@@ -1,0 +1,649 @@
+//! The cycle without Docker: fake collectors, stages, sinks and state drive
+//! the scheduler, the trust rules, the workset and delivery.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use super::schedule::{run_collectors, Outcome, Ran};
+use super::trust::{gpu_view_complete, Trust};
+use super::*;
+use crate::config::{AgentConfig, Instance};
+use crate::model::{
+    ContainerEntry, ContainerFacts, FactKind, GpuProcess, Observations, ProcessEntry, ProcessFacts,
+};
+use crate::plugin::{
+    CollectContext, CollectError, Collected, Collector, LockGuard, Sink, Stage, StageError,
+    StageType, StateError, StateStore, Workset,
+};
+
+type Log = Arc<Mutex<Vec<String>>>;
+
+fn logged(log: &Log) -> Vec<String> {
+    log.lock().map(|l| l.clone()).unwrap_or_default()
+}
+
+/// A collector that reports what it saw of its needs, then answers `answer`
+/// (after `delay`).
+struct Fake {
+    name: &'static str,
+    provides: &'static [FactKind],
+    needs: &'static [FactKind],
+    fallback_for: Option<&'static str>,
+    delay: Duration,
+    answer: Result<Observations, CollectError>,
+    log: Log,
+}
+
+impl Fake {
+    fn new(name: &'static str, provides: &'static [FactKind], log: &Log) -> Fake {
+        Fake {
+            name,
+            provides,
+            needs: &[],
+            fallback_for: None,
+            delay: Duration::ZERO,
+            answer: Ok(Observations::default()),
+            log: Arc::clone(log),
+        }
+    }
+
+    fn failing(mut self) -> Fake {
+        self.answer = Err(CollectError::Unavailable("no source".into()));
+        self
+    }
+
+    fn with(mut self, observations: Observations) -> Fake {
+        self.answer = Ok(observations);
+        self
+    }
+
+    fn instance(self) -> Instance<dyn Collector> {
+        Instance {
+            name: self.name.to_string(),
+            kind: self.name,
+            plugin: Arc::new(self),
+        }
+    }
+}
+
+#[async_trait]
+impl Collector for Fake {
+    fn provides(&self) -> &'static [FactKind] {
+        self.provides
+    }
+    fn needs(&self) -> &'static [FactKind] {
+        self.needs
+    }
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(200)
+    }
+    fn fallback_for(&self) -> Option<&str> {
+        self.fallback_for
+    }
+    async fn collect(&self, ctx: &CollectContext<'_>) -> Result<Collected, CollectError> {
+        let seen = ctx.observed.processes.keys().map(u32::to_string);
+        let seen: Vec<String> = seen.collect();
+        if let Ok(mut log) = self.log.lock() {
+            log.push(format!("{} saw [{}]", self.name, seen.join(",")));
+        }
+        tokio::time::sleep(self.delay).await;
+        self.answer.clone().map(|observations| Collected {
+            observations,
+            stats: BTreeMap::new(),
+        })
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn schedule(collectors: &[Instance<dyn Collector>]) -> (Vec<(String, Outcome)>, Observations) {
+    let previous = Previous::known(Inventory::default());
+    let users = UserNames::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let collection = runtime().block_on(run_collectors(collectors, &previous, &users, deadline));
+    let outcomes = collection
+        .ran
+        .into_iter()
+        .map(|r| (r.instance.name.clone(), r.outcome))
+        .collect();
+    (outcomes, collection.observed)
+}
+
+fn proc_facts(pid: u32, start_time: u64) -> ProcessFacts {
+    ProcessFacts {
+        pid,
+        uid: 1000,
+        user: "alice".into(),
+        cmdline: "python3 train.py".into(),
+        comm: "python3".into(),
+        start_time,
+        ..Default::default()
+    }
+}
+
+fn procs(pids: &[u32]) -> Observations {
+    Observations {
+        processes: pids.iter().map(|&p| (p, proc_facts(p, 100))).collect(),
+        ..Default::default()
+    }
+}
+
+fn gpu(pids: &[u32]) -> Observations {
+    let gpu_processes = pids
+        .iter()
+        .map(|&pid| GpuProcess {
+            pid,
+            used_memory_mib: Some(100),
+            gpu_uuid: "GPU-1".into(),
+            ..Default::default()
+        })
+        .collect();
+    Observations {
+        gpu_processes,
+        ..Default::default()
+    }
+}
+
+const PROCS: &[FactKind] = &[FactKind::Processes];
+const GPUS: &[FactKind] = &[FactKind::GpuProcesses];
+const CONTAINERS: &[FactKind] = &[FactKind::Containers];
+
+fn kind(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Collected { .. } => "collected",
+        Outcome::Failed { .. } => "failed",
+        Outcome::SkippedAsFallback { .. } => "skipped",
+    }
+}
+
+#[test]
+fn a_collector_runs_after_those_providing_what_it_needs_and_sees_their_facts() {
+    let log = Log::default();
+    let mut reader = Fake::new("reader", GPUS, &log);
+    reader.needs = PROCS;
+    // The provider comes second in the file, and is slow: the reader waits.
+    let mut provider = Fake::new("provider", PROCS, &log).with(procs(&[7, 8]));
+    provider.delay = Duration::from_millis(20);
+    let (outcomes, observed) = schedule(&[reader.instance(), provider.instance()]);
+    assert_eq!(logged(&log), ["provider saw []", "reader saw [7,8]"]);
+    let kinds: Vec<_> = outcomes
+        .iter()
+        .map(|(n, o)| (n.as_str(), kind(o)))
+        .collect();
+    assert_eq!(kinds, [("reader", "collected"), ("provider", "collected")]);
+    assert_eq!(observed.processes.len(), 2);
+}
+
+#[test]
+fn a_collector_sees_only_the_facts_it_needs() {
+    let log = Log::default();
+    let provider = Fake::new("provider", PROCS, &log).with(procs(&[7]));
+    let mut other = Fake::new("other", GPUS, &log);
+    other.needs = CONTAINERS;
+    let (_, _) = schedule(&[provider.instance(), other.instance()]);
+    assert!(logged(&log).contains(&"other saw []".to_string()));
+}
+
+#[test]
+fn failures_and_timeouts_are_failed_outcomes_and_the_rest_still_runs() {
+    let log = Log::default();
+    let broken = Fake::new("broken", CONTAINERS, &log).failing();
+    let mut slow = Fake::new("slow", GPUS, &log);
+    slow.delay = Duration::from_secs(30);
+    let fine = Fake::new("fine", PROCS, &log).with(procs(&[1]));
+    let (outcomes, observed) = schedule(&[broken.instance(), slow.instance(), fine.instance()]);
+    match &outcomes[0].1 {
+        Outcome::Failed { error, .. } => assert_eq!(error.to_string(), "unavailable: no source"),
+        other => panic!("{other:?}"),
+    }
+    match &outcomes[1].1 {
+        Outcome::Failed { error, .. } => {
+            assert_eq!(*error, CollectError::TimedOut(Duration::from_millis(200)))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(kind(&outcomes[2].1), "collected");
+    assert_eq!(observed.processes.len(), 1);
+}
+
+#[test]
+fn a_fallback_runs_only_when_its_primary_failed() {
+    for primary_fails in [false, true] {
+        let log = Log::default();
+        let mut primary = Fake::new("nvml", GPUS, &log);
+        if primary_fails {
+            primary = primary.failing();
+        }
+        let mut fallback = Fake::new("nvidia-smi", GPUS, &log).with(gpu(&[5]));
+        fallback.fallback_for = Some("nvml");
+        // The fallback first in the file: it still waits for its primary.
+        let (outcomes, observed) = schedule(&[fallback.instance(), primary.instance()]);
+        let ran = logged(&log);
+        if primary_fails {
+            assert_eq!(ran, ["nvml saw []", "nvidia-smi saw []"]);
+            assert_eq!(kind(&outcomes[0].1), "collected");
+            assert_eq!(observed.gpu_processes.len(), 1);
+        } else {
+            assert_eq!(ran, ["nvml saw []"]);
+            assert_eq!(
+                outcomes[0].1,
+                Outcome::SkippedAsFallback {
+                    primary: "nvml".into()
+                }
+            );
+            assert!(observed.gpu_processes.is_empty());
+        }
+    }
+}
+
+#[test]
+fn a_dependency_cycle_is_broken_and_everything_runs_once() {
+    let log = Log::default();
+    let mut a = Fake::new("a", PROCS, &log);
+    a.needs = GPUS;
+    let mut b = Fake::new("b", GPUS, &log);
+    b.needs = PROCS;
+    let (outcomes, _) = schedule(&[a.instance(), b.instance()]);
+    assert_eq!(logged(&log), ["a saw []", "b saw []"]);
+    assert_eq!(outcomes.len(), 2);
+}
+
+fn trust_of(collectors: &[Instance<dyn Collector>], outcomes: &[(String, Outcome)]) -> Trust {
+    let ran: Vec<Ran<'_>> = collectors
+        .iter()
+        .zip(outcomes)
+        .map(|(instance, (_, outcome))| Ran {
+            instance,
+            outcome: outcome.clone(),
+        })
+        .collect();
+    Trust::of(&ran)
+}
+
+#[test]
+fn the_gpu_view_is_complete_only_when_every_gpu_and_proc_source_answered() {
+    let log = Log::default();
+    let cases: [(bool, bool, bool, bool); 5] = [
+        // (nvml fails, fallback configured, fallback fails, procfs fails) -> complete?
+        (false, false, false, false),
+        (true, false, false, false),
+        (true, true, false, false),
+        (true, true, true, false),
+        (false, false, false, true),
+    ];
+    let expected = [true, false, true, false, false];
+    for (case, want) in cases.into_iter().zip(expected) {
+        let (nvml_fails, with_fallback, fallback_fails, procfs_fails) = case;
+        let mut list = Vec::new();
+        let nvml = Fake::new("nvml", GPUS, &log);
+        list.push(if nvml_fails { nvml.failing() } else { nvml }.instance());
+        if with_fallback {
+            let mut smi = Fake::new("nvidia-smi", GPUS, &log);
+            smi.fallback_for = Some("nvml");
+            list.push(if fallback_fails { smi.failing() } else { smi }.instance());
+        }
+        let procfs = Fake::new("procfs", PROCS, &log);
+        list.push(
+            if procfs_fails {
+                procfs.failing()
+            } else {
+                procfs
+            }
+            .instance(),
+        );
+        let (outcomes, _) = schedule(&list);
+        let trust = trust_of(&list, &outcomes);
+        assert_eq!(trust.gpu_view_complete, want, "{case:?}");
+    }
+    // A skipped fallback does not cover a failed primary (there is none).
+    assert!(gpu_view_complete(&[]));
+}
+
+#[test]
+fn failed_container_sources_are_named() {
+    let log = Log::default();
+    let list = [
+        Fake::new("docker", CONTAINERS, &log).instance(),
+        Fake::new("podman", CONTAINERS, &log).failing().instance(),
+    ];
+    let (outcomes, _) = schedule(&list);
+    let trust = trust_of(&list, &outcomes);
+    assert_eq!(trust.failed_container_sources.len(), 1);
+    assert!(trust.failed_container_sources.contains("podman"));
+    assert_eq!(trust.first_container_source, "docker");
+}
+
+fn container_entry(id: &str, collector: &str) -> ContainerEntry {
+    ContainerEntry {
+        id: id.into(),
+        name: format!("n-{id}"),
+        status: "running".into(),
+        detected_at: "T0".into(),
+        collector: collector.into(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_failed_sources_containers_are_carried_over_and_only_its() {
+    let mut previous = Inventory::default();
+    for (id, source) in [("aaa", "docker"), ("bbb", "podman"), ("ccc", "")] {
+        previous
+            .containers
+            .insert(id.into(), container_entry(id, source));
+    }
+    let trust = Trust {
+        failed_container_sources: ["docker".to_string()].into(),
+        first_container_source: "docker".into(),
+        gpu_view_complete: true,
+    };
+    let inventory = assemble::inventory(&previous, Workset::default(), &trust);
+    let kept: Vec<&str> = inventory.containers.keys().map(String::as_str).collect();
+    // `ccc` predates recording sources: it belongs to the first one.
+    assert_eq!(kept, ["aaa", "ccc"]);
+    assert_eq!(inventory.containers["aaa"], previous.containers["aaa"]);
+}
+
+fn observed_process(pid: u32, start_time: u64) -> Observations {
+    let mut o = gpu(&[pid]);
+    o.processes.insert(pid, proc_facts(pid, start_time));
+    o
+}
+
+fn previous_with(entry: ProcessEntry) -> Inventory {
+    let mut previous = Inventory::default();
+    previous.host_processes.insert(entry.pid, entry);
+    previous
+}
+
+#[test]
+fn the_same_pid_and_start_time_is_the_same_process() {
+    let before = ProcessEntry {
+        pid: 7,
+        start_time: Some(100),
+        detected_at: "T0".into(),
+        seen_scans: 3,
+        ..Default::default()
+    };
+    let previous = previous_with(before.clone());
+    let work = workset::build(&mut observed_process(7, 100), &previous, "T1");
+    let p = &work.processes[0];
+    assert_eq!(
+        (p.entry.detected_at.as_str(), p.entry.seen_scans),
+        ("T0", 4)
+    );
+    assert!(p.confirmed_before);
+
+    // The PID reused by a new process: new detected_at, counted from 1.
+    let work = workset::build(&mut observed_process(7, 555), &previous, "T1");
+    let p = &work.processes[0];
+    assert_eq!(
+        (p.entry.detected_at.as_str(), p.entry.seen_scans),
+        ("T1", 1)
+    );
+    assert!(!p.confirmed_before);
+}
+
+#[test]
+fn a_pending_process_carries_its_sightings_and_containers_their_first_sighting() {
+    let mut previous = Inventory::default();
+    let pending = ProcessEntry {
+        pid: 9,
+        start_time: Some(100),
+        detected_at: "T0".into(),
+        seen_scans: 1,
+        ..Default::default()
+    };
+    previous.pending_processes.insert(9, pending);
+    previous.containers.insert(
+        "abcdefabcdef".into(),
+        container_entry("abcdefabcdef", "docker"),
+    );
+    let mut observed = observed_process(9, 100);
+    observed.containers.push(ContainerFacts {
+        id: "abcdefabcdef".repeat(5),
+        ..Default::default()
+    });
+    observed.containers.push(ContainerFacts {
+        id: "0123456789ab".repeat(5),
+        ..Default::default()
+    });
+    let work = workset::build(&mut observed, &previous, "T1");
+    let p = &work.processes[0];
+    assert_eq!(
+        (p.entry.detected_at.as_str(), p.entry.seen_scans),
+        ("T0", 2)
+    );
+    assert!(!p.confirmed_before);
+    let seen: Vec<(&str, &str)> = work
+        .containers
+        .iter()
+        .map(|c| (c.entry.id.as_str(), c.entry.detected_at.as_str()))
+        .collect();
+    assert_eq!(seen, [("abcdefabcdef", "T0"), ("0123456789ab", "T1")]);
+    assert_eq!(workset::first_seen(Some(""), "T1"), "T1");
+}
+
+#[test]
+fn without_a_complete_gpu_view_the_processes_are_carried_over() {
+    let before = ProcessEntry {
+        pid: 7,
+        start_time: Some(100),
+        detected_at: "T0".into(),
+        ..Default::default()
+    };
+    let previous = previous_with(before);
+    let work = workset::build(&mut observed_process(8, 1), &previous, "T1");
+    let trust = Trust::default();
+    let inventory = assemble::inventory(&previous, work, &trust);
+    assert_eq!(inventory.host_processes, previous.host_processes);
+}
+
+struct NamedStage {
+    after: &'static [StageType],
+    fails: bool,
+    log: Log,
+    name: &'static str,
+}
+
+impl Stage for NamedStage {
+    fn after(&self) -> &'static [StageType] {
+        self.after
+    }
+    fn run(&self, _work: &mut Workset, _ctx: &StageContext<'_>) -> Result<(), StageError> {
+        if let Ok(mut log) = self.log.lock() {
+            log.push(self.name.to_string());
+        }
+        if self.fails {
+            return Err(StageError::new("broken"));
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn stages_run_after_those_they_name_and_a_failing_one_stops_nothing() {
+    let log = Log::default();
+    let stage = |name: &'static str, after: &'static [StageType], fails: bool| Instance {
+        name: name.to_string(),
+        kind: name,
+        plugin: Arc::new(NamedStage {
+            after,
+            fails,
+            log: Arc::clone(&log),
+            name,
+        }) as Arc<dyn Stage>,
+    };
+    let list = [
+        stage("confirm", &[StageType("exclude")], false),
+        stage("exclude", &[], true),
+        stage("describe", &[], false),
+    ];
+    let order: Vec<&str> = stages::order(&list)
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    assert_eq!(order, ["exclude", "confirm", "describe"]);
+    let previous = Inventory::default();
+    let observations = Observations::default();
+    let users = UserNames::new();
+    let ctx = StageContext {
+        previous: &previous,
+        observations: &observations,
+        users: &users,
+    };
+    stages::run(&list, &mut Workset::default(), &ctx);
+    assert_eq!(logged(&log), ["exclude", "confirm", "describe"]);
+}
+
+/// A sink recording what it was given; `state` makes it the state store,
+/// whose load waits on `hold` when set.
+struct FakeSink {
+    name: &'static str,
+    fails: bool,
+    required: bool,
+    events: bool,
+    state: bool,
+    hold: Option<Mutex<std::sync::mpsc::Receiver<()>>>,
+    log: Log,
+}
+
+impl FakeSink {
+    fn new(name: &'static str, log: &Log) -> FakeSink {
+        FakeSink {
+            name,
+            fails: false,
+            required: false,
+            events: false,
+            state: false,
+            hold: None,
+            log: Arc::clone(log),
+        }
+    }
+    fn instance(self) -> Instance<dyn Sink> {
+        Instance {
+            name: self.name.to_string(),
+            kind: self.name,
+            plugin: Arc::new(self),
+        }
+    }
+}
+
+#[async_trait]
+impl Sink for FakeSink {
+    async fn deliver(&self, out: &ScanOutput<'_>) -> Result<(), SinkError> {
+        if let Ok(mut log) = self.log.lock() {
+            log.push(format!("{} got {} events", self.name, out.events.len()));
+        }
+        if self.fails {
+            return Err(SinkError::new("disk full"));
+        }
+        Ok(())
+    }
+    fn required(&self) -> bool {
+        self.required
+    }
+    fn emits_events(&self) -> bool {
+        self.events
+    }
+    fn state_store(&self) -> Option<&dyn StateStore> {
+        self.state.then_some(self as &dyn StateStore)
+    }
+}
+
+impl StateStore for FakeSink {
+    fn load(&self) -> Result<Option<Inventory>, StateError> {
+        if let Some(hold) = &self.hold {
+            // Blocks until the test ends (the sender is dropped then).
+            let _ = hold.lock().map(|rx| rx.recv());
+        }
+        Ok(None)
+    }
+    fn lock(&self, _wait: Duration) -> Result<LockGuard, StateError> {
+        Ok(Box::new(()))
+    }
+}
+
+fn config(collectors: Vec<Instance<dyn Collector>>, sinks: Vec<Instance<dyn Sink>>) -> Config {
+    Config {
+        origin: "test".into(),
+        agent: AgentConfig {
+            scan_timeout: Duration::from_millis(500),
+            ..AgentConfig::default()
+        },
+        collectors,
+        stages: Vec::new(),
+        sinks,
+        sink_override: None,
+    }
+}
+
+#[test]
+fn events_go_out_only_once_the_state_is_written() {
+    let log = Log::default();
+    let mut state = FakeSink::new("state", &log);
+    (state.state, state.required, state.fails) = (true, true, true);
+    let mut events = FakeSink::new("events", &log);
+    events.events = true;
+    let other = FakeSink::new("other", &log);
+    // Events first in the file: the state is still delivered first.
+    let c = config(
+        Vec::new(),
+        vec![events.instance(), other.instance(), state.instance()],
+    );
+    let err = run_cycle(&c, &runtime()).err().map(|e| e.to_string());
+    assert_eq!(err.as_deref(), Some("sink state: disk full"));
+    assert_eq!(logged(&log), ["state got 0 events", "other got 0 events"]);
+}
+
+#[test]
+fn an_optional_sink_that_fails_fails_nothing() {
+    let log = Log::default();
+    let mut broken = FakeSink::new("broken", &log);
+    broken.fails = true;
+    let mut events = FakeSink::new("events", &log);
+    events.events = true;
+    let c = config(
+        vec![Fake::new("docker", CONTAINERS, &log).instance()],
+        vec![broken.instance(), events.instance()],
+    );
+    let result = run_cycle(&c, &runtime()).map(|r| r.inventory.scan.map(|s| s.collectors));
+    let reports = result.ok().flatten().expect("a scan report");
+    assert!(reports["docker"].ok);
+    assert!(logged(&log).contains(&"events got 0 events".to_string()));
+}
+
+#[test]
+fn a_state_read_that_hangs_is_given_up_at_the_deadline() {
+    let log = Log::default();
+    let (_release, hold) = std::sync::mpsc::channel::<()>();
+    let mut state = FakeSink::new("state", &log);
+    (state.state, state.required) = (true, true);
+    state.hold = Some(Mutex::new(hold));
+    let c = config(Vec::new(), vec![state.instance()]);
+    // Before, the reader was a scoped thread and this never returned.
+    let err = run_cycle(&c, &runtime()).err().map(|e| e.to_string());
+    assert_eq!(
+        err.as_deref(),
+        Some("cannot read the previous inventory: not read within the scan's deadline")
+    );
+    assert!(logged(&log).is_empty(), "nothing delivered");
+}
+
+#[test]
+fn the_reserve_is_a_fifth_of_the_timeout_and_at_most_two_seconds() {
+    assert_eq!(reserve(Duration::from_secs(5)), Duration::from_secs(1));
+    assert_eq!(reserve(Duration::from_secs(25)), Duration::from_secs(2));
+    let clock = Clock::start(Duration::from_secs(25));
+    assert_eq!(clock.deadline - clock.start, Duration::from_secs(23));
+    let forever = Clock::start(Duration::MAX);
+    assert!(forever.deadline > forever.start + Duration::from_secs(365 * 24 * 3600));
+}

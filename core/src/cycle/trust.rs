@@ -1,0 +1,95 @@
+//! Which results of a cycle can be trusted. Failure is not absence: what a
+//! failed source reported last is kept, and the GPU processes are replaced
+//! only when the GPU view is complete.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::model::{CollectorReport, FactKind};
+
+use super::schedule::{Outcome, Ran};
+
+/// What the outcomes of the collectors allow the cycle to believe.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Trust {
+    /// Instance names of the container sources that failed.
+    pub failed_container_sources: BTreeSet<String>,
+    /// The first configured container source: the owner of entries written
+    /// before the source was recorded.
+    pub first_container_source: String,
+    /// Whether this cycle's host GPU processes are the whole truth.
+    pub gpu_view_complete: bool,
+}
+
+impl Trust {
+    /// The trust rules over these outcomes.
+    pub fn of(ran: &[Ran<'_>]) -> Trust {
+        Trust {
+            failed_container_sources: failed_container_sources(ran),
+            first_container_source: ran
+                .iter()
+                .find(|r| provides(r, FactKind::Containers))
+                .map(|r| r.instance.name.clone())
+                .unwrap_or_default(),
+            gpu_view_complete: gpu_view_complete(ran),
+        }
+    }
+}
+
+fn provides(r: &Ran<'_>, kind: FactKind) -> bool {
+    r.instance.plugin.provides().contains(&kind)
+}
+
+/// The container sources that failed this cycle.
+pub fn failed_container_sources(ran: &[Ran<'_>]) -> BTreeSet<String> {
+    ran.iter()
+        .filter(|r| provides(r, FactKind::Containers) && r.outcome.failed())
+        .map(|r| r.instance.name.clone())
+        .collect()
+}
+
+/// Whether the GPU view is complete: every GPU source collected, or a
+/// fallback for it did (ran and collected, not skipped), and no `/proc`
+/// source failed (a GPU process not read from `/proc` is not seen).
+pub fn gpu_view_complete(ran: &[Ran<'_>]) -> bool {
+    let covered = |r: &Ran<'_>| {
+        ran.iter().any(|o| {
+            o.instance.plugin.fallback_for() == Some(r.instance.kind)
+                && matches!(o.outcome, Outcome::Collected { .. })
+        })
+    };
+    ran.iter()
+        .filter(|r| provides(r, FactKind::GpuProcesses))
+        .all(|r| !r.outcome.failed() || covered(r))
+        && !ran
+            .iter()
+            .any(|r| provides(r, FactKind::Processes) && r.outcome.failed())
+}
+
+/// The `scan.collectors` record: one report per instance.
+pub fn reports(ran: &[Ran<'_>]) -> BTreeMap<String, CollectorReport> {
+    ran.iter()
+        .map(|r| (r.instance.name.clone(), report(&r.outcome)))
+        .collect()
+}
+
+fn report(outcome: &Outcome) -> CollectorReport {
+    match outcome {
+        Outcome::Collected { duration, stats } => CollectorReport {
+            ok: true,
+            duration_ms: duration.as_millis() as u64,
+            stats: stats.clone(),
+            ..Default::default()
+        },
+        Outcome::Failed { duration, error } => CollectorReport {
+            ok: false,
+            duration_ms: duration.as_millis() as u64,
+            error: Some(error.to_string()),
+            ..Default::default()
+        },
+        Outcome::SkippedAsFallback { primary } => CollectorReport {
+            ok: true,
+            skipped: Some(format!("{primary} succeeded")),
+            ..Default::default()
+        },
+    }
+}

@@ -1,0 +1,110 @@
+//! Property tests of the event log's lines: whatever the strings in an event
+//! (huge command lines, control characters, non-ASCII, a huge user or
+//! source), a line is valid JSON, one line, and under 4096 bytes.
+
+use detect_workloads_core::model::{Event, EventType};
+use detect_workloads_sinks::event_log::{event_line, MAX_LINE};
+use proptest::prelude::*;
+use serde_json::{json, Value};
+
+fn config() -> ProptestConfig {
+    ProptestConfig {
+        cases: 200,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+/// Strings of every kind the event fields may hold.
+fn any_text(max: usize) -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => prop::collection::vec(any::<char>(), 0..64).prop_map(|c| c.into_iter().collect::<String>()),
+        1 => Just(String::new()),
+        1 => "[\\x00-\\x1f\\x7f\\u{85}\\u{2028}\\u{2029}\"\\\\]{0,64}",
+        1 => (any::<char>(), 0..max).prop_map(|(c, n)| c.to_string().repeat(n)),
+        1 => (prop::collection::vec(any::<char>(), 1..8), 0..max / 4)
+            .prop_map(|(c, n)| c.into_iter().collect::<String>().repeat(n)),
+    ]
+}
+
+/// Event types are a closed set now (`EventType`): every one of them.
+fn event_type() -> impl Strategy<Value = EventType> {
+    prop::sample::select(EventType::ALL.to_vec())
+}
+
+fn details() -> impl Strategy<Value = Value> {
+    (
+        any::<u32>(),
+        any_text(20_000),
+        prop::option::of(any::<u64>()),
+        any_text(200),
+    )
+        .prop_map(|(pid, cmdline, memory, uuid)| {
+            json!({"pid": pid, "cmdline": cmdline, "gpu_memory_mb": memory, "gpu_uuid": uuid})
+        })
+}
+
+fn check(event: &Event, source: &str) -> Result<(), TestCaseError> {
+    let line = event_line(event, source).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    prop_assert!(line.len() < MAX_LINE, "{} bytes", line.len());
+    prop_assert_eq!(line.last(), Some(&b'\n'));
+    prop_assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
+    prop_assert!(!line.contains(&b'\r'));
+    let value: Value =
+        serde_json::from_slice(&line).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    prop_assert_eq!(&value["schema_version"], "1");
+    prop_assert!(value["details"].is_object());
+    prop_assert_eq!(value.get("user").is_some(), !event.user.is_empty());
+    if value["details"]["truncated"] == true {
+        prop_assert!(value["details"]["original_size"].as_u64().unwrap_or(0) >= MAX_LINE as u64);
+    } else {
+        // What fits is kept whole.
+        prop_assert_eq!(&value["details"], &event.details);
+        prop_assert_eq!(&value["event_type"], event.event_type.as_str());
+        prop_assert_eq!(&value["timestamp"], event.timestamp.as_str());
+        prop_assert_eq!(&value["source"], source);
+        if !event.user.is_empty() {
+            prop_assert_eq!(&value["user"], event.user.as_str());
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn lines_are_json_one_line_and_short(
+        timestamp in prop_oneof![4 => Just("2026-11-26T06:12:19Z".to_string()), 1 => any_text(6000)],
+        event_type in event_type(),
+        user in any_text(20_000),
+        source in any_text(20_000),
+        details in details(),
+    ) {
+        let event = Event { timestamp, event_type, user, details };
+        check(&event, &source)?;
+    }
+
+    #[test]
+    fn a_20kb_command_line_is_truncated(
+        unit in prop::collection::vec(any::<char>(), 1..4),
+        user in any_text(64),
+    ) {
+        let unit: String = unit.into_iter().collect();
+        let mut cmdline = String::new();
+        while cmdline.len() < 20 * 1024 {
+            cmdline.push_str(&unit);
+        }
+        let event = Event {
+            timestamp: "2026-11-26T06:12:19Z".to_string(),
+            event_type: EventType::HostGpuProcessDiscovered,
+            user,
+            details: json!({"pid": 447, "cmdline": cmdline, "gpu_memory_mb": 1030, "gpu_uuid": "GPU-x"}),
+        };
+        check(&event, "detect-workloads")?;
+        let line = event_line(&event, "detect-workloads").map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let value: Value = serde_json::from_slice(&line).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(&value["details"]["truncated"], true);
+        prop_assert_eq!(&value["event_type"], "detection.host_gpu_process_discovered");
+    }
+}

@@ -1,0 +1,73 @@
+//! Every plugin carries its sample configuration: `plugins --sample NAME`
+//! prints it, it is a configuration that builds, and `config/default.toml`
+//! is made of exactly those samples (so the default and the code cannot drift).
+
+mod common;
+
+use std::process::Command;
+
+use detect_workloads_collectors as _;
+use detect_workloads_core::config::{Config, DEFAULT_CONFIG};
+use detect_workloads_core::plugin::{sample_of, PluginKind};
+use detect_workloads_sinks as _;
+
+/// The `[[section.name]]` tables of the default configuration, each up to the
+/// next blank line.
+fn default_tables() -> Vec<(String, String)> {
+    DEFAULT_CONFIG
+        .split("\n\n")
+        .filter_map(|chunk| {
+            let header = chunk.strip_prefix("[[")?;
+            let name = header.split("]]").next()?.split_once('.')?.1.to_string();
+            Some((name, format!("{}\n", chunk.trim_end_matches('\n'))))
+        })
+        .collect()
+}
+
+#[test]
+fn the_default_configuration_is_the_plugins_samples() {
+    let tables = default_tables();
+    assert_eq!(tables.len(), 12, "{tables:?}");
+    for (name, table) in tables {
+        let (_, sample) = sample_of(&name).unwrap_or_else(|| panic!("no plugin {name}"));
+        assert_eq!(
+            table, sample,
+            "config/default.toml differs from {name}'s SAMPLE"
+        );
+    }
+}
+
+#[test]
+fn every_sample_is_a_configuration_that_builds() {
+    for kind in PluginKind::ALL {
+        for listing in kind.listed() {
+            let header = format!("[[{}.{}]]", kind.section(), listing.name);
+            assert!(listing.sample.starts_with(&header), "{}", listing.sample);
+            let config = Config::parse(listing.name, listing.sample, &[]);
+            assert!(config.is_ok(), "{}: {:?}", listing.name, config.err());
+        }
+    }
+}
+
+fn binary() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_detect-workloads"))
+}
+
+#[test]
+fn plugins_sample_prints_the_sample_and_names_the_known_ones_otherwise() {
+    let out = binary()
+        .args(["plugins", "--sample", "docker"])
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    let (_, docker) = sample_of("docker").expect("docker");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), docker);
+
+    let out = binary()
+        .args(["plugins", "--sample", "dockr"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no plugin `dockr`; known: docker"), "{err}");
+}
