@@ -416,7 +416,11 @@ fn a_tls_engine_is_scanned_and_an_untrusted_certificate_fails_with_carry_over() 
         "the error says the certificate was refused: {error}"
     );
     assert_eq!(inv["containers"], listed, "carried over unchanged");
-    assert_eq!(s.event_lines().len(), events_before, "no event while refused");
+    assert_eq!(
+        s.event_lines().len(),
+        events_before,
+        "no event while refused"
+    );
 
     // Plain HTTP to the TLS port is no scan either.
     common::edit_config(&config, "tls_verify = true", "tls_verify = false");

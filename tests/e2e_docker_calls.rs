@@ -27,7 +27,9 @@ static ENGINE: Mutex<()> = Mutex::new(());
 
 fn engine_to_ourselves() -> std::sync::MutexGuard<'static, ()> {
     // A test that failed while holding it leaves nothing half-done to us.
-    ENGINE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    ENGINE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The engine's debug log, when this run started the engine (`DW_TEST_DIR`).
@@ -170,7 +172,11 @@ fn steady_scan_costs_two_calls_whatever_the_number_of_containers() {
         let stats = counted_scan(&s, &config, &log);
         let inv = s.inventory();
         assert_eq!(inv["containers"][id]["status"], "running");
-        assert_eq!(stats, (3, 1), "after starting {id}: list + events + 1 inspect");
+        assert_eq!(
+            stats,
+            (3, 1),
+            "after starting {id}: list + events + 1 inspect"
+        );
     }
 
     // Three times as many containers of ours: a steady scan still makes 2 calls.

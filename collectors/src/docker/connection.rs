@@ -180,7 +180,11 @@ fn unversioned(uri: &http::Uri) -> Option<http::Uri> {
 impl Endpoint {
     /// The bollard client of one collection; `timeout` bounds each request
     /// (whole seconds, at least 1).
-    pub(crate) fn client(&self, timeout: Duration, calls: Arc<Calls>) -> Result<Docker, DockerError> {
+    pub(crate) fn client(
+        &self,
+        timeout: Duration,
+        calls: Arc<Calls>,
+    ) -> Result<Docker, DockerError> {
         let secs = timeout.as_secs().max(1);
         let version = API_DEFAULT_VERSION;
         let docker = match self {
@@ -255,8 +259,14 @@ mod tests {
             tcp("unix:///run/docker.sock"),
             Ok(Endpoint::Unix("/run/docker.sock".into()))
         );
-        assert_eq!(tcp("tcp://10.0.0.1:2376"), Ok(Endpoint::Tcp("10.0.0.1:2376".into())));
-        assert_eq!(tcp("http://localhost/"), Ok(Endpoint::Tcp("localhost:2375".into())));
+        assert_eq!(
+            tcp("tcp://10.0.0.1:2376"),
+            Ok(Endpoint::Tcp("10.0.0.1:2376".into()))
+        );
+        assert_eq!(
+            tcp("http://localhost/"),
+            Ok(Endpoint::Tcp("localhost:2375".into()))
+        );
         assert_eq!(tcp("tcp://[::1]"), Ok(Endpoint::Tcp("[::1]:2375".into())));
         assert_eq!(
             settings("tcp://h", Some(true)).endpoint(),
@@ -270,7 +280,13 @@ mod tests {
             settings("unix:///s", Some(true)).endpoint(),
             Ok(Endpoint::Unix("/s".into()))
         );
-        for bad in ["unix://", "tcp://", "https://h:1", "npipe:////./pipe/x", "tcp://h:1/x"] {
+        for bad in [
+            "unix://",
+            "tcp://",
+            "https://h:1",
+            "npipe:////./pipe/x",
+            "tcp://h:1/x",
+        ] {
             assert!(tcp(bad).is_err(), "{bad}");
         }
         assert!(settings("http://h:1", Some(true)).endpoint().is_err());
@@ -323,7 +339,10 @@ mod tests {
             sent("http://h:1/v1.53/containers/json?all=true").as_deref(),
             Some("http://h:1/containers/json?all=true")
         );
-        assert_eq!(sent("http://h:1/v1.41/events").as_deref(), Some("http://h:1/events"));
+        assert_eq!(
+            sent("http://h:1/v1.41/events").as_deref(),
+            Some("http://h:1/events")
+        );
         assert_eq!(sent("http://h:1/version"), None);
         assert_eq!(sent("http://h:1/volumes/x"), None);
         assert_eq!(sent("http://h:1/v1.x/info"), None);

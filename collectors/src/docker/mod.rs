@@ -188,7 +188,8 @@ impl DockerCollector {
                 None => to_inspect.push(c),
             }
         }
-        let inspected = inspect_all(docker, to_inspect, self.config.max_concurrent_inspects).await?;
+        let inspected =
+            inspect_all(docker, to_inspect, self.config.max_concurrent_inspects).await?;
         let inspects = inspected.len() as u64;
         facts.extend(inspected.into_iter().flatten());
         facts.sort_by(|a, b| a.id.cmp(&b.id));
@@ -488,7 +489,10 @@ mod tests {
         assert_eq!(reuse(&cached("exited", 0), "running"), None);
         let touched = BTreeSet::from([short_id(&id)]);
         let previous = cached("running", 42);
-        assert_eq!(cached_inspect(&previous, &listed("running"), &touched), None);
+        assert_eq!(
+            cached_inspect(&previous, &listed("running"), &touched),
+            None
+        );
     }
 
     #[test]
