@@ -354,3 +354,77 @@ fn image_names_follow_tags_given_and_taken_between_scans() {
         .args(["-H", &host, "rmi", &image_id])
         .output();
 }
+
+/// The same engine over `tcp://127.0.0.1:PORT` with `--tlsverify`, and the
+/// client certificates tests/run.sh made for it: `(endpoint, good, untrusted)`.
+/// In CI (CI=true or CI=1) it must be there.
+fn tls_engine() -> Option<(String, String, String)> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    match (
+        var("DW_TEST_DOCKER_TLS_HOST"),
+        var("DW_TEST_DOCKER_CERT_PATH"),
+        var("DW_TEST_DOCKER_WRONG_CERT_PATH"),
+    ) {
+        (Some(host), Some(good), Some(wrong)) => Some((host, good, wrong)),
+        _ => {
+            let ci = matches!(std::env::var("CI").as_deref(), Ok("true") | Ok("1"));
+            assert!(
+                !ci,
+                "CI but no TLS engine (DW_TEST_DOCKER_TLS_HOST): tests/run.sh starts one"
+            );
+            eprintln!("skipped: no TLS engine (run tests/run.sh)");
+            None
+        }
+    }
+}
+
+#[test]
+fn a_tls_engine_is_scanned_and_an_untrusted_certificate_fails_with_carry_over() {
+    let Some(host) = docker_host() else { return };
+    let Some((tls_host, good, wrong)) = tls_engine() else {
+        return;
+    };
+    let s = Scratch::new();
+    let mut c = Containers::new(&host);
+    let id = c.create(&["--name", &unique("dw-tls"), &test_image(), "true"]);
+    let config = s.config(Some(&tls_host), "");
+    common::edit_config(
+        &config,
+        "timeout = \"20s\"\n",
+        &format!("timeout = \"20s\"\ntls_verify = true\ncert_path = \"{good}\"\n"),
+    );
+    s.scan(&config);
+    let inv = s.inventory();
+    assert_eq!(inv["scan"]["collectors"]["docker"]["ok"], true, "{inv}");
+    assert_eq!(entry(&inv, &id)["status"], "created");
+    let listed = inv["containers"].clone();
+
+    // A client certificate of a CA the engine does not trust.
+    common::edit_config(&config, &good, &wrong);
+    let events_before = s.event_lines().len();
+    s.scan(&config);
+    let inv = s.inventory();
+    let docker_report = &inv["scan"]["collectors"]["docker"];
+    assert_eq!(docker_report["ok"], false, "{docker_report}");
+    let error = docker_report["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(&tls_host["tcp://".len()..]) && error.contains("TLS"),
+        "the error names the engine and TLS: {error}"
+    );
+    assert!(
+        error.to_lowercase().contains("certificate"),
+        "the error says the certificate was refused: {error}"
+    );
+    assert_eq!(inv["containers"], listed, "carried over unchanged");
+    assert_eq!(
+        s.event_lines().len(),
+        events_before,
+        "no event while refused"
+    );
+
+    // Plain HTTP to the TLS port is no scan either.
+    common::edit_config(&config, "tls_verify = true", "tls_verify = false");
+    s.scan(&config);
+    assert_eq!(s.inventory()["scan"]["collectors"]["docker"]["ok"], false);
+    assert_eq!(s.inventory()["containers"], listed);
+}

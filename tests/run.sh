@@ -15,6 +15,9 @@
 #       DW_TEST_ROOTFS_TAR    the image's root file system (docker import it for more images)
 #       DW_TEST_USER / DW_TEST_UID / DW_TEST_GID   dwtest / 4242 / 4242
 #       DW_TEST_DIR           scratch directory of this run (engine state, logs)
+#       DW_TEST_DOCKER_TLS_HOST        tcp://127.0.0.1:PORT: the same engine over TLS (--tlsverify)
+#       DW_TEST_DOCKER_CERT_PATH       its client certificates (ca.pem, cert.pem, key.pem)
+#       DW_TEST_DOCKER_WRONG_CERT_PATH a client certificate of a CA the engine does not trust
 #  6. runs cargo fmt --check, clippy -D warnings, and cargo test --release;
 #  7. on exit (success, failure, Ctrl-C) removes every container and image of
 #     the private engine, stops it, unmounts what it mounted and removes $DW_TEST_DIR.
@@ -75,8 +78,13 @@ fi
 
 # --- 2. private engine ---------------------------------------------------------
 engine_up=0
+# The engine also listens on loopback TCP with TLS (throwaway certificates).
+export DW_TEST_TLS="${DW_TEST_TLS:-1}"
 if dw_engine_start "$DW_TEST_DIR"; then
 	engine_up=1
+	if [ -z "${DW_TEST_DOCKER_TLS_HOST:-}" ] && is_ci; then
+		dw_die "the private Docker engine has no TLS listener (see above)"
+	fi
 elif is_ci; then
 	dw_die "the private Docker engine did not start (see above)"
 else

@@ -97,8 +97,8 @@ def measure(a):
     ]
     err = os.path.join(a.work, "scan.stderr")
 
-    def scan_once():
-        w, c, r, rc = spawn(scan, err, env)
+    def scan_once(command=None):
+        w, c, r, rc = spawn(command or scan, err, env)
         if rc != 0:
             sys.exit(f"scan failed (exit {rc}): {open(err).read()}")
         return w, c, r
@@ -122,6 +122,13 @@ def measure(a):
         calls, inspects, n_cont, n_host, n_pend = docker_stats(a.inventory)
         cold.append(dict(wall=w, cpu=c, rss=r, calls=calls, inspects=inspects, logged=logged))
     out["containers_seen"] = n_cont
+    # The same cold scans with the baseline binary, if any (same engine, same run).
+    base_scan = [a.baseline, "--config", a.config] if a.baseline else None
+    base_cold = []
+    for _ in range(a.cold_runs if base_scan else 0):
+        reset_state()
+        w, c, r = scan_once(base_scan)
+        base_cold.append(dict(wall=w, cpu=c, rss=r, calls=docker_stats(a.inventory)[0]))
 
     # Steady: seed the state twice (second scan confirms the GPU processes),
     # then alternate bare list calls and steady scans. The collector asks for
@@ -132,6 +139,7 @@ def measure(a):
     scan_once()
     spawn(bare, err, env)  # warm-up
     steady, bares = [], []
+    base_steady, base_bares = [], []
     for _ in range(a.runs):
         w, c, r, rc = spawn(bare, err, env)
         if rc != 0:
@@ -142,6 +150,13 @@ def measure(a):
         logged = engine_calls(a.log) - before
         calls, inspects, n_cont, n_host, n_pend = docker_stats(a.inventory)
         steady.append(dict(wall=w, cpu=c, rss=r, calls=calls, inspects=inspects, logged=logged))
+        if base_scan:
+            # The baseline, paired with a bare call of its own just before it.
+            w, c, r, rc = spawn(bare, err, env)
+            base_bares.append(dict(wall=w, cpu=c))
+            w, c, r = scan_once(base_scan)
+            calls = docker_stats(a.inventory)[0]
+            base_steady.append(dict(wall=w, cpu=c, rss=r, calls=calls))
     out["host_processes"] = n_host
     out["pending_processes"] = n_pend
     out["inventory_kb"] = os.path.getsize(a.inventory) / 1024.0
@@ -191,6 +206,19 @@ def measure(a):
     out["ratio"] = out["steady_wall_ms"] / out["bare_wall_ms"]
     # Pairwise ratio (each steady scan over the bare call just before it).
     out["ratio_pairwise_median"] = med([s["wall"] / b["wall"] for s, b in zip(steady, bares)])
+    if base_scan:
+        out["baseline"] = dict(
+            bin=a.baseline,
+            cold_wall_ms=summary(base_cold, "wall"),
+            cold_cpu_ms=summary(base_cold, "cpu"),
+            steady_wall_ms=summary(base_steady, "wall"),
+            steady_cpu_ms=summary(base_steady, "cpu"),
+            steady_rss_mb=summary(base_steady, "rss"),
+            steady_calls=sorted({r["calls"] for r in base_steady}),
+            bare_wall_ms=summary(base_bares, "wall"),
+            ratio=summary(base_steady, "wall") / summary(base_bares, "wall"),
+            ratio_pairwise_median=med([s["wall"] / b["wall"] for s, b in zip(base_steady, base_bares)]),
+        )
     print(json.dumps(out))
 
 
@@ -271,6 +299,13 @@ def table(a):
     print("|" + "|".join("---" for _ in cols) + "|")
     for r in rows:
         print("| " + " | ".join(c[1](r) for c in cols) + " |")
+    for r in rows:
+        b = r.get("baseline")
+        if b:
+            print(f"\nbaseline {b['bin']} at N={r['n']} (same run, interleaved): steady {b['steady_wall_ms']:.1f} ms, "
+                  f"steady/bare {b['ratio']:.2f} ({b['ratio_pairwise_median']:.2f}), "
+                  f"CPU {b['steady_cpu_ms']:.1f} ms (incl. smi), peak RSS {b['steady_rss_mb']:.1f} MB, "
+                  f"API calls {one(b['steady_calls'])}, cold {b['cold_wall_ms']:.0f} ms / {b['cold_cpu_ms']:.0f} ms CPU")
     print()
     print("steady/bare: median steady wall over median bare wall; in parentheses the "
           "median of each steady scan's wall over the bare call just before it.")
@@ -289,6 +324,7 @@ def main():
     m.add_argument("--n", type=int, required=True)
     m.add_argument("--runs", type=int, default=21)
     m.add_argument("--cold-runs", type=int, default=5)
+    m.add_argument("--baseline", help="a second binary measured the same way, interleaved")
     c = sub.add_parser("create")
     c.add_argument("--sock", required=True)
     c.add_argument("--image", required=True)

@@ -35,6 +35,9 @@
 #   DW_BENCH_DIR         scratch directory (default /tmp/dw-bench-$$); removed on exit
 #   DW_BENCH_BIN         binary to measure (default: cargo build --release, target/release)
 #   DW_BENCH_RESULTS     also append the JSON results here
+#   DW_BENCH_BASELINE    a second binary (e.g. an older build) measured the same
+#                        way in the same run, each steady scan of it paired with
+#                        a bare list call of its own (side-by-side comparisons)
 #
 # The transient filter runs with its default (min_scans = 2): the cold scan
 # sees the P processes as pending, the steady scans report them as host
@@ -162,7 +165,8 @@ for n in $NS; do
 	python3 tests/bench/scale.py measure --n "$n" --runs "$RUNS" --cold-runs "$COLD_RUNS" \
 		--bin "$BIN" --rusage "$WORK/rusage" --config "$WORK/config.toml" --sock "$SOCK" --log "$ENGINE/dockerd.log" \
 		--inventory "$WORK/state/inventory.json" --events "$WORK/log/events.jsonl" \
-		--smi "$WORK/nvidia-smi" --work "$WORK" | tee -a "$results" >&2
+		--smi "$WORK/nvidia-smi" --work "$WORK" ${DW_BENCH_BASELINE:+--baseline "$DW_BENCH_BASELINE"} |
+		tee -a "$results" >&2
 	[ -n "${DW_BENCH_RESULTS:-}" ] && tail -n 1 "$results" >>"$DW_BENCH_RESULTS"
 done
 

@@ -15,6 +15,8 @@
 #   dw_build_test_image DIR     build + import the busybox image (DW_TEST_IMAGE)
 #   dw_untagged_image           import the busybox rootfs again with no tag, print its id
 #   dw_docker ARGS...           the docker CLI, always pointed at the private engine
+#   dw_tls_make DIR             a throwaway CA, server and client certificates (openssl),
+#                               plus a client certificate of a second, untrusted CA
 #
 # Layout of DIR (everything the engine writes lives here):
 #   DIR/.dw-engine              marker "owner_pid owner_starttime" (guards rm -rf)
@@ -24,6 +26,11 @@
 #   DIR/containerd/             private containerd: config.toml, containerd.sock,
 #                               root/, state/, containerd.log, containerd.pid
 #   DIR/rootfs, DIR/rootfs.tar  busybox root file system of the test image
+#   DIR/tls/                    with DW_TEST_TLS=1: server-*.pem, client/ (ca.pem, cert.pem,
+#                               key.pem, as in DOCKER_CERT_PATH), wrong-client/ (untrusted cert);
+#                               dockerd then also listens on tcp://127.0.0.1:PORT --tlsverify
+#                               -> DW_TEST_DOCKER_TLS_HOST, DW_TEST_DOCKER_CERT_PATH,
+#                                  DW_TEST_DOCKER_WRONG_CERT_PATH
 #
 # Why a private containerd: dockerd 20.10 only starts its own ("managed")
 # containerd when /run/containerd/containerd.sock does not exist. On a machine
@@ -83,6 +90,7 @@ dw_ensure_packages() {
 	command -v runc >/dev/null 2>&1 || missing+=(runc)
 	dw_busybox_static_installed || missing+=(busybox-static)
 	command -v useradd >/dev/null 2>&1 || missing+=(passwd)
+	command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 	command -v groupadd >/dev/null 2>&1 || missing+=(passwd)
 	[ "${#missing[@]}" -eq 0 ] && return 0
 
@@ -270,6 +278,9 @@ dw_mounts_under() {
 #   DW_TEST_STORAGE_DRIVER   --storage-driver (default: dockerd's choice, overlay2 or vfs)
 #   DW_TEST_CGROUP_DRIVER    cgroup driver (default cgroupfs: cgroup path /docker/<id>)
 #   DW_TEST_DOCKERD_ARGS     extra dockerd arguments (word-split)
+#   DW_TEST_TLS=1            also listen on tcp://127.0.0.1:PORT with --tlsverify
+#                            (certificates from dw_tls_make DIR); PORT is
+#                            DW_TEST_TLS_PORT, else a free one from 23760 up
 dw_engine_start() {
 	local dir="${1:?usage: dw_engine_start DIR}"
 	local t0
@@ -391,6 +402,19 @@ EOF
 		--ip-forward=false
 	)
 	[ -n "${DW_TEST_STORAGE_DRIVER:-}" ] && args+=(--storage-driver "$DW_TEST_STORAGE_DRIVER")
+	local tls_host=""
+	if [ "${DW_TEST_TLS:-}" = 1 ]; then
+		local port="${DW_TEST_TLS_PORT:-$(dw_free_port 23760)}"
+		if [ -n "$port" ] && dw_tls_make "$dir"; then
+			tls_host="tcp://127.0.0.1:$port"
+			args+=(--host "$tls_host" --tlsverify
+				--tlscacert "$dir/tls/ca.pem"
+				--tlscert "$dir/tls/server-cert.pem"
+				--tlskey "$dir/tls/server-key.pem")
+		else
+			dw_warn "no TLS listener: no free port or openssl failed"
+		fi
+	fi
 	# shellcheck disable=SC2206 # word splitting wanted
 	[ -n "${DW_TEST_DOCKERD_ARGS:-}" ] && args+=($DW_TEST_DOCKERD_ARGS)
 	printf '%s\n' "${args[@]}" >"$dir/dockerd.args"
@@ -418,9 +442,79 @@ EOF
 		return 1
 	fi
 	export DW_ENGINE_DIR DW_TEST_DOCKER_HOST
+	if [ -n "$tls_host" ]; then
+		DW_TEST_DOCKER_TLS_HOST="$tls_host"
+		DW_TEST_DOCKER_CERT_PATH="$dir/tls/client"
+		DW_TEST_DOCKER_WRONG_CERT_PATH="$dir/tls/wrong-client"
+		export DW_TEST_DOCKER_TLS_HOST DW_TEST_DOCKER_CERT_PATH DW_TEST_DOCKER_WRONG_CERT_PATH
+		dw_log "TLS listener: $tls_host (client certificates in $DW_TEST_DOCKER_CERT_PATH)"
+	fi
 	dw_log "private engine up in $(dw_elapsed "$t0")s: $DW_TEST_DOCKER_HOST" \
 		"(dockerd $(dw_docker version -f '{{.Server.Version}}' 2>/dev/null)," \
 		"$(dw_docker info -f 'storage {{.Driver}}, cgroup {{.CgroupDriver}} v{{.CgroupVersion}}' 2>/dev/null))"
+}
+
+# A TCP port on 127.0.0.1 that nothing listens on, from $1 upwards (20 tries).
+dw_free_port() {
+	local port="${1:-23760}" i
+	for ((i = 0; i < 20; i++, port++)); do
+		if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+			echo "$port"
+			return 0
+		fi
+	done
+	return 1
+}
+
+# Throwaway certificates in DIR/tls (EC P-256, valid 2 days): a CA; a server
+# certificate for 127.0.0.1 and localhost; a client certificate in
+# DIR/tls/client (ca.pem, cert.pem, key.pem: what DOCKER_CERT_PATH holds);
+# and in DIR/tls/wrong-client the same files with a client certificate of a
+# second CA that the engine does not trust.
+dw_tls_make() {
+	local tls="${1:?usage: dw_tls_make DIR}/tls"
+	command -v openssl >/dev/null 2>&1 || {
+		dw_warn "openssl not found"
+		return 1
+	}
+	rm -rf "$tls"
+	mkdir -p "$tls/client" "$tls/wrong-client"
+	(
+		set -e
+		cd "$tls"
+		key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
+		ca() { # NAME: NAME.pem, NAME-key.pem
+			key "$1-key.pem"
+			openssl req -x509 -new -key "$1-key.pem" -days 2 -subj "/CN=dw-test $1" -out "$1.pem" \
+				-addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
+		}
+		signed() { # CA OUT_CERT OUT_KEY CN EXTENSIONS
+			key "$3"
+			openssl req -new -key "$3" -subj "/CN=$4" -out "$2.csr"
+			printf '%s\n' "$5" >"$2.ext"
+			openssl x509 -req -in "$2.csr" -CA "$1.pem" -CAkey "$1-key.pem" -CAcreateserial \
+				-days 2 -extfile "$2.ext" -out "$2" 2>/dev/null
+			rm -f "$2.csr" "$2.ext"
+		}
+		ca ca
+		ca other-ca
+		signed ca server-cert.pem server-key.pem 127.0.0.1 \
+			"subjectAltName=IP:127.0.0.1,DNS:localhost
+extendedKeyUsage=serverAuth
+basicConstraints=CA:FALSE"
+		signed ca client/cert.pem client/key.pem dw-test-client \
+			"extendedKeyUsage=clientAuth
+basicConstraints=CA:FALSE"
+		signed other-ca wrong-client/cert.pem wrong-client/key.pem dw-test-client \
+			"extendedKeyUsage=clientAuth
+basicConstraints=CA:FALSE"
+		cp ca.pem client/ca.pem
+		cp ca.pem wrong-client/ca.pem
+		chmod 600 ./*-key.pem client/key.pem wrong-client/key.pem
+	) || {
+		dw_warn "could not make the TLS certificates in $tls"
+		return 1
+	}
 }
 
 # Stop the engine in DIR: remove every container and image on it, stop

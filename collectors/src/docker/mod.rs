@@ -1,8 +1,11 @@
 //! Collector `docker`: every container the Docker engine knows, running or not,
-//! through the Engine API (`engine.rs`: plain HTTP `GET`s over the socket).
+//! through the Engine API with `bollard` (`connection.rs`: which engine, over
+//! `unix://`, `tcp://` or `tcp://` with TLS, and the one place every request
+//! passes, where calls are counted).
 //!
 //! Needs: read access to the engine socket (`endpoint`, else `$DOCKER_HOST`,
-//! else `unix:///var/run/docker.sock`). It only reads.
+//! else `unix:///var/run/docker.sock`), or for TLS the client certificates in
+//! `cert_path`. It only reads, and it reads nothing but the engine's API.
 //!
 //! Cost: a steady scan makes two API calls whatever the number of containers:
 //! list containers, and the container and image events since the previous
@@ -10,29 +13,31 @@
 //! container is new or an image changed. Facts that need an inspect (GPU
 //! access, devices, main PID, user) are cached in the inventory and refreshed
 //! only for containers that are new, changed state, or had an event since the
-//! previous scan, or whose cached main PID no longer runs in them (its
-//! `/proc/<pid>/cgroup` does not name the container); those inspects run
-//! concurrently, at most `max_concurrent_inspects` at a time. The owner of each
-//! running container's main process is read from `/proc/<pid>/status`
-//! (`proc_root`) every scan.
+//! previous scan, or that run while their cached main PID is 0 (another stage
+//! zeroes it when `/proc` shows that PID is no longer in the container: a
+//! restart whose events were missed); those inspects run concurrently, at
+//! most `max_concurrent_inspects` at a time.
 
-mod engine;
+mod connection;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use bollard::errors::Error as DockerError;
+use bollard::models::{ContainerInspectResponse, ContainerSummary, EventMessageTypeEnum};
+use bollard::query_parameters::{EventsOptions, ListContainersOptions, ListImagesOptions};
+use bollard::Docker;
+use connection::{Calls, Endpoint, Settings};
 use detect_workloads_core::async_trait;
 use detect_workloads_core::config::{duration, ConfigError, PluginConfig};
 use detect_workloads_core::model::{
     short_id, ContainerFacts, DeviceRequest, FactKind, InspectFacts, Inventory, Observations,
-    ProcessFacts,
 };
 use detect_workloads_core::plugin::{
     CollectContext, CollectError, Collected, Collector, CollectorPlugin, Previous,
 };
-use engine::{ApiError, Endpoint, Engine, EventMessage, ImageSummary, Inspect, Summary};
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use serde::Deserialize;
 use tracing::debug;
@@ -48,26 +53,44 @@ timeout = "10s"
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DockerConfig {
-    /// `unix:///path`, `tcp://host:port` or `http://host:port`.
+    /// `unix:///path`, `tcp://host[:port]` or `http://host[:port]`; else
+    /// `$DOCKER_HOST`, else `unix:///var/run/docker.sock`.
     pub endpoint: Option<String>,
-    /// Time allowed for the whole collection.
+    /// TLS with verification on a `tcp://` endpoint; else on when
+    /// `$DOCKER_TLS_VERIFY` is set (non-empty).
+    pub tls_verify: Option<bool>,
+    /// Folder holding `ca.pem`, `cert.pem` and `key.pem` (as for the Docker
+    /// CLI); else `$DOCKER_CERT_PATH`, else `~/.docker`.
+    pub cert_path: Option<PathBuf>,
+    /// Time allowed for the whole collection (and for each request).
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
     /// Inspect calls in flight at once on a cold scan.
     pub max_concurrent_inspects: usize,
-    /// Where the host's `/proc` is, to read who owns each running
-    /// container's main process.
-    pub proc_root: PathBuf,
 }
 
 impl Default for DockerConfig {
     fn default() -> Self {
         Self {
             endpoint: None,
+            tls_verify: None,
+            cert_path: None,
             timeout: Duration::from_secs(10),
             max_concurrent_inspects: 16,
-            proc_root: PathBuf::from("/proc"),
         }
+    }
+}
+
+impl DockerConfig {
+    /// The connection settings: these keys, each missing one from the
+    /// environment as the Docker CLI reads it.
+    fn settings(&self) -> Settings {
+        Settings {
+            endpoint: self.endpoint.clone(),
+            tls_verify: self.tls_verify,
+            cert_path: self.cert_path.clone(),
+        }
+        .with_environment(|name| std::env::var(name).ok())
     }
 }
 
@@ -75,42 +98,16 @@ impl Default for DockerConfig {
 #[derive(Debug)]
 pub struct DockerCollector {
     config: DockerConfig,
-    endpoint: String,
+    /// Resolved when built; an unusable one (from the environment) makes
+    /// every collection unavailable.
+    endpoint: Result<Endpoint, String>,
 }
 
 impl DockerCollector {
-    /// Builds it; the endpoint is resolved now (config, `$DOCKER_HOST`, default).
+    /// Builds it; the endpoint is resolved now (config, environment, default).
     pub fn new(config: DockerConfig) -> Self {
-        let endpoint = config
-            .endpoint
-            .clone()
-            .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()))
-            .unwrap_or_else(|| "unix:///var/run/docker.sock".to_string());
+        let endpoint = config.settings().endpoint();
         Self { config, endpoint }
-    }
-
-    /// "Cannot reach the engine" is unavailability; an engine that answers
-    /// wrongly is a failure.
-    fn classify(&self, e: ApiError) -> CollectError {
-        match e {
-            ApiError::Io(e) => {
-                CollectError::Unavailable(format!("engine at {}: {e}", self.endpoint))
-            }
-            other => CollectError::Failed(format!("engine at {} {other}", self.endpoint)),
-        }
-    }
-}
-
-/// Counts the API calls of one collection.
-#[derive(Default)]
-struct Calls(AtomicU64);
-
-impl Calls {
-    fn count(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-    fn total(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
     }
 }
 
@@ -125,33 +122,56 @@ impl Collector for DockerCollector {
     }
 
     async fn collect(&self, ctx: &CollectContext<'_>) -> Result<Collected, CollectError> {
-        let calls = Calls::default();
-        let engine =
-            Engine::new(Endpoint::parse(&self.endpoint).map_err(CollectError::Unavailable)?);
-        let started = std::time::Instant::now();
-        let (list, changes) = fetch(&engine, ctx.previous, &calls)
+        let endpoint = self
+            .endpoint
+            .as_ref()
+            .map_err(|e| CollectError::Unavailable(e.clone()))?;
+        let calls = Arc::new(Calls::default());
+        let docker = endpoint
+            .client(self.config.timeout, Arc::clone(&calls))
+            .map_err(|e| endpoint.classify(e))?;
+        let (containers, inspects) = self
+            .containers(&docker, ctx.previous)
             .await
-            .map_err(|e| self.classify(e))?;
+            .map_err(|e| endpoint.classify(e))?;
+        let mut stats = BTreeMap::new();
+        stats.insert("api_calls".to_string(), calls.total());
+        stats.insert("inspects".to_string(), inspects);
+        Ok(Collected {
+            observations: Observations {
+                containers,
+                ..Default::default()
+            },
+            stats,
+        })
+    }
+}
+
+impl DockerCollector {
+    /// Every container, sorted by id, and how many were inspected.
+    async fn containers(
+        &self,
+        docker: &Docker,
+        previous_state: &Previous,
+    ) -> Result<(Vec<ContainerFacts>, u64), DockerError> {
+        let started = std::time::Instant::now();
+        let (list, changes) = fetch(docker, previous_state).await?;
         debug!(
             containers = list.len(),
             elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
             "listed"
         );
-        let previous = ctx.previous.get().await;
+        let previous = previous_state.get().await;
         // Image names are looked up again only when an image changed or a
         // container is new; otherwise each keeps the name it had.
-        let known = |s: &Summary| {
+        let known = |s: &ContainerSummary| {
             s.id.as_deref()
                 .and_then(|id| previous.containers.get(&short_id(id)))
                 .is_some_and(|e| !e.image.is_empty())
         };
         let tags = match &changes {
             Some(changes) if !changes.images && list.iter().all(known) => None,
-            _ => Some(
-                image_tags(&engine, &calls)
-                    .await
-                    .map_err(|e| self.classify(e))?,
-            ),
+            _ => Some(image_tags(docker).await?),
         };
         let touched = changes.map(|c| c.containers).unwrap_or_default();
 
@@ -167,59 +187,45 @@ impl Collector for DockerCollector {
                 }
             }
             match cached_inspect(previous, &c, &touched) {
-                Some(cached) if main_process_is_current(&self.config.proc_root, &c.id, &cached) => {
-                    facts.push(ContainerFacts {
-                        inspect: Some(cached),
-                        ..c
-                    })
-                }
-                Some(_) => {
-                    debug!(container = %short_id(&c.id), "its cached main PID is no longer in it (a restart whose events were missed); inspecting it again");
-                    to_inspect.push(c)
-                }
+                Some(cached) => facts.push(ContainerFacts {
+                    inspect: Some(cached),
+                    ..c
+                }),
                 None => to_inspect.push(c),
             }
         }
-        let inspected = stream::iter(to_inspect)
-            .map(|mut c| {
-                let engine = &engine;
-                let calls = &calls;
-                async move {
-                    calls.count();
-                    let path = format!("/containers/{}/json", engine::query_value(&c.id));
-                    match engine.get::<Inspect>(&path).await {
-                        Ok(response) => {
-                            c.inspect = Some(inspect_facts(response));
-                            Ok(Some(c))
-                        }
-                        // Removed between the list and the inspect: gone.
-                        Err(ApiError::Status { code: 404, .. }) => Ok(None),
-                        Err(e) => Err(self.classify(e)),
-                    }
-                }
-            })
-            .buffer_unordered(self.config.max_concurrent_inspects.max(1))
-            .try_collect::<Vec<_>>()
-            .await?;
+        let inspected =
+            inspect_all(docker, to_inspect, self.config.max_concurrent_inspects).await?;
         let inspects = inspected.len() as u64;
         facts.extend(inspected.into_iter().flatten());
-        for c in &mut facts {
-            c.main_user =
-                main_process_uid(&self.config.proc_root, c).map(|uid| ctx.users.name(uid));
-        }
         facts.sort_by(|a, b| a.id.cmp(&b.id));
-
-        let mut stats = BTreeMap::new();
-        stats.insert("api_calls".to_string(), calls.total());
-        stats.insert("inspects".to_string(), inspects);
-        Ok(Collected {
-            observations: Observations {
-                containers: facts,
-                ..Default::default()
-            },
-            stats,
-        })
+        Ok((facts, inspects))
     }
+}
+
+/// Inspects each container, at most `at_once` at a time; a container removed
+/// between the list and its inspect is gone (`None`).
+async fn inspect_all(
+    docker: &Docker,
+    containers: Vec<ContainerFacts>,
+    at_once: usize,
+) -> Result<Vec<Option<ContainerFacts>>, DockerError> {
+    stream::iter(containers)
+        .map(|mut c| async move {
+            match docker.inspect_container(&c.id, None).await {
+                Ok(response) => {
+                    c.inspect = Some(inspect_facts(response));
+                    Ok(Some(c))
+                }
+                Err(DockerError::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+        .buffer_unordered(at_once.max(1))
+        .try_collect()
+        .await
 }
 
 /// What changed on the engine since the previous scan, from its events.
@@ -237,14 +243,13 @@ struct Changes {
 /// and, when there is a previous scan, what changed since. The list is asked
 /// for first; the previous state may still be loading meanwhile.
 async fn fetch(
-    engine: &Engine,
+    docker: &Docker,
     previous: &Previous,
-    calls: &Calls,
-) -> Result<(Vec<Summary>, Option<Changes>), ApiError> {
-    let list = async {
-        calls.count();
-        engine.get::<Vec<Summary>>("/containers/json?all=1").await
-    };
+) -> Result<(Vec<ContainerSummary>, Option<Changes>), DockerError> {
+    let list = docker.list_containers(Some(ListContainersOptions {
+        all: true,
+        ..Default::default()
+    }));
     let changes = async {
         // Containers with events since the previous scan need a fresh inspect.
         let since = if previous.get().await.containers.is_empty() {
@@ -253,10 +258,7 @@ async fn fetch(
             previous.scan_started().await
         };
         match since {
-            Some(since) => {
-                calls.count();
-                changes_since(engine, since).await.map(Some)
-            }
+            Some(since) => changes_since(docker, since).await.map(Some),
             None => Ok(None),
         }
     };
@@ -264,32 +266,38 @@ async fn fetch(
 }
 
 /// Image id -> first tag, for every tagged image.
-async fn image_tags(engine: &Engine, calls: &Calls) -> Result<HashMap<String, String>, ApiError> {
-    calls.count();
-    let images: Vec<ImageSummary> = engine.get("/images/json").await?;
+async fn image_tags(docker: &Docker) -> Result<HashMap<String, String>, DockerError> {
+    let images = docker
+        .list_images(Some(ListImagesOptions::default()))
+        .await?;
     Ok(images
         .into_iter()
         .filter_map(|i| {
-            let tag = i.repo_tags?.into_iter().find(|t| t != "<none>:<none>")?;
+            let tag = i.repo_tags.into_iter().find(|t| t != "<none>:<none>")?;
             Some((i.id, tag))
         })
         .collect())
 }
 
-async fn changes_since(engine: &Engine, since: i64) -> Result<Changes, ApiError> {
+async fn changes_since(docker: &Docker, since: i64) -> Result<Changes, DockerError> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or_default();
-    // One second of overlap: events are stamped in whole seconds here.
-    let path = format!(
-        "/events?since={}&until={now}&filters={}",
-        since - 1,
-        engine::query_value(r#"{"type":["container","image"]}"#)
-    );
+    let options = EventsOptions {
+        // One second of overlap: events are stamped in whole seconds here.
+        since: Some((since - 1).to_string()),
+        until: Some(now.to_string()),
+        filters: Some(HashMap::from([(
+            "type".to_string(),
+            vec!["container".to_string(), "image".to_string()],
+        )])),
+    };
     let mut changes = Changes::default();
-    for event in engine.get_all::<EventMessage>(&path).await? {
-        if event.typ.as_deref() == Some("image") {
+    let mut events = docker.events(Some(options));
+    while let Some(event) = events.next().await {
+        let event = event?;
+        if event.typ == Some(EventMessageTypeEnum::IMAGE) {
             changes.images = true;
         } else if let Some(id) = event.actor.and_then(|a| a.id) {
             changes.containers.insert(short_id(&id));
@@ -298,33 +306,8 @@ async fn changes_since(engine: &Engine, since: i64) -> Result<Changes, ApiError>
     Ok(changes)
 }
 
-/// The real uid of a running container's main process (one small read per
-/// running container; not cached, so a privilege drop after start is seen).
-fn main_process_uid(proc_root: &Path, c: &ContainerFacts) -> Option<u32> {
-    let pid = c.inspect.as_ref()?.main_pid;
-    if pid == 0 {
-        return None;
-    }
-    let status = std::fs::read_to_string(proc_root.join(pid.to_string()).join("status")).ok()?;
-    ProcessFacts::uid_from_status(&status)
-}
-
-/// Whether the cached main PID of a container still runs in it: its cgroup
-/// path names the container's id. Events say when a container restarts, but
-/// the engine keeps only its last 256 events (of every kind): a restart
-/// between two scans can go unseen, and the cached PID then be gone or reused
-/// by another process, whose owner would become the container's user. One
-/// small read per running container.
-fn main_process_is_current(proc_root: &Path, id: &str, cached: &InspectFacts) -> bool {
-    if cached.main_pid == 0 {
-        return true;
-    }
-    let cgroup = proc_root.join(cached.main_pid.to_string()).join("cgroup");
-    std::fs::read_to_string(cgroup).is_ok_and(|text| text.contains(id))
-}
-
 /// The cached inspect facts of a container, when still valid: same state as in
-/// the previous inventory and no event since.
+/// the previous inventory, no event since, and a main PID if it runs.
 fn cached_inspect(
     previous: &Inventory,
     c: &ContainerFacts,
@@ -335,9 +318,14 @@ fn cached_inspect(
         return None;
     }
     let entry = previous.containers.get(&key)?;
-    (entry.status == c.state)
-        .then(|| entry.inspect.clone())
-        .flatten()
+    if entry.status != c.state {
+        return None;
+    }
+    let cached = entry.inspect.clone()?;
+    // A running container has a main process: a 0 in the cache means another
+    // stage found the cached PID no longer in the container (a restart whose
+    // events were missed), or it was never known.
+    (c.state != "running" || cached.main_pid != 0).then_some(cached)
 }
 
 /// The image as SPEC.md wants it: first tag, else 12 hex digits of the id.
@@ -365,7 +353,10 @@ fn image_name(
 
 /// The facts of one listed container; its image name is resolved when the
 /// image tags were fetched (else the caller keeps the previous one).
-fn summary_facts(s: Summary, tags: Option<&HashMap<String, String>>) -> Option<ContainerFacts> {
+fn summary_facts(
+    s: ContainerSummary,
+    tags: Option<&HashMap<String, String>>,
+) -> Option<ContainerFacts> {
     let id = s.id.filter(|id| !id.is_empty())?;
     let name = s
         .names
@@ -374,19 +365,17 @@ fn summary_facts(s: Summary, tags: Option<&HashMap<String, String>>) -> Option<C
         .unwrap_or_default();
     Some(ContainerFacts {
         name,
-        labels: s.labels.unwrap_or_default(),
-        state: s.state.unwrap_or_default(),
+        labels: s.labels.unwrap_or_default().into_iter().collect(),
+        state: s.state.map(|st| st.to_string()).unwrap_or_default(),
         image: tags
             .map(|tags| image_name(s.image.as_deref(), s.image_id.as_deref(), tags))
             .unwrap_or_default(),
-        inspect: None,
-        collector: String::new(),
-        main_user: None,
         id,
+        ..Default::default()
     })
 }
 
-fn inspect_facts(r: Inspect) -> InspectFacts {
+fn inspect_facts(r: ContainerInspectResponse) -> InspectFacts {
     let host = r.host_config.unwrap_or_default();
     let state = r.state.unwrap_or_default();
     InspectFacts {
@@ -422,8 +411,13 @@ fn build(config: PluginConfig<'_>) -> Result<Box<dyn Collector>, ConfigError> {
     if parsed.max_concurrent_inspects == 0 {
         return Err(config.invalid("max_concurrent_inspects", "must be at least 1"));
     }
-    if let Some(endpoint) = &parsed.endpoint {
-        Endpoint::parse(endpoint).map_err(|e| config.invalid("endpoint", e))?;
+    // A configured endpoint must be usable; one from the environment is
+    // checked when collecting (unavailable, not a configuration error).
+    if parsed.endpoint.is_some() {
+        parsed
+            .settings()
+            .endpoint()
+            .map_err(|e| config.invalid("endpoint", e))?;
     }
     Ok(Box::new(DockerCollector::new(parsed)))
 }
@@ -467,8 +461,64 @@ mod tests {
     }
 
     #[test]
+    fn a_running_container_whose_cached_main_pid_is_zero_is_inspected_again() {
+        use detect_workloads_core::model::ContainerEntry;
+        let id = "0123456789abcdef".to_string();
+        let cached = |status: &str, main_pid: u32| Inventory {
+            containers: BTreeMap::from([(
+                short_id(&id),
+                ContainerEntry {
+                    status: status.to_string(),
+                    inspect: Some(InspectFacts {
+                        main_pid,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            )]),
+            ..Default::default()
+        };
+        let listed = |state: &str| ContainerFacts {
+            id: id.clone(),
+            state: state.to_string(),
+            ..Default::default()
+        };
+        let none = BTreeSet::new();
+        let reuse = |previous: &Inventory, state: &str| {
+            cached_inspect(previous, &listed(state), &none).map(|i| i.main_pid)
+        };
+        assert_eq!(reuse(&cached("running", 42), "running"), Some(42));
+        assert_eq!(reuse(&cached("running", 0), "running"), None);
+        // Not running: no main process, 0 is right.
+        assert_eq!(reuse(&cached("exited", 0), "exited"), Some(0));
+        assert_eq!(reuse(&cached("created", 0), "created"), Some(0));
+        // A changed state or an event since: inspected again anyway.
+        assert_eq!(reuse(&cached("exited", 0), "running"), None);
+        let touched = BTreeSet::from([short_id(&id)]);
+        let previous = cached("running", 42);
+        assert_eq!(
+            cached_inspect(&previous, &listed("running"), &touched),
+            None
+        );
+    }
+
+    #[test]
+    fn unknown_container_states_fail_the_list() {
+        // bollard's typed state cannot hold a state added by a later engine:
+        // the list is then unreadable (a failure: containers carried over).
+        let list: Result<Vec<ContainerSummary>, _> =
+            serde_json::from_str(r#"[{"Id":"abc","State":"hibernating"}]"#);
+        assert!(list.is_err());
+        let list: Vec<ContainerSummary> =
+            serde_json::from_str(r#"[{"Id":"abc","Names":null,"State":"exited","Labels":null}]"#)
+                .expect("list");
+        let facts = summary_facts(list.into_iter().next().expect("one"), None).expect("facts");
+        assert_eq!((facts.state.as_str(), facts.labels.len()), ("exited", 0));
+    }
+
+    #[test]
     fn null_host_config_fields_are_empty() {
-        let facts = inspect_facts(Inspect::default());
+        let facts = inspect_facts(ContainerInspectResponse::default());
         assert_eq!(facts, InspectFacts::default());
     }
 }
