@@ -24,10 +24,6 @@ pub struct ContainerFacts {
     /// The collector instance that reported it (set by the core).
     #[serde(skip)]
     pub collector: String,
-    /// The owner of its main process (user name through NSS), read this cycle
-    /// while it runs; `None` when not running or not readable.
-    #[serde(default)]
-    pub main_user: Option<String>,
 }
 
 /// Facts about a container that only an inspect call gives. They are cached in

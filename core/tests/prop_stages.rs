@@ -111,7 +111,6 @@ fn container() -> impl Strategy<Value = ContainerDraft> {
                     ..Default::default()
                 }),
                 collector: "docker".to_string(),
-                main_user: None,
             },
             entry: ContainerEntry {
                 id: id[..12].to_string(),
@@ -173,11 +172,17 @@ proptest! {
         previous_users in prop::collection::vec(any::<String>(), 0..4),
     ) {
         let stages = default_stages();
-        let observations = Observations::default();
-        let mut containers = containers;
-        for c in &mut containers {
+        let mut observations = Observations::default();
+        for c in &containers {
             let main_pid = c.facts.inspect.as_ref().map_or(0, |i| i.main_pid);
-            c.facts.main_user = owners.get(&main_pid).cloned();
+            if let Some(user) = owners.get(&main_pid) {
+                observations.processes.insert(main_pid, ProcessFacts {
+                    pid: main_pid,
+                    user: user.clone(),
+                    container_id: Some(c.facts.id.clone()),
+                    ..Default::default()
+                });
+            }
         }
         let mut previous = Inventory::default();
         for (c, user) in containers.iter().zip(&previous_users) {

@@ -196,10 +196,6 @@ impl Collector for DockerCollector {
             .await?;
         let inspects = inspected.len() as u64;
         facts.extend(inspected.into_iter().flatten());
-        for c in &mut facts {
-            c.main_user =
-                main_process_uid(&self.config.proc_root, c).map(|uid| ctx.users.name(uid));
-        }
         facts.sort_by(|a, b| a.id.cmp(&b.id));
 
         let mut stats = BTreeMap::new();
@@ -291,17 +287,6 @@ async fn changes_since(engine: &Engine, since: i64) -> Result<Changes, ApiError>
     Ok(changes)
 }
 
-/// The real uid of a running container's main process (one small read per
-/// running container; not cached, so a privilege drop after start is seen).
-fn main_process_uid(proc_root: &Path, c: &ContainerFacts) -> Option<u32> {
-    let pid = c.inspect.as_ref()?.main_pid;
-    if pid == 0 {
-        return None;
-    }
-    let status = std::fs::read_to_string(proc_root.join(pid.to_string()).join("status")).ok()?;
-    crate::procfs::parse_status_uid(&status)
-}
-
 /// Whether the cached main PID of a container still runs in it: its cgroup
 /// path names the container's id. Events say when a container restarts, but
 /// the engine keeps only its last 256 events (of every kind): a restart
@@ -374,7 +359,6 @@ fn summary_facts(s: Summary, tags: Option<&HashMap<String, String>>) -> Option<C
             .unwrap_or_default(),
         inspect: None,
         collector: String::new(),
-        main_user: None,
         id,
     })
 }

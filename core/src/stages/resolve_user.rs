@@ -1,7 +1,7 @@
 //! Stage `resolve-user`: attributes each container to a user, in order: the
 //! first present user label, a path label under a home directory
 //! (`/home/<user>/...`), the owner of the container's main process (read from
-//! `/proc` by the container collector), the user it was started as when it is not
+//! `/proc` by the `procfs` collector, while its cgroup is the container's), the user it was started as when it is not
 //! running, the user it had in the previous scan, else `unknown`.
 
 use std::collections::BTreeMap;
@@ -69,9 +69,14 @@ impl ResolveUser {
             .find_map(|path| user_from_home_path(Path::new(path.trim()), &self.config.home_dirs))
     }
 
-    fn by_main_process(&self, facts: &ContainerFacts) -> Option<String> {
-        // An NSS entry may have an empty name: that names nobody.
-        facts.main_user.clone().filter(|u| !u.is_empty())
+    fn by_main_process(&self, facts: &ContainerFacts, ctx: &StageContext<'_>) -> Option<String> {
+        let pid = facts.inspect.as_ref()?.main_pid;
+        let process = ctx.observations.processes.get(&pid)?;
+        // Only a process still in this container's cgroup is its main process;
+        // an NSS entry may have an empty name: that names nobody.
+        (pid > 0 && process.container_id.as_deref() == Some(facts.id.as_str()))
+            .then(|| process.user.clone())
+            .filter(|u| !u.is_empty())
     }
 
     fn by_config_user(&self, facts: &ContainerFacts, ctx: &StageContext<'_>) -> Option<String> {
@@ -118,7 +123,7 @@ impl Stage for ResolveUser {
             let user = self
                 .by_labels(&c.facts.labels)
                 .or_else(|| self.by_path_labels(&c.facts.labels))
-                .or_else(|| self.by_main_process(&c.facts))
+                .or_else(|| self.by_main_process(&c.facts, ctx))
                 .or_else(|| if running { None } else { previous.clone() })
                 .or_else(|| self.by_config_user(&c.facts, ctx))
                 .or(previous);
@@ -143,7 +148,9 @@ inventory::submit! {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stages::testing::{container, with_context};
+    use crate::model::{Inventory, Observations, ProcessFacts};
+    use crate::stages::testing::container;
+    use crate::users::UserNames;
 
     #[test]
     fn home_paths() {
@@ -161,23 +168,36 @@ mod tests {
     #[test]
     fn order_of_sources() {
         let stage = ResolveUser::new(ResolveUserConfig::default());
-        // Main PID 77 is owned by carol, 78 by a user whose NSS name is empty.
+        // Main PID 77 is owned by carol, 78 by a user whose NSS name is empty,
+        // 79 by erin but in another container's cgroup.
         let resolve = |labels: &[(&str, &str)], main_pid: u32, config_user: &str| {
             let mut c = container("c", labels);
             if let Some(i) = c.facts.inspect.as_mut() {
                 i.main_pid = main_pid;
                 i.config_user = config_user.to_string();
             }
-            c.facts.main_user = match main_pid {
-                77 => Some("carol".into()),
-                78 => Some(String::new()),
-                _ => None,
+            let owner = |pid: u32, user: &str, id: &str| ProcessFacts {
+                pid,
+                user: user.to_string(),
+                container_id: Some(id.to_string()),
+                ..Default::default()
             };
+            let id = c.facts.id.clone();
+            let mut observations = Observations::default();
+            for p in [owner(77, "carol", &id), owner(78, "", &id), owner(79, "erin", "x")] {
+                observations.processes.insert(p.pid, p);
+            }
             let mut work = Workset {
                 containers: vec![c],
                 processes: vec![],
             };
-            with_context(|ctx| stage.run(&mut work, ctx)).expect("never fails");
+            let (previous, users) = (Inventory::default(), UserNames::new());
+            let ctx = StageContext {
+                previous: &previous,
+                observations: &observations,
+                users: &users,
+            };
+            stage.run(&mut work, &ctx).expect("never fails");
             work.containers[0].entry.user.clone()
         };
         let both = [
@@ -197,6 +217,7 @@ mod tests {
         );
         assert_eq!(resolve(&[], 0, "0"), "root");
         assert_eq!(resolve(&[], 0, "root:root"), "root");
+        assert_eq!(resolve(&[], 79, ""), UNKNOWN_USER, "another container's");
         assert_eq!(resolve(&[], 0, ""), UNKNOWN_USER);
         assert_eq!(resolve(&[], 0, "no-such-user-x"), UNKNOWN_USER);
     }
