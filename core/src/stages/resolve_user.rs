@@ -184,7 +184,11 @@ mod tests {
             };
             let id = c.facts.id.clone();
             let mut observations = Observations::default();
-            for p in [owner(77, "carol", &id), owner(78, "", &id), owner(79, "erin", "x")] {
+            for p in [
+                owner(77, "carol", &id),
+                owner(78, "", &id),
+                owner(79, "erin", "x"),
+            ] {
                 observations.processes.insert(p.pid, p);
             }
             let mut work = Workset {
