@@ -15,6 +15,7 @@ use detect_workloads_core::model::{FactKind, GpuProcess, Observations};
 use detect_workloads_core::plugin::{
     CollectContext, CollectError, Collected, Collector, CollectorPlugin,
 };
+use nix::sys::signal::Signal;
 use serde::Deserialize;
 
 /// `[[collectors.nvidia-smi]]`
@@ -105,10 +106,8 @@ struct GroupGuard(Option<i32>);
 impl Drop for GroupGuard {
     fn drop(&mut self) {
         if let Some(pgid) = self.0 {
-            // SAFETY: plain syscall; ESRCH (group already gone) is fine.
-            unsafe {
-                libc::killpg(pgid, libc::SIGKILL);
-            }
+            // ESRCH (the group is already gone) is fine.
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), Signal::SIGKILL);
         }
     }
 }
