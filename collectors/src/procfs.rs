@@ -1,16 +1,22 @@
-//! Collector `procfs`: attributes the GPU processes the other collectors found
-//! from `/proc`: real uid and its user
-//! name (NSS, once per uid per scan), command line, start time, and whether the
-//! process's cgroup is a container's (docker, containerd, libpod, kubepods;
-//! cgroup v1 and v2). Reads only those PIDs, each file once, while the
-//! container engine is still answering (it does not wait for it). A PID that is gone
-//! is skipped quietly.
+//! Collector `procfs`: the one place that reads `/proc`, through the `procfs`
+//! crate. It attributes the GPU processes the other collectors found and the
+//! main process of every running container: real uid and its user name (NSS,
+//! once per uid per scan), command line, start time, and whether the process's
+//! cgroup is a container's (docker, containerd, libpod, kubepods; cgroup v1 and
+//! v2). Reads only those PIDs, each file once. A PID that is gone is skipped
+//! quietly.
+//!
+//! Every read and NSS lookup runs on tokio's blocking pool, so that the
+//! collector's timeout can abandon a read that never returns (a `cmdline`
+//! whose process is stuck in the kernel, a directory service that does not
+//! answer): the collector is then recorded as timed out and its facts are
+//! carried over.
 //!
 //! Needs: read access to `/proc/<pid>/{stat,status,cmdline,cgroup}` (root to see
 //! other users' command lines under `hidepid`). `root` can point elsewhere for tests.
 
 use std::collections::BTreeMap;
-use std::io::ErrorKind;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use detect_workloads_core::async_trait;
@@ -19,6 +25,9 @@ use detect_workloads_core::model::{FactKind, Observations, ProcessFacts};
 use detect_workloads_core::plugin::{
     CollectContext, CollectError, Collected, Collector, CollectorPlugin,
 };
+use detect_workloads_core::users::UserNames;
+use procfs::process::Process;
+use procfs::{ProcError, ProcResult};
 use serde::Deserialize;
 use tracing::debug;
 
@@ -50,29 +59,6 @@ pub struct Procfs {
     config: ProcfsConfig,
 }
 
-/// `/proc/<pid>/stat`: the command name (field 2) and the start time in clock
-/// ticks since boot (field 22). The name may hold spaces and parentheses, so
-/// the fields after it are found from the last `)`.
-pub fn parse_stat(text: &str) -> Option<(String, u64)> {
-    let open = text.find('(')?;
-    let close = text.rfind(')')?;
-    let comm = text.get(open + 1..close)?.to_string();
-    // After ") ": field 3 (state) is index 0, so field 22 is index 19.
-    let start = text
-        .get(close + 1..)?
-        .split_whitespace()
-        .nth(19)?
-        .parse()
-        .ok()?;
-    Some((comm, start))
-}
-
-/// `/proc/<pid>/status`: the real uid (first number of the `Uid:` line), by
-/// the model's rule ([`ProcessFacts::uid_from_status`]).
-pub fn parse_status_uid(text: &str) -> Option<u32> {
-    ProcessFacts::uid_from_status(text)
-}
-
 /// `/proc/<pid>/cmdline`: NUL separators become spaces, bytes are decoded as
 /// UTF-8 with replacement, the trailing NUL is dropped.
 pub fn cmdline_text(bytes: &[u8]) -> String {
@@ -80,7 +66,7 @@ pub fn cmdline_text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(trimmed).replace('\0', " ")
 }
 
-/// What a cgroup file says about containment.
+/// What a process's cgroups say about containment.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CgroupInfo {
     /// The process runs in a container's cgroup.
@@ -91,15 +77,12 @@ pub struct CgroupInfo {
 
 const RUNTIME_MARKERS: [&str; 4] = ["docker", "containerd", "libpod", "kubepods"];
 
-/// `/proc/<pid>/cgroup` (v1: many `id:controllers:path` lines; v2: `0::path`).
-/// A path is a container's when it names a container runtime and carries a
-/// 64-hex id (`/docker/<id>`, `/system.slice/docker-<id>.scope`,
+/// The cgroup paths of a process (one per v1 hierarchy, one for v2). A path is
+/// a container's when it names a container runtime and carries a 64-hex id
+/// (`/docker/<id>`, `/system.slice/docker-<id>.scope`,
 /// `cri-containerd-<id>.scope`, `libpod-<id>.scope`), or lies under `kubepods`.
-pub fn parse_cgroup(text: &str) -> CgroupInfo {
-    for line in text.lines() {
-        let Some(path) = line.splitn(3, ':').nth(2) else {
-            continue;
-        };
+pub fn cgroup_info<'a>(paths: impl IntoIterator<Item = &'a str>) -> CgroupInfo {
+    for path in paths {
         if !RUNTIME_MARKERS.iter().any(|m| path.contains(m)) {
             continue;
         }
@@ -127,54 +110,97 @@ fn hex_id(segment: &str) -> Option<String> {
     })
 }
 
-/// Reads one file of a process; `Ok(None)` when the process is gone.
-fn read_proc_file(dir: &Path, name: &str) -> Result<Option<Vec<u8>>, std::io::Error> {
-    match std::fs::read(dir.join(name)) {
-        Ok(bytes) => Ok(Some(bytes)),
-        // ESRCH shows up when the process exits while being read.
-        Err(e) if e.kind() == ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) => {
-            Ok(None)
+/// The raw command line of a process (bytes, so that invalid UTF-8 is kept
+/// as replacement characters rather than failing the read).
+fn read_cmdline(process: &Process) -> ProcResult<Vec<u8>> {
+    let mut bytes = Vec::new();
+    process
+        .open_relative("cmdline")?
+        .read_to_end(&mut bytes)
+        .map_err(ProcError::from)?;
+    Ok(bytes)
+}
+
+/// The facts of one process (user name not yet resolved). The command line and
+/// the cgroups are optional (a kernel thread has no command line; its name
+/// stands in); `stat` and `status` are not.
+fn try_read_process(root: &Path, pid: u32) -> ProcResult<ProcessFacts> {
+    let process = Process::new_with_root(root.join(pid.to_string()))?;
+    let stat = process.stat()?;
+    let uid = process.status()?.ruid;
+    let cmdline = read_cmdline(&process).map_or_else(|_| String::new(), |b| cmdline_text(&b));
+    let cgroup = process
+        .cgroups()
+        .map(|groups| cgroup_info(groups.0.iter().map(|g| g.pathname.as_str())))
+        .unwrap_or_default();
+    Ok(ProcessFacts {
+        pid,
+        uid,
+        user: String::new(),
+        cmdline: if cmdline.is_empty() {
+            format!("[{}]", stat.comm)
+        } else {
+            cmdline
+        },
+        comm: stat.comm,
+        start_time: stat.starttime,
+        in_container: cgroup.in_container,
+        container_id: cgroup.container_id,
+    })
+}
+
+/// The facts of one process (user name not yet resolved); `None` when it is
+/// gone or its files are unreadable or malformed.
+pub fn read_process(root: &Path, pid: u32) -> Option<ProcessFacts> {
+    match try_read_process(root, pid) {
+        Ok(facts) => Some(facts),
+        Err(ProcError::NotFound(_)) => {
+            debug!(pid, "gone from /proc; skipped");
+            None
         }
-        Err(e) => Err(e),
+        Err(e) => {
+            debug!(pid, "cannot read: {e}; skipped");
+            None
+        }
     }
 }
 
-/// The raw facts of one process (user name not yet resolved); `None` when it is
-/// gone or its files are unreadable or malformed.
-pub fn read_process(root: &Path, pid: u32) -> Option<(ProcessFacts, CgroupInfo)> {
-    let dir = root.join(pid.to_string());
-    let read = |name: &str| match read_proc_file(&dir, name) {
-        Ok(Some(bytes)) => Some(bytes),
-        Ok(None) => None,
-        Err(e) => {
-            debug!(pid, file = name, "cannot read: {e}");
-            None
-        }
-    };
-    let stat = read("stat")?;
-    let (comm, start_time) = parse_stat(&String::from_utf8_lossy(&stat))?;
-    let uid = parse_status_uid(&String::from_utf8_lossy(&read("status")?))?;
-    let cmdline_bytes = read("cmdline").unwrap_or_default();
-    let cgroup = read("cgroup")
-        .map(|b| parse_cgroup(&String::from_utf8_lossy(&b)))
-        .unwrap_or_default();
-    let mut cmdline = cmdline_text(&cmdline_bytes);
-    if cmdline.is_empty() {
-        cmdline = format!("[{comm}]");
+/// The PIDs to read: every GPU process and the main process of every running
+/// container, once each.
+pub fn pids_to_read(observed: &Observations) -> Vec<u32> {
+    let mains = observed
+        .containers
+        .iter()
+        .filter_map(|c| c.inspect.as_ref())
+        .map(|i| i.main_pid)
+        .filter(|&pid| pid > 0);
+    let mut pids: Vec<u32> = observed.gpu_pids().into_iter().chain(mains).collect();
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}
+
+/// Reads every PID under `root` and names its owner: blocking work, for the
+/// blocking pool.
+fn read_all(
+    root: &Path,
+    pids: &[u32],
+    users: &UserNames,
+) -> Result<BTreeMap<u32, ProcessFacts>, CollectError> {
+    if let Err(e) = std::fs::read_dir(root) {
+        return Err(CollectError::Unavailable(format!(
+            "cannot read {}: {e}",
+            root.display()
+        )));
     }
-    Some((
-        ProcessFacts {
-            pid,
-            uid,
-            user: String::new(),
-            cmdline,
-            comm,
-            start_time,
-            in_container: cgroup.in_container,
-            container_id: cgroup.container_id.clone(),
-        },
-        cgroup,
-    ))
+    let mut processes = BTreeMap::new();
+    for &pid in pids {
+        if let Some(mut facts) = read_process(root, pid) {
+            facts.user = users.name(facts.uid);
+            processes.insert(pid, facts);
+        }
+    }
+    Ok(processes)
 }
 
 #[async_trait]
@@ -184,27 +210,18 @@ impl Collector for Procfs {
     }
 
     fn needs(&self) -> &'static [FactKind] {
-        &[FactKind::GpuProcesses]
+        &[FactKind::Containers, FactKind::GpuProcesses]
     }
 
     async fn collect(&self, ctx: &CollectContext<'_>) -> Result<Collected, CollectError> {
-        let root = &self.config.root;
-        if let Err(e) = std::fs::read_dir(root) {
-            return Err(CollectError::Unavailable(format!(
-                "cannot read {}: {e}",
-                root.display()
-            )));
-        }
-        let mut processes = BTreeMap::new();
-        for pid in ctx.observed.gpu_pids() {
-            match read_process(root, pid) {
-                Some((mut facts, _)) => {
-                    facts.user = ctx.users.name(facts.uid);
-                    processes.insert(pid, facts);
-                }
-                None => debug!(pid, "gone from /proc; skipped"),
-            }
-        }
+        let root = self.config.root.clone();
+        let pids = pids_to_read(ctx.observed);
+        let users = ctx.users.clone();
+        // On the blocking pool: a timeout abandons the task (its thread ends
+        // when the read returns, or with the process).
+        let processes = tokio::task::spawn_blocking(move || read_all(&root, &pids, &users))
+            .await
+            .map_err(|e| CollectError::Unavailable(format!("reading /proc failed: {e}")))??;
         Ok(Collected {
             observations: Observations {
                 processes,
@@ -224,7 +241,7 @@ fn build(config: PluginConfig<'_>) -> Result<Box<dyn Collector>, ConfigError> {
 detect_workloads_core::inventory::submit! {
     CollectorPlugin {
         name: "procfs",
-        summary: "owner, command line, start time and container cgroup of each GPU process",
+        summary: "owner, command line, start time and cgroup of GPU processes and container main processes",
         sample: SAMPLE,
         build,
     }
@@ -233,30 +250,26 @@ detect_workloads_core::inventory::submit! {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use detect_workloads_core::model::Inventory;
+    use detect_workloads_core::model::{ContainerFacts, GpuProcess, InspectFacts};
+    use detect_workloads_core::plugin::Previous;
 
     const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/proc/447");
 
-    #[test]
-    fn stat_with_odd_names() {
-        let tail = "S 1 1 1 0 -1 4194560 100 0 0 0 5 3 0 0 20 0 1 0 987654 1000 100";
-        assert_eq!(
-            parse_stat(&format!("447 (python3) {tail}")),
-            Some(("python3".into(), 987654))
-        );
-        assert_eq!(
-            parse_stat(&format!("9 (a) b (c)) {tail}")),
-            Some(("a) b (c)".into(), 987654))
-        );
-        assert_eq!(parse_stat("447 (python3) S 1 2"), None);
-        assert_eq!(parse_stat(""), None);
-    }
-
-    #[test]
-    fn status_uid_is_the_real_one() {
-        let status = "Name:\tpython3\nUid:\t1001\t0\t0\t0\nGid:\t1001\t1001\t1001\t1001\n";
-        assert_eq!(parse_status_uid(status), Some(1001));
-        assert_eq!(parse_status_uid("Name: x\n"), None);
-        assert_eq!(parse_status_uid("Uid:\tabc\n"), None);
+    /// A crafted `/proc/<pid>` from the fixture, with these stat, uid, command
+    /// line and cgroup.
+    fn craft(root: &Path, pid: u32, uid: u32, cmdline: &[u8], cgroup: &str) {
+        let dir = root.join(pid.to_string());
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let read =
+            |name: &str| std::fs::read_to_string(Path::new(FIXTURE).join(name)).expect("fixture");
+        let stat = read("stat").replacen("447", &pid.to_string(), 1);
+        let status = read("status").replace("4242", &uid.to_string());
+        std::fs::write(dir.join("stat"), stat).expect("w");
+        std::fs::write(dir.join("status"), status).expect("w");
+        std::fs::write(dir.join("cmdline"), cmdline).expect("w");
+        std::fs::write(dir.join("cgroup"), cgroup).expect("w");
     }
 
     #[test]
@@ -271,44 +284,124 @@ mod tests {
 
     #[test]
     fn cgroup_layouts() {
-        let v2_host = "0::/user.slice/user-1001.slice/session-3.scope\n";
-        assert_eq!(parse_cgroup(v2_host), CgroupInfo::default());
-        let v2_docker_systemd = format!("0::/system.slice/docker-{ID}.scope\n");
-        let v2_docker_cgroupfs = format!("0::/docker/{ID}\n");
-        let v1 = format!("12:pids:/docker/{ID}\n11:memory:/docker/{ID}\n0::/\n");
-        let cri =
-            format!("0::/kubepods.slice/kubepods-besteffort.slice/cri-containerd-{ID}.scope\n");
-        let podman = format!("0::/machine.slice/libpod-{ID}.scope/container\n");
-        for text in [v2_docker_systemd, v2_docker_cgroupfs, v1, cri, podman] {
-            let info = parse_cgroup(&text);
-            assert!(info.in_container, "{text}");
-            assert_eq!(info.container_id.as_deref(), Some(ID), "{text}");
+        let v2_host = ["/user.slice/user-1001.slice/session-3.scope"];
+        assert_eq!(cgroup_info(v2_host), CgroupInfo::default());
+        let v2_docker_systemd = format!("/system.slice/docker-{ID}.scope");
+        let v2_docker_cgroupfs = format!("/docker/{ID}");
+        let cri = format!("/kubepods.slice/kubepods-besteffort.slice/cri-containerd-{ID}.scope");
+        let podman = format!("/machine.slice/libpod-{ID}.scope/container");
+        for path in [&v2_docker_systemd, &v2_docker_cgroupfs, &cri, &podman] {
+            let info = cgroup_info([path.as_str()]);
+            assert!(info.in_container, "{path}");
+            assert_eq!(info.container_id.as_deref(), Some(ID), "{path}");
         }
+        // cgroup v1: one path per hierarchy, the container's among others.
+        let v1 = ["/", &v2_docker_cgroupfs, "/user.slice"];
+        assert_eq!(cgroup_info(v1).container_id.as_deref(), Some(ID));
         // The daemons themselves are not containers.
-        assert!(!parse_cgroup("0::/system.slice/docker.service\n").in_container);
-        assert!(!parse_cgroup("0::/system.slice/containerd.service\n").in_container);
-        assert!(parse_cgroup("0::/kubepods/burstable/podabc\n").in_container);
-        assert_eq!(parse_cgroup("garbage"), CgroupInfo::default());
+        assert!(!cgroup_info(["/system.slice/docker.service"]).in_container);
+        assert!(!cgroup_info(["/system.slice/containerd.service"]).in_container);
+        assert!(cgroup_info(["/kubepods/burstable/podabc"]).in_container);
+        // A runtime's name without an id is not a container.
+        assert_eq!(cgroup_info(["/docker/abc"]), CgroupInfo::default());
+        assert_eq!(cgroup_info([]), CgroupInfo::default());
     }
 
     #[test]
-    fn crafted_tree_skips_vanished_pids() {
+    fn crafted_tree_through_procfs() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let p = dir.path().join("447");
-        std::fs::create_dir(&p).expect("mkdir");
-        std::fs::write(
-            p.join("stat"),
-            "447 (python3) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 555 0 0",
-        )
-        .expect("w");
-        std::fs::write(p.join("status"), "Uid:\t0\t0\t0\t0\n").expect("w");
-        std::fs::write(p.join("cmdline"), b"python3\0-c\0x\0").expect("w");
-        std::fs::write(p.join("cgroup"), "0::/\n").expect("w");
-        let (facts, _) = read_process(dir.path(), 447).expect("read");
+        let cgroup = format!("12:pids:/docker/{ID}\n11:memory:/docker/{ID}\n0::/\n");
+        craft(dir.path(), 447, 1001, b"python3\0-c\0x\0", &cgroup);
+        craft(dir.path(), 9, 0, b"", "0::/\n");
+        let facts = read_process(dir.path(), 447).expect("read");
         assert_eq!(
-            (facts.uid, facts.start_time, facts.cmdline.as_str()),
-            (0, 555, "python3 -c x")
+            (
+                facts.uid,
+                facts.start_time,
+                facts.cmdline.as_str(),
+                facts.comm.as_str()
+            ),
+            (1001, 555, "python3 -c x", "python3")
         );
+        assert_eq!(
+            (facts.in_container, facts.container_id.as_deref()),
+            (true, Some(ID))
+        );
+        // A kernel thread: no command line, its name in brackets.
+        let kthread = read_process(dir.path(), 9).expect("read");
+        assert_eq!(
+            (kthread.cmdline.as_str(), kthread.in_container),
+            ("[python3]", false)
+        );
+        // Gone, or garbled: skipped.
         assert!(read_process(dir.path(), 448).is_none());
+        std::fs::write(dir.path().join("9/stat"), "9 (x) S 1 2").expect("w");
+        assert!(read_process(dir.path(), 9).is_none());
+    }
+
+    #[test]
+    fn reads_gpu_processes_and_container_main_processes() {
+        let running = |id: &str, main_pid: u32| ContainerFacts {
+            id: id.to_string(),
+            inspect: Some(InspectFacts {
+                main_pid,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let observed = Observations {
+            containers: vec![running(ID, 600), running("b", 0), running("c", 447)],
+            gpu_processes: vec![
+                GpuProcess {
+                    pid: 447,
+                    ..Default::default()
+                },
+                GpuProcess {
+                    pid: 500,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        assert_eq!(pids_to_read(&observed), vec![447, 500, 600]);
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        craft(dir.path(), 447, 0, b"python3\0", "0::/\n");
+        craft(dir.path(), 600, 0, b"bash\0", &format!("0::/docker/{ID}\n"));
+        let collector = Procfs {
+            config: ProcfsConfig {
+                root: dir.path().to_path_buf(),
+            },
+        };
+        let previous = Previous::known(Inventory::default());
+        let users = UserNames::new();
+        let ctx = CollectContext {
+            previous: &previous,
+            observed: &observed,
+            users: &users,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let collected = runtime.block_on(collector.collect(&ctx)).expect("collect");
+        let processes = collected.observations.processes;
+        // 500 is gone: skipped quietly.
+        assert_eq!(
+            processes.keys().copied().collect::<Vec<_>>(),
+            vec![447, 600]
+        );
+        assert_eq!(processes[&600].container_id.as_deref(), Some(ID));
+        assert_eq!(processes[&600].user, "root");
+        assert_eq!(processes[&447].cmdline, "python3");
+    }
+
+    #[test]
+    fn a_missing_root_is_unavailable() {
+        let users = UserNames::new();
+        let missing = Path::new("/nonexistent-proc-root-for-test");
+        assert!(matches!(
+            read_all(missing, &[1], &users),
+            Err(CollectError::Unavailable(_))
+        ));
     }
 }

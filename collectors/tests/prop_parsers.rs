@@ -1,11 +1,11 @@
 //! Property tests of the parsers that read what the machine prints: the
-//! `nvidia-smi` CSV and the `/proc` files. Whatever the input, they return a
-//! value (never panic), and well-formed input reads back exactly.
+//! `nvidia-smi` CSV, and what remains ours of `/proc` (the procfs crate parses
+//! the files): command lines and which cgroup path names a container.
+//! Whatever the input, they return a value (never panic), and well-formed
+//! input reads back exactly.
 
 use detect_workloads_collectors::nvidia_smi::parse_compute_apps;
-use detect_workloads_collectors::procfs::{
-    cmdline_text, parse_cgroup, parse_stat, parse_status_uid,
-};
+use detect_workloads_collectors::procfs::{cgroup_info, cmdline_text};
 use proptest::prelude::*;
 
 fn config() -> ProptestConfig {
@@ -136,65 +136,6 @@ proptest! {
     }
 
     #[test]
-    fn stat_never_panics(text in texty()) {
-        let _ = parse_stat(&text);
-    }
-
-    #[test]
-    fn stat_reads_any_command_name_back(
-        pid in any::<u32>(),
-        comm in "[^\\x00]{0,16}",
-        state in "[RSDZTtXIPWK]",
-        middle in prop::collection::vec(any::<i64>(), 18),
-        start in any::<u64>(),
-        rest in prop::collection::vec(any::<u64>(), 0..30),
-    ) {
-        let middle: Vec<String> = middle.iter().map(i64::to_string).collect();
-        let rest: Vec<String> = rest.iter().map(u64::to_string).collect();
-        let text = format!(
-            "{pid} ({comm}) {state} {} {start} {}\n",
-            middle.join(" "),
-            rest.join(" ")
-        );
-        prop_assert_eq!(parse_stat(&text), Some((comm, start)));
-    }
-
-    #[test]
-    fn stat_with_too_few_fields_is_none(
-        comm in "[^\\x00]{0,16}",
-        fields in prop::collection::vec(any::<u32>(), 0..19),
-    ) {
-        let fields: Vec<String> = fields.iter().map(u32::to_string).collect();
-        let text = format!("1 ({comm}) S {}", fields.join(" "));
-        prop_assert_eq!(parse_stat(&text), None);
-    }
-
-    #[test]
-    fn status_uid_never_panics(text in texty()) {
-        let _ = parse_status_uid(&text);
-    }
-
-    #[test]
-    fn status_uid_is_the_first_uid_field(
-        name in "[^\\n\\x00]{0,20}",
-        before in prop::collection::vec("(Umask|State|Tgid|Ngid|Pid|PPid|TracerPid):\t[ -~]{0,20}", 0..6),
-        uids in prop::collection::vec(any::<u32>(), 4),
-        after in prop::collection::vec("(Gid|FDSize|Groups|VmPeak):\t[ -~]{0,20}", 0..6),
-    ) {
-        let mut text = format!("Name:\t{name}\n");
-        for l in &before {
-            text.push_str(l);
-            text.push('\n');
-        }
-        text.push_str(&format!("Uid:\t{}\t{}\t{}\t{}\n", uids[0], uids[1], uids[2], uids[3]));
-        for l in &after {
-            text.push_str(l);
-            text.push('\n');
-        }
-        prop_assert_eq!(parse_status_uid(&text), Some(uids[0]));
-    }
-
-    #[test]
     fn cmdline_never_panics_and_has_no_nul(bytes in prop::collection::vec(any::<u8>(), 0..2000)) {
         let text = cmdline_text(&bytes);
         prop_assert!(!text.contains('\0'));
@@ -211,8 +152,8 @@ proptest! {
     }
 
     #[test]
-    fn cgroup_never_panics(text in texty()) {
-        let info = parse_cgroup(&text);
+    fn cgroup_never_panics(paths in prop::collection::vec(texty(), 0..4)) {
+        let info = cgroup_info(paths.iter().map(String::as_str));
         if let Some(id) = &info.container_id {
             prop_assert!(info.in_container);
             prop_assert_eq!(id.len(), 64);
@@ -224,8 +165,8 @@ proptest! {
     fn cgroup_finds_container_ids_in_every_layout(
         id in "[0-9a-f]{64}",
         layout in 0usize..6,
-        host_lines in prop::collection::vec("[0-9]{1,2}:[a-z,=_]{0,20}:/(user|system|init)\\.slice(/[a-z0-9@._-]{1,20}){0,3}", 0..5),
-        v1 in any::<bool>(),
+        host_paths in prop::collection::vec("/(user|system|init)\\.slice(/[a-z0-9@._-]{1,20}){0,3}", 0..5),
+        at in any::<prop::sample::Index>(),
     ) {
         let path = match layout {
             0 => format!("/docker/{id}"),
@@ -235,31 +176,21 @@ proptest! {
             4 => format!("/kubepods/burstable/pod0a1b/{id}"),
             _ => format!("/system.slice/containerd.service/k8s.io/docker/{id}"),
         };
-        let line = if v1 { format!("12:pids:{path}") } else { format!("0::{path}") };
-        let mut text = host_lines.join("\n");
-        if !text.is_empty() {
-            text.push('\n');
-        }
-        text.push_str(&line);
-        text.push('\n');
-        let info = parse_cgroup(&text);
-        prop_assert!(info.in_container, "{}", text);
+        // cgroup v1 lists one path per hierarchy: the container's among others.
+        let mut paths = host_paths;
+        paths.insert(at.index(paths.len() + 1), path);
+        let info = cgroup_info(paths.iter().map(String::as_str));
+        prop_assert!(info.in_container, "{:?}", paths);
         prop_assert_eq!(info.container_id, Some(id));
     }
 
     #[test]
     fn cgroup_of_host_processes_is_not_a_container(
-        lines in prop::collection::vec(
-            ("[0-9]{1,2}", "[a-z,=_]{0,20}", prop::collection::vec("[a-z0-9@._-]{1,70}", 0..5)),
-            1..6,
-        ),
+        paths in prop::collection::vec(prop::collection::vec("[a-z0-9@._-]{1,70}", 0..5), 1..6),
     ) {
         let markers = ["docker", "containerd", "libpod", "kubepods"];
-        let text: String = lines
-            .iter()
-            .map(|(n, controllers, segments)| format!("{n}:{controllers}:/{}\n", segments.join("/")))
-            .collect();
-        prop_assume!(!markers.iter().any(|m| text.contains(m)));
-        prop_assert_eq!(parse_cgroup(&text), Default::default());
+        let paths: Vec<String> = paths.iter().map(|segments| format!("/{}", segments.join("/"))).collect();
+        prop_assume!(!paths.iter().any(|p| markers.iter().any(|m| p.contains(m))));
+        prop_assert_eq!(cgroup_info(paths.iter().map(String::as_str)), Default::default());
     }
 }

@@ -24,10 +24,6 @@ pub struct ContainerFacts {
     /// The collector instance that reported it (set by the core).
     #[serde(skip)]
     pub collector: String,
-    /// The owner of its main process (user name through NSS), read this cycle
-    /// while it runs; `None` when not running or not readable.
-    #[serde(default)]
-    pub main_user: Option<String>,
 }
 
 /// Facts about a container that only an inspect call gives. They are cached in
@@ -166,18 +162,6 @@ pub struct ProcessFacts {
     pub in_container: bool,
     /// The 64-hex container id found in the cgroup path, when there is one.
     pub container_id: Option<String>,
-}
-
-impl ProcessFacts {
-    /// The real uid in the text of `/proc/<pid>/status` (the first number of
-    /// its `Uid:` line). Shared by every collector that reads a process's
-    /// owner (`procfs`, and `docker` for a container's main process).
-    pub fn uid_from_status(text: &str) -> Option<u32> {
-        text.lines()
-            .find_map(|l| l.strip_prefix("Uid:"))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|uid| uid.parse().ok())
-    }
 }
 
 /// Which kind of fact a collector provides or needs.
@@ -688,14 +672,6 @@ mod tests {
             ..e
         };
         assert!(old.is_process(7, Some(5)));
-    }
-
-    #[test]
-    fn the_owner_is_the_real_uid_of_the_status_file() {
-        let status = "Name:\tpython3\nUid:\t1001\t0\t0\t0\nGid:\t100\n";
-        assert_eq!(ProcessFacts::uid_from_status(status), Some(1001));
-        assert_eq!(ProcessFacts::uid_from_status("Name: x\n"), None);
-        assert_eq!(ProcessFacts::uid_from_status("Uid:\tabc\n"), None);
     }
 
     #[test]

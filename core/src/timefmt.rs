@@ -5,23 +5,25 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use time::format_description::well_known::Rfc3339;
 use time::{OffsetDateTime, PrimitiveDateTime, UtcOffset};
 
-/// Formats a time as `2026-11-26T06:11:49Z`.
+/// Formats a time as `2026-11-26T06:11:49Z` (RFC 3339, whole seconds, UTC).
+/// A time before the epoch is the epoch; one past year 9999 (which RFC 3339
+/// cannot write) is `9999-12-31T23:59:59Z`.
 pub fn rfc3339(t: SystemTime) -> String {
     let secs = t
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)
         .as_secs();
-    let dt = OffsetDateTime::from_unix_timestamp(secs as i64).unwrap_or(OffsetDateTime::UNIX_EPOCH);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        dt.year(),
-        u8::from(dt.month()),
-        dt.day(),
-        dt.hour(),
-        dt.minute(),
-        dt.second()
-    )
+    let latest = PrimitiveDateTime::MAX.assume_utc().unix_timestamp();
+    let secs = i64::try_from(secs).unwrap_or(i64::MAX).min(latest);
+    // Whole seconds: `time` writes a fraction only when there is one.
+    OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|dt| dt.format(&Rfc3339).ok())
+        .unwrap_or_else(|| LATEST.to_string())
 }
+
+/// What [`rfc3339`] writes for a time it cannot represent.
+const LATEST: &str = "9999-12-31T23:59:59Z";
 
 /// Parses an RFC 3339 timestamp into seconds since the Unix epoch.
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
@@ -74,6 +76,13 @@ mod tests {
         let t = UNIX_EPOCH + Duration::from_millis(1_795_673_509_750);
         assert_eq!(rfc3339(t), "2026-11-26T06:11:49Z");
         assert_eq!(parse_rfc3339("2026-11-26T06:11:49Z"), Some(1_795_673_509));
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        let before = UNIX_EPOCH - Duration::from_secs(5);
+        assert_eq!(rfc3339(before), "1970-01-01T00:00:00Z");
+        let y2k = UNIX_EPOCH + Duration::from_secs(946_684_799);
+        assert_eq!(rfc3339(y2k), "1999-12-31T23:59:59Z");
+        let far = UNIX_EPOCH + Duration::from_secs(400_000_000_000);
+        assert_eq!(rfc3339(far), LATEST);
     }
 
     #[test]

@@ -1,13 +1,18 @@
-//! User names for uids, through NSS (`getpwuid_r`), as `getent passwd` resolves them.
+//! User names for uids, through NSS (`getpwuid_r` and `getpwnam_r`, called by
+//! `nix`), as `getent passwd` resolves them. A lookup may block (a directory
+//! service that does not answer): collectors call it off the async thread.
 
 use std::collections::HashMap;
-use std::ffi::CStr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-/// Resolves uids to user names, each uid once (a cache for one scan).
-#[derive(Debug, Default)]
+use nix::unistd::{Uid, User};
+use tracing::debug;
+
+/// Resolves uids to user names, each uid once (a cache for one scan). Clones
+/// share the cache, so a clone can move onto a blocking thread.
+#[derive(Debug, Default, Clone)]
 pub struct UserNames {
-    cache: Mutex<HashMap<u32, String>>,
+    cache: Arc<Mutex<HashMap<u32, String>>>,
 }
 
 impl UserNames {
@@ -31,54 +36,26 @@ impl UserNames {
     }
 }
 
-/// Runs one `getpw*_r` call (`call(pwd, buf, len, result)`) with a buffer
-/// that grows on `ERANGE`, and reads the entry it found with `read`.
-fn with_passwd<T>(
-    call: impl Fn(*mut libc::passwd, *mut libc::c_char, usize, *mut *mut libc::passwd) -> i32,
-    read: impl FnOnce(&libc::passwd) -> Option<T>,
-) -> Option<T> {
-    let mut buf = vec![0u8; 1024];
-    loop {
-        // SAFETY: `pwd`, `buf` and `result` outlive the call; getpw*_r writes
-        // only within `buf.len()` bytes and sets `result` to null or to `&pwd`.
-        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
-        let rc = call(&mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut result);
-        if rc == libc::ERANGE && buf.len() < 1 << 20 {
-            buf.resize(buf.len() * 4, 0);
-            continue;
+/// The user name of `uid`; `None` when the uid has no entry or NSS fails.
+pub fn lookup_uid(uid: u32) -> Option<String> {
+    match User::from_uid(Uid::from_raw(uid)) {
+        Ok(user) => user.map(|u| u.name),
+        Err(e) => {
+            debug!(uid, "NSS lookup failed: {e}");
+            None
         }
-        if rc != 0 || result.is_null() {
-            return None;
-        }
-        return read(&pwd);
     }
 }
 
-/// One `getpwuid_r` call; `None` when the uid has no entry or NSS fails.
-pub fn lookup_uid(uid: u32) -> Option<String> {
-    with_passwd(
-        // SAFETY: the pointers come from `with_passwd` and are valid for the call.
-        |pwd, buf, len, result| unsafe { libc::getpwuid_r(uid, pwd, buf, len, result) },
-        |pwd| {
-            if pwd.pw_name.is_null() {
-                return None;
-            }
-            // SAFETY: pw_name points into the buffer, NUL-terminated by getpwuid_r.
-            let name = unsafe { CStr::from_ptr(pwd.pw_name) };
-            Some(name.to_string_lossy().into_owned())
-        },
-    )
-}
-
-/// The uid of a user name, through NSS (`getpwnam_r`).
+/// The uid of a user name; `None` when NSS knows no such user or fails.
 pub fn lookup_name(name: &str) -> Option<u32> {
-    let cname = std::ffi::CString::new(name).ok()?;
-    with_passwd(
-        // SAFETY: as above; `cname` outlives the call.
-        |pwd, buf, len, result| unsafe { libc::getpwnam_r(cname.as_ptr(), pwd, buf, len, result) },
-        |pwd| Some(pwd.pw_uid),
-    )
+    match User::from_name(name) {
+        Ok(user) => user.map(|u| u.uid.as_raw()),
+        Err(e) => {
+            debug!(name, "NSS lookup failed: {e}");
+            None
+        }
+    }
 }
 
 #[cfg(test)]
@@ -92,5 +69,15 @@ mod tests {
         assert_eq!(names.name(3_999_999_999), "3999999999");
         assert_eq!(lookup_name("root"), Some(0));
         assert_eq!(lookup_name("no-such-user-here"), None);
+        assert_eq!(lookup_name("nul\0inside"), None);
+    }
+
+    #[test]
+    fn clones_share_one_cache() {
+        let names = UserNames::new();
+        let clone = names.clone();
+        assert_eq!(clone.name(0), "root");
+        let cached = names.cache.lock().map(|c| c.get(&0).cloned());
+        assert_eq!(cached.ok().flatten().as_deref(), Some("root"));
     }
 }

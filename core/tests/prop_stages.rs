@@ -116,7 +116,6 @@ fn container() -> impl Strategy<Value = ContainerDraft> {
                     ..Default::default()
                 }),
                 collector: "docker".to_string(),
-                main_user: None,
             },
             entry: ContainerEntry {
                 id: id[..12].to_string(),

@@ -47,7 +47,6 @@ pub(crate) mod testing {
                 image: "img".to_string(),
                 inspect: Some(InspectFacts::default()),
                 collector: "docker".to_string(),
-                main_user: None,
             },
             entry: ContainerEntry::default(),
         }

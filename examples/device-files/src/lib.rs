@@ -30,7 +30,6 @@
 //! next process.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -41,6 +40,8 @@ use detect_workloads_core::model::{FactKind, GpuProcess, Observations};
 use detect_workloads_core::plugin::{
     CollectContext, CollectError, Collected, Collector, CollectorPlugin,
 };
+use procfs::process::FDTarget;
+use procfs::ProcError;
 use serde::{Deserialize, Deserializer};
 use tracing::debug;
 
@@ -151,45 +152,42 @@ fn natural(path: &str) -> (usize, &str) {
     (path.len(), path)
 }
 
-/// Reads every process's fd table under `root`. Processes that vanish or cannot
-/// be read are skipped; only an unreadable `root` is an error. Stops early (with
-/// an error) once `cancelled` is set.
+/// Reads every process's fd table under `root`, through the `procfs` crate.
+/// Processes that vanish or cannot be read are skipped; only an unreadable
+/// `root` is an error. Stops early (with an error) once `cancelled` is set.
 pub fn scan_fd_tables(
     root: &Path,
     dev_dir: &Path,
     cancelled: &AtomicBool,
 ) -> Result<FdScan, CollectError> {
-    let entries = std::fs::read_dir(root)
+    let processes = procfs::process::all_processes_with_root(root)
         .map_err(|e| CollectError::Unavailable(format!("cannot list {}: {e}", root.display())))?;
     let mut scan = FdScan::default();
-    for entry in entries {
+    for process in processes {
         if cancelled.load(Ordering::Relaxed) {
             return Err(CollectError::Failed("abandoned".to_string()));
         }
-        let Ok(entry) = entry else { continue };
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
+        // Gone meanwhile (or a `-N` entry, which names no process): skipped.
+        let Ok(process) = process else { continue };
+        let Ok(pid) = u32::try_from(process.pid()) else {
             continue;
         };
-        let fds = match std::fs::read_dir(entry.path().join("fd")) {
+        let fds = match process.fd() {
             Ok(fds) => fds,
-            Err(e) => {
-                if e.kind() == ErrorKind::PermissionDenied {
-                    scan.unreadable += 1;
-                }
-                continue; // gone meanwhile, or not ours to read
+            Err(ProcError::PermissionDenied(_)) => {
+                scan.unreadable += 1;
+                continue; // not ours to read
             }
+            Err(_) => continue, // gone meanwhile, or a kernel thread's
         };
         scan.processes += 1;
         let mut gpus = BTreeMap::new();
         let mut caps = BTreeSet::new();
+        // Descriptors closed meanwhile are left out by the iterator.
         for fd in fds.flatten() {
             scan.fds += 1;
-            let Ok(target) = std::fs::read_link(fd.path()) else {
-                continue; // closed meanwhile
+            let FDTarget::Path(target) = fd.target else {
+                continue; // sockets, pipes, anonymous inodes
             };
             match node_of(&target, dev_dir) {
                 Some(Node::Gpu(n)) => {
@@ -201,20 +199,29 @@ pub fn scan_fd_tables(
                 None => {}
             }
         }
-        let mut caps: Vec<String> = caps.into_iter().collect();
-        caps.sort_by(|a, b| natural(a).cmp(&natural(b)));
-        let mig = (gpus.len() == 1 && !caps.is_empty()).then(|| caps.join(","));
-        scan.gpu_processes
-            .extend(gpus.into_values().map(|node| GpuProcess {
-                pid,
-                used_memory_mib: None,
-                gpu_uuid: node,
-                mig_uuid: mig.clone(),
-                ..GpuProcess::default()
-            }));
+        scan.gpu_processes.extend(gpu_processes(pid, gpus, caps));
     }
     scan.gpu_processes.sort_by_key(|g| g.pid);
     Ok(scan)
+}
+
+/// One [`GpuProcess`] per GPU node a process holds; its MIG capabilities go
+/// with it when it holds exactly one GPU.
+fn gpu_processes(
+    pid: u32,
+    gpus: BTreeMap<u32, String>,
+    caps: BTreeSet<String>,
+) -> impl Iterator<Item = GpuProcess> {
+    let mut caps: Vec<String> = caps.into_iter().collect();
+    caps.sort_by(|a, b| natural(a).cmp(&natural(b)));
+    let mig = (gpus.len() == 1 && !caps.is_empty()).then(|| caps.join(","));
+    gpus.into_values().map(move |node| GpuProcess {
+        pid,
+        used_memory_mib: None,
+        gpu_uuid: node,
+        mig_uuid: mig.clone(),
+        ..GpuProcess::default()
+    })
 }
 
 /// Sets the flag when dropped: the collect future was dropped (timed out), so
@@ -406,6 +413,8 @@ mod tests {
         std::fs::create_dir_all(tree.path().join("107/fd")).expect("mkdir");
         std::fs::write(tree.path().join("meminfo"), "MemTotal: 1 kB\n").expect("write");
         symlink("100", tree.path().join("self")).expect("symlink");
+        std::fs::create_dir_all(tree.path().join("-5/fd")).expect("mkdir");
+        symlink("/dev/nvidia0", tree.path().join("-5/fd/3")).expect("symlink");
 
         let scan = scan(tree.path(), "/dev").expect("scan");
         assert_eq!(
