@@ -386,7 +386,14 @@ fn craft_process(root: &Path, pid: u32, start_time: u64, cmdline: &[u8]) {
         format!("{pid} (python3) S 1 1 1 0 -1 4194560 100 0 0 0 5 3 0 0 20 0 1 0 {start_time} 1000 100\n"),
     )
     .expect("write stat");
-    std::fs::write(dir.join("status"), "Name:\tpython3\nUid:\t0\t0\t0\t0\n").expect("status");
+    // A whole status file (the procfs crate reads every field), owned by root.
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/proc/447/status");
+    let status = std::fs::read_to_string(fixture).expect("fixture status");
+    let status = status
+        .replace("Uid:\t4242\t4242\t4242\t4242", "Uid:\t0\t0\t0\t0")
+        .replace("Pid:\t447\n", &format!("Pid:\t{pid}\n"))
+        .replace("Tgid:\t447\n", &format!("Tgid:\t{pid}\n"));
+    std::fs::write(dir.join("status"), status).expect("status");
     std::fs::write(dir.join("cmdline"), cmdline).expect("cmdline");
     std::fs::write(
         dir.join("cgroup"),
