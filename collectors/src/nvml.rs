@@ -17,6 +17,8 @@ use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::mem::ManuallyDrop;
 use std::os::raw::c_uint;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use detect_workloads_core::async_trait;
@@ -66,19 +68,75 @@ impl Default for NvmlConfig {
 
 /// The `nvml` collector.
 ///
-/// NVML is initialised at each collection, on the blocking thread that does
-/// the work, and shut down after it: a scan is a short-lived process, so
-/// keeping a session would save nothing, and a fresh one notices a driver
-/// that was reloaded in between.
-#[derive(Debug)]
+/// NVML is initialised at the first collection, on the blocking thread that
+/// does the work, and the session is kept open for the next ones: watch
+/// mode polls every `gpu_interval`, and initialising costs far more than a
+/// process query on an open handle. After any error the session is closed,
+/// so the next collection opens a fresh one (a driver reloaded in between
+/// is noticed then). A oneshot scan collects once; its session closes when
+/// the process ends.
 pub struct NvmlCollector {
     config: NvmlConfig,
+    /// The open session; locked by the one collection using it.
+    session: Arc<Mutex<Option<Session>>>,
+    /// Sessions opened so far (the `sessions_opened` counter).
+    opened: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for NvmlCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NvmlCollector")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
 }
 
 impl NvmlCollector {
     /// Builds it from its configuration.
     pub fn new(config: NvmlConfig) -> Self {
-        Self { config }
+        Self {
+            config,
+            session: Arc::new(Mutex::new(None)),
+            opened: Arc::new(AtomicU64::new(0)),
+        }
+    }
+}
+
+/// One collection on the kept session: opens it when there is none, and
+/// closes it after an error (the next collection opens a fresh one).
+fn collect_on(
+    library: &str,
+    session: &Mutex<Option<Session>>,
+    opened: &AtomicU64,
+) -> Result<Collected, CollectError> {
+    // A collection abandoned at its timeout may still hold it, hung in the driver.
+    let mut guard = session.try_lock().map_err(|_| {
+        CollectError::Failed(format!(
+            "NVML ({library}): the previous query has not returned yet"
+        ))
+    })?;
+    let started = std::time::Instant::now();
+    if guard.is_none() {
+        *guard = Some(open(library)?);
+        opened.fetch_add(1, Ordering::Relaxed);
+    }
+    let init_us = started.elapsed().as_micros() as u64;
+    let Some(open_session) = guard.as_ref() else {
+        return Err(CollectError::Failed("NVML session vanished".into()));
+    };
+    let result = query(library, &open_session.0, init_us);
+    match result {
+        Ok(mut collected) => {
+            collected
+                .stats
+                .insert("sessions_opened".into(), opened.load(Ordering::Relaxed));
+            Ok(collected)
+        }
+        Err(e) => {
+            // A driver error: start afresh next time.
+            *guard = None;
+            Err(e)
+        }
     }
 }
 
@@ -94,9 +152,10 @@ impl Collector for NvmlCollector {
 
     async fn collect(&self, _ctx: &CollectContext<'_>) -> Result<Collected, CollectError> {
         let library = self.config.library.clone();
+        let (session, opened) = (Arc::clone(&self.session), Arc::clone(&self.opened));
         // If the core's timeout drops this future, the thread is left to
         // finish (or hang) on its own; nothing waits for it.
-        let task = tokio::task::spawn_blocking(move || query(&library));
+        let task = tokio::task::spawn_blocking(move || collect_on(&library, &session, &opened));
         match task.await {
             Ok(result) => {
                 if let Err(e) = &result {
@@ -187,12 +246,8 @@ fn call_error(library: &str, what: &str, e: NvmlError) -> CollectError {
 }
 
 /// Does all the NVML work of one collection (on a blocking thread).
-fn query(library: &str) -> Result<Collected, CollectError> {
-    let started = std::time::Instant::now();
-    let session = open(library)?;
-    let init_us = started.elapsed().as_micros() as u64;
+fn query(library: &str, nvml: &Nvml, init_us: u64) -> Result<Collected, CollectError> {
     let queried = std::time::Instant::now();
-    let nvml: &Nvml = &session.0;
     let fail = |what: &str| {
         let what = what.to_string();
         move |e| call_error(library, &what, e)
@@ -271,7 +326,7 @@ fn query(library: &str) -> Result<Collected, CollectError> {
         ("gpus".to_string(), u64::from(count)),
         ("mig_devices".to_string(), mig_devices),
         ("processes".to_string(), found.len() as u64),
-        // Loading and initialising the library vs. the process queries.
+        // Loading and initialising the library (0 on a kept session) vs. the queries.
         ("init_us".to_string(), init_us),
         ("query_us".to_string(), queried.elapsed().as_micros() as u64),
     ]);

@@ -47,6 +47,9 @@ enum Command {
         #[arg(long, value_name = "NAME")]
         sample: Option<String>,
     },
+    /// Run as a service: a full scan at start, every `[agent] interval` and
+    /// at each engine event, a GPU poll every `[agent] gpu_interval`
+    Watch,
 }
 
 fn init_logging(verbose: bool, quiet: bool) {
@@ -79,6 +82,10 @@ pub fn main() -> ExitCode {
         }
         Some(Command::Plugins { sample: Some(name) }) => print_sample(&name),
         Some(Command::Validate) => validate(&cli),
+        Some(Command::Watch) => crate::watch::main(crate::watch::Source {
+            path: choose_config(cli.config.as_deref()),
+            sinks: cli.sinks.clone(),
+        }),
         None => scan(&cli),
     }
 }

@@ -164,6 +164,13 @@ pub struct AgentConfig {
     /// How long a scan waits for another one holding the lock.
     #[serde(deserialize_with = "duration")]
     pub lock_timeout: Duration,
+    /// Watch mode: a full scan this often (and at each engine event).
+    #[serde(deserialize_with = "duration")]
+    pub interval: Duration,
+    /// Watch mode: a GPU poll this often (GPU collectors, `/proc` and the
+    /// stages; the containers of the last full scan are reused).
+    #[serde(deserialize_with = "duration")]
+    pub gpu_interval: Duration,
 }
 
 impl Default for AgentConfig {
@@ -172,6 +179,8 @@ impl Default for AgentConfig {
             scan_timeout: Duration::from_secs(25),
             source: "detect-workloads".to_string(),
             lock_timeout: Duration::from_secs(10),
+            interval: Duration::from_secs(30),
+            gpu_interval: Duration::from_secs(2),
         }
     }
 }

@@ -26,6 +26,7 @@ pub mod timefmt;
 pub mod top;
 pub mod users;
 pub mod view;
+pub mod watch;
 
 pub use async_trait::async_trait;
 pub use inventory;

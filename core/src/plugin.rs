@@ -224,7 +224,28 @@ pub trait Collector: Send + Sync {
     }
     /// Observes.
     async fn collect(&self, ctx: &CollectContext<'_>) -> Result<Collected, CollectError>;
+    /// Watch mode: a stream of change notices from a source that can push
+    /// them (the Docker engine's event stream), replaying from `since` (the
+    /// last notice seen) when given. `None`: the source cannot push; watch
+    /// mode then relies on its timer.
+    fn changes(&self, since: Option<Change>) -> Option<ChangeFeed> {
+        let _ = since;
+        None
+    }
 }
+
+/// A source's notice that what it observes changed (watch mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Change {
+    /// When it happened, by the source's clock, in nanoseconds since the
+    /// epoch: where a new subscription replays from.
+    pub time_nanos: i64,
+}
+
+/// Change notices as a source pushes them; an `Err` or the end of the stream
+/// means the subscription was lost (watch mode subscribes again).
+pub type ChangeFeed =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Change, CollectError>> + Send>>;
 
 /// A container being turned into an inventory entry by the stages.
 #[derive(Debug, Clone)]
@@ -419,7 +440,17 @@ pub trait Sink: Send + Sync {
     fn state_store(&self) -> Option<&dyn StateStore> {
         None
     }
+    /// Watch mode: a task this sink runs for as long as the service does
+    /// (the Prometheus sink's `/metrics` listener). Started once per loaded
+    /// configuration; dropped (stopped) when the configuration is replaced.
+    fn service(&self) -> Option<SinkService> {
+        None
+    }
 }
+
+/// A sink's long-running task in watch mode; it ends only on failure.
+pub type SinkService =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), SinkError>> + Send>>;
 
 /// Builds a plugin from its configuration table.
 pub type BuildFn<T> = fn(PluginConfig<'_>) -> Result<Box<T>, ConfigError>;

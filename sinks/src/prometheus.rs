@@ -8,9 +8,10 @@
 //!   collector directory, written atomically (a temporary file created
 //!   exclusively in the same directory, mode 0644, fsync, rename, fsync of the
 //!   directory): node_exporter never reads half a file. Works in oneshot mode.
-//! - `listen`: `GET /metrics` on that address ([`serve`]); only a long-lived
-//!   watch mode can serve it, so a configuration with `listen` and no
-//!   `textfile_dir` is refused until that mode exists.
+//! - `listen`: `GET /metrics` on that address ([`serve`]), started by watch
+//!   mode ([`Sink::service`]) with the scanner's own `process_*` metrics
+//!   (the `prometheus` crate's process collector) added at each request; a
+//!   oneshot scan serves nothing (it does not live long enough to be scraped).
 //!
 //! Only gauges and counters, names prefixed `ds01_workload_`, no PIDs or
 //! command lines as labels, GPUs labelled `UUID` as dcgm-exporter labels them
@@ -34,14 +35,14 @@ use std::time::Duration;
 use detect_workloads_core::async_trait;
 use detect_workloads_core::config::{ConfigError, PluginConfig};
 use detect_workloads_core::model::{Event, GpuMismatch, Inventory};
-use detect_workloads_core::plugin::{ScanOutput, Sink, SinkError, SinkPlugin};
+use detect_workloads_core::plugin::{ScanOutput, Sink, SinkError, SinkPlugin, SinkService};
 use detect_workloads_core::timefmt::parse_rfc3339;
 use prometheus::{Gauge, GaugeVec, IntCounterVec, Opts, Registry, TextEncoder};
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 /// The file written in `textfile_dir` (node_exporter reads `*.prom`).
 pub const FILE_NAME: &str = "detect_workloads.prom";
@@ -487,12 +488,45 @@ pub async fn serve(listener: TcpListener, metrics: watch::Receiver<String>) -> s
             }
             Err(e) => return Err(e),
         };
-        let body = metrics.borrow().clone();
+        let body = metrics.borrow().clone() + &process_metrics();
         tokio::spawn(async move {
             if let Err(e) = answer(stream, &body).await {
                 debug!(%peer, "metrics request: {e}");
             }
         });
+    }
+}
+
+/// The scanner's own `process_*` metrics (CPU seconds, resident memory,
+/// open descriptors, start time), read from `/proc/self` now; empty where
+/// they cannot be read.
+pub fn process_metrics() -> String {
+    let registry = Registry::new();
+    let collector = prometheus::process_collector::ProcessCollector::for_self();
+    if let Err(e) = registry.register(Box::new(collector)) {
+        debug!("process metrics: {e}");
+        return String::new();
+    }
+    TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .unwrap_or_else(|e| {
+            debug!("process metrics: {e}");
+            String::new()
+        })
+}
+
+/// Binds `addr`, trying again for a few seconds while the address is still
+/// held (by the listener of the configuration a reload just replaced).
+async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let mut tries = 0;
+    loop {
+        match TcpListener::bind(addr).await {
+            Err(e) if e.kind() == ErrorKind::AddrInUse && tries < 50 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => return other,
+        }
     }
 }
 
@@ -620,6 +654,20 @@ impl Sink for PrometheusSink {
         self.feed.send_replace(text);
         Ok(())
     }
+
+    fn service(&self) -> Option<SinkService> {
+        let addr = self.listen?;
+        let metrics = self.subscribe();
+        Some(Box::pin(async move {
+            let listener = bind(addr)
+                .await
+                .map_err(|e| SinkError::io(format!("cannot listen on {addr}"), e))?;
+            info!("serving /metrics on {addr}");
+            serve(listener, metrics)
+                .await
+                .map_err(|e| SinkError::io(format!("listener on {addr}"), e))
+        }))
+    }
 }
 
 fn build(config: PluginConfig<'_>) -> Result<Box<dyn Sink>, ConfigError> {
@@ -629,18 +677,10 @@ fn build(config: PluginConfig<'_>) -> Result<Box<dyn Sink>, ConfigError> {
             "textfile_dir",
             "set textfile_dir (node_exporter's textfile directory) or listen (watch mode)",
         )),
-        (None, Some(addr)) => Err(config.invalid(
-            "listen",
-            format!(
-                "serving /metrics on {addr} needs watch mode, which this version does not have; \
-                 oneshot scans write a file: set textfile_dir (for example \
-                 \"/var/lib/prometheus/node-exporter\")"
-            ),
-        )),
         (Some(dir), _) if dir.as_os_str().is_empty() => {
             Err(config.invalid("textfile_dir", "must not be empty"))
         }
-        (Some(_), _) => Ok(Box::new(PrometheusSink::new(
+        _ => Ok(Box::new(PrometheusSink::new(
             parsed.textfile_dir,
             parsed.listen,
         ))),

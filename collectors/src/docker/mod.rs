@@ -19,6 +19,7 @@
 //! most `max_concurrent_inspects` at a time.
 
 mod connection;
+mod events;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -36,7 +37,8 @@ use detect_workloads_core::model::{
     short_id, ContainerFacts, DeviceRequest, FactKind, InspectFacts, Inventory, Observations,
 };
 use detect_workloads_core::plugin::{
-    CollectContext, CollectError, Collected, Collector, CollectorPlugin, Previous,
+    Change, ChangeFeed, CollectContext, CollectError, Collected, Collector, CollectorPlugin,
+    Previous,
 };
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use serde::Deserialize;
@@ -143,6 +145,13 @@ impl Collector for DockerCollector {
                 ..Default::default()
             },
             stats,
+        })
+    }
+
+    fn changes(&self, since: Option<Change>) -> Option<ChangeFeed> {
+        Some(match &self.endpoint {
+            Ok(endpoint) => events::subscribe(endpoint, self.config.timeout, since),
+            Err(e) => Box::pin(stream::iter([Err(CollectError::Unavailable(e.clone()))])),
         })
     }
 }

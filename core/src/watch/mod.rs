@@ -1,0 +1,182 @@
+//! `detect-workloads watch`: the scan cycle, long-lived.
+//!
+//! A full scan at start, every `[agent] interval` and [`schedule::DEBOUNCE`]
+//! after the engine reports a container create, start, die or destroy; a
+//! GPU poll every `[agent] gpu_interval` that reuses the containers of the
+//! last full scan ([`replay`]). Each is one [`crate::cycle::run_cycle`]: the
+//! same lock, inventory and events as a oneshot scan. SIGTERM and SIGINT
+//! stop the loop once the current cycle is written (exit 0); SIGHUP
+//! reloads the configuration, keeping the running one when the new one is
+//! invalid.
+//!
+//! The loop runs on the main thread; the signal handlers, the change
+//! streams and the sinks' services are tasks on the runtime that wake it
+//! through one channel ([`Notice`]).
+
+pub mod backoff;
+pub mod feeds;
+pub mod replay;
+pub mod schedule;
+pub mod service;
+pub mod signals;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tracing::{error, info};
+
+use crate::config::Config;
+
+use schedule::{Job, Schedule};
+use service::Service;
+
+/// What wakes the loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    /// A source reported a change.
+    Changed,
+    /// Reload the configuration (SIGHUP).
+    Reload,
+    /// Stop after the current cycle (the signal's name).
+    Stop(&'static str),
+}
+
+/// Where the configuration comes from, for reloads.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// The file, or `None` for the built-in default.
+    pub path: Option<PathBuf>,
+    /// `--sink` names.
+    pub sinks: Vec<String>,
+}
+
+impl Source {
+    fn load(&self) -> Result<Config, crate::config::ConfigError> {
+        Config::load(self.path.as_deref(), &self.sinks)
+    }
+}
+
+/// Runs watch mode until SIGTERM or SIGINT.
+pub fn main(source: Source) -> ExitCode {
+    let config = match source.load() {
+        Ok(config) => config,
+        Err(e) => {
+            error!("invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!("cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let (tx, rx) = unbounded_channel();
+    if let Err(e) = signals::listen(&runtime, tx.clone()) {
+        error!("cannot install the signal handlers: {e}");
+        return ExitCode::from(1);
+    }
+    let stopped_by = Loop::new(source, config, &runtime, tx, rx).run();
+    info!("{stopped_by}: stopping");
+    // A collector abandoned on a blocking thread must not keep the process alive.
+    runtime.shutdown_background();
+    ExitCode::SUCCESS
+}
+
+/// The watch loop's state.
+struct Loop<'r> {
+    source: Source,
+    service: Service,
+    schedule: Schedule,
+    runtime: &'r tokio::runtime::Runtime,
+    tx: UnboundedSender<Notice>,
+    rx: UnboundedReceiver<Notice>,
+}
+
+impl<'r> Loop<'r> {
+    fn new(
+        source: Source,
+        config: Config,
+        runtime: &'r tokio::runtime::Runtime,
+        tx: UnboundedSender<Notice>,
+        rx: UnboundedReceiver<Notice>,
+    ) -> Self {
+        let schedule = schedule_of(&config);
+        let mut service = Service::new(config);
+        service.start(runtime, &tx);
+        Loop {
+            source,
+            service,
+            schedule,
+            runtime,
+            tx,
+            rx,
+        }
+    }
+
+    /// Runs jobs as they fall due, until a stop notice; returns its signal.
+    fn run(mut self) -> &'static str {
+        info!(
+            "watching: full scan every {}, GPU poll every {}",
+            humantime::format_duration(self.service.config().agent.interval),
+            humantime::format_duration(self.service.config().agent.gpu_interval)
+        );
+        loop {
+            if let Some(job) = self.schedule.take(Instant::now()) {
+                self.service.run(job, self.runtime);
+            }
+            // Every notice that arrived during the job, then wait for the next one.
+            let wake = tokio::time::Instant::from_std(self.schedule.next_wake());
+            let notice = self.runtime.block_on(async {
+                tokio::time::timeout_at(wake, self.rx.recv())
+                    .await
+                    .ok()
+                    .flatten()
+            });
+            match notice {
+                Some(Notice::Stop(signal)) => return signal,
+                Some(Notice::Changed) => self.schedule.changed(Instant::now()),
+                Some(Notice::Reload) => self.reload(),
+                None => {}
+            }
+        }
+    }
+
+    /// SIGHUP: the new configuration replaces the running one and a full
+    /// scan follows; an invalid one is logged and the running one kept.
+    fn reload(&mut self) {
+        match self.source.load() {
+            Ok(config) => {
+                info!("configuration reloaded from {}", config.origin);
+                self.schedule = schedule_of(&config);
+                // The old tasks (the /metrics listener) stop before the new start.
+                self.service = Service::new(config);
+                self.service.start(self.runtime, &self.tx);
+            }
+            Err(e) => error!("invalid configuration, keeping the running one: {e}"),
+        }
+    }
+}
+
+fn schedule_of(config: &Config) -> Schedule {
+    Schedule::new(
+        Instant::now(),
+        config.agent.interval,
+        config.agent.gpu_interval,
+    )
+}
+
+/// Runs `job` on `service` (for in-process tests and benchmarks).
+pub fn run_job(service: &Service, job: Job, runtime: &tokio::runtime::Runtime) {
+    service.run(job, runtime);
+}

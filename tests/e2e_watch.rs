@@ -1,0 +1,322 @@
+//! `detect-workloads watch`: the real binary, long-lived, against the
+//! private engine, the scripted nvidia-smi and real processes. Assertions are
+//! on events and files, each waited for with a generous bound (never on speed).
+
+mod common;
+
+use std::io::Read;
+use std::path::Path;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+/// The generous bound for anything watch mode should do "soon".
+const BOUND: Duration = Duration::from_secs(20);
+
+/// `[agent]` lines after the config's `source`.
+fn with_agent(s: &Scratch, docker: Option<&str>, agent: &str, extra: &str) -> std::path::PathBuf {
+    let config = s.config(docker, extra);
+    edit_config(
+        &config,
+        "source = \"detect-workloads-test\"\n",
+        &format!("source = \"detect-workloads-test\"\n{agent}\n"),
+    );
+    config
+}
+
+/// Waits until `check` holds, or panics after [`BOUND`] saying `what`.
+fn wait_for(what: &str, child: &mut Child, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "watch exited ({status}) while waiting for {what}: {}",
+                stderr_of(child)
+            );
+        }
+        assert!(start.elapsed() < BOUND, "not within {BOUND:?}: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn stderr_of(child: &mut Child) -> String {
+    let mut text = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut text);
+    }
+    text
+}
+
+fn signal(child: &Child, sig: i32) {
+    // SAFETY: kill(2) on our own child's PID.
+    let rc = unsafe { libc::kill(child.id() as i32, sig) };
+    assert_eq!(rc, 0, "kill");
+}
+
+/// SIGTERM; the exit status and standard error.
+fn stop(mut child: Child) -> (Option<i32>, String) {
+    signal(&child, libc::SIGTERM);
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return (status.code(), stderr_of(&mut child));
+        }
+        if start.elapsed() > BOUND {
+            let _ = child.kill();
+            panic!("watch did not stop on SIGTERM: {}", stderr_of(&mut child));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn events_of(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn has_event(path: &Path, event_type: &str, key: &str, value: &str) -> bool {
+    events_of(path)
+        .iter()
+        .any(|e| e["event_type"] == format!("detection.{event_type}") && e["details"][key] == value)
+}
+
+fn inventory_has(s: &Scratch, pointer: &str) -> bool {
+    std::fs::read_to_string(s.inventory_path())
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .is_some_and(|inv| inv.pointer(pointer).is_some())
+}
+
+#[test]
+fn a_container_started_while_watching_is_in_the_inventory_and_the_event_log() {
+    let Some(host) = docker_host() else { return };
+    let s = Scratch::new();
+    // Timers far away: only the engine's event can bring the container in.
+    let config = with_agent(
+        &s,
+        Some(&host),
+        "interval = \"1h\"\ngpu_interval = \"1h\"",
+        "",
+    );
+    let mut watch = s.spawn(&config, &["watch"]);
+    wait_for("the first scan", &mut watch, || s.inventory_path().exists());
+    let mut containers = Containers::new(&host);
+    let name = unique("dw-watch");
+    let id = containers.run(&["--name", &name, &test_image(), "sleep", "600"]);
+    wait_for("container_discovered", &mut watch, || {
+        has_event(
+            &s.events_path(),
+            "container_discovered",
+            "container_id",
+            &id,
+        )
+    });
+    assert!(
+        inventory_has(&s, &format!("/containers/{id}")),
+        "{id} in the inventory"
+    );
+    // And its exit, the same way.
+    docker(&host, &["kill", &id]);
+    wait_for("container_exited", &mut watch, || {
+        events_of(&s.events_path()).iter().any(|e| {
+            e["details"]["container_id"] == id.as_str()
+                && e["event_type"] != "detection.container_discovered"
+        })
+    });
+    let (code, err) = stop(watch);
+    assert_eq!(code, Some(0), "{err}");
+}
+
+#[test]
+fn sigterm_exits_0_with_the_last_scan_written() {
+    let s = Scratch::new();
+    let config = with_agent(&s, None, "interval = \"1h\"\ngpu_interval = \"300ms\"", "");
+    let mut watch = s.spawn(&config, &["watch"]);
+    let gpu = s.gpu_process();
+    wait_for("host_gpu_process_discovered", &mut watch, || {
+        events_of(&s.events_path())
+            .iter()
+            .any(|e| e["details"]["pid"] == gpu.pid())
+    });
+    let (code, err) = stop(watch);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("SIGTERM: stopping"), "{err}");
+    let inv = s.inventory();
+    assert!(
+        inv["host_processes"].get(gpu.pid().to_string()).is_some(),
+        "{inv}"
+    );
+}
+
+#[test]
+fn gpu_polls_confirm_a_new_gpu_process_without_a_full_scan() {
+    let s = Scratch::new();
+    // The full-scan timer is an hour away: only GPU polls can confirm it
+    // (transient-filter needs two sightings).
+    let config = with_agent(&s, None, "interval = \"1h\"\ngpu_interval = \"300ms\"", "");
+    let mut watch = s.spawn(&config, &["watch"]);
+    wait_for("the first scan", &mut watch, || s.inventory_path().exists());
+    let gpu = s.gpu_process();
+    wait_for("host_gpu_process_discovered", &mut watch, || {
+        events_of(&s.events_path()).iter().any(|e| {
+            e["event_type"] == "detection.host_gpu_process_discovered"
+                && e["details"]["pid"] == gpu.pid()
+        })
+    });
+    let (code, err) = stop(watch);
+    assert_eq!(code, Some(0), "{err}");
+}
+
+#[test]
+fn sighup_with_a_broken_config_keeps_the_running_one() {
+    let s = Scratch::new();
+    let config = with_agent(&s, None, "interval = \"1h\"\ngpu_interval = \"300ms\"", "");
+    let mut watch = s.spawn(&config, &["watch"]);
+    wait_for("the first scan", &mut watch, || s.inventory_path().exists());
+    edit_config(&config, "[[stages.classify]]", "[[stages.no-such-stage]]");
+    signal(&watch, libc::SIGHUP);
+    // Still watching with the old configuration: a new GPU process is found.
+    std::thread::sleep(Duration::from_millis(500));
+    let gpu = s.gpu_process();
+    wait_for(
+        "host_gpu_process_discovered after the reload",
+        &mut watch,
+        || {
+            events_of(&s.events_path()).iter().any(|e| {
+                e["event_type"] == "detection.host_gpu_process_discovered"
+                    && e["details"]["pid"] == gpu.pid()
+            })
+        },
+    );
+    let (code, err) = stop(watch);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("invalid configuration, keeping the running one")
+            && err.contains("no-such-stage"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_valid_config_is_reloaded_on_sighup() {
+    let s = Scratch::new();
+    let config = with_agent(&s, None, "interval = \"1h\"\ngpu_interval = \"1h\"", "");
+    let mut watch = s.spawn(&config, &["watch"]);
+    wait_for("the first scan", &mut watch, || s.inventory_path().exists());
+    // Only the reloaded configuration polls the GPU.
+    edit_config(&config, "gpu_interval = \"1h\"", "gpu_interval = \"300ms\"");
+    signal(&watch, libc::SIGHUP);
+    let gpu = s.gpu_process();
+    wait_for(
+        "host_gpu_process_discovered after the reload",
+        &mut watch,
+        || {
+            events_of(&s.events_path()).iter().any(|e| {
+                e["event_type"] == "detection.host_gpu_process_discovered"
+                    && e["details"]["pid"] == gpu.pid()
+            })
+        },
+    );
+    let (code, err) = stop(watch);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("configuration reloaded"), "{err}");
+}
+
+/// Each GPU process started is one `host_gpu_process_discovered` line.
+fn discover_one(s: &Scratch, watch: &mut Child, keep: &mut Vec<Proc>) -> u32 {
+    let p = sleeper();
+    let pid = p.pid();
+    s.set_gpu_apps(&format!("{pid}, 10, {UUID}\n"));
+    keep.push(p);
+    wait_for("a discovery in the event log", watch, || {
+        events_of(&s.events_path()).iter().any(|e| {
+            e["event_type"] == "detection.host_gpu_process_discovered" && e["details"]["pid"] == pid
+        })
+    });
+    pid
+}
+
+#[test]
+fn the_event_log_follows_copytruncate_and_create_rotation() {
+    let s = Scratch::new();
+    let config = with_agent(&s, None, "interval = \"1h\"\ngpu_interval = \"300ms\"", "");
+    let mut watch = s.spawn(&config, &["watch"]);
+    let mut keep = Vec::new();
+    wait_for("the first scan", &mut watch, || s.inventory_path().exists());
+    let log = s.events_path();
+    discover_one(&s, &mut watch, &mut keep);
+
+    // copytruncate: copied away, then emptied in place.
+    std::fs::copy(&log, s.path("log/events.jsonl.1")).expect("copy");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&log)
+        .and_then(|f| f.set_len(0))
+        .expect("truncate");
+    let pid = discover_one(&s, &mut watch, &mut keep);
+    let text = std::fs::read(&log).expect("read");
+    assert!(!text.contains(&0), "no hole of NULs before the new line");
+    assert!(text.starts_with(b"{"), "the new line starts the file");
+
+    // create: renamed away, a new file made in its place.
+    std::fs::rename(&log, s.path("log/events.jsonl.2")).expect("rename");
+    let pid2 = discover_one(&s, &mut watch, &mut keep);
+    let rotated = events_of(&s.path("log/events.jsonl.2"));
+    assert!(
+        !rotated.iter().any(|e| e["details"]["pid"] == pid2),
+        "nothing written to the rotated-away file"
+    );
+    assert!(rotated.iter().any(|e| e["details"]["pid"] == pid));
+    let (code, err) = stop(watch);
+    assert_eq!(code, Some(0), "{err}");
+}
+
+#[test]
+fn metrics_are_served_in_watch_mode_with_process_metrics() {
+    let s = Scratch::new();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+    let port = listener.local_addr().expect("addr").port();
+    drop(listener);
+    let extra = format!("\n[[sinks.prometheus]]\nlisten = \"127.0.0.1:{port}\"\n");
+    let config = with_agent(&s, None, "interval = \"1h\"\ngpu_interval = \"1h\"", &extra);
+    let mut watch = s.spawn(&config, &["watch"]);
+    let mut body = String::new();
+    wait_for("/metrics with the scan's metrics", &mut watch, || {
+        body = get_metrics(port).unwrap_or_default();
+        body.contains("ds01_workload_") && body.contains("process_resident_memory_bytes")
+    });
+    assert!(body.contains("process_cpu_seconds_total"), "{body}");
+    if let Some(promtool) = std::env::var_os("DW_TEST_PROMTOOL").filter(|p| !p.is_empty()) {
+        let file = s.path("metrics.txt");
+        std::fs::write(&file, &body).expect("write");
+        let out = std::process::Command::new(promtool)
+            .args(["check", "metrics"])
+            .stdin(std::fs::File::open(&file).expect("open"))
+            .output()
+            .expect("run promtool");
+        assert!(
+            out.status.success(),
+            "promtool: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (code, err) = stop(watch);
+    assert_eq!(code, Some(0), "{err}");
+}
+
+fn get_metrics(port: u16) -> Option<String> {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    Some(text.split_once("\r\n\r\n")?.1.to_string())
+}
