@@ -222,7 +222,6 @@ dw_log "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 dw_log "cargo test --workspace --release"
 cargo test --workspace --release 2>&1
-dw_log "all checks passed"
 
 # --- 8. systemd units (issue 10, point 9): verify, and a sandbox rated "OK" ----
 # `systemd-analyze security --offline=true` must rate the service 3.0 or lower;
@@ -238,17 +237,63 @@ cp config/systemd/detect-workloads.service config/systemd/detect-workloads.timer
 unit_bin="$PWD/target/release/detect-workloads"
 [ -x "$unit_bin" ] || unit_bin=/bin/true
 sed -i "s|^ExecStart=.*|ExecStart=$unit_bin|" "$units_dir/detect-workloads.service"
+cp config/systemd/detect-workloads-watch.service "$units_dir/"
+sed -i "s|^ExecStart=[^ ]*|ExecStart=$unit_bin|" "$units_dir/detect-workloads-watch.service"
 # It exits 0 on settings it ignores, with a warning: any output is a failure.
 verify_rc=0
-verify_out=$(cd "$units_dir" && systemd-analyze verify ./detect-workloads.service ./detect-workloads.timer 2>&1) || verify_rc=$?
+verify_out=$(cd "$units_dir" && systemd-analyze verify ./detect-workloads.service ./detect-workloads.timer ./detect-workloads-watch.service 2>&1) || verify_rc=$?
 rm -rf "$units_dir"
 if [ "$verify_rc" -ne 0 ] || [ -n "$verify_out" ]; then
 	printf '%s\n' "$verify_out" >&2
 	dw_die "systemd-analyze verify failed on config/systemd/ (exit $verify_rc)"
 fi
-exposure=$(systemd-analyze security --offline=true --no-pager config/systemd/detect-workloads.service 2>&1 |
-	sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p')
-[ -n "$exposure" ] || dw_die "systemd-analyze security printed no exposure level"
-awk -v e="$exposure" 'BEGIN { exit !(e <= 3.0) }' ||
-	dw_die "config/systemd/detect-workloads.service is rated $exposure by systemd-analyze security; at most 3.0 (OK) is required"
-dw_log "ok: systemd units verified, service exposure $exposure (at most 3.0)"
+for unit in detect-workloads.service detect-workloads-watch.service; do
+	exposure=$(systemd-analyze security --offline=true --no-pager "config/systemd/$unit" 2>&1 |
+		sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p')
+	[ -n "$exposure" ] || dw_die "systemd-analyze security printed no exposure level for $unit"
+	awk -v e="$exposure" 'BEGIN { exit !(e <= 3.0) }' ||
+		dw_die "config/systemd/$unit is rated $exposure by systemd-analyze security; at most 3.0 (OK) is required"
+	dw_log "ok: $unit exposure $exposure (at most 3.0)"
+done
+dw_log "ok: systemd units verified"
+
+# --- 9. dependencies (issue 11, point 4): none declared and unused --------------
+command -v cargo-machete >/dev/null 2>&1 || cargo install --locked --quiet cargo-machete
+dw_log "cargo machete (unused dependencies)"
+cargo machete
+dw_log "duplicate crate versions (cargo tree -d; see README, Dependencies):"
+cargo tree -d -e normal --depth 0 2>/dev/null | grep -E '^[a-z]' | sort -u >&2 || true
+
+# --- 10. the Debian package (issue 15, point 4) -------------------------------------
+# Built from the release binary the tests just used; its contents are checked
+# and lintian must report no error.
+dw_log "Debian package: cargo deb, dpkg-deb --contents, lintian"
+command -v cargo-deb >/dev/null 2>&1 || cargo install --locked --quiet cargo-deb
+if ! command -v lintian >/dev/null 2>&1; then
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends lintian >&2 ||
+		dw_die "lintian is missing and could not be installed"
+fi
+deb_dir="$DW_TEST_DIR/deb"
+mkdir -p "$deb_dir"
+cargo deb --no-build --output "$deb_dir" >&2
+deb=$(ls "$deb_dir"/detect-workloads_*.deb)
+contents=$(dpkg-deb --contents "$deb")
+for path in usr/bin/detect-workloads etc/ds01/detect-workloads.toml \
+	lib/systemd/system/detect-workloads.service lib/systemd/system/detect-workloads.timer \
+	lib/systemd/system/detect-workloads-watch.service \
+	usr/share/doc/detect-workloads/README.md usr/share/doc/detect-workloads/SECURITY.md \
+	usr/share/doc/detect-workloads/LICENSE usr/share/doc/detect-workloads/copyright \
+	usr/share/doc/detect-workloads/docs/formats.md \
+	usr/share/doc/detect-workloads/examples/prometheus/detect-workloads.rules.yml \
+	usr/share/doc/detect-workloads/examples/grafana/detect-workloads.json; do
+	grep -q " \./$path\$" <<<"$contents" || dw_die "the package lacks /$path"
+done
+dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles | grep -qx /etc/ds01/detect-workloads.toml ||
+	dw_die "the default configuration is not a conffile"
+lintian_out=$(lintian --fail-on error --no-tag-display-limit "$deb" 2>&1) || {
+	printf '%s\n' "$lintian_out" >&2
+	dw_die "lintian reports errors on $(basename "$deb")"
+}
+[ -n "$lintian_out" ] && printf '%s\n' "$lintian_out" >&2
+dw_log "ok: $(basename "$deb") holds what it should; lintian reports no error"
+dw_log "all checks passed"
