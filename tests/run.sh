@@ -221,7 +221,7 @@ cargo fmt --all --check
 dw_log "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 dw_log "cargo test --workspace --release"
-cargo test --workspace --release 2>&1
+cargo test --workspace --release --no-fail-fast 2>&1
 
 # --- 8. systemd units (issue 10, point 9): verify, and a sandbox rated "OK" ----
 # `systemd-analyze security --offline=true` must rate the service 3.0 or lower;
