@@ -106,8 +106,7 @@ pub fn cgroup_info<'a>(paths: impl IntoIterator<Item = &'a str>) -> CgroupInfo {
 /// is 64 hex digits, else a 64-hex id inside a segment naming a runtime.
 fn container_segment(segment: &str) -> Option<String> {
     let id = hex_id(segment)?;
-    (id.len() == segment.len() || RUNTIME_MARKERS.iter().any(|m| segment.contains(m)))
-        .then_some(id)
+    (id.len() == segment.len() || RUNTIME_MARKERS.iter().any(|m| segment.contains(m))).then_some(id)
 }
 
 /// The 64-hex id inside one path segment (`docker-<id>.scope`, `<id>`).
