@@ -291,8 +291,9 @@ fn events_gap(since: i64, first_time: Option<i64>, count: usize) -> bool {
 }
 
 /// The containers both created and removed among `events` (in the engine's
-/// order), with the engine's times.
-fn short_lived(events: &[EventMessage]) -> Vec<ShortLivedContainer> {
+/// order), with the engine's times; those removed before `since` (the
+/// previous scan's start: the query overlaps it by a second) were told then.
+fn short_lived(events: &[EventMessage], since: i64) -> Vec<ShortLivedContainer> {
     let mut created: BTreeMap<String, ShortLivedContainer> = BTreeMap::new();
     let mut out = Vec::new();
     for e in events {
@@ -324,7 +325,8 @@ fn short_lived(events: &[EventMessage]) -> Vec<ShortLivedContainer> {
                 );
             }
             Some("destroy") => {
-                if let Some(c) = created.remove(&id) {
+                let removed = created.remove(&id);
+                if let Some(c) = removed.filter(|_| e.time.is_some_and(|t| t >= since)) {
                     out.push(ShortLivedContainer {
                         removed_at: at,
                         ..c
@@ -385,21 +387,22 @@ async fn image_tags(docker: &Docker) -> Result<HashMap<String, String>, DockerEr
 }
 
 async fn changes_since(docker: &Docker, since: i64) -> Result<Changes, DockerError> {
+    // To the nanosecond: an event later in this second must not be cut off.
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
         .unwrap_or_default();
+    let until = format!("{}.{:09}", now.as_secs(), now.subsec_nanos());
     let options = EventsOptions {
         // One second of overlap: events are stamped in whole seconds here.
         // Every type: only then does the count say whether the engine's
         // buffer was full (see `events_gap`).
         since: Some((since - 1).to_string()),
-        until: Some(now.to_string()),
+        until: Some(until),
         filters: None,
     };
     let events: Vec<EventMessage> = docker.events(Some(options)).try_collect().await?;
     let mut changes = Changes {
-        short_lived: short_lived(&events),
+        short_lived: short_lived(&events, since),
         events_gap: events_gap(since - 1, events.first().and_then(|e| e.time), events.len()),
         ..Default::default()
     };
@@ -662,7 +665,7 @@ mod tests {
             ev(CONTAINER, "destroy", "blink", 1_714_557_603),
         ];
         assert_eq!(
-            short_lived(&events),
+            short_lived(&events, 1_714_557_603),
             [ShortLivedContainer {
                 id: "blink".into(),
                 name: "n-blink".into(),
@@ -671,6 +674,8 @@ mod tests {
                 removed_at: "2024-05-01T10:00:03Z".into(),
             }]
         );
+        // Removed before the previous scan started: told by that scan.
+        assert!(short_lived(&events, 1_714_557_604).is_empty());
     }
 
     #[test]
