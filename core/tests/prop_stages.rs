@@ -200,7 +200,7 @@ proptest! {
         }
         let users = UserNames::new();
         let ctx = StageContext { previous: &previous, observations: &observations, users: &users };
-        let mut work = Workset { containers: containers.clone(), processes: processes.clone(), container_processes: vec![], container_processes: vec![] };
+        let mut work = Workset { containers: containers.clone(), processes: processes.clone(), container_processes: vec![] };
         for stage in &stages.stages {
             // A stage may fail (an error value); it may not panic.
             let _ = stage.plugin.run(&mut work, &ctx);

@@ -16,8 +16,10 @@ pub fn inventory(
     gpus: &[GpuDevice],
     trust: &Trust,
 ) -> Inventory {
-    let mut inventory = Inventory::default();
-    inventory.gpus = gpus.iter().map(|g| (g.uuid.clone(), g.clone())).collect();
+    let mut inventory = Inventory {
+        gpus: gpus.iter().map(|g| (g.uuid.clone(), g.clone())).collect(),
+        ..Inventory::default()
+    };
     for draft in work.containers {
         let entry = ContainerEntry {
             collector: draft.facts.collector,
