@@ -75,37 +75,51 @@ pub struct CgroupInfo {
     pub container_id: Option<String>,
 }
 
-const RUNTIME_MARKERS: [&str; 4] = ["docker", "containerd", "libpod", "kubepods"];
+const RUNTIME_MARKERS: [&str; 5] = ["docker", "containerd", "crio", "libpod", "kubepods"];
 
 /// The cgroup paths of a process (one per v1 hierarchy, one for v2). A path is
-/// a container's when it names a container runtime and carries a 64-hex id
-/// (`/docker/<id>`, `/system.slice/docker-<id>.scope`,
-/// `cri-containerd-<id>.scope`, `libpod-<id>.scope`), or lies under `kubepods`.
+/// a container's when one of its segments is a container's: a runtime's
+/// name with a 64-hex id (`docker-<id>.scope` of the systemd driver,
+/// `cri-containerd-<id>.scope`, `crio-<id>.scope`, `libpod-<id>.scope`), or
+/// the bare id the cgroupfs driver uses (`/docker/<id>`, and under any
+/// `--cgroup-parent`: `/ds01-students-alice.slice/<id>`); or when it lies
+/// under `kubepods` (a pod, id unknown). In a nested path (a container in a
+/// container) the outermost id is taken: the one the host's engine knows.
 pub fn cgroup_info<'a>(paths: impl IntoIterator<Item = &'a str>) -> CgroupInfo {
+    let mut pod = false;
     for path in paths {
-        if !RUNTIME_MARKERS.iter().any(|m| path.contains(m)) {
-            continue;
-        }
-        let id = path.split('/').rev().find_map(hex_id);
-        if id.is_some() || path.contains("kubepods") {
+        if let Some(id) = path.split('/').find_map(container_segment) {
             return CgroupInfo {
                 in_container: true,
-                container_id: id,
+                container_id: Some(id),
             };
         }
+        pod |= path.contains("kubepods");
     }
-    CgroupInfo::default()
+    CgroupInfo {
+        in_container: pod,
+        container_id: None,
+    }
+}
+
+/// The container id a cgroup path segment names: the whole segment when it
+/// is 64 hex digits, else a 64-hex id inside a segment naming a runtime.
+fn container_segment(segment: &str) -> Option<String> {
+    let id = hex_id(segment)?;
+    (id.len() == segment.len() || RUNTIME_MARKERS.iter().any(|m| segment.contains(m))).then_some(id)
 }
 
 /// The 64-hex id inside one path segment (`docker-<id>.scope`, `<id>`).
 fn hex_id(segment: &str) -> Option<String> {
     let bytes = segment.as_bytes();
-    (0..bytes.len().saturating_sub(63)).find_map(|i| {
+    (0..(bytes.len() + 1).saturating_sub(64)).find_map(|i| {
         let window = segment.get(i..i + 64)?;
         let hex = window
             .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        let bounded = bytes.get(i + 64).is_none_or(|b| !b.is_ascii_hexdigit());
+        let before = i.checked_sub(1).and_then(|j| bytes.get(j));
+        let bounded = bytes.get(i + 64).is_none_or(|b| !b.is_ascii_hexdigit())
+            && before.is_none_or(|b| !b.is_ascii_hexdigit());
         (hex && bounded).then(|| window.to_string())
     })
 }
@@ -282,29 +296,62 @@ mod tests {
         assert_eq!(cmdline_text(b""), "");
     }
 
+    /// Real-looking `/proc/<pid>/cgroup` files of each layout, through
+    /// [`cgroup_info`] as the collector calls it.
+    fn id_of(file: &str) -> CgroupInfo {
+        cgroup_info(file.lines().filter_map(|l| l.splitn(3, ':').nth(2)))
+    }
+
     #[test]
     fn cgroup_layouts() {
-        let v2_host = ["/user.slice/user-1001.slice/session-3.scope"];
-        assert_eq!(cgroup_info(v2_host), CgroupInfo::default());
-        let v2_docker_systemd = format!("/system.slice/docker-{ID}.scope");
-        let v2_docker_cgroupfs = format!("/docker/{ID}");
-        let cri = format!("/kubepods.slice/kubepods-besteffort.slice/cri-containerd-{ID}.scope");
-        let podman = format!("/machine.slice/libpod-{ID}.scope/container");
-        for path in [&v2_docker_systemd, &v2_docker_cgroupfs, &cri, &podman] {
-            let info = cgroup_info([path.as_str()]);
-            assert!(info.in_container, "{path}");
-            assert_eq!(info.container_id.as_deref(), Some(ID), "{path}");
+        let other = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
+        let samples = [
+            // cgroup v2, systemd driver.
+            format!("0::/system.slice/docker-{ID}.scope\n"),
+            // cgroup v2, cgroupfs driver.
+            format!("0::/docker/{ID}\n"),
+            // The lab's per-user parent, systemd driver (slices nest by name).
+            format!("0::/ds01.slice/ds01-students.slice/ds01-students-alice.slice/docker-{ID}.scope\n"),
+            // The same parent with the cgroupfs driver: the bare id, no runtime name.
+            format!("0::/ds01-students-alice.slice/{ID}\n"),
+            // containerd under Kubernetes (CRI), systemd driver.
+            format!("0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1f5e_2a.slice/cri-containerd-{ID}.scope\n"),
+            // CRI-O.
+            format!("0::/kubepods.slice/kubepods-burstable.slice/crio-{ID}.scope\n"),
+            // podman, with its inner `container` cgroup.
+            format!("0::/machine.slice/libpod-{ID}.scope/container\n"),
+            // podman, cgroupfs driver.
+            format!("0::/libpod_parent/libpod-{ID}\n"),
+            // cgroup v1: one line per hierarchy (the real layout of the test engine).
+            format!("12:pids:/docker/{ID}\n11:memory:/docker/{ID}\n1:name=systemd:/docker/{ID}\n0::/\n"),
+            format!("9:name=systemd:/ds01-students-alice.slice/{ID}\n8:pids:/ds01-students-alice.slice/{ID}\n0::/ds01-students-alice.slice/{ID}\n"),
+            // v1 with only some hierarchies in the container.
+            format!("4:memory:/user.slice\n3:cpu:/docker/{ID}\n0::/\n"),
+            // Nested (docker in docker): the outermost id, the host engine's.
+            format!("0::/docker/{ID}/docker/{other}\n"),
+            format!("0::/system.slice/docker-{ID}.scope/docker/{other}\n"),
+        ];
+        for file in &samples {
+            let info = id_of(file);
+            assert!(info.in_container, "{file}");
+            assert_eq!(info.container_id.as_deref(), Some(ID), "{file}");
         }
-        // cgroup v1: one path per hierarchy, the container's among others.
-        let v1 = ["/", &v2_docker_cgroupfs, "/user.slice"];
-        assert_eq!(cgroup_info(v1).container_id.as_deref(), Some(ID));
-        // The daemons themselves are not containers.
-        assert!(!cgroup_info(["/system.slice/docker.service"]).in_container);
-        assert!(!cgroup_info(["/system.slice/containerd.service"]).in_container);
-        assert!(cgroup_info(["/kubepods/burstable/podabc"]).in_container);
-        // A runtime's name without an id is not a container.
-        assert_eq!(cgroup_info(["/docker/abc"]), CgroupInfo::default());
-        assert_eq!(cgroup_info([]), CgroupInfo::default());
+        // Host processes, the daemons themselves, and ids that are not ids.
+        for file in [
+            "0::/user.slice/user-1001.slice/session-3.scope\n",
+            "0::/system.slice/docker.service\n",
+            "0::/system.slice/containerd.service\n",
+            "12:pids:/\n0::/init.scope\n",
+            "0::/docker/abc\n",
+            &format!("0::/user.slice/x{ID}\n"),
+            &format!("0::/user.slice/{ID}0\n"),
+            "",
+        ] {
+            assert_eq!(id_of(file), CgroupInfo::default(), "{file}");
+        }
+        // A pod without a container id: in a container, which one unknown.
+        let pod = id_of("0::/kubepods/burstable/podabc\n");
+        assert_eq!((pod.in_container, pod.container_id), (true, None));
     }
 
     #[test]

@@ -2,7 +2,10 @@
 
 use serde_json::json;
 
-use crate::model::{pid_map::in_text_order, Event, EventType, Inventory, ProcessEntry};
+use crate::model::{
+    pid_map::in_text_order, short_id, ContainerEntry, Event, EventType, Inventory, ProcessEntry,
+    ShortLivedContainer,
+};
 
 fn event(now: &str, event_type: EventType, user: &str, details: serde_json::Value) -> Event {
     Event {
@@ -20,12 +23,122 @@ fn holds(map: &std::collections::BTreeMap<u32, ProcessEntry>, p: &ProcessEntry) 
 }
 
 /// The events that turn `previous` into `current`, stamped `now`: the
-/// containers' first, then the host GPU processes'.
-pub fn transitions(previous: &Inventory, current: &Inventory, now: &str) -> Vec<Event> {
+/// containers' first, then those that lived between the two scans
+/// (`short_lived`, as the engine's events tell), then the containers' GPU
+/// use, then the host GPU processes'.
+pub fn transitions(
+    previous: &Inventory,
+    current: &Inventory,
+    short_lived: &[ShortLivedContainer],
+    now: &str,
+) -> Vec<Event> {
     let mut events = Vec::new();
     container_events(previous, current, now, &mut events);
+    short_lived_events(previous, current, short_lived, now, &mut events);
+    container_gpu_events(previous, current, now, &mut events);
     process_events(previous, current, now, &mut events);
     events
+}
+
+/// A container created and removed between the two scans: discovered and
+/// exited, with the engine's own times, unless either inventory lists it
+/// (then the ordinary events tell its story).
+fn short_lived_events(
+    previous: &Inventory,
+    current: &Inventory,
+    short_lived: &[ShortLivedContainer],
+    now: &str,
+    events: &mut Vec<Event>,
+) {
+    for c in short_lived {
+        let id = short_id(&c.id);
+        if previous.containers.contains_key(&id) || current.containers.contains_key(&id) {
+            continue;
+        }
+        events.push(event(
+            now,
+            EventType::ContainerDiscovered,
+            "",
+            json!({
+                "container_id": id,
+                "name": c.name,
+                "origin": "",
+                "has_gpu": false,
+                "image": c.image,
+                "short_lived": true,
+                "created_at": c.created_at,
+            }),
+        ));
+        events.push(event(
+            now,
+            EventType::ContainerExited,
+            "",
+            json!({
+                "container_id": id,
+                "name": c.name,
+                "origin": "",
+                "short_lived": true,
+                "created_at": c.created_at,
+                "removed_at": c.removed_at,
+            }),
+        ));
+    }
+}
+
+fn gpu_details(c: &ContainerEntry) -> serde_json::Value {
+    json!({
+        "container_id": c.id,
+        "name": c.name,
+        "user": c.user,
+        "gpu_memory_mb": c.gpu_memory_mb,
+        "gpu_uuids": c.gpu_uuids,
+    })
+}
+
+/// GPU use starting and stopping in containers, and mismatches appearing.
+/// A container gone while in use stops using its GPUs too.
+fn container_gpu_events(
+    previous: &Inventory,
+    current: &Inventory,
+    now: &str,
+    events: &mut Vec<Event>,
+) {
+    for (id, c) in &current.containers {
+        let before = previous.containers.get(id);
+        if c.gpu_in_use && !before.is_some_and(|b| b.gpu_in_use) {
+            events.push(event(
+                now,
+                EventType::ContainerGpuStarted,
+                &c.user,
+                gpu_details(c),
+            ));
+        }
+        if let Some(mismatch) = c.gpu_mismatch {
+            if before.and_then(|b| b.gpu_mismatch) != Some(mismatch) {
+                let mut details = gpu_details(c);
+                details["mismatch"] = json!(mismatch);
+                details["has_gpu"] = json!(c.has_gpu);
+                details["gpu_devices"] = json!(c.gpu_devices);
+                events.push(event(
+                    now,
+                    EventType::ContainerGpuMismatch,
+                    &c.user,
+                    details,
+                ));
+            }
+        }
+    }
+    for (id, old) in &previous.containers {
+        let in_use = current.containers.get(id).is_some_and(|c| c.gpu_in_use);
+        if old.gpu_in_use && !in_use {
+            events.push(event(
+                now,
+                EventType::ContainerGpuStopped,
+                &old.user,
+                gpu_details(old),
+            ));
+        }
+    }
 }
 
 fn container_events(previous: &Inventory, current: &Inventory, now: &str, events: &mut Vec<Event>) {
@@ -144,7 +257,7 @@ mod tests {
         cur.containers.insert("c".into(), container("c", "created"));
         cur.host_processes.insert(10, process(10, Some(6)));
         cur.host_processes.insert(11, process(11, Some(9)));
-        let types: Vec<_> = transitions(&prev, &cur, "t")
+        let types: Vec<_> = transitions(&prev, &cur, &[], "t")
             .into_iter()
             .map(|e| (e.event_type.as_str().to_string(), e.details.to_string()))
             .collect();
@@ -180,6 +293,131 @@ mod tests {
         let mut inv = Inventory::default();
         inv.containers.insert("a".into(), container("a", "running"));
         inv.host_processes.insert(10, process(10, Some(5)));
-        assert!(transitions(&inv, &inv, "t").is_empty());
+        assert!(transitions(&inv, &inv, &[], "t").is_empty());
+    }
+
+    fn in_use(c: ContainerEntry, mib: u64) -> ContainerEntry {
+        ContainerEntry {
+            gpu_in_use: true,
+            gpu_memory_mb: Some(mib),
+            gpu_uuids: vec!["GPU-1".into()],
+            ..c
+        }
+    }
+
+    fn summary(events: &[Event]) -> Vec<(String, String)> {
+        events
+            .iter()
+            .map(|e| (e.event_type.as_str().to_string(), e.details.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn gpu_use_in_containers_starts_and_stops_once() {
+        let idle = |id: &str| container(id, "running");
+        let with = |entries: Vec<ContainerEntry>| Inventory {
+            containers: entries.into_iter().map(|c| (c.id.clone(), c)).collect(),
+            ..Default::default()
+        };
+        let a_idle = with(vec![idle("a"), idle("b")]);
+        let a_busy = with(vec![in_use(idle("a"), 70), idle("b")]);
+        let more = with(vec![in_use(idle("a"), 90), idle("b")]);
+        let started = transitions(&a_idle, &a_busy, &[], "t");
+        assert_eq!(
+            summary(&started),
+            [(
+                "detection.container_gpu_started".to_string(),
+                r#"{"container_id":"a","name":"n-a","user":"alice","gpu_memory_mb":70,"gpu_uuids":["GPU-1"]}"#.to_string()
+            )]
+        );
+        assert_eq!(started[0].user, "alice");
+        assert!(
+            transitions(&a_busy, &more, &[], "t").is_empty(),
+            "still in use"
+        );
+        let stopped = transitions(&more, &a_idle, &[], "t");
+        assert_eq!(
+            summary(&stopped),
+            [(
+                "detection.container_gpu_stopped".to_string(),
+                r#"{"container_id":"a","name":"n-a","user":"alice","gpu_memory_mb":90,"gpu_uuids":["GPU-1"]}"#.to_string()
+            )]
+        );
+        // Gone while in use: exited, and stopped.
+        let gone = with(vec![idle("b")]);
+        let types: Vec<String> = summary(&transitions(&more, &gone, &[], "t"))
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect();
+        assert_eq!(
+            types,
+            [
+                "detection.container_exited",
+                "detection.container_gpu_stopped"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_mismatch_is_told_once_when_it_appears() {
+        use crate::model::GpuMismatch;
+        let c = ContainerEntry {
+            gpu_mismatch: Some(GpuMismatch::NotGranted),
+            ..in_use(container("a", "running"), 1)
+        };
+        let mut prev = Inventory::default();
+        prev.containers
+            .insert("a".into(), container("a", "running"));
+        let mut cur = Inventory::default();
+        cur.containers.insert("a".into(), c);
+        let types: Vec<String> = summary(&transitions(&prev, &cur, &[], "t"))
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect();
+        assert_eq!(
+            types,
+            [
+                "detection.container_gpu_started",
+                "detection.container_gpu_mismatch"
+            ]
+        );
+        let mismatch = &transitions(&prev, &cur, &[], "t")[1];
+        assert_eq!(mismatch.details["mismatch"], "not-granted");
+        assert!(
+            transitions(&cur, &cur, &[], "t").is_empty(),
+            "not every scan"
+        );
+    }
+
+    #[test]
+    fn short_lived_containers_are_discovered_and_exited() {
+        let gone = ShortLivedContainer {
+            id: "abcdefabcdef0123".into(),
+            name: "blink".into(),
+            image: "busybox".into(),
+            created_at: "2024-05-01T10:00:01Z".into(),
+            removed_at: "2024-05-01T10:00:03Z".into(),
+        };
+        let listed = ShortLivedContainer {
+            id: "a".into(),
+            ..gone.clone()
+        };
+        let mut prev = Inventory::default();
+        prev.containers
+            .insert("a".into(), container("a", "running"));
+        let events = transitions(&prev, &prev, &[gone, listed], "t");
+        assert_eq!(
+            summary(&events),
+            [
+                (
+                    "detection.container_discovered".to_string(),
+                    r#"{"container_id":"abcdefabcdef","name":"blink","origin":"","has_gpu":false,"image":"busybox","short_lived":true,"created_at":"2024-05-01T10:00:01Z"}"#.to_string()
+                ),
+                (
+                    "detection.container_exited".to_string(),
+                    r#"{"container_id":"abcdefabcdef","name":"blink","origin":"","short_lived":true,"created_at":"2024-05-01T10:00:01Z","removed_at":"2024-05-01T10:00:03Z"}"#.to_string()
+                ),
+            ]
+        );
     }
 }

@@ -51,6 +51,9 @@ pub struct InspectFacts {
     /// engine's events and the main PID's cgroup); it stays because it is
     /// part of the cached `inspect` object other tools may read.
     pub started_at: String,
+    /// `HostConfig.CgroupParent` (`--cgroup-parent`), as given.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub cgroup_parent: String,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -186,6 +189,24 @@ pub struct Observations {
     pub processes: BTreeMap<u32, ProcessFacts>,
     /// The GPUs, from a collector that can describe them (NVML).
     pub gpus: Vec<GpuDevice>,
+    /// Containers created and removed since the previous scan (from the
+    /// engine's events): never listed, still reported.
+    pub short_lived: Vec<ShortLivedContainer>,
+}
+
+/// A container created and removed between two scans.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShortLivedContainer {
+    /// Full container id.
+    pub id: String,
+    /// Name without the leading `/`.
+    pub name: String,
+    /// Image as the engine's event names it.
+    pub image: String,
+    /// When the engine created it (RFC 3339).
+    pub created_at: String,
+    /// When the engine removed it (RFC 3339).
+    pub removed_at: String,
 }
 
 impl Observations {
@@ -195,6 +216,7 @@ impl Observations {
         self.gpu_processes.extend(other.gpu_processes);
         self.processes.extend(other.processes);
         self.gpus.extend(other.gpus);
+        self.short_lived.extend(other.short_lived);
     }
 
     /// A copy holding only the facts of these kinds (what a collector that
@@ -221,6 +243,7 @@ impl Observations {
             } else {
                 BTreeMap::new()
             },
+            short_lived: Vec::new(),
         }
     }
 
@@ -259,6 +282,19 @@ pub struct Inventory {
     /// (empty when NVML was not available).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub gpus: BTreeMap<String, GpuDevice>,
+    /// Confirmed GPU processes whose cgroup names a container the engine
+    /// does not list, keyed by PID (same shape as `host_processes`).
+    #[serde(default, serialize_with = "pid_map::serialize")]
+    pub unattributed_processes: BTreeMap<u32, ProcessEntry>,
+    /// GPU processes inside containers not yet confirmed by the transient
+    /// filter (attributed once confirmed).
+    #[serde(
+        default,
+        rename = "_pending_container_processes",
+        skip_serializing_if = "BTreeMap::is_empty",
+        serialize_with = "pid_map::serialize"
+    )]
+    pub pending_container_processes: BTreeMap<u32, ProcessEntry>,
 }
 
 /// One container in the inventory.
@@ -330,6 +366,9 @@ pub struct ContainerGpuProcess {
     /// SM utilisation percent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sm_util: Option<u32>,
+    /// Start time in clock ticks since boot: with the PID, the process's identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<u64>,
 }
 
 /// How a container's GPU use differs from what it was granted.
@@ -343,7 +382,8 @@ pub enum GpuMismatch {
 }
 
 /// Where a container's user came from. Written as `label:<label name>`,
-/// `path-label:<label name>`, `process-owner`, `config-user` or `unknown`;
+/// `path-label:<label name>`, `cgroup-parent`, `process-owner`,
+/// `config-user` or `unknown`;
 /// any other text reads back as `unknown`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "String", into = "String")]
@@ -352,6 +392,8 @@ pub enum UserSource {
     Label(String),
     /// A label holding a path under a home directory (the label's name).
     PathLabel(String),
+    /// Its cgroup parent, through `cgroup_parent_pattern`.
+    CgroupParent,
     /// The owner of the container's main process.
     ProcessOwner,
     /// `Config.User` of a container that is not running.
@@ -366,6 +408,7 @@ impl std::fmt::Display for UserSource {
         match self {
             UserSource::Label(name) => write!(f, "label:{name}"),
             UserSource::PathLabel(name) => write!(f, "path-label:{name}"),
+            UserSource::CgroupParent => f.write_str("cgroup-parent"),
             UserSource::ProcessOwner => f.write_str("process-owner"),
             UserSource::ConfigUser => f.write_str("config-user"),
             UserSource::Unknown => f.write_str("unknown"),
@@ -388,6 +431,7 @@ impl From<String> for UserSource {
             return UserSource::PathLabel(name.to_string());
         }
         match text.as_str() {
+            "cgroup-parent" => UserSource::CgroupParent,
             "process-owner" => UserSource::ProcessOwner,
             "config-user" => UserSource::ConfigUser,
             _ => UserSource::Unknown,
@@ -549,16 +593,28 @@ pub enum EventType {
     /// A confirmed host GPU process is gone.
     #[serde(rename = "detection.host_gpu_process_exited")]
     HostGpuProcessExited,
+    /// The first GPU process in a container was confirmed.
+    #[serde(rename = "detection.container_gpu_started")]
+    ContainerGpuStarted,
+    /// The last GPU process in a container is gone.
+    #[serde(rename = "detection.container_gpu_stopped")]
+    ContainerGpuStopped,
+    /// A container's GPU use stopped matching what it was granted.
+    #[serde(rename = "detection.container_gpu_mismatch")]
+    ContainerGpuMismatch,
 }
 
 impl EventType {
     /// Every event type.
-    pub const ALL: [EventType; 5] = [
+    pub const ALL: [EventType; 8] = [
         EventType::ContainerDiscovered,
         EventType::ContainerStatusChanged,
         EventType::ContainerExited,
         EventType::HostGpuProcessDiscovered,
         EventType::HostGpuProcessExited,
+        EventType::ContainerGpuStarted,
+        EventType::ContainerGpuStopped,
+        EventType::ContainerGpuMismatch,
     ];
 
     /// Its `detection.*` name.
@@ -569,6 +625,9 @@ impl EventType {
             EventType::ContainerExited => "detection.container_exited",
             EventType::HostGpuProcessDiscovered => "detection.host_gpu_process_discovered",
             EventType::HostGpuProcessExited => "detection.host_gpu_process_exited",
+            EventType::ContainerGpuStarted => "detection.container_gpu_started",
+            EventType::ContainerGpuStopped => "detection.container_gpu_stopped",
+            EventType::ContainerGpuMismatch => "detection.container_gpu_mismatch",
         }
     }
 }
@@ -591,6 +650,7 @@ mod tests {
                 UserSource::PathLabel("devcontainer.local_folder".into()),
                 "path-label:devcontainer.local_folder",
             ),
+            (UserSource::CgroupParent, "cgroup-parent"),
             (UserSource::ProcessOwner, "process-owner"),
             (UserSource::ConfigUser, "config-user"),
             (UserSource::Unknown, "unknown"),

@@ -287,6 +287,30 @@ pub struct Workset {
     pub containers: Vec<ContainerDraft>,
     /// Every GPU process on the host (outside containers) observed this cycle.
     pub processes: Vec<ProcessDraft>,
+    /// Every GPU process inside a container observed this cycle (attributed
+    /// to its container when the inventory is assembled). `exclude-system`
+    /// leaves them alone; `redact` and `transient-filter` treat them as host
+    /// processes.
+    pub container_processes: Vec<ContainerProcessDraft>,
+}
+
+/// A GPU process inside a container, being turned into an entry.
+#[derive(Debug, Clone)]
+pub struct ContainerProcessDraft {
+    /// The process as a host process would be (facts, entry, verdict);
+    /// `facts.container_id` names its container, when the cgroup says.
+    pub process: ProcessDraft,
+    /// One line per GPU it uses, as the GPU collector saw it.
+    pub gpus: Vec<crate::model::GpuProcess>,
+}
+
+impl Workset {
+    /// Every GPU process draft, on the host or in a container.
+    pub fn all_processes_mut(&mut self) -> impl Iterator<Item = &mut ProcessDraft> {
+        self.processes
+            .iter_mut()
+            .chain(self.container_processes.iter_mut().map(|c| &mut c.process))
+    }
 }
 
 /// What a stage may read.

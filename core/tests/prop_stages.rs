@@ -200,7 +200,7 @@ proptest! {
         }
         let users = UserNames::new();
         let ctx = StageContext { previous: &previous, observations: &observations, users: &users };
-        let mut work = Workset { containers: containers.clone(), processes: processes.clone() };
+        let mut work = Workset { containers: containers.clone(), processes: processes.clone(), container_processes: vec![] };
         for stage in &stages.stages {
             // A stage may fail (an error value); it may not panic.
             let _ = stage.plugin.run(&mut work, &ctx);
@@ -278,7 +278,7 @@ proptest! {
             facts: ContainerFacts { id: "0".repeat(64), labels, inspect: None, ..Default::default() },
             entry: ContainerEntry { id: "0".repeat(12), ..Default::default() },
         };
-        let mut work = Workset { containers: vec![draft], processes: vec![] };
+        let mut work = Workset { containers: vec![draft], processes: vec![], container_processes: vec![] };
         for stage in &stages.stages {
             let _ = stage.plugin.run(&mut work, &ctx);
         }

@@ -17,6 +17,15 @@
 //! zeroes it when `/proc` shows that PID is no longer in the container: a
 //! restart whose events were missed); those inspects run concurrently, at
 //! most `max_concurrent_inspects` at a time.
+//!
+//! Workloads between scans: a container created and removed since the
+//! previous scan is never listed; the events tell it (`create` then
+//! `destroy`), and it is reported as short-lived with the engine's times. The
+//! engine keeps only its last [`EVENTS_KEPT`] events (of every type) and
+//! loses them when it restarts: when the answer holds that many and its
+//! first is later than the previous scan, events may be missing; this is
+//! logged and recorded as the stat `events_gap` = 1. (A restart of the engine
+//! alone is not detected: its API gives no start time cheaply.)
 
 mod connection;
 mod events;
@@ -27,7 +36,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::errors::Error as DockerError;
-use bollard::models::{ContainerInspectResponse, ContainerSummary, EventMessageTypeEnum};
+use bollard::models::{
+    ContainerInspectResponse, ContainerSummary, EventMessage, EventMessageTypeEnum,
+};
 use bollard::query_parameters::{EventsOptions, ListContainersOptions, ListImagesOptions};
 use bollard::Docker;
 use connection::{Calls, Endpoint, Settings};
@@ -35,6 +46,7 @@ use detect_workloads_core::async_trait;
 use detect_workloads_core::config::{duration, ConfigError, PluginConfig};
 use detect_workloads_core::model::{
     short_id, ContainerFacts, DeviceRequest, FactKind, InspectFacts, Inventory, Observations,
+    ShortLivedContainer,
 };
 use detect_workloads_core::plugin::{
     Change, ChangeFeed, CollectContext, CollectError, Collected, Collector, CollectorPlugin,
@@ -42,7 +54,7 @@ use detect_workloads_core::plugin::{
 };
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use serde::Deserialize;
-use tracing::debug;
+use tracing::{debug, warn};
 
 /// The sample configuration of this plugin (`detect-workloads plugins
 /// --sample docker`); `config/default.toml` holds the same table.
@@ -132,16 +144,20 @@ impl Collector for DockerCollector {
         let docker = endpoint
             .client(self.config.timeout, Arc::clone(&calls))
             .map_err(|e| endpoint.classify(e))?;
-        let (containers, inspects) = self
+        let found = self
             .containers(&docker, ctx.previous)
             .await
             .map_err(|e| endpoint.classify(e))?;
         let mut stats = BTreeMap::new();
         stats.insert("api_calls".to_string(), calls.total());
-        stats.insert("inspects".to_string(), inspects);
+        stats.insert("inspects".to_string(), found.inspects);
+        if found.events_gap {
+            stats.insert("events_gap".to_string(), 1);
+        }
         Ok(Collected {
             observations: Observations {
-                containers,
+                containers: found.containers,
+                short_lived: found.short_lived,
                 ..Default::default()
             },
             stats,
@@ -156,13 +172,25 @@ impl Collector for DockerCollector {
     }
 }
 
+/// What one collection found.
+struct Found {
+    /// Every container, sorted by id.
+    containers: Vec<ContainerFacts>,
+    /// How many were inspected.
+    inspects: u64,
+    /// Containers created and removed since the previous scan.
+    short_lived: Vec<ShortLivedContainer>,
+    /// Whether the engine's events may not cover the time since then.
+    events_gap: bool,
+}
+
 impl DockerCollector {
-    /// Every container, sorted by id, and how many were inspected.
+    /// Every container, and what the events since the previous scan tell.
     async fn containers(
         &self,
         docker: &Docker,
         previous_state: &Previous,
-    ) -> Result<(Vec<ContainerFacts>, u64), DockerError> {
+    ) -> Result<Found, DockerError> {
         let started = std::time::Instant::now();
         let (list, changes) = fetch(docker, previous_state).await?;
         debug!(
@@ -182,7 +210,12 @@ impl DockerCollector {
             Some(changes) if !changes.images && list.iter().all(known) => None,
             _ => Some(image_tags(docker).await?),
         };
-        let touched = changes.map(|c| c.containers).unwrap_or_default();
+        let Changes {
+            containers: touched,
+            short_lived,
+            events_gap,
+            ..
+        } = changes.unwrap_or_default();
 
         let mut facts = Vec::with_capacity(list.len());
         let mut to_inspect = Vec::new();
@@ -208,7 +241,12 @@ impl DockerCollector {
         let inspects = inspected.len() as u64;
         facts.extend(inspected.into_iter().flatten());
         facts.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok((facts, inspects))
+        Ok(Found {
+            containers: facts,
+            inspects,
+            short_lived,
+            events_gap,
+        })
     }
 }
 
@@ -245,6 +283,78 @@ struct Changes {
     /// Whether any image was tagged, untagged, pulled, loaded or removed (the
     /// containers' image names must then be looked up again).
     images: bool,
+    /// Containers both created and removed in the window.
+    short_lived: Vec<ShortLivedContainer>,
+    /// Whether the engine's events may not reach back to the window's start.
+    events_gap: bool,
+}
+
+/// How many events the engine keeps for `since` queries (moby's
+/// `daemon/events` keeps the last 256, of every type).
+pub const EVENTS_KEPT: usize = 256;
+
+/// Whether an answer to "events since `since`" may have lost some: it holds
+/// everything the engine keeps and its first event is later than `since`.
+fn events_gap(since: i64, first_time: Option<i64>, count: usize) -> bool {
+    count >= EVENTS_KEPT && first_time.is_some_and(|t| t > since)
+}
+
+/// The containers both created and removed among `events` (in the engine's
+/// order), with the engine's times; those removed before `since` (the
+/// previous scan's start: the query overlaps it by a second) were told then.
+fn short_lived(events: &[EventMessage], since: i64) -> Vec<ShortLivedContainer> {
+    let mut created: BTreeMap<String, ShortLivedContainer> = BTreeMap::new();
+    let mut out = Vec::new();
+    for e in events {
+        if e.typ != Some(EventMessageTypeEnum::CONTAINER) {
+            continue;
+        }
+        let Some(actor) = &e.actor else { continue };
+        let Some(id) = actor.id.clone() else { continue };
+        let attr = |k: &str| {
+            actor
+                .attributes
+                .as_ref()
+                .and_then(|a| a.get(k))
+                .cloned()
+                .unwrap_or_default()
+        };
+        let at = event_time(e);
+        match e.action.as_deref() {
+            Some("create") => {
+                created.insert(
+                    id.clone(),
+                    ShortLivedContainer {
+                        id,
+                        name: attr("name"),
+                        image: attr("image"),
+                        created_at: at,
+                        removed_at: String::new(),
+                    },
+                );
+            }
+            Some("destroy") => {
+                let removed = created.remove(&id);
+                if let Some(c) = removed.filter(|_| e.time.is_some_and(|t| t >= since)) {
+                    out.push(ShortLivedContainer {
+                        removed_at: at,
+                        ..c
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// An event's time, RFC 3339 (whole seconds, as the engine's `time`).
+fn event_time(e: &EventMessage) -> String {
+    let secs = e
+        .time
+        .and_then(|t| u64::try_from(t).ok())
+        .unwrap_or_default();
+    detect_workloads_core::timefmt::rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(secs))
 }
 
 /// The calls of every scan, concurrently (each on its own connection, so a
@@ -260,12 +370,9 @@ async fn fetch(
         ..Default::default()
     }));
     let changes = async {
-        // Containers with events since the previous scan need a fresh inspect.
-        let since = if previous.get().await.containers.is_empty() {
-            None
-        } else {
-            previous.scan_started().await
-        };
+        // Containers with events since the previous scan need a fresh
+        // inspect; containers that came and went are told by them.
+        let since = previous.scan_started().await;
         match since {
             Some(since) => changes_since(docker, since).await.map(Some),
             None => Ok(None),
@@ -289,27 +396,40 @@ async fn image_tags(docker: &Docker) -> Result<HashMap<String, String>, DockerEr
 }
 
 async fn changes_since(docker: &Docker, since: i64) -> Result<Changes, DockerError> {
+    // To the nanosecond: an event later in this second must not be cut off.
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
         .unwrap_or_default();
+    let until = format!("{}.{:09}", now.as_secs(), now.subsec_nanos());
     let options = EventsOptions {
         // One second of overlap: events are stamped in whole seconds here.
+        // Every type: only then does the count say whether the engine's
+        // buffer was full (see `events_gap`).
         since: Some((since - 1).to_string()),
-        until: Some(now.to_string()),
-        filters: Some(HashMap::from([(
-            "type".to_string(),
-            vec!["container".to_string(), "image".to_string()],
-        )])),
+        until: Some(until),
+        filters: None,
     };
-    let mut changes = Changes::default();
-    let mut events = docker.events(Some(options));
-    while let Some(event) = events.next().await {
-        let event = event?;
-        if event.typ == Some(EventMessageTypeEnum::IMAGE) {
-            changes.images = true;
-        } else if let Some(id) = event.actor.and_then(|a| a.id) {
-            changes.containers.insert(short_id(&id));
+    let events: Vec<EventMessage> = docker.events(Some(options)).try_collect().await?;
+    let mut changes = Changes {
+        short_lived: short_lived(&events, since),
+        events_gap: events_gap(since - 1, events.first().and_then(|e| e.time), events.len()),
+        ..Default::default()
+    };
+    if changes.events_gap {
+        warn!(
+            events = events.len(),
+            "the engine's events may not cover the time since the previous scan: containers created and removed meanwhile may be missing"
+        );
+    }
+    for event in events {
+        match event.typ {
+            Some(EventMessageTypeEnum::IMAGE) => changes.images = true,
+            Some(EventMessageTypeEnum::CONTAINER) => {
+                if let Some(id) = event.actor.and_then(|a| a.id) {
+                    changes.containers.insert(short_id(&id));
+                }
+            }
+            _ => {}
         }
     }
     Ok(changes)
@@ -412,6 +532,7 @@ fn inspect_facts(r: ContainerInspectResponse) -> InspectFacts {
             .unwrap_or_default(),
         config_user: r.config.and_then(|c| c.user).unwrap_or_default(),
         started_at: state.started_at.unwrap_or_default(),
+        cgroup_parent: host.cgroup_parent.unwrap_or_default(),
     }
 }
 
@@ -523,6 +644,61 @@ mod tests {
                 .expect("list");
         let facts = summary_facts(list.into_iter().next().expect("one"), None).expect("facts");
         assert_eq!((facts.state.as_str(), facts.labels.len()), ("exited", 0));
+    }
+
+    fn ev(typ: EventMessageTypeEnum, action: &str, id: &str, time: i64) -> EventMessage {
+        EventMessage {
+            typ: Some(typ),
+            action: Some(action.to_string()),
+            actor: Some(bollard::models::EventActor {
+                id: Some(id.to_string()),
+                attributes: Some(HashMap::from([
+                    ("name".to_string(), format!("n-{id}")),
+                    ("image".to_string(), "busybox".to_string()),
+                ])),
+            }),
+            time: Some(time),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn created_and_removed_in_the_window_is_short_lived() {
+        use EventMessageTypeEnum::{CONTAINER, NETWORK};
+        let events = [
+            ev(CONTAINER, "destroy", "old", 100), // created before the window
+            ev(CONTAINER, "create", "blink", 1_714_557_601),
+            ev(NETWORK, "connect", "blink", 1_714_557_601),
+            ev(CONTAINER, "start", "blink", 1_714_557_602),
+            ev(CONTAINER, "create", "stays", 1_714_557_602),
+            ev(CONTAINER, "destroy", "blink", 1_714_557_603),
+        ];
+        assert_eq!(
+            short_lived(&events, 1_714_557_603),
+            [ShortLivedContainer {
+                id: "blink".into(),
+                name: "n-blink".into(),
+                image: "busybox".into(),
+                created_at: "2024-05-01T10:00:01Z".into(),
+                removed_at: "2024-05-01T10:00:03Z".into(),
+            }]
+        );
+        // Removed before the previous scan started: told by that scan.
+        assert!(short_lived(&events, 1_714_557_604).is_empty());
+    }
+
+    #[test]
+    fn a_full_event_buffer_starting_late_is_a_gap() {
+        assert!(events_gap(100, Some(150), EVENTS_KEPT));
+        assert!(
+            !events_gap(100, Some(100), EVENTS_KEPT),
+            "reaches back to since"
+        );
+        assert!(
+            !events_gap(100, Some(150), EVENTS_KEPT - 1),
+            "buffer not full: older ones kept"
+        );
+        assert!(!events_gap(100, None, 0));
     }
 
     #[test]

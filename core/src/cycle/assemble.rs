@@ -3,15 +3,23 @@
 
 use tracing::debug;
 
-use crate::model::{ContainerEntry, Inventory};
+use crate::model::{ContainerEntry, GpuDevice, Inventory};
 use crate::plugin::{Verdict, Workset};
 
 use super::trust::Trust;
 
-/// Assembles the inventory from the stages' work (without `last_scan` and
-/// `scan`, which the cycle fills in).
-pub fn inventory(previous: &Inventory, work: Workset, trust: &Trust) -> Inventory {
-    let mut inventory = Inventory::default();
+/// Assembles the inventory from the stages' work and the GPUs described
+/// this cycle (without `last_scan` and `scan`, which the cycle fills in).
+pub fn inventory(
+    previous: &Inventory,
+    work: Workset,
+    gpus: &[GpuDevice],
+    trust: &Trust,
+) -> Inventory {
+    let mut inventory = Inventory {
+        gpus: gpus.iter().map(|g| (g.uuid.clone(), g.clone())).collect(),
+        ..Inventory::default()
+    };
     for draft in work.containers {
         let entry = ContainerEntry {
             collector: draft.facts.collector,
@@ -21,6 +29,12 @@ pub fn inventory(previous: &Inventory, work: Workset, trust: &Trust) -> Inventor
         inventory.containers.insert(entry.id.clone(), entry);
     }
     carry_over_containers(previous, trust, &mut inventory);
+    super::attribute::attribute(
+        &mut inventory,
+        previous,
+        work.container_processes,
+        trust.gpu_view_complete,
+    );
     if trust.gpu_view_complete {
         for draft in work.processes {
             let pid = draft.entry.pid;

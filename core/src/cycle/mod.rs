@@ -9,11 +9,13 @@
 //! 4. [`workset`]: turn the observations into drafts (process identity,
 //!    fields carried over from the previous inventory).
 //! 5. [`stages`]: run the stages on the drafts, in dependency order.
-//! 6. [`assemble`]: the new inventory, carrying over what failed sources owned.
+//! 6. [`assemble`]: the new inventory, carrying over what failed sources
+//!    owned, with GPU processes in containers [`attribute`]d to them.
 //! 7. [`crate::diff`]: the events from the previous inventory to the new one.
 //! 8. [`deliver`]: hand both to the sinks, the state first.
 
 pub mod assemble;
+pub mod attribute;
 pub mod deliver;
 pub mod schedule;
 pub mod stages;
@@ -141,14 +143,14 @@ async fn cycle(
     stages::run(&config.stages, &mut work, &ctx);
     debug!(elapsed_ms = clock.ms(), "stages done");
 
-    let mut inventory = assemble::inventory(previous, work, &trust);
+    let mut inventory = assemble::inventory(previous, work, &observed.gpus, &trust);
     inventory.last_scan = clock.now.clone();
     inventory.scan = Some(ScanReport {
         started_at: clock.now.clone(),
         duration_ms: clock.start.elapsed().as_millis() as u64,
         collectors: trust::reports(&collection.ran),
     });
-    let events = transitions(previous, &inventory, &clock.now);
+    let events = transitions(previous, &inventory, &observed.short_lived, &clock.now);
     let out = ScanOutput {
         inventory: &inventory,
         events: &events,

@@ -10,7 +10,7 @@ use tracing::debug;
 use crate::model::{
     ContainerEntry, ContainerFacts, GpuProcess, Inventory, Observations, ProcessEntry, ProcessFacts,
 };
-use crate::plugin::{ContainerDraft, ProcessDraft, Verdict, Workset};
+use crate::plugin::{ContainerDraft, ContainerProcessDraft, ProcessDraft, Verdict, Workset};
 
 /// When an entry was first seen: as recorded at an earlier sighting of the
 /// same container or process, else `now`.
@@ -29,16 +29,80 @@ pub fn build(observed: &mut Observations, previous: &Inventory, now: &str) -> Wo
     for g in &observed.gpu_processes {
         by_pid.entry(g.pid).or_default().push(g);
     }
-    let processes = by_pid
-        .into_iter()
-        .filter_map(|(pid, gpus)| {
-            let facts = host_process(observed, pid)?;
-            Some(process_draft(facts, &gpus, previous, now))
-        })
-        .collect();
+    let mut processes = Vec::new();
+    let mut container_processes = Vec::new();
+    for (pid, gpus) in by_pid {
+        let Some(facts) = observed.processes.get(&pid) else {
+            debug!(
+                pid,
+                "GPU process gone from /proc before it could be read; skipped"
+            );
+            continue;
+        };
+        if facts.in_container {
+            let seen = SeenBefore::in_container(facts, previous);
+            container_processes.push(ContainerProcessDraft {
+                process: process_draft(facts, &gpus, seen, now),
+                gpus: gpus.into_iter().cloned().collect(),
+            });
+        } else {
+            let seen = SeenBefore::on_host(facts, previous);
+            processes.push(process_draft(facts, &gpus, seen, now));
+        }
+    }
     Workset {
         containers,
         processes,
+        container_processes,
+    }
+}
+
+/// An earlier sighting of the same process (same PID, same start time).
+struct SeenBefore {
+    /// It was confirmed (reported) in the previous inventory.
+    confirmed: bool,
+    /// When it was first seen and in how many consecutive scans, when it was.
+    entry: Option<(String, u32)>,
+}
+
+impl SeenBefore {
+    fn of(entry: Option<&ProcessEntry>, confirmed: bool) -> SeenBefore {
+        SeenBefore {
+            confirmed,
+            entry: entry.map(|e| (e.detected_at.clone(), e.seen_scans)),
+        }
+    }
+
+    /// A host process: in `host_processes`, else in `_pending_processes`.
+    fn on_host(facts: &ProcessFacts, previous: &Inventory) -> SeenBefore {
+        let same = |e: &&ProcessEntry| e.is_process(facts.pid, Some(facts.start_time));
+        let confirmed = previous.host_processes.get(&facts.pid).filter(same);
+        let pending = previous.pending_processes.get(&facts.pid).filter(same);
+        SeenBefore::of(confirmed.or(pending), confirmed.is_some())
+    }
+
+    /// A process in a container: attributed to a container, unattributed,
+    /// else in `_pending_container_processes`.
+    fn in_container(facts: &ProcessFacts, previous: &Inventory) -> SeenBefore {
+        let same = |e: &&ProcessEntry| e.is_process(facts.pid, Some(facts.start_time));
+        let attributed = previous
+            .containers
+            .values()
+            .flat_map(|c| &c.gpu_processes)
+            .any(|p| p.pid == facts.pid && p.start_time.is_none_or(|t| t == facts.start_time));
+        if attributed {
+            // Attributed entries keep no first sighting nor count: confirmed is enough.
+            return SeenBefore {
+                confirmed: true,
+                entry: None,
+            };
+        }
+        let unattributed = previous.unattributed_processes.get(&facts.pid).filter(same);
+        let pending = previous
+            .pending_container_processes
+            .get(&facts.pid)
+            .filter(same);
+        SeenBefore::of(unattributed.or(pending), unattributed.is_some())
     }
 }
 
@@ -65,34 +129,16 @@ fn container_draft(facts: ContainerFacts, previous: &Inventory, now: &str) -> Co
     }
 }
 
-/// The `/proc` facts of GPU process `pid` when it runs on the host.
-fn host_process(observed: &Observations, pid: u32) -> Option<&ProcessFacts> {
-    let Some(facts) = observed.processes.get(&pid) else {
-        debug!(
-            pid,
-            "GPU process gone from /proc before it could be read; skipped"
-        );
-        return None;
-    };
-    if facts.in_container {
-        debug!(pid, container = ?facts.container_id, "GPU process inside a container; not a host process");
-        return None;
-    }
-    Some(facts)
-}
-
-/// The draft of one host GPU process seen on `gpus` (one per GPU or MIG
+/// The draft of one GPU process seen on `gpus` (one per GPU or MIG
 /// device it uses), with what an earlier sighting of the same process
 /// carries over: `detected_at` and the count of consecutive scans.
 fn process_draft(
     facts: &ProcessFacts,
     gpus: &[&GpuProcess],
-    previous: &Inventory,
+    seen: SeenBefore,
     now: &str,
 ) -> ProcessDraft {
-    let same = |e: &&ProcessEntry| e.is_process(facts.pid, Some(facts.start_time));
-    let confirmed = previous.host_processes.get(&facts.pid).filter(same);
-    let seen_before = confirmed.or_else(|| previous.pending_processes.get(&facts.pid).filter(same));
+    let (detected_at, seen_scans) = seen.entry.unwrap_or_default();
     let first = gpus[0];
     let known: Vec<u64> = gpus.iter().filter_map(|g| g.used_memory_mib).collect();
     let mut uuids: Vec<String> = Vec::new();
@@ -107,19 +153,19 @@ fn process_draft(
         cmdline: facts.cmdline.clone(),
         gpu_memory_mb: (!known.is_empty()).then(|| known.iter().sum()),
         gpu_uuid: first.gpu_uuid.clone(),
-        detected_at: first_seen(seen_before.map(|e| e.detected_at.as_str()), now),
+        detected_at: first_seen(Some(&detected_at), now),
         gpu_uuids: if uuids.len() > 1 { uuids } else { Vec::new() },
         mig_uuid: first.mig_uuid.clone(),
         gpu_instance_id: first.gpu_instance_id,
         compute_instance_id: first.compute_instance_id,
         sm_util: gpus.iter().filter_map(|g| g.sm_util).max(),
         start_time: Some(facts.start_time),
-        seen_scans: seen_before.map_or(0, |e| e.seen_scans).saturating_add(1),
+        seen_scans: seen_scans.saturating_add(1),
     };
     ProcessDraft {
         facts: facts.clone(),
         entry,
-        confirmed_before: confirmed.is_some(),
+        confirmed_before: seen.confirmed,
         verdict: Verdict::Report,
     }
 }

@@ -165,6 +165,7 @@ mod tests {
         let mut work = Workset {
             containers: vec![container(name, labels)],
             processes: vec![],
+            container_processes: vec![],
         };
         with_context(|ctx| stage.run(&mut work, ctx)).expect("classify never fails");
         work.containers[0].entry.origin.clone()

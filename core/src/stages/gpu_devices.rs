@@ -133,6 +133,7 @@ mod tests {
         let mut work = Workset {
             containers: vec![c],
             processes: vec![],
+            container_processes: vec![],
         };
         let stage = GpuDevices {
             config: GpuDevicesConfig::default(),

@@ -1,4 +1,5 @@
-//! Stage `redact`: hides secrets in the command lines of host GPU processes
+//! Stage `redact`: hides secrets in the command lines of GPU processes (on the
+//! host and in containers)
 //! before anything is stored or emitted, and caps their length.
 //!
 //! It is in force even when a configuration does not list it (see
@@ -326,7 +327,7 @@ pub fn cap(text: &str, max: usize) -> String {
 
 impl Stage for Redact {
     fn run(&self, work: &mut Workset, _ctx: &StageContext<'_>) -> Result<(), StageError> {
-        for p in &mut work.processes {
+        for p in work.all_processes_mut() {
             let original = std::mem::take(&mut p.entry.cmdline);
             p.entry.cmdline = self.apply(&original);
             p.facts.cmdline = if p.facts.cmdline == original {

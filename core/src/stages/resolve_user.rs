@@ -1,13 +1,22 @@
 //! Stage `resolve-user`: attributes each container to a user, in order: the
 //! first present user label, a path label under a home directory
-//! (`/home/<user>/...`), the owner of the container's main process (its `/proc`
+//! (`/home/<user>/...`), its cgroup parent when it matches
+//! `cgroup_parent_pattern` (`ds01-{group}-{user}.slice`), the owner of the container's main process (its `/proc`
 //! facts, when they place it in this container), the user it was started as
 //! when it is not running, the user it had in the previous scan, else
 //! `unknown`; and records where the user came from (`user_source`).
 //!
 //! Label values are data: stored as they are (trimmed), never used as paths.
+//!
+//! The cgroup parent is the engine's `HostConfig.CgroupParent` (cached with
+//! the inspect facts), not the main process's cgroup path: it is what the
+//! wrapper passed, word for word, whatever the cgroup driver makes of it
+//! (the systemd driver nests `a-b-c.slice` under `a.slice/a-b.slice`), and it
+//! is known for containers that are not running.
 
 use std::collections::BTreeMap;
+
+use regex::Regex;
 use std::path::{Component, Path};
 
 use serde::Deserialize;
@@ -25,6 +34,7 @@ pub const SAMPLE: &str = r#"[[stages.resolve-user]]
 labels = ["ds01.user", "aime.mlc.USER"]          # first present label wins
 path_labels = ["devcontainer.local_folder"]      # /home/<user>/... -> <user>
 home_dirs = ["/home"]
+# cgroup_parent_pattern = "ds01-{group}-{user}.slice"   # --cgroup-parent -> {user}
 "#;
 
 /// `[[stages.resolve-user]]`
@@ -37,6 +47,9 @@ pub struct ResolveUserConfig {
     pub path_labels: Vec<String>,
     /// Home directory roots.
     pub home_dirs: Vec<String>,
+    /// The cgroup parent's last segment, with `{user}` (and optionally
+    /// `{group}`, any other text taken literally) where the names stand.
+    pub cgroup_parent_pattern: Option<String>,
 }
 
 impl Default for ResolveUserConfig {
@@ -45,6 +58,7 @@ impl Default for ResolveUserConfig {
             labels: vec!["ds01.user".into(), "aime.mlc.USER".into()],
             path_labels: vec!["devcontainer.local_folder".into()],
             home_dirs: vec!["/home".into()],
+            cgroup_parent_pattern: None,
         }
     }
 }
@@ -53,15 +67,59 @@ impl Default for ResolveUserConfig {
 #[derive(Debug)]
 pub struct ResolveUser {
     config: ResolveUserConfig,
+    cgroup_parent: Option<Regex>,
+}
+
+/// `ds01-{group}-{user}.slice` -> a regex matching a whole segment, `{user}`
+/// captured; `None` when the pattern has no `{user}`.
+pub fn cgroup_parent_regex(pattern: &str) -> Option<Regex> {
+    if !pattern.contains("{user}") {
+        return None;
+    }
+    let mut re = String::from("^");
+    let mut rest = pattern;
+    while let Some(start) = rest.find('{') {
+        re.push_str(&regex::escape(&rest[..start]));
+        let after = &rest[start..];
+        let (part, len) = if after.starts_with("{user}") {
+            ("(?P<user>[^/]+)", 6)
+        } else if after.starts_with("{group}") {
+            ("[^/]+?", 7)
+        } else {
+            ("\\{", 1)
+        };
+        re.push_str(part);
+        rest = &after[len..];
+    }
+    re.push_str(&regex::escape(rest));
+    re.push('$');
+    Regex::new(&re).ok()
 }
 
 /// Name used when nothing says who owns a container.
 pub const UNKNOWN_USER: &str = "unknown";
 
 impl ResolveUser {
-    /// Builds it.
+    /// Builds it (a `cgroup_parent_pattern` without `{user}` matches nothing;
+    /// the configuration refuses it).
     pub fn new(config: ResolveUserConfig) -> Self {
-        Self { config }
+        let cgroup_parent = config
+            .cgroup_parent_pattern
+            .as_deref()
+            .and_then(cgroup_parent_regex);
+        Self {
+            config,
+            cgroup_parent,
+        }
+    }
+
+    /// The user its cgroup parent names (its last segment, through the pattern).
+    fn by_cgroup_parent(&self, facts: &ContainerFacts) -> Option<(String, UserSource)> {
+        let re = self.cgroup_parent.as_ref()?;
+        let parent = &facts.inspect.as_ref()?.cgroup_parent;
+        let segment = parent.trim_end_matches('/').rsplit('/').next()?;
+        let user = re.captures(segment)?.name("user")?.as_str();
+        (!user.is_empty()).then(|| (user.to_string(), UserSource::CgroupParent))
     }
 
     fn by_labels(&self, labels: &BTreeMap<String, String>) -> Option<(String, UserSource)> {
@@ -158,6 +216,7 @@ impl Stage for ResolveUser {
             let found = self
                 .by_labels(&c.facts.labels)
                 .or_else(|| self.by_path_labels(&c.facts.labels))
+                .or_else(|| self.by_cgroup_parent(&c.facts))
                 .or(owner)
                 .or_else(|| if running { None } else { previous.clone() })
                 .or_else(|| self.by_config_user(&c.facts, ctx))
@@ -170,7 +229,13 @@ impl Stage for ResolveUser {
 }
 
 fn build(config: PluginConfig<'_>) -> Result<Box<dyn Stage>, ConfigError> {
-    Ok(Box::new(ResolveUser::new(config.parse()?)))
+    let parsed: ResolveUserConfig = config.parse()?;
+    if let Some(pattern) = &parsed.cgroup_parent_pattern {
+        if cgroup_parent_regex(pattern).is_none() {
+            return Err(config.invalid("cgroup_parent_pattern", "must contain {user}"));
+        }
+    }
+    Ok(Box::new(ResolveUser::new(parsed)))
 }
 
 inventory::submit! {
@@ -239,6 +304,7 @@ mod tests {
         let mut work = Workset {
             containers: vec![c],
             processes: vec![],
+            container_processes: vec![],
         };
         let (previous, users) = (Inventory::default(), UserNames::new());
         let ctx = StageContext {
@@ -313,6 +379,83 @@ mod tests {
     }
 
     #[test]
+    fn cgroup_parent_patterns() {
+        let re = cgroup_parent_regex("ds01-{group}-{user}.slice").expect("pattern");
+        let user = |s: &str| {
+            re.captures(s)
+                .and_then(|c| c.name("user"))
+                .map(|m| m.as_str().to_string())
+        };
+        assert_eq!(user("ds01-students-alice.slice"), Some("alice".into()));
+        assert_eq!(user("ds01-staff-bob.smith.slice"), Some("bob.smith".into()));
+        assert_eq!(user("ds01-students-alice.slicex"), None);
+        assert_eq!(user("xds01-students-alice.slice"), None);
+        assert_eq!(user("ds01-alice.slice"), None, "no group");
+        assert!(cgroup_parent_regex("ds01-{group}.slice").is_none());
+        let only = cgroup_parent_regex("u.{user}").expect("pattern");
+        assert!(
+            only.is_match("u.carol") && !only.is_match("uxcarol"),
+            "dots are literal"
+        );
+    }
+
+    #[test]
+    fn the_cgroup_parent_comes_after_labels_and_before_the_owner() {
+        let stage = ResolveUser::new(ResolveUserConfig {
+            cgroup_parent_pattern: Some("ds01-{group}-{user}.slice".into()),
+            ..Default::default()
+        });
+        let resolve = |labels: &[(&str, &str)], parent: &str| {
+            let mut c = container("c", labels);
+            if let Some(i) = c.facts.inspect.as_mut() {
+                i.cgroup_parent = parent.to_string();
+                i.main_pid = 77;
+            }
+            let mut observations = Observations::default();
+            let id = c.facts.id.clone();
+            observations.processes.insert(
+                77,
+                ProcessFacts {
+                    pid: 77,
+                    user: "carol".into(),
+                    in_container: true,
+                    container_id: Some(id),
+                    ..Default::default()
+                },
+            );
+            let mut work = Workset {
+                containers: vec![c],
+                ..Default::default()
+            };
+            let (previous, users) = (Inventory::default(), UserNames::new());
+            let ctx = StageContext {
+                previous: &previous,
+                observations: &observations,
+                users: &users,
+            };
+            stage.run(&mut work, &ctx).expect("never fails");
+            let e = &work.containers[0].entry;
+            (e.user.clone(), e.user_source.to_string())
+        };
+        let r = |u: &str, s: &str| (u.to_string(), s.to_string());
+        // cgroupfs driver: a path; systemd driver: the slice name.
+        assert_eq!(
+            resolve(&[], "/ds01-students-alice.slice"),
+            r("alice", "cgroup-parent")
+        );
+        assert_eq!(
+            resolve(&[], "ds01-students-alice.slice"),
+            r("alice", "cgroup-parent")
+        );
+        assert_eq!(
+            resolve(&[("ds01.user", "bob")], "ds01-students-alice.slice"),
+            r("bob", "label:ds01.user")
+        );
+        assert_eq!(resolve(&[], "/other.slice"), r("carol", "process-owner"));
+        assert_eq!(resolve(&[], ""), r("carol", "process-owner"));
+    }
+
+    #[test]
     fn label_values_are_stored_as_data() {
         for value in ["../../etc", "a\u{1b}[31mb\u{7}", "x\u{2028}/y"] {
             let c = resolve_with(&[("ds01.user", value)], 0, "", &[]);
@@ -337,6 +480,7 @@ mod tests {
         let mut work = Workset {
             containers: vec![c],
             processes: vec![],
+            container_processes: vec![],
         };
         let (observations, users) = (Observations::default(), UserNames::new());
         let ctx = StageContext {

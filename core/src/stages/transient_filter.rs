@@ -1,7 +1,9 @@
-//! Stage `transient-filter`: a host GPU process is reported only after it was
+//! Stage `transient-filter`: a GPU process (on the host or in a container) is
+//! reported only after it was
 //! seen in `min_scans` consecutive scans (the core counts them in
 //! `seen_scans`, keyed by PID and start time); until then it waits in
-//! `_pending_processes` and no event is emitted for it.
+//! `_pending_processes` (`_pending_container_processes`) and no event is
+//! emitted for it.
 
 use serde::Deserialize;
 
@@ -40,7 +42,7 @@ impl Stage for TransientFilter {
     }
 
     fn run(&self, work: &mut Workset, _ctx: &StageContext<'_>) -> Result<(), StageError> {
-        for p in &mut work.processes {
+        for p in work.all_processes_mut() {
             if p.verdict == Verdict::Report
                 && !p.confirmed_before
                 && p.entry.seen_scans < self.config.min_scans
@@ -98,6 +100,7 @@ mod tests {
                 draft(1, true, Verdict::Report),
                 draft(1, false, Verdict::Drop("x".into())),
             ],
+            container_processes: vec![],
         };
         with_context(|ctx| stage.run(&mut work, ctx)).expect("never fails");
         let verdicts: Vec<_> = work.processes.iter().map(|p| p.verdict.clone()).collect();
