@@ -381,14 +381,15 @@ fn state_written_by_the_python_scanner_is_read_without_loss() {
 fn craft_process(root: &Path, pid: u32, start_time: u64, cmdline: &[u8]) {
     let dir = root.join(pid.to_string());
     std::fs::create_dir_all(&dir).expect("mkdir");
-    std::fs::write(
-        dir.join("stat"),
-        format!("{pid} (python3) S 1 1 1 0 -1 4194560 100 0 0 0 5 3 0 0 20 0 1 0 {start_time} 1000 100\n"),
-    )
-    .expect("write stat");
-    // A whole status file (the procfs crate reads every field), owned by root.
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/proc/447/status");
-    let status = std::fs::read_to_string(fixture).expect("fixture status");
+    // Whole stat and status files (the procfs crate reads every field), from
+    // the fixture, with this PID, start time and root as the owner.
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/proc/447");
+    let stat = std::fs::read_to_string(fixture.join("stat")).expect("fixture stat");
+    let mut fields: Vec<String> = stat.split(' ').map(str::to_string).collect();
+    fields[0] = pid.to_string();
+    fields[21] = start_time.to_string();
+    std::fs::write(dir.join("stat"), fields.join(" ")).expect("write stat");
+    let status = std::fs::read_to_string(fixture.join("status")).expect("fixture status");
     let status = status
         .replace("Uid:\t4242\t4242\t4242\t4242", "Uid:\t0\t0\t0\t0")
         .replace("Pid:\t447\n", &format!("Pid:\t{pid}\n"))

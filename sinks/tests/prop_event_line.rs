@@ -1,6 +1,8 @@
 //! Property tests of the event log's lines: whatever the strings in an event
 //! (huge command lines, control characters, non-ASCII, a huge user or
-//! source), a line is valid JSON, one line, and under 4096 bytes.
+//! source), a line is valid JSON, one line, and under 4096 bytes; what does
+//! not fit is shortened free text first (the facts kept), and only then
+//! `{"truncated":true}`.
 
 use detect_workloads_core::model::{Event, EventType};
 use detect_workloads_sinks::event_log::{event_line, MAX_LINE};
@@ -44,6 +46,9 @@ fn details() -> impl Strategy<Value = Value> {
         })
 }
 
+/// The fields an over-long line may shorten.
+const FREE_TEXT: [&str; 3] = ["cmdline", "name", "image"];
+
 fn check(event: &Event, source: &str) -> Result<(), TestCaseError> {
     let line = event_line(event, source).map_err(|e| TestCaseError::fail(e.to_string()))?;
     prop_assert!(line.len() < MAX_LINE, "{} bytes", line.len());
@@ -58,8 +63,22 @@ fn check(event: &Event, source: &str) -> Result<(), TestCaseError> {
     if value["details"]["truncated"] == true {
         prop_assert!(value["details"]["original_size"].as_u64().unwrap_or(0) >= MAX_LINE as u64);
     } else {
-        // What fits is kept whole.
-        prop_assert_eq!(&value["details"], &event.details);
+        // The facts are kept whole; free text is whole or a prefix ending in `…`.
+        let (kept, original) = (&value["details"], &event.details);
+        for (key, was) in original.as_object().into_iter().flatten() {
+            let now = &kept[key];
+            match (
+                FREE_TEXT.contains(&key.as_str()),
+                was.as_str(),
+                now.as_str(),
+            ) {
+                (true, Some(was), Some(now)) if now != was => {
+                    let prefix = now.strip_suffix('…');
+                    prop_assert!(prefix.is_some_and(|p| was.starts_with(p)), "{key}: {now:?}");
+                }
+                _ => prop_assert_eq!(now, was, "{}", key),
+            }
+        }
         prop_assert_eq!(&value["event_type"], event.event_type.as_str());
         prop_assert_eq!(&value["timestamp"], event.timestamp.as_str());
         prop_assert_eq!(&value["source"], source);
@@ -86,7 +105,7 @@ proptest! {
     }
 
     #[test]
-    fn a_20kb_command_line_is_truncated(
+    fn a_20kb_command_line_is_shortened_and_the_facts_kept(
         unit in prop::collection::vec(any::<char>(), 1..4),
         user in any_text(64),
     ) {
@@ -104,7 +123,13 @@ proptest! {
         check(&event, "detect-workloads")?;
         let line = event_line(&event, "detect-workloads").map_err(|e| TestCaseError::fail(e.to_string()))?;
         let value: Value = serde_json::from_slice(&line).map_err(|e| TestCaseError::fail(e.to_string()))?;
-        prop_assert_eq!(&value["details"]["truncated"], true);
+        let details = &value["details"];
+        prop_assert!(details.get("truncated").is_none(), "{details}");
+        prop_assert_eq!(&details["pid"], 447);
+        prop_assert_eq!(&details["gpu_memory_mb"], 1030);
+        prop_assert_eq!(&details["gpu_uuid"], "GPU-x");
+        let shortened = details["cmdline"].as_str().unwrap_or_default();
+        prop_assert!(shortened.ends_with('…') && shortened.len() < cmdline.len());
         prop_assert_eq!(&value["event_type"], "detection.host_gpu_process_discovered");
     }
 }

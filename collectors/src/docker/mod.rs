@@ -60,6 +60,8 @@ use tracing::{debug, warn};
 /// --sample docker`); `config/default.toml` holds the same table.
 pub const SAMPLE: &str = r#"[[collectors.docker]]
 # endpoint = "unix:///tmp/other.sock"   # default: $DOCKER_HOST, else unix:///var/run/docker.sock
+# tls_verify = true                     # TLS for tcp:// endpoints; default: on when $DOCKER_TLS_VERIFY is set
+# cert_path = "/etc/ds01/docker-certs"  # ca.pem, cert.pem, key.pem; default: $DOCKER_CERT_PATH, else ~/.docker
 timeout = "10s"
 "#;
 
