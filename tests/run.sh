@@ -290,7 +290,7 @@ for path in usr/bin/detect-workloads etc/ds01/detect-workloads.toml \
 done
 dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles | grep -qx /etc/ds01/detect-workloads.toml ||
 	dw_die "the default configuration is not a conffile"
-lintian_out=$(lintian --fail-on error --no-tag-display-limit "$deb" 2>&1) || {
+lintian_out=$(lintian --fail-on error --tag-display-limit 0 "$deb" 2>&1) || {
 	printf '%s\n' "$lintian_out" >&2
 	dw_die "lintian reports errors on $(basename "$deb")"
 }
