@@ -19,27 +19,20 @@ fn types(events: &[Value]) -> Vec<String> {
 }
 
 #[test]
+#[ignore = "needs root and the test user dwtest: run by tests/run.sh"]
 fn host_processes_are_attributed_filtered_and_confirmed() {
     let s = Scratch::new();
     let config = s.config(None, "");
 
-    // As another user (skipped in the check if the test user is missing outside CI).
-    let other_user = common::test_user();
-    if other_user.is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI needs the test user"
-        );
-    }
-    let as_other = other_user.as_ref().map(|(_, uid)| {
-        Proc(
-            Command::new("sleep")
-                .arg("600")
-                .uid(*uid)
-                .spawn()
-                .expect("spawn as test user"),
-        )
-    });
+    // As another user.
+    let (other_name, other_uid) = common::test_user();
+    let as_other = Proc(
+        Command::new("sleep")
+            .arg("600")
+            .uid(other_uid)
+            .spawn()
+            .expect("spawn as test user"),
+    );
     // Spaces and invalid UTF-8 in argv.
     let odd = Proc(
         Command::new("sh")
@@ -73,9 +66,7 @@ fn host_processes_are_attributed_filtered_and_confirmed() {
         transient.pid(),
         transient.pid(),
     );
-    if let Some(p) = &as_other {
-        csv += &format!("{}, 100, {UUID}\n", p.pid());
-    }
+    csv += &format!("{}, 100, {UUID}\n", as_other.pid());
     s.set_gpu_apps(&csv);
 
     // Scan 1: everything new is pending; no process event.
@@ -120,9 +111,10 @@ fn host_processes_are_attributed_filtered_and_confirmed() {
         host[&odd.pid().to_string()]["cmdline"],
         "sh -c sleep 600 my script.py --name=\u{fffd}\u{fffd}end"
     );
-    if let (Some(p), Some((name, _))) = (&as_other, &other_user) {
-        assert_eq!(host[&p.pid().to_string()]["user"], name.as_str());
-    }
+    assert_eq!(
+        host[&as_other.pid().to_string()]["user"],
+        other_name.as_str()
+    );
     assert!(!host.contains_key(&system.pid().to_string()));
     assert!(inv["_pending_processes"]
         .as_object()

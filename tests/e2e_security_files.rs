@@ -13,16 +13,10 @@ use std::process::{Child, Command, Stdio};
 
 use common::{edit_config, Proc, Scratch, UUID};
 
-/// The test user's uid and gid, or None (the test is skipped) outside CI.
-fn attacker() -> Option<(u32, u32)> {
-    let Some((name, uid)) = common::test_user() else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI needs the test user"
-        );
-        eprintln!("skipped: no test user");
-        return None;
-    };
+/// The test user's uid and gid (tests using it are `#[ignore]`d: see
+/// `common::docker_host`).
+fn attacker() -> (u32, u32) {
+    let (name, uid) = common::test_user();
     let out = Command::new("id")
         .arg("-g")
         .arg(&name)
@@ -32,7 +26,7 @@ fn attacker() -> Option<(u32, u32)> {
         .trim()
         .parse()
         .expect("gid");
-    Some((uid, gid))
+    (uid, gid)
 }
 
 /// A command run as the test user in its own process group, all of which is
@@ -106,8 +100,9 @@ fn assert_private_lock(path: &Path) {
 }
 
 #[test]
+#[ignore = "needs root and the test user dwtest: run by tests/run.sh"]
 fn a_user_holding_an_old_lock_file_cannot_stop_the_scan() {
-    let Some(user) = attacker() else { return };
+    let user = attacker();
     let s = Scratch::new();
     let config = config_for_attack(&s);
     // What earlier versions left: a lock file anyone could open.
@@ -140,8 +135,9 @@ fn a_user_holding_an_old_lock_file_cannot_stop_the_scan() {
 }
 
 #[test]
+#[ignore = "needs root and the test user dwtest: run by tests/run.sh"]
 fn a_lock_file_planted_by_a_user_is_not_used() {
-    let Some(user) = attacker() else { return };
+    let user = attacker();
     let s = Scratch::new();
     let config = config_for_attack(&s);
     let state = s.path("state");
@@ -166,8 +162,9 @@ fn a_lock_file_planted_by_a_user_is_not_used() {
 }
 
 #[test]
+#[ignore = "needs root and the test user dwtest: run by tests/run.sh"]
 fn links_planted_in_a_sticky_directory_are_not_followed() {
-    let Some(user) = attacker() else { return };
+    let user = attacker();
     let s = Scratch::new();
     let config = config_for_attack(&s);
     // Inventory, lock and event log share one directory like /tmp.
@@ -250,6 +247,7 @@ fn a_directory_others_can_write_is_refused_and_nothing_is_written() {
 }
 
 #[test]
+#[ignore = "needs root and the test user dwtest: run by tests/run.sh"]
 fn a_configuration_others_can_change_is_refused() {
     let s = Scratch::new();
     let config = s.config(None, "");
@@ -263,16 +261,15 @@ fn a_configuration_others_can_change_is_refused() {
     }
     assert!(!s.inventory_path().exists());
     chmod(&config, 0o644);
-    if let Some(user) = attacker() {
-        std::os::unix::fs::chown(&config, Some(user.0), None).expect("chown");
-        let out = s.run(&config, &["validate"]);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{stderr}");
-        assert!(
-            stderr.contains(&format!("owned by uid {}", user.0)),
-            "{stderr}"
-        );
-    }
+    let user = attacker();
+    std::os::unix::fs::chown(&config, Some(user.0), None).expect("chown");
+    let out = s.run(&config, &["validate"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("owned by uid {}", user.0)),
+        "{stderr}"
+    );
 }
 
 /// A process whose command line is `sh -c 'read x' <args>`: it waits on its
@@ -441,10 +438,9 @@ fn endless_nvidia_smi_output_is_cut_off() {
 }
 
 #[test]
+#[ignore = "needs the private Docker engine: run by tests/run.sh"]
 fn a_hostile_container_label_is_escaped_in_json_and_replaced_in_the_table() {
-    let Some(host) = common::docker_host() else {
-        return;
-    };
+    let host = common::docker_host();
     let s = Scratch::new();
     let config = s.config(Some(&host), "");
     let mut containers = common::Containers::new(&host);

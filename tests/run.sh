@@ -220,8 +220,19 @@ dw_log "cargo fmt --all --check"
 cargo fmt --all --check
 dw_log "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
-dw_log "cargo test --workspace --release"
-cargo test --workspace --release --no-fail-fast 2>&1
+# Tests that need what this script sets up (the engine, the test user, the
+# Prometheus tools, root) are #[ignore]d with the reason, so that a plain
+# `cargo test` lists them as ignored; here they run, and a missing
+# prerequisite fails them. Without an engine (allowed outside CI only) they
+# stay ignored, and the summary says how many.
+test_args=(--workspace --release --no-fail-fast)
+if [ "$engine_up" -eq 1 ]; then
+	dw_log "cargo test ${test_args[*]} -- --include-ignored"
+	cargo test "${test_args[@]}" -- --include-ignored 2>&1
+else
+	dw_warn "no private engine: the tests that need it are left ignored"
+	cargo test "${test_args[@]}" 2>&1
+fi
 
 # --- 8. systemd units (issue 10, point 9): verify, and a sandbox rated "OK" ----
 # `systemd-analyze security --offline=true` must rate the service 3.0 or lower;
