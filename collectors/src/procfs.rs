@@ -179,6 +179,10 @@ pub fn read_process(root: &Path, pid: u32) -> Option<(ProcessFacts, CgroupInfo)>
 
 #[async_trait]
 impl Collector for Procfs {
+    fn describe(&self) -> String {
+        format!("reads {}", self.config.root.display())
+    }
+
     fn provides(&self) -> &'static [FactKind] {
         &[FactKind::Processes]
     }

@@ -42,6 +42,8 @@ use tracing::debug;
 pub const SAMPLE: &str = r#"[[collectors.docker]]
 # endpoint = "unix:///tmp/other.sock"   # default: $DOCKER_HOST, else unix:///var/run/docker.sock
 timeout = "10s"
+max_concurrent_inspects = 16    # inspect calls in flight at once on a cold scan
+proc_root = "/proc"             # where the host's /proc is: owners of containers' main processes
 "#;
 
 /// `[[collectors.docker]]`
@@ -122,6 +124,15 @@ impl Collector for DockerCollector {
 
     fn timeout(&self) -> Duration {
         self.config.timeout
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "endpoint {}, timeout {}, max_concurrent_inspects {}",
+            self.endpoint,
+            detect_workloads_core::config::human_duration(self.config.timeout),
+            self.config.max_concurrent_inspects
+        )
     }
 
     async fn collect(&self, ctx: &CollectContext<'_>) -> Result<Collected, CollectError> {

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::config::Instance;
 use crate::model::Observations;
@@ -208,7 +208,8 @@ fn settle(
             Outcome::Collected { duration, stats }
         }
         Err(error) => {
-            warn!(collector = %c.name, "collector failed, keeping what it reported last: {error}");
+            // Logged by `health`, which knows whether this is news.
+            debug!(collector = %c.name, "collector failed: {error}");
             Outcome::Failed { duration, error }
         }
     }
