@@ -275,7 +275,10 @@ fn config_errors_are_in_the_users_words() {
     );
     // A file named by the variable says so.
     let missing = s.path("missing.toml");
-    let out = run(&["validate"], &[("DETECT_WORKLOADS_CONFIG", &missing.to_string_lossy())]);
+    let out = run(
+        &["validate"],
+        &[("DETECT_WORKLOADS_CONFIG", &missing.to_string_lossy())],
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(
         stderr(&out).ends_with(&format!(
@@ -304,7 +307,10 @@ fn config_errors_are_in_the_users_words() {
 #[test]
 fn validate_says_where_the_configuration_came_from_and_each_plugins_settings() {
     let s = Scratch::new();
-    let config = s.config(Some("unix:///run/p2a-test.sock"), "[[sinks.stdout]]\nformat = \"table\"\n");
+    let config = s.config(
+        Some("unix:///run/p2a-test.sock"),
+        "[[sinks.stdout]]\nformat = \"table\"\n",
+    );
     let file = config.to_string_lossy().into_owned();
     let out = run(&["validate", "--config", &file], &[]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -328,7 +334,9 @@ fn validate_says_where_the_configuration_came_from_and_each_plugins_settings() {
     let out = run(&["validate"], &[("DETECT_WORKLOADS_CONFIG", &file)]);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
-        text.starts_with(&format!("configuration OK: {file} (named by $DETECT_WORKLOADS_CONFIG)\n")),
+        text.starts_with(&format!(
+            "configuration OK: {file} (named by $DETECT_WORKLOADS_CONFIG)\n"
+        )),
         "{text}"
     );
 }
@@ -359,7 +367,10 @@ fn dry_run_never_writes_whatever_sinks_are_named() {
             && table.ends_with(" ms; nvidia-smi ok, procfs ok\n"),
         "not the ps view: {table}"
     );
-    assert!(!s.inventory_path().exists(), "the dry run wrote the inventory");
+    assert!(
+        !s.inventory_path().exists(),
+        "the dry run wrote the inventory"
+    );
     assert!(!s.events_path().exists(), "the dry run wrote the event log");
     // --format names the stdout sink's format, so it needs that sink.
     let out = s.run(&config, &["--format", "table"]);
@@ -375,12 +386,44 @@ fn logs_help_timestamps_rounded_durations_verbose_paths_and_a_checked_filter() {
     let err = stderr(&out);
     let first = err.lines().next().unwrap_or_default();
     // 2026-11-26T12:47:11.587039Z DEBUG ...
-    assert_eq!(first.as_bytes().get(4), Some(&b'-'), "no timestamp: {first}");
-    assert_eq!(first.as_bytes().get(10), Some(&b'T'), "no timestamp: {first}");
-    assert!(err.contains(&format!("configuration: {} (named with --config)", config.display())), "{err}");
-    assert!(err.contains(&format!("reading the previous state path={}", s.inventory_path().display())), "{err}");
-    assert!(err.contains(&format!("inventory written path={}", s.inventory_path().display())), "{err}");
-    assert!(err.contains(&format!("events appended path={}", s.events_path().display())), "{err}");
+    assert_eq!(
+        first.as_bytes().get(4),
+        Some(&b'-'),
+        "no timestamp: {first}"
+    );
+    assert_eq!(
+        first.as_bytes().get(10),
+        Some(&b'T'),
+        "no timestamp: {first}"
+    );
+    assert!(
+        err.contains(&format!(
+            "configuration: {} (named with --config)",
+            config.display()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "reading the previous state path={}",
+            s.inventory_path().display()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "inventory written path={}",
+            s.inventory_path().display()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "events appended path={}",
+            s.events_path().display()
+        )),
+        "{err}"
+    );
     for field in err.split("elapsed_ms=").skip(1) {
         let number = field.split_whitespace().next().unwrap_or_default();
         let decimals = number.split_once('.').map_or(0, |(_, d)| d.len());
@@ -398,7 +441,8 @@ fn logs_help_timestamps_rounded_durations_verbose_paths_and_a_checked_filter() {
     let out = run(&["validate"], &[("DETECT_WORKLOADS_LOG", "info,x=loud")]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        stderr(&out).starts_with("detect-workloads: invalid $DETECT_WORKLOADS_LOG \"info,x=loud\": "),
+        stderr(&out)
+            .starts_with("detect-workloads: invalid $DETECT_WORKLOADS_LOG \"info,x=loud\": "),
         "{}",
         stderr(&out)
     );
@@ -411,7 +455,12 @@ fn an_unavailable_collector_is_said_once_then_its_return() {
     let said = |err: &str| {
         err.lines()
             .filter(|l| l.contains("collector=docker"))
-            .map(|l| l.split_once('Z').map_or(l, |(_, rest)| rest).trim().to_string())
+            .map(|l| {
+                l.split_once('Z')
+                    .map_or(l, |(_, rest)| rest)
+                    .trim()
+                    .to_string()
+            })
             .collect::<Vec<_>>()
     };
     let first = said(&s.scan(&config));
@@ -424,11 +473,19 @@ fn an_unavailable_collector_is_said_once_then_its_return() {
     assert_eq!(said(&s.scan(&config)), Vec::<String>::new());
     // A real failure after success stays a warning, and keeps the last report.
     s.set_smi_mode("fail");
-    let smi_lines = |err: &str| err.lines().filter(|l| l.contains("collector=nvidia-smi")).map(str::to_string).collect::<Vec<_>>();
+    let smi_lines = |err: &str| {
+        err.lines()
+            .filter(|l| l.contains("collector=nvidia-smi"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
     let err = s.scan(&config);
     let lines = smi_lines(&err);
     assert_eq!(lines.len(), 1, "{err}");
-    assert!(lines[0].contains(" WARN ") && lines[0].contains("keeping what it reported last"), "{err}");
+    assert!(
+        lines[0].contains(" WARN ") && lines[0].contains("keeping what it reported last"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -445,6 +502,10 @@ fn default_toml_lists_every_key_with_its_default() {
     ] {
         assert!(text.contains(key), "config/default.toml lacks {key}");
     }
-    let nvml = text.split("[[collectors.nvml]]").nth(1).and_then(|t| t.split("\n\n").next()).unwrap_or_default();
+    let nvml = text
+        .split("[[collectors.nvml]]")
+        .nth(1)
+        .and_then(|t| t.split("\n\n").next())
+        .unwrap_or_default();
     assert!(nvml.contains("timeout = \"5s\""), "nvml's timeout: {nvml}");
 }
