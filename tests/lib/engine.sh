@@ -84,6 +84,7 @@ dw_ensure_packages() {
 	dw_busybox_static_installed || missing+=(busybox-static)
 	command -v useradd >/dev/null 2>&1 || missing+=(passwd)
 	command -v groupadd >/dev/null 2>&1 || missing+=(passwd)
+	command -v tmux >/dev/null 2>&1 || missing+=(tmux) # tests/e2e_ps_top.rs: `top` in a terminal
 	[ "${#missing[@]}" -eq 0 ] && return 0
 
 	# De-duplicate.
