@@ -317,3 +317,50 @@ fn top_draws_the_gpus_and_workloads_in_a_terminal_and_quits_on_q() {
     });
     assert_eq!(std::fs::read_to_string(&status).expect("status"), "0\n");
 }
+
+/// The inventory explains itself: a container allocated GPUs by its labels
+/// only is flagged `label-only`; one never started has no `started_at`; the
+/// event log exists (empty) after a first scan with no transition.
+#[test]
+fn the_output_explains_itself() {
+    let s = Scratch::new();
+    let config = s.config(None, "");
+    s.scan(&config);
+    assert_eq!(
+        std::fs::read_to_string(s.events_path()).expect("event log created"),
+        ""
+    );
+    let Some(host) = common::docker_host() else {
+        eprintln!("no private engine (tests/run.sh starts one): skipping the container part");
+        return;
+    };
+    let config = s.config(Some(&host), "");
+    let name = format!("dw-p2a-label-{}", std::process::id());
+    let image = common::test_image();
+    common::docker(
+        &host,
+        &[
+            "create",
+            "--name",
+            &name,
+            "--label",
+            "ds01.gpu.slots=0:0,0:1",
+            &image,
+            "sleep",
+            "300",
+        ],
+    );
+    let out = s.run(&config, &["--sink", "stdout"]);
+    common::docker(&host, &["rm", "-f", &name]);
+    let inv: serde_json::Value = serde_json::from_str(&text(&out)).expect("JSON");
+    let entry = inv["containers"]
+        .as_object()
+        .and_then(|m| m.values().find(|c| c["name"] == name.as_str()))
+        .unwrap_or_else(|| panic!("{name} not in {inv}"));
+    assert_eq!(entry["status"], "created");
+    assert_eq!(entry["has_gpu"], false);
+    assert_eq!(entry["gpu_devices"], serde_json::json!(["0:0", "0:1"]));
+    assert_eq!(entry["gpu_access"], "label-only");
+    assert!(entry["inspect"].is_object(), "{entry}");
+    assert!(entry["inspect"].get("started_at").is_none(), "{entry}");
+}

@@ -424,7 +424,11 @@ fn inspect_facts(r: Inspect) -> InspectFacts {
             .and_then(|p| u32::try_from(p).ok())
             .unwrap_or_default(),
         config_user: r.config.and_then(|c| c.user).unwrap_or_default(),
-        started_at: state.started_at.unwrap_or_default(),
+        // The engine says year 1 for a container that never started.
+        started_at: state
+            .started_at
+            .filter(|t| !t.starts_with("0001-01-01"))
+            .unwrap_or_default(),
     }
 }
 
