@@ -2,10 +2,10 @@
 //! that loads one (`validate` and the scans alike): each refusal says what
 //! to change, on the line it is about where there is one.
 
-use toml::de::{DeTable, DeValue};
+use toml::de::DeTable;
 use toml::Spanned;
 
-use crate::config::{plugin_tables, Config, ConfigError, Source};
+use crate::config::{plugin_tables, Config, ConfigError, Source, Tables};
 use crate::plugin::PluginKind;
 
 /// Refuses a configuration that cannot work.
@@ -131,7 +131,7 @@ fn section_tables<'i>(
     source: Source<'_>,
     doc: &Spanned<DeTable<'i>>,
     kind: PluginKind,
-) -> Result<Vec<(Spanned<String>, Spanned<DeValue<'i>>)>, ConfigError> {
+) -> Result<Tables<'i>, ConfigError> {
     match doc.get_ref().get(kind.section()) {
         Some(section) => plugin_tables(source, kind, section),
         None => Ok(Vec::new()),

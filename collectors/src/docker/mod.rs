@@ -145,7 +145,7 @@ impl Collector for DockerCollector {
             .map_err(|e| self.classify(e))?;
         debug!(
             containers = list.len(),
-            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+            elapsed_ms = detect_workloads_core::cycle::round_ms(started.elapsed()),
             "listed"
         );
         let previous = ctx.previous.get().await;

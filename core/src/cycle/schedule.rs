@@ -203,7 +203,7 @@ fn settle(
             for container in &mut observations.containers {
                 container.collector = c.name.clone();
             }
-            debug!(collector = %c.name, duration_ms = duration.as_millis() as u64, "collected");
+            debug!(collector = %c.name, duration_ms = super::round_ms(duration), "collected");
             observed.merge(observations);
             Outcome::Collected { duration, stats }
         }
