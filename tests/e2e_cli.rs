@@ -135,13 +135,21 @@ fn config_from_environment_and_builtin_default() {
             detect_workloads_core::config::DEFAULT_CONFIG,
             std::fs::read_to_string(format!("{ROOT}/config/default.toml")).expect("default.toml")
         );
-        // One scan with nothing available: exit 0, warnings, failures recorded.
+        // One scan with nothing available: exit 0, failures recorded, and a
+        // source missing on this machine is news (INFO), not a warning.
         let out = run(&["--sink", "stdout"], &[]);
         assert!(out.status.success(), "{}", stderr(&out));
         let inv: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
         assert_eq!(inv["scan"]["collectors"]["docker"]["ok"], false);
-        assert!(stderr(&out).contains("WARN"));
-        assert!(stderr(&out).contains("Scan complete: "));
+        let err = stderr(&out);
+        assert!(
+            err.lines().any(|l| l.contains(" INFO ")
+                && l.contains("collector=docker")
+                && l.contains("not available on this machine: ")),
+            "{err}"
+        );
+        assert!(!err.contains("keeping what it reported last"), "{err}");
+        assert!(err.contains("Scan complete: "));
     }
 }
 
@@ -187,4 +195,317 @@ fn systemd_units_match_the_deployment() {
     ] {
         assert!(timer.lines().any(|l| l == line), "{line}");
     }
+}
+
+/// Writes `text` as a configuration in `s` and runs `validate` and a scan
+/// with it: both must exit 2 with this exact message (after the file name
+/// and line).
+fn refused(s: &Scratch, text: &str, expected: &str) {
+    let path = s.path("refused.toml");
+    std::fs::write(&path, text).expect("write");
+    let file = path.to_string_lossy().into_owned();
+    for args in [vec!["validate", "--config", &file], vec!["--config", &file]] {
+        let out = run(&args, &[]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{text:?}: {err}");
+        let wanted = format!("ERROR invalid configuration: {file}{expected}\n");
+        assert!(err.ends_with(&wanted), "{text:?}:\n{err}\nwanted: {wanted}");
+    }
+}
+
+#[test]
+fn validate_refuses_what_cannot_work_saying_what_to_change() {
+    let s = Scratch::new();
+    refused(
+        &s,
+        "",
+        ": no collector is configured, so a scan would find nothing: add at least one, \
+         such as [[collectors.procfs]] (`detect-workloads plugins` lists them)",
+    );
+    refused(
+        &s,
+        "[[collectors.procfs]]\n",
+        ": no sink is configured, so a scan would keep nothing: add at least one, \
+         such as [[sinks.inventory-file]], or name one with --sink",
+    );
+    refused(
+        &s,
+        "[[collectors.procfs]]\n[[collectors.nvidia-smi]]\nfallback_for = \"nvlm\"\n[[sinks.stdout]]\n",
+        ":3: [collectors.nvidia-smi] key `fallback_for`: `nvlm` is not a configured collector \
+         (configured: procfs, nvidia-smi); name one of them, or remove the key",
+    );
+    let hint = "a duration is a positive number with a unit, such as \"10s\" or \"250ms\"";
+    for (table, key) in [
+        ("[[collectors.docker]]", "timeout"),
+        ("[[collectors.nvml]]", "timeout"),
+        ("[[collectors.nvidia-smi]]", "timeout"),
+        ("[agent]", "lock_timeout"),
+        ("[agent]", "scan_timeout"),
+    ] {
+        let label = table.trim_matches(|c| c == '[' || c == ']');
+        for value in ["0s", "-5s"] {
+            refused(
+                &s,
+                &format!("{table}\n{key} = \"{value}\"\n"),
+                &format!(":2: [{label}] key `{key}`: invalid duration \"{value}\": {hint}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn config_errors_are_in_the_users_words() {
+    let s = Scratch::new();
+    refused(
+        &s,
+        "[[collectors.docker]]\ntimeout = 10\n",
+        ":2: [collectors.docker] key `timeout`: expected a duration such as \"10s\" \
+         (in quotes, with a unit), found 10",
+    );
+    refused(
+        &s,
+        "[[collectors.docker]]\nmax_concurrent_inspects = \"many\"\n",
+        ":2: [collectors.docker] key `max_concurrent_inspects`: invalid type: string \"many\", \
+         expected a whole number",
+    );
+    refused(
+        &s,
+        "[[agent]]\nscan_timeout = \"5s\"\n",
+        ":1: [agent] is a single table; write [agent], not [[agent]]",
+    );
+    // A file named by the variable says so.
+    let missing = s.path("missing.toml");
+    let out = run(
+        &["validate"],
+        &[("DETECT_WORKLOADS_CONFIG", &missing.to_string_lossy())],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).ends_with(&format!(
+            "ERROR invalid configuration: {} (from $DETECT_WORKLOADS_CONFIG): cannot read: \
+             No such file or directory (os error 2)\n",
+            missing.display()
+        )),
+        "{}",
+        stderr(&out)
+    );
+    // A directory that cannot be made is named through the configured
+    // inventory path, not the lock file beside it.
+    let config = s.config(None, "");
+    let text = std::fs::read_to_string(&config).expect("config");
+    let inv = s.inventory_path().display().to_string();
+    std::fs::write(s.path("a-file"), "").expect("write");
+    let gone = s.path("a-file/inventory.json").display().to_string();
+    std::fs::write(&config, text.replace(&inv, &gone)).expect("write");
+    let out = s.run(&config, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains(&gone), "{err}");
+    assert!(!err.contains("inventory.json.lock"), "{err}");
+}
+
+#[test]
+fn validate_says_where_the_configuration_came_from_and_each_plugins_settings() {
+    let s = Scratch::new();
+    let config = s.config(
+        Some("unix:///run/p2a-test.sock"),
+        "[[sinks.stdout]]\nformat = \"table\"\n",
+    );
+    let file = config.to_string_lossy().into_owned();
+    let out = run(&["validate", "--config", &file], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let expected = format!(
+        "configuration OK: {file} (named with --config)\n\
+         agent: scan_timeout 25s, lock_timeout 10s, source \"detect-workloads-test\"\n\
+         collectors:\n\
+         \x20 docker: endpoint unix:///run/p2a-test.sock, timeout 20s, max_concurrent_inspects 16\n\
+         \x20 nvidia-smi: timeout 3s\n\
+         \x20 procfs: reads /proc\n\
+         stages (in run order): redact, classify, resolve-user, gpu-devices, exclude-system, transient-filter\n\
+         sinks:\n\
+         \x20 inventory-file: writes {inv} (mode 0640), the state read back at the next scan\n\
+         \x20 event-log: appends to {events}\n\
+         \x20 stdout\n",
+        inv = s.inventory_path().display(),
+        events = s.events_path().display(),
+    );
+    assert_eq!(text, expected);
+    let out = run(&["validate"], &[("DETECT_WORKLOADS_CONFIG", &file)]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.starts_with(&format!(
+            "configuration OK: {file} (named by $DETECT_WORKLOADS_CONFIG)\n"
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn dry_run_never_writes_whatever_sinks_are_named() {
+    let s = Scratch::new();
+    let config = s.config(None, "");
+    let out = s.run(&config, &["--dry-run", "--sink", "inventory-file"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).ends_with(
+            "ERROR --dry-run writes nothing and emits nothing, so it cannot deliver to \
+             `inventory-file`: drop --sink inventory-file, or drop --dry-run\n"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    let out = s.run(&config, &["--dry-run"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("JSON on stdout");
+    let out = s.run(&config, &["--dry-run", "--format", "table"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        table.starts_with("no workloads match\n\nscan ")
+            && table.contains(" ago, took ")
+            && table.ends_with(" ms; nvidia-smi ok, procfs ok\n"),
+        "not the ps view: {table}"
+    );
+    assert!(
+        !s.inventory_path().exists(),
+        "the dry run wrote the inventory"
+    );
+    assert!(!s.events_path().exists(), "the dry run wrote the event log");
+    // --format names the stdout sink's format, so it needs that sink.
+    let out = s.run(&config, &["--format", "table"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn logs_help_timestamps_rounded_durations_verbose_paths_and_a_checked_filter() {
+    let s = Scratch::new();
+    let config = s.config(None, "");
+    let out = s.run(&config, &["-v"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    let first = err.lines().next().unwrap_or_default();
+    // 2026-11-26T12:47:11.587039Z DEBUG ...
+    assert_eq!(
+        first.as_bytes().get(4),
+        Some(&b'-'),
+        "no timestamp: {first}"
+    );
+    assert_eq!(
+        first.as_bytes().get(10),
+        Some(&b'T'),
+        "no timestamp: {first}"
+    );
+    assert!(
+        err.contains(&format!(
+            "configuration: {} (named with --config)",
+            config.display()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "reading the previous state path={}",
+            s.inventory_path().display()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "inventory written path={}",
+            s.inventory_path().display()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "events appended path={}",
+            s.events_path().display()
+        )),
+        "{err}"
+    );
+    for field in err.split("elapsed_ms=").skip(1) {
+        let number = field.split_whitespace().next().unwrap_or_default();
+        let decimals = number.split_once('.').map_or(0, |(_, d)| d.len());
+        assert!(decimals <= 1, "not rounded to 0.1 ms: {number}");
+    }
+    // Under journald, no timestamp (journald stamps each line itself).
+    let out = Command::new(BIN)
+        .args(["--config", &config.to_string_lossy()])
+        .env("JOURNAL_STREAM", "8:1234")
+        .output()
+        .expect("run");
+    let err = stderr(&out);
+    assert!(err.trim_start().starts_with("INFO "), "{err}");
+    // A filter that does not parse is an error.
+    let out = run(&["validate"], &[("DETECT_WORKLOADS_LOG", "info,x=loud")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out)
+            .starts_with("detect-workloads: invalid $DETECT_WORKLOADS_LOG \"info,x=loud\": "),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn an_unavailable_collector_is_said_once_then_its_return() {
+    let s = Scratch::new();
+    let config = s.config(Some("unix:///nonexistent/p2a.sock"), "");
+    let said = |err: &str| {
+        err.lines()
+            .filter(|l| l.contains("collector=docker"))
+            .map(|l| {
+                l.split_once('Z')
+                    .map_or(l, |(_, rest)| rest)
+                    .trim()
+                    .to_string()
+            })
+            .collect::<Vec<_>>()
+    };
+    let first = said(&s.scan(&config));
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(
+        first[0].starts_with("INFO not available on this machine: ")
+            && first[0].ends_with("(said once; scans go on without it) collector=docker"),
+        "{first:?}"
+    );
+    assert_eq!(said(&s.scan(&config)), Vec::<String>::new());
+    // A real failure after success stays a warning, and keeps the last report.
+    s.set_smi_mode("fail");
+    let smi_lines = |err: &str| {
+        err.lines()
+            .filter(|l| l.contains("collector=nvidia-smi"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let err = s.scan(&config);
+    let lines = smi_lines(&err);
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0].contains(" WARN ") && lines[0].contains("keeping what it reported last"),
+        "{err}"
+    );
+}
+
+#[test]
+fn default_toml_lists_every_key_with_its_default() {
+    let text = detect_workloads_core::config::DEFAULT_CONFIG;
+    for key in [
+        "scan_timeout = \"25s\"",
+        "lock_timeout = \"10s\"",
+        "max_concurrent_inspects = 16",
+        "proc_root = \"/proc\"",
+        "library = \"libnvidia-ml.so.1\"",
+        "timeout = \"5s\"",
+        "secret_words = ",
+    ] {
+        assert!(text.contains(key), "config/default.toml lacks {key}");
+    }
+    let nvml = text
+        .split("[[collectors.nvml]]")
+        .nth(1)
+        .and_then(|t| t.split("\n\n").next())
+        .unwrap_or_default();
+    assert!(nvml.contains("timeout = \"5s\""), "nvml's timeout: {nvml}");
 }

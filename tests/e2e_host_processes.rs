@@ -185,6 +185,8 @@ fn dry_run_reads_state_but_writes_nothing() {
     let p = s.gpu_process();
     s.scan(&config);
     let state_before = std::fs::read(s.inventory_path()).expect("state");
+    // The first scan created the event log (empty: nothing is confirmed yet).
+    let events_before = std::fs::read(s.events_path()).expect("event log");
     for args in [&["--sink", "stdout"][..], &["--dry-run"][..]] {
         let out = s.run(&config, args);
         assert!(out.status.success());
@@ -199,7 +201,11 @@ fn dry_run_reads_state_but_writes_nothing() {
             std::fs::read(s.inventory_path()).expect("state"),
             state_before
         );
-        assert!(!s.events_path().exists(), "no event emitted");
+        assert_eq!(
+            std::fs::read(s.events_path()).expect("event log"),
+            events_before,
+            "no event emitted"
+        );
     }
     let names = common::listing(s.inventory_path().parent().expect("dir"));
     assert_eq!(

@@ -25,7 +25,12 @@
 # Environment switches:
 #   DW_TEST_DIR=/path        scratch directory (default /tmp/dw-test-$$)
 #   DW_TEST_ENGINE_ONLY=1    steps 1-5 + a docker smoke test + clean-up; no cargo
-#   DW_TEST_KEEP=1           leave the engine running and $DW_TEST_DIR in place
+#   DW_TEST_KEEP=1           leave the engine running and $DW_TEST_DIR in place;
+#                            stop it later with `bash tests/run.sh --stop DIR`
+#                            (DIR as printed: "leaving the engine running in DIR")
+#
+# `bash tests/run.sh --stop DIR` stops the kept engine of DIR, removes its
+# containers and images, unmounts what it mounted and removes DIR; nothing else.
 #   CI=true                  a private engine that cannot start is an error
 #                            (otherwise: warning, docker tests are skipped)
 # Engine options (DW_TEST_STORAGE_DRIVER, DW_TEST_CGROUP_DRIVER,
@@ -35,6 +40,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=tests/lib/engine.sh
 source tests/lib/engine.sh
+
+if [ "${1:-}" = --stop ]; then
+	dir="${2:?usage: bash tests/run.sh --stop DIR (the directory DW_TEST_KEEP=1 left)}"
+	[ -e "$dir/.dw-engine" ] || dw_die "$dir holds no engine of tests/run.sh (no .dw-engine marker)"
+	dw_log "stopping the engine kept in $dir"
+	dw_engine_remove "$dir"
+	exit 0
+fi
 
 is_ci() { [ "${CI:-}" = true ] || [ "${CI:-}" = 1 ]; }
 
@@ -47,7 +60,7 @@ cleanup() {
 	set +e
 	trap - EXIT INT TERM
 	if [ "${DW_TEST_KEEP:-}" = 1 ]; then
-		dw_log "DW_TEST_KEEP=1: leaving the engine running in $DW_TEST_DIR"
+		dw_log "DW_TEST_KEEP=1: leaving the engine running in $DW_TEST_DIR; stop it with: bash tests/run.sh --stop $DW_TEST_DIR"
 	elif [ -e "$DW_TEST_DIR/.dw-engine" ]; then
 		# Only our own engine (or an orphan), never one of a concurrent run.
 		if [ "$(cut -d' ' -f1 "$DW_TEST_DIR/.dw-engine")" = "$$" ] || ! dw_engine_owner_alive "$DW_TEST_DIR"; then

@@ -42,7 +42,8 @@ const MIB: u64 = 1024 * 1024;
 /// The sample configuration of this plugin (`detect-workloads plugins
 /// --sample nvml`); `config/default.toml` holds the same table.
 pub const SAMPLE: &str = r#"[[collectors.nvml]]
-library = "libnvidia-ml.so.1"   # dlopen'ed at run time; absence is a warning, not an error
+library = "libnvidia-ml.so.1"   # dlopen'ed at run time; absent: said once at INFO, the scan goes on
+timeout = "5s"
 "#;
 
 /// `[[collectors.nvml]]`

@@ -219,6 +219,10 @@ fn read_all(
 
 #[async_trait]
 impl Collector for Procfs {
+    fn describe(&self) -> String {
+        format!("reads {}", self.config.root.display())
+    }
+
     fn provides(&self) -> &'static [FactKind] {
         &[FactKind::Processes]
     }

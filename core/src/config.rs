@@ -45,12 +45,12 @@ impl std::error::Error for ConfigError {}
 
 /// The text being parsed, to turn byte offsets into lines.
 #[derive(Debug, Clone, Copy)]
-struct Source<'i> {
+pub(crate) struct Source<'i> {
     file: &'i str,
     text: &'i str,
 }
 
-type Span = std::ops::Range<usize>;
+pub(crate) type Span = std::ops::Range<usize>;
 
 impl Source<'_> {
     fn line_of(&self, offset: usize) -> usize {
@@ -71,7 +71,8 @@ impl Source<'_> {
         table: &Spanned<DeValue<'_>>,
         e: &toml::de::Error,
     ) -> ConfigError {
-        let message = e.message();
+        let message = in_user_words(e.message());
+        let message = message.as_str();
         let offset = e.span().map_or(table.span().start, |s| s.start);
         let (line, message) = match key_containing(table, offset) {
             Some((key, span)) if !message.contains(&format!("`{key}`")) => {
@@ -87,7 +88,7 @@ impl Source<'_> {
         }
     }
 
-    fn error(&self, span: Option<Span>, message: impl Into<String>) -> ConfigError {
+    pub(crate) fn error(&self, span: Option<Span>, message: impl Into<String>) -> ConfigError {
         ConfigError {
             file: self.file.to_string(),
             line: span.map(|s| self.line_of(s.start)),
@@ -97,10 +98,28 @@ impl Source<'_> {
 
     /// An error about `key` of `table`, on the key's line (the table's when
     /// the key is not written).
-    fn key_error(&self, table: &Spanned<DeValue<'_>>, key: &str, message: String) -> ConfigError {
+    pub(crate) fn key_error(
+        &self,
+        table: &Spanned<DeValue<'_>>,
+        key: &str,
+        message: String,
+    ) -> ConfigError {
         let span = key_span(table, key).unwrap_or_else(|| table.span());
         self.error(Some(span), message)
     }
+}
+
+/// A deserializer's message with Rust's type names replaced by the words a
+/// person writing the file would use.
+fn in_user_words(message: &str) -> String {
+    const WHOLE: [&str; 10] = [
+        "u8", "u16", "u32", "u64", "usize", "i8", "i16", "i32", "i64", "isize",
+    ];
+    let mut out = message.to_string();
+    for t in WHOLE {
+        out = out.replace(&format!("expected {t}"), "expected a whole number");
+    }
+    out.replace("expected a boolean", "expected true or false")
 }
 
 /// The span of `key` as written in `table`.
@@ -145,11 +164,65 @@ impl PluginConfig<'_> {
     }
 }
 
-/// Deserializes a duration written as `"5s"`, `"250ms"`, `"1m 30s"`.
+/// Deserializes a duration written as `"5s"`, `"250ms"`, `"1m 30s"`; zero
+/// and negative durations are refused (nothing can be done in no time).
 pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(d)?;
-    humantime::parse_duration(&text)
-        .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?}: {e}")))
+    d.deserialize_any(DurationVisitor)
+}
+
+/// How a duration is explained to the person writing one.
+const DURATION_HINT: &str =
+    "a duration is a positive number with a unit, such as \"10s\" or \"250ms\"";
+
+struct DurationVisitor;
+
+impl DurationVisitor {
+    fn not_a_string<E: serde::de::Error>(found: impl fmt::Display) -> E {
+        E::custom(format!(
+            "expected a duration such as \"10s\" (in quotes, with a unit), found {found}"
+        ))
+    }
+}
+
+impl serde::de::Visitor<'_> for DurationVisitor {
+    type Value = Duration;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a duration such as \"10s\"")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Duration, E> {
+        parse_duration(text).map_err(E::custom)
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Duration, E> {
+        Err(Self::not_a_string(v))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Duration, E> {
+        Err(Self::not_a_string(v))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Duration, E> {
+        Err(Self::not_a_string(v))
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Duration, E> {
+        Err(Self::not_a_string(v))
+    }
+}
+
+/// A duration as the configuration writes it (`10s`, `1m 30s`).
+pub fn human_duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+/// A positive duration from its text, or the message saying how to write one.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text.trim()) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        _ => Err(format!("invalid duration {text:?}: {DURATION_HINT}")),
+    }
 }
 
 /// `[agent]`: settings of the cycle itself.
@@ -212,17 +285,70 @@ pub struct Config {
     pub sink_override: Option<Vec<Instance<dyn Sink>>>,
 }
 
-/// Which configuration to use: `--config`, else `DETECT_WORKLOADS_CONFIG`, else
-/// the default path if it exists, else the built-in default.
+/// Where the configuration comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// `--config PATH`.
+    Flag(PathBuf),
+    /// `$DETECT_WORKLOADS_CONFIG`.
+    Environment(PathBuf),
+    /// [`DEFAULT_CONFIG_PATH`], which exists.
+    Etc(PathBuf),
+    /// The built-in default ([`DEFAULT_CONFIG`]).
+    BuiltIn,
+}
+
+impl ConfigSource {
+    /// Which configuration to use: `--config`, else `DETECT_WORKLOADS_CONFIG`,
+    /// else the default path if it exists, else the built-in default.
+    pub fn choose(cli: Option<&Path>) -> ConfigSource {
+        if let Some(path) = cli {
+            return ConfigSource::Flag(path.to_path_buf());
+        }
+        if let Some(env) = std::env::var_os("DETECT_WORKLOADS_CONFIG").filter(|v| !v.is_empty()) {
+            return ConfigSource::Environment(PathBuf::from(env));
+        }
+        let default = Path::new(DEFAULT_CONFIG_PATH);
+        if default.exists() {
+            ConfigSource::Etc(default.to_path_buf())
+        } else {
+            ConfigSource::BuiltIn
+        }
+    }
+
+    /// The file read, if any.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            ConfigSource::Flag(p) | ConfigSource::Environment(p) | ConfigSource::Etc(p) => Some(p),
+            ConfigSource::BuiltIn => None,
+        }
+    }
+
+    /// How the file was chosen, for `validate` and error messages.
+    pub fn how(&self) -> &'static str {
+        match self {
+            ConfigSource::Flag(_) => "named with --config",
+            ConfigSource::Environment(_) => "named by $DETECT_WORKLOADS_CONFIG",
+            ConfigSource::Etc(_) => "the system configuration, found at its default place",
+            ConfigSource::BuiltIn => {
+                "no --config, no $DETECT_WORKLOADS_CONFIG and no /etc/ds01/detect-workloads.toml"
+            }
+        }
+    }
+}
+
+impl fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.path() {
+            Some(p) => write!(f, "{} ({})", p.display(), self.how()),
+            None => write!(f, "built-in default config ({})", self.how()),
+        }
+    }
+}
+
+/// Which configuration file to use, if any (see [`ConfigSource::choose`]).
 pub fn choose_config(cli: Option<&Path>) -> Option<PathBuf> {
-    if let Some(path) = cli {
-        return Some(path.to_path_buf());
-    }
-    if let Some(env) = std::env::var_os("DETECT_WORKLOADS_CONFIG").filter(|v| !v.is_empty()) {
-        return Some(PathBuf::from(env));
-    }
-    let default = Path::new(DEFAULT_CONFIG_PATH);
-    default.exists().then(|| default.to_path_buf())
+    ConfigSource::choose(cli).path().map(Path::to_path_buf)
 }
 
 impl fmt::Debug for Config {
@@ -248,20 +374,63 @@ impl fmt::Debug for Config {
 }
 
 impl Config {
-    /// Reads and builds the configuration from a file, or the built-in one.
+    /// Reads and builds the configuration from a file, or the built-in one,
+    /// refusing one that cannot work ([`Config::parse_runnable`]).
     pub fn load(path: Option<&Path>, sink_override: &[String]) -> Result<Config, ConfigError> {
-        match path {
-            Some(path) => {
-                let file = path.display().to_string();
-                let text = crate::config_file::read_trusted(path)?;
-                Config::parse(&file, &text, sink_override)
-            }
-            None => Config::parse("built-in default config", DEFAULT_CONFIG, sink_override),
-        }
+        let source = match path {
+            Some(path) => ConfigSource::Flag(path.to_path_buf()),
+            None => ConfigSource::BuiltIn,
+        };
+        Config::load_from(&source, &Overrides::sinks(sink_override))
     }
 
-    /// Parses configuration text (`file` names it in errors).
+    /// [`Config::load`] from a chosen source, with command-line overrides.
+    /// An error in a file named by `$DETECT_WORKLOADS_CONFIG` says so.
+    pub fn load_from(source: &ConfigSource, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut config = match source.path() {
+            Some(path) => {
+                let file = match source {
+                    ConfigSource::Environment(_) => {
+                        format!("{} (from $DETECT_WORKLOADS_CONFIG)", path.display())
+                    }
+                    _ => path.display().to_string(),
+                };
+                let text = crate::config_file::read_trusted(path).map_err(|e| ConfigError {
+                    file: file.clone(),
+                    ..e
+                })?;
+                Config::parse_runnable(&file, &text, overrides)?
+            }
+            None => Config::parse_runnable("built-in default config", DEFAULT_CONFIG, overrides)?,
+        };
+        config.origin = source.to_string();
+        Ok(config)
+    }
+
+    /// Parses configuration text (`file` names it in errors). A fragment is
+    /// accepted (no collector, a fallback for a collector not listed): see
+    /// [`Config::parse_runnable`] for a whole configuration.
     pub fn parse(file: &str, text: &str, sink_override: &[String]) -> Result<Config, ConfigError> {
+        Config::parse_with(file, text, &Overrides::sinks(sink_override), false)
+    }
+
+    /// Parses a whole configuration, refusing what cannot work: no collector,
+    /// no sink, a `fallback_for` naming no configured collector, stages whose
+    /// `after` form a cycle.
+    pub fn parse_runnable(
+        file: &str,
+        text: &str,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        Config::parse_with(file, text, overrides, true)
+    }
+
+    fn parse_with(
+        file: &str,
+        text: &str,
+        overrides: &Overrides,
+        runnable: bool,
+    ) -> Result<Config, ConfigError> {
         check_unique_names().map_err(|message| ConfigError {
             file: "plugin registry".to_string(),
             line: None,
@@ -280,16 +449,15 @@ impl Config {
         for (key, value) in doc.get_ref() {
             let span = key.span();
             match key.get_ref().as_ref() {
+                "agent" if value.get_ref().is_array() => {
+                    return Err(source.error(
+                        Some(span),
+                        "[agent] is a single table; write [agent], not [[agent]]",
+                    ))
+                }
                 "agent" => {
                     config.agent = AgentConfig::deserialize(ValueDeserializer::from(value.clone()))
                         .map_err(|e| source.value_error("agent", value, &e))?;
-                    if config.agent.scan_timeout.is_zero() {
-                        return Err(source.key_error(
-                            value,
-                            "scan_timeout",
-                            "[agent] key `scan_timeout`: must be longer than 0s".into(),
-                        ));
-                    }
                 }
                 "collectors" => build_section(source, value, &mut config.collectors)?,
                 "stages" => build_section(source, value, &mut config.stages)?,
@@ -305,8 +473,11 @@ impl Config {
             }
         }
         crate::stages::add_mandatory(file, &mut config.stages)?;
-        if !sink_override.is_empty() {
-            config.sink_override = Some(build_sink_override(source, &doc, sink_override)?);
+        if !overrides.sinks.is_empty() {
+            config.sink_override = Some(build_sink_override(source, &doc, overrides)?);
+        }
+        if runnable {
+            crate::config_check::runnable(source, &doc, &config)?;
         }
         Ok(config)
     }
@@ -347,11 +518,11 @@ fn push_instance<T: ?Sized>(list: &mut Vec<Instance<T>>, kind: &'static str, plu
     });
 }
 
-type Tables<'i> = Vec<(Spanned<String>, Spanned<DeValue<'i>>)>;
+pub(crate) type Tables<'i> = Vec<(Spanned<String>, Spanned<DeValue<'i>>)>;
 
 /// The `(type name, table)` pairs of one section, accepting both
 /// `[[section.type]]` (array of tables) and `[section.type]`.
-fn plugin_tables<'i>(
+pub(crate) fn plugin_tables<'i>(
     source: Source<'_>,
     kind: PluginKind,
     section: &Spanned<DeValue<'i>>,
@@ -430,19 +601,39 @@ pub fn unknown_plugin_message(kind: PluginKind, name: &str) -> String {
     )
 }
 
+/// What the command line changes in a configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--sink NAME`: deliver to these instead of the configured sinks.
+    pub sinks: Vec<String>,
+    /// A sink's table given on the command line (`--format table` gives
+    /// `("stdout", "format = \"table\"")`), used instead of the file's.
+    pub tables: Vec<(String, String)>,
+}
+
+impl Overrides {
+    /// Only `--sink` names.
+    pub fn sinks(names: &[String]) -> Overrides {
+        Overrides {
+            sinks: names.to_vec(),
+            tables: Vec::new(),
+        }
+    }
+}
+
 /// Builds the sinks named by `--sink`: the configured instance of that type if
 /// there is one, else one with its defaults.
 fn build_sink_override(
     source: Source<'_>,
     doc: &Spanned<DeTable<'_>>,
-    names: &[String],
+    overrides: &Overrides,
 ) -> Result<Vec<Instance<dyn Sink>>, ConfigError> {
     let configured: Tables<'_> = match doc.get_ref().get("sinks") {
         Some(section) => plugin_tables(source, PluginKind::Sink, section)?,
         None => Vec::new(),
     };
     let mut out = Vec::new();
-    for wanted in names {
+    for wanted in &overrides.sinks {
         let plugin = find_sink(wanted).ok_or_else(|| ConfigError {
             file: "--sink".to_string(),
             line: None,
@@ -458,11 +649,20 @@ fn build_sink_override(
             .iter()
             .find(|(name, _)| name.get_ref() == plugin.name)
             .map(|(_, table)| table.clone());
-        let built = match table {
-            Some(table) => {
+        let forced = overrides.tables.iter().find(|(n, _)| n == plugin.name);
+        let built = match (forced, table) {
+            (Some((_, text)), _) => {
+                let given = Source {
+                    file: "command line",
+                    text,
+                };
+                let value = DeValue::parse(text).map_err(|e| given.error(None, e.message()))?;
+                (plugin.build)(plugin_config(given, PluginKind::Sink, plugin.name, value))?
+            }
+            (None, Some(table)) => {
                 (plugin.build)(plugin_config(source, PluginKind::Sink, plugin.name, table))?
             }
-            None => {
+            (None, None) => {
                 let empty = Source {
                     file: "--sink",
                     text: "{}",

@@ -16,6 +16,7 @@
 
 pub mod cli;
 pub mod config;
+mod config_check;
 pub mod config_file;
 pub mod cycle;
 pub mod diff;

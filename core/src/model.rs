@@ -49,7 +49,9 @@ pub struct InspectFacts {
     pub config_user: String,
     /// `State.StartedAt`. Nothing reads it (restarts are noticed through the
     /// engine's events and the main PID's cgroup); it stays because it is
-    /// part of the cached `inspect` object other tools may read.
+    /// part of the cached `inspect` object other tools may read. Absent
+    /// until the container has started (the engine says year 1).
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub started_at: String,
     /// `HostConfig.CgroupParent` (`--cgroup-parent`), as given.
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -316,6 +318,11 @@ pub struct ContainerEntry {
     /// GPU slots or UUIDs allocated to it.
     #[serde(default)]
     pub gpu_devices: Vec<String>,
+    /// Whether its GPU grant is real: `label-only` when labels allocate it
+    /// GPUs (`gpu_devices`) but the engine gives it no GPU access
+    /// (`has_gpu` false). Absent otherwise. Set by the `gpu-devices` stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_access: Option<GpuAccess>,
     /// Engine state.
     pub status: String,
     /// Image (first tag, else 12 hex digits of the image id).
@@ -369,6 +376,15 @@ pub struct ContainerGpuProcess {
     /// Start time in clock ticks since boot: with the PID, the process's identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<u64>,
+}
+
+/// A container's GPU grant, when it needs explaining.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GpuAccess {
+    /// GPUs named by its labels, but no GPU device or request in the engine:
+    /// the allocation is on paper only.
+    LabelOnly,
 }
 
 /// How a container's GPU use differs from what it was granted.

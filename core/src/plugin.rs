@@ -222,6 +222,12 @@ pub trait Collector: Send + Sync {
     fn fallback_for(&self) -> Option<&str> {
         None
     }
+    /// What `validate` says about this instance: the settings that matter
+    /// (endpoint, paths, timeout). By default its timeout; a collector with
+    /// no timeout of its own says what it reads instead.
+    fn describe(&self) -> String {
+        format!("timeout {}", crate::config::human_duration(self.timeout()))
+    }
     /// Observes.
     async fn collect(&self, ctx: &CollectContext<'_>) -> Result<Collected, CollectError>;
     /// Watch mode: a stream of change notices from a source that can push
@@ -442,6 +448,11 @@ pub trait StateStore: Send + Sync {
     fn load(&self) -> Result<Option<Inventory>, StateError>;
     /// Takes the scan lock, waiting at most `wait`.
     fn lock(&self, wait: Duration) -> Result<LockGuard, StateError>;
+    /// Reads the inventory for a person (`ps`, `top`), changing nothing: a
+    /// corrupt one is an error, not moved aside. By default [`StateStore::load`].
+    fn peek(&self) -> Result<Option<Inventory>, StateError> {
+        self.load()
+    }
 }
 
 /// Delivers the result of a cycle.
@@ -469,6 +480,10 @@ pub trait Sink: Send + Sync {
     /// configuration; dropped (stopped) when the configuration is replaced.
     fn service(&self) -> Option<SinkService> {
         None
+    }
+    /// What `validate` says about this instance (the file it writes, ...).
+    fn describe(&self) -> String {
+        String::new()
     }
 }
 

@@ -116,7 +116,7 @@ fn container_row(c: &ContainerEntry, now: i64) -> Row {
         origin: c.origin.clone(),
         status: c.status.clone(),
         gpus: c.gpu_devices.clone(),
-        gpu_memory_mb: None,
+        gpu_memory_mb: c.gpu_memory_mb,
         what: c.image.clone(),
         age_s: age(&c.detected_at, now),
         gpu: c.has_gpu || !c.gpu_devices.is_empty(),

@@ -169,10 +169,13 @@ impl EventLog {
 
 #[async_trait]
 impl Sink for EventLog {
+    fn describe(&self) -> String {
+        format!("appends to {}", self.path.display())
+    }
+
     async fn deliver(&self, out: &ScanOutput<'_>) -> Result<(), SinkError> {
-        if out.events.is_empty() {
-            return Ok(());
-        }
+        // Opened (so created, empty) even with no event: a `tail -F` started
+        // before the first transition finds the file.
         let fail = |what: &str, e: &dyn std::fmt::Display| {
             SinkError::new(format!(
                 "cannot {what} event log {}: {e}",
@@ -193,6 +196,7 @@ impl Sink for EventLog {
                 ));
             }
         }
+        tracing::debug!(path = %self.path.display(), events = out.events.len(), "events appended");
         Ok(())
     }
 

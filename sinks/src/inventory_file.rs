@@ -145,7 +145,22 @@ impl InventoryFile {
 struct HeldLock(#[allow(dead_code)] File);
 
 impl StateStore for InventoryFile {
+    fn peek(&self) -> Result<Option<Inventory>, StateError> {
+        tracing::debug!(path = %self.path.display(), "reading the inventory");
+        let bytes = match std::fs::read(&self.path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StateError::io(self.path.display().to_string(), e)),
+        };
+        serde_json::from_slice::<Inventory>(&bytes)
+            .map(Some)
+            .map_err(|e| {
+                StateError::Other(format!("{}: not an inventory: {e}", self.path.display()))
+            })
+    }
+
     fn load(&self) -> Result<Option<Inventory>, StateError> {
+        tracing::debug!(path = %self.path.display(), "reading the previous state");
         let read = OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
@@ -175,7 +190,9 @@ impl StateStore for InventoryFile {
 
     fn lock(&self, wait: Duration) -> Result<LockGuard, StateError> {
         let path = self.lock_path();
-        ensure_safe_dir(&path).map_err(StateError::Other)?;
+        // Checked through the inventory's own path: the directory is the
+        // same, and the inventory is what the user configured.
+        ensure_safe_dir(&self.path).map_err(StateError::Other)?;
         let start = Instant::now();
         let mut file = open_private_lock(&path).map_err(StateError::Other)?;
         loop {
@@ -265,13 +282,23 @@ fn still_at(file: &File, path: &Path) -> bool {
 
 #[async_trait]
 impl Sink for InventoryFile {
+    fn describe(&self) -> String {
+        format!(
+            "writes {} (mode {:04o}), the state read back at the next scan",
+            self.path.display(),
+            self.mode
+        )
+    }
+
     async fn deliver(&self, out: &ScanOutput<'_>) -> Result<(), SinkError> {
         // Compact: a third smaller than pretty-printed, and cheaper to write and
         // to read back at the next scan (`jq .` shows it indented).
         let mut json = crate::json::to_string(out.inventory).map_err(SinkError::Encode)?;
         json.push('\n');
         self.write_atomically(json.as_bytes())
-            .map_err(SinkError::new)
+            .map_err(SinkError::new)?;
+        tracing::debug!(path = %self.path.display(), "inventory written");
+        Ok(())
     }
 
     fn required(&self) -> bool {

@@ -1,15 +1,17 @@
-//! Sink `stdout`: prints the inventory to standard output (JSON, or a table for
-//! people). `--sink stdout` / `--dry-run` use it: nothing is written to disk and
-//! no event is emitted. JSON escapes U+2028, U+2029 and C0/C1 controls; the
-//! table replaces control characters with `?`. Needs nothing.
+//! Sink `stdout`: prints the inventory to standard output (JSON, or the
+//! table of `detect-workloads ps` for people). `--sink stdout` / `--dry-run`
+//! use it: nothing is written to disk and no event is emitted. JSON escapes
+//! U+2028, U+2029 and C0/C1 controls; the table (core's `view`) replaces
+//! control characters with `?`. Needs nothing.
 
-use std::fmt::Write as _;
 use std::io::Write;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use detect_workloads_core::async_trait;
 use detect_workloads_core::config::{ConfigError, PluginConfig};
 use detect_workloads_core::model::Inventory;
 use detect_workloads_core::plugin::{ScanOutput, Sink, SinkError, SinkPlugin};
+use detect_workloads_core::view::{self, Filter, Layout};
 use serde::Deserialize;
 
 /// Output format.
@@ -19,21 +21,23 @@ pub enum Format {
     /// The inventory JSON, as the inventory file holds it.
     #[default]
     Json,
-    /// One line per workload.
+    /// The `ps -a` table, fitted to the terminal (nothing cut in a pipe).
     Table,
+    /// The `ps -a` table, nothing cut.
+    Wide,
 }
 
 /// The sample configuration of this plugin (`detect-workloads plugins
 /// --sample stdout`); `config/default.toml` holds the same table.
 pub const SAMPLE: &str = r#"[[sinks.stdout]]
-format = "json"                 # or "table"
+format = "json"                 # or "table" (as `detect-workloads ps -a` prints), "wide" (nothing cut)
 "#;
 
 /// `[[sinks.stdout]]`
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StdoutConfig {
-    /// `json` or `table`.
+    /// `json`, `table` or `wide`.
     pub format: Format,
 }
 
@@ -43,69 +47,19 @@ pub struct Stdout {
     config: StdoutConfig,
 }
 
-/// `text` fit for a terminal: control characters (C0, DEL, C1), line and
-/// paragraph separators and bidirectional overrides each become `?`, so a
-/// label or command line cannot move the cursor, recolour or hide text.
-pub fn printable(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') {
-                '?'
-            } else {
-                c
-            }
-        })
-        .collect()
+/// The inventory as `detect-workloads ps -a` shows it, laid out as `layout`.
+pub fn table(inv: &Inventory, layout: Layout, now: i64) -> String {
+    let all = Filter {
+        all: true,
+        ..Filter::default()
+    };
+    view::render(inv, &all, layout, now)
 }
 
-/// The inventory as a table (text from outside made [`printable`]).
-pub fn table(inv: &Inventory) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:<12}  {:<24}  {:<12}  {:<12}  {:<10}  {:<5}  GPUS",
-        "CONTAINER", "NAME", "ORIGIN", "USER", "STATUS", "GPU"
-    );
-    for c in inv.containers.values() {
-        let _ = writeln!(
-            out,
-            "{:<12}  {:<24}  {:<12}  {:<12}  {:<10}  {:<5}  {}",
-            printable(&c.id),
-            printable(&c.name),
-            printable(&c.origin),
-            printable(&c.user),
-            printable(&c.status),
-            if c.has_gpu { "yes" } else { "no" },
-            printable(&c.gpu_devices.join(","))
-        );
-    }
-    let _ = writeln!(
-        out,
-        "\n{:<8}  {:<12}  {:>8}  {:<40}  CMDLINE",
-        "PID", "USER", "MIB", "GPU"
-    );
-    for (pending, p) in inv
-        .host_processes
-        .values()
-        .map(|p| (false, p))
-        .chain(inv.pending_processes.values().map(|p| (true, p)))
-    {
-        let memory = p
-            .gpu_memory_mb
-            .map_or_else(|| "?".to_string(), |m| m.to_string());
-        let cmdline = printable(&p.cmdline.chars().take(60).collect::<String>());
-        let _ = writeln!(
-            out,
-            "{:<8}  {:<12}  {:>8}  {:<40}  {}{}",
-            p.pid,
-            printable(&p.user),
-            memory,
-            printable(&p.gpu_uuid),
-            cmdline,
-            if pending { "  (pending)" } else { "" }
-        );
-    }
-    out
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 #[async_trait]
@@ -115,7 +69,12 @@ impl Sink for Stdout {
             Format::Json => {
                 crate::json::to_string_pretty(out.inventory).map_err(SinkError::Encode)? + "\n"
             }
-            Format::Table => table(out.inventory),
+            Format::Table => table(
+                out.inventory,
+                detect_workloads_core::cli::term::stdout_layout(),
+                now(),
+            ),
+            Format::Wide => table(out.inventory, Layout::Wide, now()),
         };
         let mut stdout = std::io::stdout().lock();
         stdout
@@ -134,7 +93,7 @@ fn build(config: PluginConfig<'_>) -> Result<Box<dyn Sink>, ConfigError> {
 detect_workloads_core::inventory::submit! {
     SinkPlugin {
         name: "stdout",
-        summary: "prints the inventory (json or table); --sink stdout is the dry run",
+        summary: "prints the inventory (json, or the ps table); --sink stdout is the dry run",
         sample: SAMPLE,
         build,
     }
@@ -146,24 +105,33 @@ mod tests {
     use detect_workloads_core::model::ContainerEntry;
 
     #[test]
-    fn the_table_prints_no_control_characters() {
+    fn the_table_is_the_ps_view_with_stopped_containers_and_no_control_characters() {
         let mut inv = Inventory::default();
         inv.containers.insert(
             "abc".into(),
             ContainerEntry {
                 id: "abc".into(),
-                name: "evil\u{1b}[2J\u{1b}]0;owned\u{7}\u{2028}\u{9b}31m\u{202e}x".into(),
+                name: "evil\u{1b}[2J\u{7}x".into(),
                 user: "alice".into(),
+                status: "exited".into(),
                 ..Default::default()
             },
         );
-        let text = table(&inv);
-        assert!(
-            !text
-                .chars()
-                .any(|c| c != '\n' && printable(&c.to_string()) != c.to_string()),
-            "{text:?}"
+        let text = table(&inv, Layout::Wide, 0);
+        assert_eq!(
+            text,
+            view::render(
+                &inv,
+                &Filter {
+                    all: true,
+                    ..Filter::default()
+                },
+                Layout::Wide,
+                0
+            )
         );
-        assert!(text.contains("evil?[2J?]0;owned???31m?x"), "{text:?}");
+        assert!(text.starts_with("KIND"), "{text}");
+        assert!(text.contains("evil?[2J?x"), "{text:?}");
+        assert!(!text.contains('\u{1b}'), "{text:?}");
     }
 }

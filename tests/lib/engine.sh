@@ -92,6 +92,7 @@ dw_ensure_packages() {
 	command -v useradd >/dev/null 2>&1 || missing+=(passwd)
 	command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 	command -v groupadd >/dev/null 2>&1 || missing+=(passwd)
+	command -v tmux >/dev/null 2>&1 || missing+=(tmux) # tests/e2e_ps_top.rs: `top` in a terminal
 	[ "${#missing[@]}" -eq 0 ] && return 0
 
 	# De-duplicate.

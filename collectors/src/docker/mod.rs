@@ -63,6 +63,7 @@ pub const SAMPLE: &str = r#"[[collectors.docker]]
 # tls_verify = true                     # TLS for tcp:// endpoints; default: on when $DOCKER_TLS_VERIFY is set
 # cert_path = "/etc/ds01/docker-certs"  # ca.pem, cert.pem, key.pem; default: $DOCKER_CERT_PATH, else ~/.docker
 timeout = "10s"
+max_concurrent_inspects = 16    # inspect calls in flight at once on a cold scan
 "#;
 
 /// `[[collectors.docker]]`
@@ -137,6 +138,18 @@ impl Collector for DockerCollector {
         self.config.timeout
     }
 
+    fn describe(&self) -> String {
+        let endpoint = match &self.endpoint {
+            Ok(endpoint) => endpoint.to_string(),
+            Err(e) => format!("unusable ({e})"),
+        };
+        format!(
+            "endpoint {endpoint}, timeout {}, max_concurrent_inspects {}",
+            detect_workloads_core::config::human_duration(self.config.timeout),
+            self.config.max_concurrent_inspects
+        )
+    }
+
     async fn collect(&self, ctx: &CollectContext<'_>) -> Result<Collected, CollectError> {
         let endpoint = self
             .endpoint
@@ -197,7 +210,7 @@ impl DockerCollector {
         let (list, changes) = fetch(docker, previous_state).await?;
         debug!(
             containers = list.len(),
-            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+            elapsed_ms = detect_workloads_core::cycle::round_ms(started.elapsed()),
             "listed"
         );
         let previous = previous_state.get().await;
@@ -533,7 +546,11 @@ fn inspect_facts(r: ContainerInspectResponse) -> InspectFacts {
             .and_then(|p| u32::try_from(p).ok())
             .unwrap_or_default(),
         config_user: r.config.and_then(|c| c.user).unwrap_or_default(),
-        started_at: state.started_at.unwrap_or_default(),
+        // The engine says year 1 for a container that never started.
+        started_at: state
+            .started_at
+            .filter(|t| !t.starts_with("0001-01-01"))
+            .unwrap_or_default(),
         cgroup_parent: host.cgroup_parent.unwrap_or_default(),
     }
 }

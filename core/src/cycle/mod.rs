@@ -17,6 +17,7 @@
 pub mod assemble;
 pub mod attribute;
 pub mod deliver;
+pub mod health;
 pub mod schedule;
 pub mod stages;
 pub mod state;
@@ -103,7 +104,7 @@ impl Clock {
 
     /// Milliseconds since the start, for the phase timings logged at debug level.
     fn ms(&self) -> f64 {
-        self.start.elapsed().as_secs_f64() * 1000.0
+        round_ms(self.start.elapsed())
     }
 }
 
@@ -131,6 +132,7 @@ async fn cycle(
         schedule::run_collectors(&config.collectors, previous, &users, clock.deadline).await;
     let previous = previous.result().await.map_err(ScanError::State)?;
     debug!(elapsed_ms = clock.ms(), "collectors done");
+    health::log(&collection.ran, previous);
 
     let trust = trust::Trust::of(&collection.ran);
     let mut observed = collection.observed;
@@ -160,6 +162,11 @@ async fn cycle(
     debug!(elapsed_ms = clock.ms(), "sinks done");
     log_summary(&inventory);
     Ok(ScanResult { inventory, events })
+}
+
+/// Milliseconds rounded to 0.1 ms, for log fields (`2.6`, not `2.6181360000000002`).
+pub fn round_ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 10_000.0).round() / 10.0
 }
 
 fn log_summary(inventory: &Inventory) {

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::config::Instance;
 use crate::model::Observations;
@@ -203,12 +203,13 @@ fn settle(
             for container in &mut observations.containers {
                 container.collector = c.name.clone();
             }
-            debug!(collector = %c.name, duration_ms = duration.as_millis() as u64, "collected");
+            debug!(collector = %c.name, duration_ms = super::round_ms(duration), "collected");
             observed.merge(observations);
             Outcome::Collected { duration, stats }
         }
         Err(error) => {
-            warn!(collector = %c.name, "collector failed, keeping what it reported last: {error}");
+            // Logged by `health`, which knows whether this is news.
+            debug!(collector = %c.name, "collector failed: {error}");
             Outcome::Failed { duration, error }
         }
     }

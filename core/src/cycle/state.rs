@@ -57,7 +57,7 @@ pub fn start_loading(config: &Config, deadline: Instant) -> Previous {
         let started = Instant::now();
         let result = load(&plugin);
         debug!(
-            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+            elapsed_ms = super::round_ms(started.elapsed()),
             "previous state loaded"
         );
         // The cycle may have given up on it; nobody is left to tell.

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use crate::config::{ConfigError, PluginConfig};
-use crate::model::InspectFacts;
+use crate::model::{GpuAccess, InspectFacts};
 use crate::plugin::{Stage, StageContext, StageError, StagePlugin, Workset};
 use crate::timefmt::looks_like_timestamp;
 
@@ -95,6 +95,8 @@ impl Stage for GpuDevices {
             if devices.is_empty() {
                 devices = request_devices(c.facts.inspect.as_ref());
             }
+            c.entry.gpu_access =
+                (!c.entry.has_gpu && !devices.is_empty()).then_some(GpuAccess::LabelOnly);
             c.entry.gpu_devices = devices;
         }
         Ok(())
@@ -170,5 +172,26 @@ mod tests {
         assert_eq!(devices(&[("ds01.gpu.slots", "")], &["0"]), ["0"]);
         assert_eq!(devices(&[], &["0", " 1", ""]), ["0", "1"]);
         assert!(devices(&[], &[]).is_empty());
+    }
+
+    #[test]
+    fn gpu_labels_without_gpu_access_are_flagged_label_only() {
+        let run = |has_gpu: bool, labels: &[(&str, &str)]| {
+            let mut c = container("c", labels);
+            c.entry.has_gpu = has_gpu;
+            let mut work = Workset {
+                containers: vec![c],
+                ..Workset::default()
+            };
+            let stage = GpuDevices {
+                config: GpuDevicesConfig::default(),
+            };
+            with_context(|ctx| stage.run(&mut work, ctx)).expect("never fails");
+            work.containers[0].entry.gpu_access
+        };
+        let slots = [("ds01.gpu.slots", "0:0,0:1")];
+        assert_eq!(run(false, &slots), Some(GpuAccess::LabelOnly));
+        assert_eq!(run(true, &slots), None);
+        assert_eq!(run(false, &[]), None);
     }
 }

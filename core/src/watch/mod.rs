@@ -23,7 +23,6 @@ pub mod signals;
 #[cfg(test)]
 mod tests;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -49,15 +48,15 @@ pub enum Notice {
 /// Where the configuration comes from, for reloads.
 #[derive(Debug, Clone)]
 pub struct Source {
-    /// The file, or `None` for the built-in default.
-    pub path: Option<PathBuf>,
+    /// Where the configuration comes from (read again on SIGHUP).
+    pub config: crate::config::ConfigSource,
     /// `--sink` names.
     pub sinks: Vec<String>,
 }
 
 impl Source {
     fn load(&self) -> Result<Config, crate::config::ConfigError> {
-        Config::load(self.path.as_deref(), &self.sinks)
+        Config::load_from(&self.config, &crate::config::Overrides::sinks(&self.sinks))
     }
 }
 

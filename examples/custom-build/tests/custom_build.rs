@@ -210,11 +210,11 @@ fn validate_accepts_device_files_with_its_settings() {
     let config = tmp.path().join("config.toml");
     std::fs::write(
         &config,
-        "[[collectors.device-files]]\nroot = \"/proc\"\ndev_dir = \"/dev\"\ntimeout = \"2s\"\n",
+        "[[collectors.device-files]]\nroot = \"/proc\"\ndev_dir = \"/dev\"\ntimeout = \"2s\"\n[[sinks.stdout]]\n",
     )
     .expect("write");
     let out = run(&["validate", "--config", config.to_str().expect("utf-8 path")]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(stdout.contains("device-files (timeout 2s)"), "{stdout}");
+    assert!(stdout.contains("  device-files: timeout 2s\n"), "{stdout}");
 }

@@ -525,7 +525,10 @@ mod tests {
         let e = error("[[collectors.device-files]]\ntimeout = \"soon\"\n");
         assert!(e.starts_with("test.toml:2:") && e.contains("soon"), "{e}");
         let e = error("[[collectors.device-files]]\ntimeout = \"0s\"\n");
-        assert!(e.contains("key `timeout`: must be more than 0s"), "{e}");
+        assert!(
+            e.contains("key `timeout`: invalid duration \"0s\": a duration is a positive number"),
+            "{e}"
+        );
     }
 
     #[tokio::test]

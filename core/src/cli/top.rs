@@ -1,0 +1,77 @@
+//! `detect-workloads top`: the `ps` view refreshed in the terminal
+//! ([`crate::top`]), from the inventory file or a scan writing nothing.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use tracing::error;
+
+use crate::top::TopOptions;
+use crate::view::Filter;
+
+use super::Cli;
+
+/// The arguments of `top`.
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Scan at each refresh (writing nothing) instead of reading the inventory file
+    #[arg(long)]
+    pub scan: bool,
+    /// Show stopped and created containers too
+    #[arg(short, long)]
+    pub all: bool,
+    /// Only this user's workloads
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+    /// Only workloads with GPU access or use
+    #[arg(long)]
+    pub gpu: bool,
+    /// Time between two refreshes
+    #[arg(long, default_value = "1s", value_parser = interval)]
+    pub interval: Duration,
+}
+
+fn interval(text: &str) -> Result<Duration, String> {
+    crate::config::parse_duration(text)
+}
+
+/// Runs until `q`.
+pub fn run(cli: &Cli, args: &TopArgs) -> ExitCode {
+    if !std::io::stdout().is_terminal() {
+        return super::usage_error("top draws on a terminal; use `detect-workloads ps` in a pipe");
+    }
+    let config = match super::load(cli, &Default::default()) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let options = TopOptions {
+        filter: Filter {
+            all: args.all,
+            user: args.user.clone(),
+            gpu_only: args.gpu,
+        },
+        interval: args.interval,
+    };
+    let result = if args.scan {
+        let config = super::scan::without_sinks(config);
+        crate::top::run(
+            || {
+                super::scan::once(&config)
+                    .map(|r| r.inventory)
+                    .map_err(|_| "the scan failed (see the log)".to_string())
+            },
+            &options,
+        )
+    } else {
+        crate::top::run(|| super::ps::read(&config), &options)
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("terminal: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

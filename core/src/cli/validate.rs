@@ -1,0 +1,59 @@
+//! `detect-workloads validate`: load the configuration (every check a scan
+//! makes) and say what would run, with the settings that matter.
+
+use std::process::ExitCode;
+
+use crate::config::{human_duration, Config};
+
+use super::Cli;
+
+/// Exit 0 with the description, or 2 with what to change.
+pub fn run(cli: &Cli) -> ExitCode {
+    let overrides = match super::overrides(cli) {
+        Ok(o) => o,
+        Err(message) => return super::usage_error(message),
+    };
+    match super::load(cli, &overrides) {
+        Ok(config) => {
+            print!("{}", describe(&config));
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+/// What a configuration would run, for `validate`: where it came from, the
+/// agent's settings, and each plugin instance with its own description.
+pub fn describe(config: &Config) -> String {
+    let mut out = format!("configuration OK: {}\n", config.origin);
+    out += &format!(
+        "agent: scan_timeout {}, lock_timeout {}, source {:?}\n",
+        human_duration(config.agent.scan_timeout),
+        human_duration(config.agent.lock_timeout),
+        config.agent.source
+    );
+    out += "collectors:\n";
+    for c in &config.collectors {
+        let fallback = c
+            .plugin
+            .fallback_for()
+            .map(|p| format!(", fallback for {p}"))
+            .unwrap_or_default();
+        out += &format!("  {}: {}{fallback}\n", c.name, c.plugin.describe());
+    }
+    let stages: Vec<&str> = crate::cycle::stages::order(&config.stages)
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    out += &format!("stages (in run order): {}\n", stages.join(", "));
+    out += "sinks:\n";
+    for s in config.delivery_sinks() {
+        let text = s.plugin.describe();
+        if text.is_empty() {
+            out += &format!("  {}\n", s.name);
+        } else {
+            out += &format!("  {}: {text}\n", s.name);
+        }
+    }
+    out
+}

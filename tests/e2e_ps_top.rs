@@ -1,0 +1,366 @@
+//! `detect-workloads ps` and `top` as an administrator sees them: the table
+//! from the inventory file (exact snapshots), from a scan that writes
+//! nothing (private engine, scripted nvidia-smi), and `top` in a real
+//! pseudo-terminal (tmux), quit with `q`.
+
+mod common;
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant, SystemTime};
+
+use common::{Scratch, BIN, UUID};
+use detect_workloads_core::model::{
+    CollectorReport, ContainerEntry, GpuDevice, Inventory, ProcessEntry, ScanReport,
+};
+use detect_workloads_core::timefmt::rfc3339;
+
+fn ago(secs: u64) -> String {
+    rfc3339(SystemTime::now() - Duration::from_secs(secs))
+}
+
+/// An inventory with two users' workloads, a stopped container, a host GPU
+/// process, one GPU, and a failed collector; ages far from a unit's edge.
+fn inventory() -> Inventory {
+    let mut inv = Inventory::default();
+    let day = 86_400;
+    let container = |name: &str, user: &str, status: &str, gpus: &[&str]| ContainerEntry {
+        id: format!("{name:0>12}"),
+        name: name.to_string(),
+        origin: "ds01-managed".to_string(),
+        user: user.to_string(),
+        has_gpu: !gpus.is_empty(),
+        gpu_devices: gpus.iter().map(|g| g.to_string()).collect(),
+        status: status.to_string(),
+        image: "pytorch/pytorch:2.4".to_string(),
+        detected_at: ago(3 * day + 3600),
+        gpu_memory_mb: (!gpus.is_empty()).then_some(20_480),
+        ..Default::default()
+    };
+    for c in [
+        container("train-alice", "alice", "running", &["0:0"]),
+        container("notebook-bob", "bob", "running", &[]),
+        container("old-bob", "bob", "exited", &[]),
+    ] {
+        inv.containers.insert(c.id.clone(), c);
+    }
+    inv.host_processes.insert(
+        4242,
+        ProcessEntry {
+            pid: 4242,
+            user: "bob".to_string(),
+            cmdline: "python train.py --epochs 10".to_string(),
+            gpu_memory_mb: Some(812),
+            gpu_uuid: UUID.to_string(),
+            detected_at: ago(2 * 3600 + 1800),
+            ..Default::default()
+        },
+    );
+    inv.gpus.insert(
+        UUID.to_string(),
+        GpuDevice {
+            uuid: UUID.to_string(),
+            index: 0,
+            name: "NVIDIA H100 80GB HBM3".to_string(),
+            memory_used_mb: Some(21_292),
+            memory_total_mb: Some(81_559),
+            utilization_pct: Some(37),
+        },
+    );
+    let report = |error: Option<&str>| CollectorReport {
+        ok: error.is_none(),
+        duration_ms: 3,
+        error: error.map(str::to_string),
+        ..Default::default()
+    };
+    inv.scan = Some(ScanReport {
+        started_at: ago(2 * day + 1800),
+        duration_ms: 41,
+        collectors: [
+            ("docker".to_string(), report(None)),
+            (
+                "nvml".to_string(),
+                report(Some("unavailable: no libnvidia-ml.so.1")),
+            ),
+            ("procfs".to_string(), report(None)),
+        ]
+        .into(),
+    });
+    inv.last_scan = inv
+        .scan
+        .as_ref()
+        .map(|s| s.started_at.clone())
+        .unwrap_or_default();
+    inv
+}
+
+/// A scratch directory whose inventory file holds [`inventory`].
+fn with_inventory() -> (Scratch, std::path::PathBuf) {
+    let s = Scratch::new();
+    let config = s.config(None, "");
+    std::fs::create_dir_all(s.inventory_path().parent().expect("dir")).expect("mkdir");
+    let json = serde_json::to_string(&inventory()).expect("JSON");
+    std::fs::write(s.inventory_path(), json).expect("write inventory");
+    (s, config)
+}
+
+fn text(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+const FOOTER: &str =
+    "scan 2d ago, took 41 ms; docker ok, nvml FAILED: unavailable: no libnvidia-ml.so.1, procfs ok\n";
+
+#[test]
+fn ps_shows_the_inventory_file_as_docker_ps_does() {
+    let (s, config) = with_inventory();
+    let before = std::fs::read(s.inventory_path()).expect("inventory");
+    // Piped: nothing cut, no escape sequences.
+    let out = text(&s.run(&config, &["ps"]));
+    let expected = format!(
+        "KIND       NAME/PID      USER   ORIGIN        STATUS   GPUS           GPU MEM  IMAGE/COMMAND                AGE\n\
+         container  train-alice   alice  ds01-managed  running  0:0           20.0 GiB  pytorch/pytorch:2.4          3d\n\
+         \x20 total alice: 1 workload, 20.0 GiB GPU memory\n\
+         container  notebook-bob  bob    ds01-managed  running  -                    -  pytorch/pytorch:2.4          3d\n\
+         process    4242          bob    host          running  GPU-56c0b0b8   812 MiB  python train.py --epochs 10  2h\n\
+         \x20 total bob: 2 workloads, 812 MiB GPU memory\n\
+         \n{FOOTER}"
+    );
+    assert_eq!(out, expected);
+    assert!(!out.contains('\u{1b}'));
+    // -a adds the stopped container; --user and --gpu select.
+    let all = text(&s.run(&config, &["ps", "-a"]));
+    assert!(
+        all.contains("\ncontainer  old-bob       bob    ds01-managed  exited "),
+        "{all}"
+    );
+    assert!(all.contains("total bob: 3 workloads"), "{all}");
+    let alice = text(&s.run(&config, &["ps", "--user", "alice"]));
+    assert!(
+        alice.contains("train-alice") && !alice.contains("bob"),
+        "{alice}"
+    );
+    let gpu = text(&s.run(&config, &["ps", "--gpu"]));
+    assert!(gpu.contains("train-alice") && gpu.contains("4242"), "{gpu}");
+    assert!(!gpu.contains("notebook-bob"), "{gpu}");
+    // JSON: the rows.
+    let json: serde_json::Value =
+        serde_json::from_str(&text(&s.run(&config, &["ps", "--format", "json"]))).expect("JSON");
+    assert_eq!(json.as_array().map(Vec::len), Some(3), "{json}");
+    assert_eq!(json[0]["name"], "train-alice");
+    assert_eq!(json[2]["kind"], "process");
+    // Reading changed nothing.
+    assert_eq!(
+        std::fs::read(s.inventory_path()).expect("inventory"),
+        before
+    );
+}
+
+#[test]
+fn ps_without_an_inventory_says_what_to_do() {
+    let s = Scratch::new();
+    let config = s.config(None, "");
+    let out = s.run(&config, &["ps"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.ends_with(
+            "ERROR no inventory yet (inventory-file has not written one): run a scan first, or use --scan\n"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+#[ignore = "needs the private Docker engine: run by tests/run.sh"]
+fn ps_scan_and_the_stdout_table_write_nothing() {
+    let s = Scratch::new();
+    let host = Some(common::docker_host());
+    let config = s.config(host.as_deref(), "");
+    let name = format!("dw-p2a-ps-{}", std::process::id());
+    if let Some(host) = &host {
+        common::docker(
+            host,
+            &[
+                "run",
+                "-d",
+                "--name",
+                &name,
+                "--label",
+                "ds01.user=alice",
+                &common::test_image(),
+                "sleep",
+                "300",
+            ],
+        );
+    }
+    let _gpu_process = s.gpu_process();
+    let out = text(&s.run(&config, &["ps", "--scan", "-a"]));
+    let out2 = text(&s.run(&config, &["--sink", "stdout", "--format", "table"]));
+    if let Some(host) = &host {
+        common::docker(host, &["rm", "-f", &name]);
+    }
+    for table in [&out, &out2] {
+        assert!(table.starts_with("KIND "), "{table}");
+        assert!(table.contains("nvidia-smi ok, procfs ok"), "{table}");
+        if host.is_some() {
+            assert!(
+                table.lines().any(|l| l.starts_with("container ")
+                    && l.contains(&name)
+                    && l.contains(" alice ")),
+                "{table}"
+            );
+        }
+    }
+    assert!(
+        !s.inventory_path().exists(),
+        "ps --scan wrote the inventory"
+    );
+    assert!(!s.events_path().exists(), "ps --scan wrote events");
+}
+
+/// A tmux server of this test's own, on a socket in the scratch directory.
+struct Tmux {
+    socket: std::path::PathBuf,
+}
+
+impl Tmux {
+    fn cmd(&self, args: &[&str]) -> Output {
+        Command::new("tmux")
+            .arg("-S")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("run tmux (tests/run.sh installs it)")
+    }
+
+    fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.cmd(&["capture-pane", "-p", "-t", "top"]).stdout).into_owned()
+    }
+
+    /// Waits (at most a minute: a loaded machine) until `done` holds.
+    fn wait_for(&self, what: &str, done: impl Fn() -> bool) {
+        let start = Instant::now();
+        while !done() {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "gave up waiting for {what}; screen:\n{}",
+                self.screen()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["kill-server"]);
+    }
+}
+
+#[test]
+#[ignore = "needs tmux: run by tests/run.sh"]
+fn top_draws_the_gpus_and_workloads_in_a_terminal_and_quits_on_q() {
+    let (s, config) = with_inventory();
+    let tmux = Tmux {
+        socket: s.path("tmux.sock"),
+    };
+    let status = s.path("top.status");
+    let command = format!(
+        "{BIN} --config {} top; echo $? > {}; sleep 60",
+        config.display(),
+        status.display()
+    );
+    let out = tmux.cmd(&[
+        "new-session",
+        "-d",
+        "-s",
+        "top",
+        "-x",
+        "150",
+        "-y",
+        "30",
+        &command,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tmux.wait_for("the first screen", || {
+        tmux.screen().contains("detect-workloads top:")
+    });
+    let screen = tmux.screen();
+    let lines: Vec<&str> = screen.lines().map(str::trim_end).collect();
+    assert_eq!(
+        lines[0], "detect-workloads top: 3 workloads  (q to quit)",
+        "{screen}"
+    );
+    assert_eq!(
+        lines[1], "GPU 0  GPU-56c0b0b8  NVIDIA H100 80GB HBM3  mem 20.8 GiB / 79.6 GiB  util 37%",
+        "{screen}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("container  train-alice ") && l.ends_with(" 3d")),
+        "{screen}"
+    );
+    assert!(screen.contains(FOOTER.trim_end()), "{screen}");
+    tmux.cmd(&["send-keys", "-t", "top", "q"]);
+    tmux.wait_for("top to exit", || status.exists());
+    tmux.wait_for("its status", || {
+        std::fs::read_to_string(&status).is_ok_and(|t| t.ends_with('\n'))
+    });
+    assert_eq!(std::fs::read_to_string(&status).expect("status"), "0\n");
+}
+
+/// The inventory explains itself: a container allocated GPUs by its labels
+/// only is flagged `label-only`; one never started has no `started_at`; the
+/// event log exists (empty) after a first scan with no transition.
+#[test]
+#[ignore = "needs the private Docker engine: run by tests/run.sh"]
+fn the_output_explains_itself() {
+    let s = Scratch::new();
+    let config = s.config(None, "");
+    s.scan(&config);
+    assert_eq!(
+        std::fs::read_to_string(s.events_path()).expect("event log created"),
+        ""
+    );
+    let host = common::docker_host();
+    let config = s.config(Some(&host), "");
+    let name = format!("dw-p2a-label-{}", std::process::id());
+    let image = common::test_image();
+    common::docker(
+        &host,
+        &[
+            "create",
+            "--name",
+            &name,
+            "--label",
+            "ds01.gpu.slots=0:0,0:1",
+            &image,
+            "sleep",
+            "300",
+        ],
+    );
+    let out = s.run(&config, &["--sink", "stdout"]);
+    common::docker(&host, &["rm", "-f", &name]);
+    let inv: serde_json::Value = serde_json::from_str(&text(&out)).expect("JSON");
+    let entry = inv["containers"]
+        .as_object()
+        .and_then(|m| m.values().find(|c| c["name"] == name.as_str()))
+        .unwrap_or_else(|| panic!("{name} not in {inv}"));
+    assert_eq!(entry["status"], "created");
+    assert_eq!(entry["has_gpu"], false);
+    assert_eq!(entry["gpu_devices"], serde_json::json!(["0:0", "0:1"]));
+    assert_eq!(entry["gpu_access"], "label-only");
+    assert!(entry["inspect"].is_object(), "{entry}");
+    assert!(entry["inspect"].get("started_at").is_none(), "{entry}");
+}
