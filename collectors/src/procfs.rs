@@ -298,7 +298,7 @@ fn build(config: PluginConfig<'_>) -> Result<Box<dyn Collector>, ConfigError> {
 detect_workloads_core::inventory::submit! {
     CollectorPlugin {
         name: "procfs",
-        summary: "owner, command line, start time and cgroup of GPU processes and container main processes",
+        summary: "owner, command line, start time and cgroup of GPU processes; owner and cgroup of container main processes",
         sample: SAMPLE,
         build,
     }
