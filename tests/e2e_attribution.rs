@@ -5,7 +5,9 @@
 
 mod common;
 
-use common::{docker, docker_host, edit_config, test_image, unique, Containers, Scratch, UUID};
+use common::{
+    docker, docker_host, edit_config, test_image, unique, Containers, Scratch, BIN, UUID,
+};
 use serde_json::Value;
 
 fn of_type<'a>(events: &'a [Value], t: &str) -> Vec<&'a Value> {
@@ -207,4 +209,154 @@ fn a_container_between_two_scans_is_discovered_and_exited() {
     assert!(!s.inventory()["containers"]
         .as_object()
         .is_some_and(|m| m.contains_key(short)));
+}
+
+/// The fake NVML library (`tests/fake-nvml`), built once into this test's own
+/// target directory (as `collectors/tests/nvml_fake.rs` does).
+fn fake_nvml() -> &'static std::path::Path {
+    static LIBRARY: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    LIBRARY.get_or_init(|| {
+        let target_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("fake-nvml-e2e");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["build", "--quiet", "-p", "fake-nvml", "--target-dir"])
+            .arg(&target_dir)
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run cargo to build fake-nvml: {e}"));
+        assert!(status.success(), "building fake-nvml failed: {status}");
+        let library = target_dir.join("debug").join("libfake_nvml.so");
+        assert!(library.exists(), "{} was not built", library.display());
+        library
+    })
+}
+
+/// One scan that must succeed, with the fake NVML reading `scenario`;
+/// returns the events it wrote.
+fn scan_with_nvml(s: &Scratch, config: &std::path::Path, scenario: &std::path::Path) -> Vec<Value> {
+    let before = s.event_lines().len();
+    let out = std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .env_remove("DETECT_WORKLOADS_CONFIG")
+        .env_remove("DOCKER_HOST")
+        .env("FAKE_NVML_SCENARIO", scenario)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run detect-workloads");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "scan failed: {stderr}");
+    s.events().split_off(before)
+}
+
+#[test]
+fn container_gpu_processes_listed_by_nvml_are_attributed() {
+    let Some(host) = docker_host() else { return };
+    let s = Scratch::new();
+    let mut c = Containers::new(&host);
+    let id = c.run(&["--name", &unique("p2f-nvml"), &test_image(), "sleep", "600"]);
+    docker(&host, &["exec", "-d", &id, "sleep", "599"]);
+    let main = pid_running(&host, &id, "sleep 600");
+    let second = pid_running(&host, &id, "sleep 599");
+    // NVML lists both (1000 MiB and 24 MiB, in bytes); nvidia-smi lists nothing.
+    let scenario = s.path("nvml-scenario");
+    std::fs::write(
+        &scenario,
+        format!("gpu {UUID}\ncompute {main} 1048576000\ncompute {second} 25165824\n"),
+    )
+    .expect("write scenario");
+    let config = s.config(Some(&host), "");
+    edit_config(
+        &config,
+        "[[collectors.nvidia-smi]]",
+        &format!(
+            "[[collectors.nvml]]\nlibrary = \"{}\"\n\n[[collectors.nvidia-smi]]\nfallback_for = \"nvml\"",
+            fake_nvml().display()
+        ),
+    );
+
+    let first = scan_with_nvml(&s, &config, &scenario);
+    assert!(
+        of_type(&first, "container_gpu_started").is_empty(),
+        "transient filter first"
+    );
+    let second_scan = scan_with_nvml(&s, &config, &scenario);
+    let inv = s.inventory();
+    assert_eq!(
+        inv["scan"]["collectors"]["nvml"]["ok"], true,
+        "{:#}",
+        inv["scan"]
+    );
+    let started = of_type(&second_scan, "container_gpu_started");
+    assert_eq!(started.len(), 1, "{second_scan:#?}");
+    assert_eq!(started[0]["details"]["container_id"], id.as_str());
+    assert_eq!(started[0]["details"]["gpu_memory_mb"], 1024);
+    let e = &inv["containers"][&id];
+    assert_eq!(
+        (e["gpu_in_use"].as_bool(), e["gpu_memory_mb"].as_u64()),
+        (Some(true), Some(1024))
+    );
+    assert_eq!(e["gpu_uuids"], serde_json::json!([UUID]));
+    let pids: Vec<u64> = e["gpu_processes"]
+        .as_array()
+        .expect("gpu_processes")
+        .iter()
+        .filter_map(|p| p["pid"].as_u64())
+        .collect();
+    assert_eq!(
+        pids,
+        [u64::from(main.min(second)), u64::from(main.max(second))]
+    );
+    assert!(inv["host_processes"]
+        .as_object()
+        .is_some_and(|m| m.is_empty()));
+    assert!(of_type(
+        &scan_with_nvml(&s, &config, &scenario),
+        "container_gpu_started"
+    )
+    .is_empty());
+
+    // The container stops and NVML lists nothing: stopped, once.
+    docker(&host, &["stop", "-t", "0", &id]);
+    std::fs::write(&scenario, format!("gpu {UUID}\n")).expect("write scenario");
+    let stopped = of_type(
+        &scan_with_nvml(&s, &config, &scenario),
+        "container_gpu_stopped",
+    )
+    .len();
+    assert_eq!(stopped, 1);
+    assert_eq!(s.inventory()["containers"][&id]["gpu_in_use"], false);
+}
+
+#[test]
+fn a_secret_in_a_container_gpu_process_is_redacted() {
+    let Some(host) = docker_host() else { return };
+    let s = Scratch::new();
+    let mut c = Containers::new(&host);
+    // `; :` keeps the shell itself (the main process, holding the secret in
+    // its command line) from exec'ing into the sleep.
+    let id = c.run(&[
+        "--name",
+        &unique("p2f-secret"),
+        &test_image(),
+        "sh",
+        "-c",
+        "sleep 600; :",
+        "serve",
+        "--token=hf_abc",
+    ]);
+    let main = pid_running(&host, &id, "--token=hf_abc");
+    s.set_gpu_apps(&format!("{main}, 64, {UUID}\n"));
+    let config = s.config(Some(&host), "");
+    s.scan(&config);
+    s.scan(&config);
+    let inv = s.inventory();
+    let processes = &inv["containers"][&id]["gpu_processes"];
+    assert_eq!(processes[0]["pid"], main, "{inv:#}");
+    let cmdline = processes[0]["cmdline"].as_str().unwrap_or_default();
+    assert!(cmdline.ends_with("serve --token=***"), "{cmdline}");
+    assert!(!processes.to_string().contains("hf_abc"), "{processes}");
+    for event in of_type(&s.events(), "container_gpu_started") {
+        assert!(!event.to_string().contains("hf_abc"), "{event}");
+    }
 }

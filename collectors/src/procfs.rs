@@ -4,7 +4,9 @@
 //! once per uid per scan), command line, start time, and whether the process's
 //! cgroup is a container's (docker, containerd, libpod, kubepods; cgroup v1 and
 //! v2). Reads only those PIDs, each file once. A PID that is gone is skipped
-//! quietly.
+//! quietly. A container's main process that is not also a GPU process is read
+//! for what the stages use of it (owner and cgroup: two files, not four), since
+//! these reads wait for the container list and grow with the running containers.
 //!
 //! Every read and NSS lookup runs on tokio's blocking pool, so that the
 //! collector's timeout can abandon a read that never returns (a `cmdline`
@@ -15,7 +17,7 @@
 //! Needs: read access to `/proc/<pid>/{stat,status,cmdline,cgroup}` (root to see
 //! other users' command lines under `hidepid`). `root` can point elsewhere for tests.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -163,10 +165,50 @@ fn try_read_process(root: &Path, pid: u32) -> ProcResult<ProcessFacts> {
     })
 }
 
+/// The owner (real uid, from `status`) and the cgroup of a container's main
+/// process: what `resolve-user` uses of it (the owner, and whether the cached
+/// main PID is still in its container). Its command line, name and start time
+/// stay empty: nothing reads them for a process that holds no GPU.
+fn try_read_owner(root: &Path, pid: u32) -> ProcResult<ProcessFacts> {
+    let process = Process::new_with_root(root.join(pid.to_string()))?;
+    let cgroup = process
+        .cgroups()
+        .map(|groups| cgroup_info(groups.0.iter().map(|g| g.pathname.as_str())))
+        .unwrap_or_default();
+    Ok(ProcessFacts {
+        pid,
+        uid: process.status()?.ruid,
+        user: String::new(),
+        cmdline: String::new(),
+        comm: String::new(),
+        start_time: 0,
+        in_container: cgroup.in_container,
+        container_id: cgroup.container_id,
+    })
+}
+
+/// How much of a process to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Depth {
+    /// Everything ([`ProcessFacts`] in full): a GPU process.
+    Full,
+    /// Owner and cgroup only: a container's main process holding no GPU.
+    Owner,
+}
+
 /// The facts of one process (user name not yet resolved); `None` when it is
 /// gone or its files are unreadable or malformed.
 pub fn read_process(root: &Path, pid: u32) -> Option<ProcessFacts> {
-    match try_read_process(root, pid) {
+    read_at_depth(root, pid, Depth::Full)
+}
+
+/// [`read_process`] at this depth.
+pub fn read_at_depth(root: &Path, pid: u32, depth: Depth) -> Option<ProcessFacts> {
+    let read = match depth {
+        Depth::Full => try_read_process(root, pid),
+        Depth::Owner => try_read_owner(root, pid),
+    };
+    match read {
         Ok(facts) => Some(facts),
         Err(ProcError::NotFound(_)) => {
             debug!(pid, "gone from /proc; skipped");
@@ -179,26 +221,27 @@ pub fn read_process(root: &Path, pid: u32) -> Option<ProcessFacts> {
     }
 }
 
-/// The PIDs to read: every GPU process and the main process of every running
-/// container, once each.
-pub fn pids_to_read(observed: &Observations) -> Vec<u32> {
-    let mains = observed
+/// The PIDs to read, each once and at the depth it needs: every GPU process in
+/// full, then the main process of every running container that is not one.
+pub fn pids_to_read(observed: &Observations) -> Vec<(u32, Depth)> {
+    let gpu: BTreeSet<u32> = observed.gpu_pids().into_iter().collect();
+    let mains: BTreeSet<u32> = observed
         .containers
         .iter()
         .filter_map(|c| c.inspect.as_ref())
         .map(|i| i.main_pid)
-        .filter(|&pid| pid > 0);
-    let mut pids: Vec<u32> = observed.gpu_pids().into_iter().chain(mains).collect();
-    pids.sort_unstable();
-    pids.dedup();
-    pids
+        .filter(|pid| *pid > 0 && !gpu.contains(pid))
+        .collect();
+    let full = gpu.into_iter().map(|pid| (pid, Depth::Full));
+    full.chain(mains.into_iter().map(|pid| (pid, Depth::Owner)))
+        .collect()
 }
 
 /// Reads every PID under `root` and names its owner: blocking work, for the
 /// blocking pool.
 fn read_all(
     root: &Path,
-    pids: &[u32],
+    pids: &[(u32, Depth)],
     users: &UserNames,
 ) -> Result<BTreeMap<u32, ProcessFacts>, CollectError> {
     if let Err(e) = std::fs::read_dir(root) {
@@ -208,8 +251,8 @@ fn read_all(
         )));
     }
     let mut processes = BTreeMap::new();
-    for &pid in pids {
-        if let Some(mut facts) = read_process(root, pid) {
+    for &(pid, depth) in pids {
+        if let Some(mut facts) = read_at_depth(root, pid, depth) {
             facts.user = users.name(facts.uid);
             processes.insert(pid, facts);
         }
@@ -259,7 +302,7 @@ fn build(config: PluginConfig<'_>) -> Result<Box<dyn Collector>, ConfigError> {
 detect_workloads_core::inventory::submit! {
     CollectorPlugin {
         name: "procfs",
-        summary: "owner, command line, start time and cgroup of GPU processes and container main processes",
+        summary: "owner, command line, start time and cgroup of GPU processes; owner and cgroup of container main processes",
         sample: SAMPLE,
         build,
     }
@@ -414,11 +457,19 @@ mod tests {
             ],
             ..Default::default()
         };
-        assert_eq!(pids_to_read(&observed), vec![447, 500, 600]);
+        // 447 is a GPU process and a main process: read once, in full.
+        assert_eq!(
+            pids_to_read(&observed),
+            vec![(447, Depth::Full), (500, Depth::Full), (600, Depth::Owner)]
+        );
 
         let dir = tempfile::tempdir().expect("tempdir");
         craft(dir.path(), 447, 0, b"python3\0", "0::/\n");
         craft(dir.path(), 600, 0, b"bash\0", &format!("0::/docker/{ID}\n"));
+        // A main process holding no GPU is read for its owner and cgroup only.
+        for file in ["stat", "cmdline"] {
+            std::fs::remove_file(dir.path().join("600").join(file)).expect("rm");
+        }
         let collector = Procfs {
             config: ProcfsConfig {
                 root: dir.path().to_path_buf(),
@@ -443,6 +494,7 @@ mod tests {
         );
         assert_eq!(processes[&600].container_id.as_deref(), Some(ID));
         assert_eq!(processes[&600].user, "root");
+        assert_eq!(processes[&600].cmdline, "");
         assert_eq!(processes[&447].cmdline, "python3");
     }
 
@@ -451,7 +503,7 @@ mod tests {
         let users = UserNames::new();
         let missing = Path::new("/nonexistent-proc-root-for-test");
         assert!(matches!(
-            read_all(missing, &[1], &users),
+            read_all(missing, &[(1, Depth::Full)], &users),
             Err(CollectError::Unavailable(_))
         ));
     }
