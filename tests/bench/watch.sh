@@ -26,7 +26,8 @@
 # Needs root (private dockerd) and python3. Prints one JSON line per measure.
 # Settings: DW_BENCH_DIR (default /tmp/dw-watchbench-$$), DW_BENCH_BIN (default:
 # cargo build --release, target/release), DW_BENCH_CONTAINERS (1000),
-# DW_BENCH_GPU_PROCS (100), DW_BENCH_IDLE_S (60).
+# DW_BENCH_GPU_PROCS (100), DW_BENCH_IDLE_S (60), DW_BENCH_ONLY_IDLE=1 (skip the
+# latencies), DW_BENCH_PERF=FILE (also `perf record -g` the idle window into FILE).
 # Everything it creates (engine, containers, sleeps, DIR) is removed on exit.
 
 set -euo pipefail
@@ -146,6 +147,7 @@ load() { cut -d' ' -f1-3 /proc/loadavg; }
 dw_log "$(nproc) CPUs, $(uname -r), dockerd $(dw_docker version -f '{{.Server.Version}}'), load $(load)"
 
 # --- latencies (few containers) -----------------------------------------------
+if [ -z "${DW_BENCH_ONLY_IDLE:-}" ]; then
 : >"$WORK/apps.csv"
 config lat "[[collectors.nvidia-smi]]
 command = \"$(smi "$WORK/apps.csv" lat)\"
@@ -164,8 +166,10 @@ python3 tests/bench/watch.py gpu --source "fake NVML" --file "$WORK/scenario" \
 	--line "compute {pid} 10485760" --events "$WORK/nvml/events.jsonl"
 stop_watch
 
-# --- idle cost: N containers, P GPU processes, nothing changing ----------------
 dw_docker rm -f $(dw_docker ps -aq) >/dev/null
+fi
+
+# --- idle cost: N containers, P GPU processes, nothing changing ----------------
 t0=$(dw_now)
 python3 tests/bench/scale.py create --sock "$SOCK" --image "$DW_TEST_IMAGE" \
 	--first 0 --count "$N" --start 10 --jobs 4 >/dev/null
@@ -183,5 +187,9 @@ watch idle
 # Settled: the P processes confirmed (min_scans polls), the first scan's work done.
 sleep 10
 dw_log "idle: $(python3 -c 'import json,sys; i=json.load(open(sys.argv[1])); print(len(i["containers"]), "containers,", len(i["host_processes"]), "host processes")' "$WORK/idle/inventory.json"), load $(load)"
+if [ -n "${DW_BENCH_PERF:-}" ]; then
+	perf record -g -o "$DW_BENCH_PERF" -p "$WATCH" -- sleep "$IDLE_S" 2>/dev/null &
+	pids+=($!)
+fi
 python3 tests/bench/watch.py idle --pid "$WATCH" --window "$IDLE_S"
 stop_watch
