@@ -61,14 +61,14 @@ cleanup() {
 	rmdir "$DIR" 2>/dev/null
 	exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
 [ "$(id -u)" -eq 0 ] || dw_die "needs root (starts a private dockerd)"
 command -v python3 >/dev/null || dw_die "python3 is needed"
 [ -e "$DIR" ] && dw_die "$DIR exists; choose another DW_BENCH_DIR"
 mkdir -p "$WORK"
+# Only now: a DIR that was there (another run's) is never cleaned up by this one.
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 if [ -n "${DW_BENCH_BIN:-}" ]; then
 	BIN=$DW_BENCH_BIN
