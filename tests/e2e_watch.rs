@@ -321,3 +321,221 @@ fn get_metrics(port: u16) -> Option<String> {
     stream.read_to_string(&mut text).ok()?;
     Some(text.split_once("\r\n\r\n")?.1.to_string())
 }
+
+/// A unix-socket forwarder to the private engine that the test switches off
+/// and on: while off, its socket is gone and every connection through it
+/// (the event stream included) is cut, as when the engine restarts.
+struct EngineProxy {
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EngineProxy {
+    /// Forwards `path` to `upstream`, up at once.
+    fn start(path: std::path::PathBuf, upstream: std::path::PathBuf) -> Self {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::Arc;
+        let up = Arc::new(AtomicBool::new(true));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (u, s) = (Arc::clone(&up), Arc::clone(&stop));
+        let thread = std::thread::spawn(move || proxy_loop(&path, &upstream, &u, &s));
+        EngineProxy {
+            up,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.store(up, std::sync::atomic::Ordering::SeqCst);
+        // The loop notices within its 10 ms tick.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+impl Drop for EngineProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn proxy_loop(
+    path: &Path,
+    upstream: &Path,
+    up: &std::sync::atomic::AtomicBool,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    use std::os::unix::net::{UnixListener, UnixStream};
+    use std::sync::atomic::Ordering;
+    let mut listener: Option<UnixListener> = None;
+    let mut open: Vec<UnixStream> = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        if !up.load(Ordering::SeqCst) {
+            // Away: the socket disappears, live connections are cut.
+            if listener.take().is_some() {
+                let _ = std::fs::remove_file(path);
+            }
+            for c in open.drain(..) {
+                let _ = c.shutdown(std::net::Shutdown::Both);
+            }
+        } else if listener.is_none() {
+            let l = UnixListener::bind(path).expect("bind the proxy socket");
+            l.set_nonblocking(true).expect("nonblocking");
+            listener = Some(l);
+        }
+        if let Some(l) = &listener {
+            while let Ok((client, _)) = l.accept() {
+                let _ = client.set_nonblocking(false);
+                let Ok(server) = UnixStream::connect(upstream) else {
+                    continue;
+                };
+                for (from, to) in [(&client, &server), (&server, &client)] {
+                    let (mut from, mut to) = (
+                        from.try_clone().expect("clone"),
+                        to.try_clone().expect("clone"),
+                    );
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+                open.push(client);
+                open.push(server);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for c in open {
+        let _ = c.shutdown(std::net::Shutdown::Both);
+    }
+    let _ = std::fs::remove_file(path);
+}
+
+fn docker_report(s: &Scratch) -> Value {
+    std::fs::read_to_string(s.inventory_path())
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .map(|inv| inv["scan"]["collectors"]["docker"].clone())
+        .unwrap_or(Value::Null)
+}
+
+fn exited(s: &Scratch, id: &str) -> bool {
+    events_of(&s.events_path()).iter().any(|e| {
+        e["event_type"] == "detection.container_exited" && e["details"]["container_id"] == id
+    })
+}
+
+#[test]
+fn the_engine_restarted_while_watching_recovers_and_reconciles_without_false_exits() {
+    let Some(host) = docker_host() else { return };
+    let Some(upstream) = host.strip_prefix("unix://") else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but the private engine is not on a unix socket: {host}"
+        );
+        eprintln!("skipped: the private engine is not on a unix socket");
+        return;
+    };
+    let s = Scratch::new();
+    let proxy_sock = s.path("engine.sock");
+    let proxy = EngineProxy::start(proxy_sock.clone(), upstream.into());
+    // Only the engine's events (and the stream's loss) can bring full scans:
+    // the timer is an hour away; GPU polls run all along.
+    let endpoint = format!("unix://{}", proxy_sock.display());
+    let config = with_agent(
+        &s,
+        Some(&endpoint),
+        "interval = \"1h\"\ngpu_interval = \"300ms\"",
+        "",
+    );
+    let mut watch = s.spawn(&config, &["watch"]);
+    wait_for("the first scan", &mut watch, || s.inventory_path().exists());
+    let mut containers = Containers::new(&host);
+    let kept = containers.run(&[
+        "--name",
+        &unique("dw-watch-kept"),
+        &test_image(),
+        "sleep",
+        "600",
+    ]);
+    wait_for("the running container discovered", &mut watch, || {
+        has_event(
+            &s.events_path(),
+            "container_discovered",
+            "container_id",
+            &kept,
+        )
+    });
+
+    // The engine goes away.
+    proxy.set_up(false);
+    wait_for("the engine reported down", &mut watch, || {
+        docker_report(&s)["ok"] == false
+    });
+    // Created while the watcher cannot see the engine.
+    let created = containers.create(&["--name", &unique("dw-watch-during"), &test_image()]);
+    // Several GPU polls (and retries) while away: none may end the container.
+    let polls = events_of(&s.events_path()).len();
+    let away = Instant::now();
+    while away.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(docker_report(&s)["ok"], false, "still away");
+    assert!(!exited(&s, &kept), "no false exit while the engine is away");
+    assert!(
+        inventory_has(&s, &format!("/containers/{kept}")),
+        "carried over"
+    );
+    assert_eq!(
+        events_of(&s.events_path()).len(),
+        polls,
+        "no event while away"
+    );
+
+    // The engine is back: the stream is followed again and the inventory reconciled.
+    proxy.set_up(true);
+    wait_for(
+        "the container created while away discovered",
+        &mut watch,
+        || {
+            has_event(
+                &s.events_path(),
+                "container_discovered",
+                "container_id",
+                &created,
+            )
+        },
+    );
+    wait_for("the engine reported up again", &mut watch, || {
+        docker_report(&s)["ok"] == true
+    });
+    assert!(!exited(&s, &kept), "no false exit after the outage");
+    assert!(inventory_has(&s, &format!("/containers/{kept}")));
+    // And the stream works again: a new container is seen through its events.
+    let after = containers.run(&[
+        "--name",
+        &unique("dw-watch-after"),
+        &test_image(),
+        "sleep",
+        "600",
+    ]);
+    wait_for(
+        "a container started after the outage discovered",
+        &mut watch,
+        || {
+            has_event(
+                &s.events_path(),
+                "container_discovered",
+                "container_id",
+                &after,
+            )
+        },
+    );
+    let (code, err) = stop(watch);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("event stream lost"), "{err}");
+}

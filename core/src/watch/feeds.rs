@@ -1,6 +1,10 @@
 //! Following a source's change stream (the engine's events): every notice
 //! wakes the loop; a lost stream is subscribed to again after a [`Backoff`],
-//! replaying from the last notice seen.
+//! replaying from the last notice seen. While the stream is lost, each try
+//! is preceded by a full scan: the first records the source's failure (GPU
+//! polls replay it, as a oneshot scan would report it), and the first one
+//! after the source is back reconciles at once, even when the replay brings
+//! no event.
 
 use std::sync::Arc;
 
@@ -46,8 +50,55 @@ pub async fn follow(name: String, collector: Arc<dyn Collector>, tx: UnboundedSe
                 }
             }
         }
+        if !lost {
+            warn!(collector = %name, "event stream lost: it ended");
+            lost = true;
+        }
         let wait = backoff.next_wait();
         debug!(collector = %name, "subscribing again in {}", humantime::format_duration(wait));
         tokio::time::sleep(wait).await;
+        // A full scan: the source's state as a oneshot scan would see it.
+        if tx.send(Notice::Changed).is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::FactKind;
+    use crate::plugin::{ChangeFeed, CollectContext, CollectError, Collected};
+    use async_trait::async_trait;
+    use futures_util::stream;
+    use std::time::Duration;
+
+    /// A source whose stream is always lost at once (an engine away).
+    struct Away;
+
+    #[async_trait]
+    impl Collector for Away {
+        fn provides(&self) -> &'static [FactKind] {
+            &[FactKind::Containers]
+        }
+        async fn collect(&self, _ctx: &CollectContext<'_>) -> Result<Collected, CollectError> {
+            Err(CollectError::Unavailable("away".into()))
+        }
+        fn changes(&self, _since: Option<Change>) -> Option<ChangeFeed> {
+            Some(Box::pin(stream::iter([Err(CollectError::Unavailable(
+                "away".into(),
+            ))])))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lost_stream_asks_for_a_full_scan_before_each_new_try() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(follow("docker".into(), Arc::new(Away), tx));
+        for _ in 0..2 {
+            let notice = tokio::time::timeout(Duration::from_secs(20), rx.recv()).await;
+            assert_eq!(notice.ok().flatten(), Some(Notice::Changed));
+        }
+        task.abort();
     }
 }

@@ -15,6 +15,7 @@
 
 pub mod backoff;
 pub mod feeds;
+pub mod probe;
 pub mod replay;
 pub mod schedule;
 pub mod service;

@@ -12,6 +12,7 @@ use tracing::{error, warn};
 use crate::config::Config;
 use crate::cycle::{run_cycle, ScanResult};
 
+use super::probe::{lists_gpu_processes, Probed};
 use super::replay::{observes_containers, Replaying};
 use super::schedule::Job;
 use super::{feeds, Notice};
@@ -20,23 +21,33 @@ use super::{feeds, Notice};
 pub struct Service {
     config: Config,
     replays: Vec<Arc<Replaying>>,
+    probes: Vec<Arc<Probed>>,
+    /// What the probes listed before the last GPU poll's cycle, when that
+    /// cycle succeeded with nothing pending; `None` forces the next cycle.
+    settled: std::sync::Mutex<Option<Vec<String>>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl Service {
     /// Wraps `config`'s container collectors; starts nothing yet.
     pub fn new(mut config: Config) -> Service {
-        let mut replays = Vec::new();
+        let (mut replays, mut probes) = (Vec::new(), Vec::new());
         for c in &mut config.collectors {
             if observes_containers(c.plugin.as_ref()) {
                 let wrapped = Arc::new(Replaying::new(Arc::clone(&c.plugin)));
                 c.plugin = wrapped.clone();
                 replays.push(wrapped);
+            } else if lists_gpu_processes(c.plugin.as_ref()) {
+                let wrapped = Arc::new(Probed::new(Arc::clone(&c.plugin)));
+                c.plugin = wrapped.clone();
+                probes.push(wrapped);
             }
         }
         Service {
             config,
             replays,
+            probes,
+            settled: std::sync::Mutex::new(None),
             tasks: Vec::new(),
         }
     }
@@ -72,17 +83,62 @@ impl Service {
         }
     }
 
-    /// Runs one cycle; a failed one is logged (the service goes on).
-    pub fn run(&self, job: Job, runtime: &tokio::runtime::Runtime) -> Option<ScanResult> {
+    /// Runs one cycle; a failed one is logged (the service goes on). A GPU
+    /// poll whose GPU collectors list what they listed at the previous one,
+    /// with nothing pending, is skipped ([`Outcome::Unchanged`]).
+    pub fn run(&self, job: Job, runtime: &tokio::runtime::Runtime) -> Outcome {
         for r in &self.replays {
             r.set_replay(job == Job::Gpu);
         }
-        match run_cycle(&self.config, runtime) {
-            Ok(result) => Some(result),
+        let listed = (job == Job::Gpu && !self.probes.is_empty()).then(|| {
+            runtime.block_on(futures_util::future::join_all(
+                self.probes.iter().map(|p| p.probe()),
+            ))
+        });
+        if listed.is_some() && *self.lock_settled() == listed {
+            self.probes.iter().for_each(|p| p.forget());
+            return Outcome::Unchanged;
+        }
+        let result = run_cycle(&self.config, runtime);
+        self.probes.iter().for_each(|p| p.forget());
+        let settled = match &result {
+            Ok(r) if r.inventory.pending_processes.is_empty() => listed,
+            _ => None,
+        };
+        *self.lock_settled() = settled;
+        match result {
+            Ok(result) => Outcome::Ran(Box::new(result)),
             Err(e) => {
                 warn!("{job:?} scan failed: {e}");
-                None
+                Outcome::Failed
             }
+        }
+    }
+
+    fn lock_settled(&self) -> std::sync::MutexGuard<'_, Option<Vec<String>>> {
+        self.settled
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// What [`Service::run`] did.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The cycle ran and was written.
+    Ran(Box<ScanResult>),
+    /// A GPU poll found nothing new: no cycle.
+    Unchanged,
+    /// The cycle failed (logged).
+    Failed,
+}
+
+impl Outcome {
+    /// The cycle's result, when one ran.
+    pub fn ran(self) -> Option<ScanResult> {
+        match self {
+            Outcome::Ran(r) => Some(*r),
+            _ => None,
         }
     }
 }

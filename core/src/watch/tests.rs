@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::schedule::{Job, Why};
-use super::service::Service;
+use super::service::{Outcome, Service};
 use crate::config::{Config, Instance};
 use crate::model::{ContainerFacts, FactKind, GpuProcess, Inventory, Observations, ProcessFacts};
 use crate::plugin::{
@@ -188,7 +188,10 @@ fn ten_thousand_churning_cycles_leave_no_dead_entries_behind() {
             } else {
                 Job::Gpu
             };
-            assert!(service.run(job, &runtime).is_some(), "cycle {i} failed");
+            assert!(
+                !matches!(service.run(job, &runtime), Outcome::Failed),
+                "cycle {i} failed"
+            );
         }
     };
     run(100);
@@ -196,6 +199,10 @@ fn ten_thousand_churning_cycles_leave_no_dead_entries_behind() {
     assert!(baseline.0 > 0 && baseline.1 > 0, "{baseline:?}");
     run(9_900);
     let (after, rss_10k) = (sizes(&state, &service), rss_kib());
+    // The figures tests/bench/watch.sh and the README quote (--nocapture).
+    eprintln!(
+        "VmRSS after 100 cycles: {rss_100} kB, after 10 000: {rss_10k} kB; map sizes {baseline:?} -> {after:?}"
+    );
     assert_eq!(after, baseline, "map sizes back at the baseline");
     assert!(
         state.events.load(Ordering::SeqCst) > 10_000,
@@ -217,9 +224,12 @@ fn a_gpu_poll_replays_the_last_containers_and_their_failure() {
         .enable_all()
         .build()
         .expect("runtime");
-    let full = service.run(Job::Full(Why::Start), &runtime).expect("full");
+    let full = service
+        .run(Job::Full(Why::Start), &runtime)
+        .ran()
+        .expect("full");
     tick.fetch_add(3, Ordering::SeqCst);
-    let poll = service.run(Job::Gpu, &runtime).expect("poll");
+    let poll = service.run(Job::Gpu, &runtime).ran().expect("poll");
     // The containers are the full scan's (the engine was not asked again)...
     assert_eq!(
         full.inventory.containers.keys().collect::<Vec<_>>(),
@@ -230,4 +240,30 @@ fn a_gpu_poll_replays_the_last_containers_and_their_failure() {
         full.inventory.pending_processes.keys().collect::<Vec<_>>(),
         poll.inventory.pending_processes.keys().collect::<Vec<_>>()
     );
+}
+
+#[test]
+fn a_gpu_poll_with_nothing_new_and_nothing_pending_is_skipped() {
+    let tick = Arc::new(AtomicU64::new(0));
+    let state = Arc::new(MemoryState::default());
+    let service = Service::new(churning_config(&tick, &state));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let ran = |job| service.run(job, &runtime).ran().is_some();
+    assert!(ran(Job::Full(Why::Start)));
+    // The processes become confirmed over the polls; once nothing is pending
+    // and the GPU lists the same, the poll runs no cycle.
+    let mut skipped = false;
+    for _ in 0..5 {
+        skipped |= matches!(service.run(Job::Gpu, &runtime), Outcome::Unchanged);
+    }
+    assert!(skipped, "a still fleet's GPU poll was skipped");
+    let written = state.load().ok().flatten().expect("written");
+    assert!(written.pending_processes.is_empty(), "nothing pending");
+    // A change in what the GPU lists brings the cycle back, and so does a full scan.
+    tick.fetch_add(1, Ordering::SeqCst);
+    assert!(ran(Job::Gpu), "the GPU's change ran a cycle");
+    assert!(ran(Job::Full(Why::Timer)));
 }

@@ -34,6 +34,9 @@
 //!   devices (as NVML does for a privileged caller), with their instance ids.
 //! - Process `gi`/`ci` default to "not set" (0xFFFFFFFF).
 //! - No utilisation sample answers NOT_FOUND, as NVML does.
+//! - With `FAKE_NVML_FOLLOW=1` the scenario file is also read again by every
+//!   `nvmlDeviceGetComputeRunningProcesses_v3` (a kept session sees processes
+//!   come and go, as watch mode's polls do; `tests/bench/watch.sh`).
 //! - A missing or invalid scenario makes `nvmlInit_v2` print why on standard
 //!   error and return NVML_ERROR_UNKNOWN (999).
 //!
@@ -681,9 +684,24 @@ pub unsafe extern "C" fn nvmlDeviceGetComputeRunningProcesses_v3(
     info_count: *mut c_uint,
     infos: *mut ProcessInfo,
 ) -> Ret {
+    follow_scenario();
     on_device("nvmlDeviceGetComputeRunningProcesses_v3", device, |t| {
         put_list(&processes(t, false), info_count, infos)
     })
+}
+
+/// `FAKE_NVML_FOLLOW=1`: the scenario file read again on an initialised
+/// session (an unreadable one leaves the loaded scenario).
+fn follow_scenario() {
+    if std::env::var_os("FAKE_NVML_FOLLOW").is_none_or(|v| v != "1") {
+        return;
+    }
+    let mut state = state();
+    if state.is_some() {
+        if let Ok(s) = Scenario::load() {
+            *state = Some(s);
+        }
+    }
 }
 
 /// `nvmlDeviceGetGraphicsRunningProcesses_v3`.
