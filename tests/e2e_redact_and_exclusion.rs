@@ -213,7 +213,13 @@ fn a_users_process_is_reported_whatever_it_calls_itself() {
     ] {
         assert!(line.contains(&field), "{field} not in {line}");
     }
-    assert!(line.contains("exe="), "{line}");
+    // The executable it really runs, from /proc/<pid>/exe, beside the name it gave.
+    let exe = std::fs::read_link(format!("/proc/{}/exe", roots_x.pid())).expect("exe");
+    assert!(
+        line.contains(&format!("exe=\"{}\"", exe.display())),
+        "{exe:?} not in {line}"
+    );
+    assert!(line.contains("argv0=\"X\""), "{line}");
 
     // With UID_MIN above the test user's uid, its `X` is a system process.
     let defs = s.path("login.defs");

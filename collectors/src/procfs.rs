@@ -162,6 +162,7 @@ fn try_read_process(root: &Path, pid: u32) -> ProcResult<ProcessFacts> {
         start_time: stat.starttime,
         in_container: cgroup.in_container,
         container_id: cgroup.container_id,
+        exe: process.exe().ok().map(|p| p.to_string_lossy().into_owned()),
     })
 }
 
@@ -184,6 +185,7 @@ fn try_read_owner(root: &Path, pid: u32) -> ProcResult<ProcessFacts> {
         start_time: 0,
         in_container: cgroup.in_container,
         container_id: cgroup.container_id,
+        exe: None,
     })
 }
 

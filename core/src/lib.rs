@@ -5,7 +5,7 @@
 //!
 //! A binary links the plugins it wants and calls [`cli::main`]:
 //!
-//! ```ignore
+//! ```text
 //! use detect_workloads_collectors as _;
 //! use detect_workloads_sinks as _;
 //! fn main() -> std::process::ExitCode {

@@ -167,6 +167,10 @@ pub struct ProcessFacts {
     pub in_container: bool,
     /// The 64-hex container id found in the cgroup path, when there is one.
     pub container_id: Option<String>,
+    /// The executable (`/proc/<pid>/exe`), when it could be read: what the
+    /// process really runs, whatever it calls itself.
+    #[serde(default)]
+    pub exe: Option<String>,
 }
 
 /// Which kind of fact a collector provides or needs.

@@ -162,7 +162,8 @@ impl Stage for ExcludeSystem {
                 pid = f.pid,
                 uid = f.uid,
                 name,
-                exe = argv0,
+                exe = f.exe.as_deref().unwrap_or("?"),
+                argv0,
                 "excluded as a system process"
             );
             p.verdict = Verdict::Drop(format!("system process {name} (uid {})", f.uid));
