@@ -115,11 +115,16 @@ fn container_row(c: &ContainerEntry, now: i64) -> Row {
         user: c.user.clone(),
         origin: c.origin.clone(),
         status: c.status.clone(),
-        gpus: c.gpu_devices.clone(),
+        // What it was granted, else the GPUs its processes use.
+        gpus: if c.gpu_devices.is_empty() {
+            c.gpu_uuids.iter().map(|u| short_uuid(u)).collect()
+        } else {
+            c.gpu_devices.clone()
+        },
         gpu_memory_mb: c.gpu_memory_mb,
         what: c.image.clone(),
         age_s: age(&c.detected_at, now),
-        gpu: c.has_gpu || !c.gpu_devices.is_empty(),
+        gpu: c.has_gpu || !c.gpu_devices.is_empty() || c.gpu_in_use,
     }
 }
 
@@ -461,7 +466,19 @@ scan 12s ago, took 14 ms; docker ok, nvml FAILED: unavailable: no libnvidia-ml
             gpu_only: true,
             ..Filter::default()
         };
-        assert_eq!(names(gpu), ["alice-jupyter", "447"]);
+        assert_eq!(names(gpu.clone()), ["alice-jupyter", "447"]);
+        // A container using a GPU it was not granted is a GPU workload too,
+        // showing the GPU its processes use.
+        let mut inv = inv.clone();
+        if let Some(c) = inv.containers.get_mut("00000bob-web") {
+            c.gpu_in_use = true;
+            c.gpu_uuids = vec!["GPU-56c0b0b8-eb5c-605d".to_string()];
+            c.gpu_memory_mb = Some(2048);
+        }
+        let rows = rows(&inv, &gpu, NOW);
+        let bob = rows.iter().find(|r| r.name == "bob-web").expect("bob-web");
+        assert_eq!(bob.gpus, ["GPU-56c0b0b8"]);
+        assert_eq!(bob.gpu_memory_mb, Some(2048));
     }
 
     #[test]
