@@ -20,15 +20,8 @@ pub struct PsArgs {
     /// Scan now (writing nothing) instead of reading the inventory file
     #[arg(long)]
     pub scan: bool,
-    /// Show stopped and created containers too
-    #[arg(short, long)]
-    pub all: bool,
-    /// Only this user's workloads
-    #[arg(long, value_name = "NAME")]
-    pub user: Option<String>,
-    /// Only workloads with GPU access or use
-    #[arg(long)]
-    pub gpu: bool,
+    #[command(flatten)]
+    pub select: SelectArgs,
     /// table: fitted to the terminal; wide: nothing cut; json: the rows
     #[arg(long, value_enum, default_value = "table")]
     pub format: PsFormat,
@@ -45,7 +38,21 @@ pub enum PsFormat {
     Json,
 }
 
-impl PsArgs {
+/// Which workloads `ps` and `top` show.
+#[derive(Debug, Args)]
+pub struct SelectArgs {
+    /// Show stopped and created containers too
+    #[arg(short, long)]
+    pub all: bool,
+    /// Only this user's workloads
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+    /// Only workloads with GPU access or use
+    #[arg(long)]
+    pub gpu: bool,
+}
+
+impl SelectArgs {
     /// The workloads these flags select.
     pub fn filter(&self) -> Filter {
         Filter {
@@ -82,7 +89,7 @@ pub fn run(cli: &Cli, args: &PsArgs) -> ExitCode {
 
 /// What `ps` prints for this inventory.
 fn render(inv: &Inventory, args: &PsArgs, now: i64) -> String {
-    let filter = args.filter();
+    let filter = args.select.filter();
     let layout = match args.format {
         PsFormat::Json => {
             let rows = view::rows(inv, &filter, now);

@@ -9,7 +9,6 @@ use clap::Args;
 use tracing::error;
 
 use crate::top::TopOptions;
-use crate::view::Filter;
 
 use super::Cli;
 
@@ -19,15 +18,8 @@ pub struct TopArgs {
     /// Scan at each refresh (writing nothing) instead of reading the inventory file
     #[arg(long)]
     pub scan: bool,
-    /// Show stopped and created containers too
-    #[arg(short, long)]
-    pub all: bool,
-    /// Only this user's workloads
-    #[arg(long, value_name = "NAME")]
-    pub user: Option<String>,
-    /// Only workloads with GPU access or use
-    #[arg(long)]
-    pub gpu: bool,
+    #[command(flatten)]
+    pub select: super::ps::SelectArgs,
     /// Time between two refreshes
     #[arg(long, default_value = "1s", value_parser = interval)]
     pub interval: Duration,
@@ -47,11 +39,7 @@ pub fn run(cli: &Cli, args: &TopArgs) -> ExitCode {
         Err(code) => return code,
     };
     let options = TopOptions {
-        filter: Filter {
-            all: args.all,
-            user: args.user.clone(),
-            gpu_only: args.gpu,
-        },
+        filter: args.select.filter(),
         interval: args.interval,
     };
     let result = if args.scan {
