@@ -99,7 +99,7 @@ impl StateError {
 /// given to [`Previous::arriving`] at most.
 pub struct Previous {
     loaded: tokio::sync::OnceCell<Loaded>,
-    pending: std::sync::Mutex<Option<Pending>>,
+    pending: tokio::sync::Mutex<Option<Pending>>,
 }
 
 struct Pending {
@@ -132,7 +132,7 @@ impl Previous {
     pub fn known(inventory: Inventory) -> Self {
         Previous {
             loaded: tokio::sync::OnceCell::new_with(Some(Loaded::new(Ok(Some(inventory))))),
-            pending: std::sync::Mutex::new(None),
+            pending: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -145,7 +145,7 @@ impl Previous {
     ) -> Self {
         Previous {
             loaded: tokio::sync::OnceCell::new(),
-            pending: std::sync::Mutex::new(Some(Pending {
+            pending: tokio::sync::Mutex::new(Some(Pending {
                 result,
                 deadline: deadline.map(tokio::time::Instant::from_std),
             })),
@@ -155,8 +155,11 @@ impl Previous {
     async fn loaded(&self) -> &Loaded {
         self.loaded
             .get_or_init(|| async {
-                let pending = self.pending.lock().ok().and_then(|mut p| p.take());
-                Loaded::new(match pending {
+                // The receiver stays in place while it is awaited: a caller
+                // dropped midway (a collector that failed or ran over while
+                // waiting for it) leaves it to the next one.
+                let mut pending = self.pending.lock().await;
+                Loaded::new(match pending.as_mut() {
                     Some(pending) => pending.wait().await,
                     None => Err(StateError::ReaderStopped),
                 })
@@ -186,13 +189,13 @@ impl Previous {
 }
 
 impl Pending {
-    async fn wait(self) -> LoadResult {
+    async fn wait(&mut self) -> LoadResult {
         let answer = match self.deadline {
-            Some(deadline) => match tokio::time::timeout_at(deadline, self.result).await {
+            Some(deadline) => match tokio::time::timeout_at(deadline, &mut self.result).await {
                 Ok(answer) => answer,
                 Err(_) => return Err(StateError::TimedOut),
             },
-            None => self.result.await,
+            None => (&mut self.result).await,
         };
         answer.unwrap_or(Err(StateError::ReaderStopped))
     }
@@ -733,6 +736,30 @@ mod tests {
             .expect("runtime");
         let err = runtime.block_on(async { previous.result().await.err().map(|e| e.to_string()) });
         assert_eq!(err.as_deref(), Some("not read within the scan's deadline"));
+    }
+
+    #[test]
+    fn a_wait_given_up_midway_leaves_the_state_to_the_next_caller() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let previous = Previous::arriving(rx, None);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            // A collector stops waiting (it failed, or ran over) before the
+            // reader answers: the answer still reaches the cycle.
+            let gave_up =
+                tokio::time::timeout(Duration::from_millis(20), previous.scan_started()).await;
+            assert!(gave_up.is_err());
+            let inventory = Inventory {
+                last_scan: "2026-11-26T08:00:00Z".to_string(),
+                ..Inventory::default()
+            };
+            assert!(tx.send(Ok(Some(inventory))).is_ok());
+            let read = previous.result().await.map(|i| i.last_scan.clone());
+            assert_eq!(read.ok().as_deref(), Some("2026-11-26T08:00:00Z"));
+        });
     }
 
     #[test]
