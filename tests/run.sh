@@ -278,6 +278,18 @@ for unit in detect-workloads.service detect-workloads-watch.service; do
 	awk -v e="$exposure" 'BEGIN { exit !(e <= 3.0) }' ||
 		dw_die "config/systemd/$unit is rated $exposure by systemd-analyze security; at most 3.0 (OK) is required"
 	dw_log "ok: $unit exposure $exposure (at most 3.0)"
+	# With the packaged drop-in (node_exporter's textfile directory writable):
+	# still at most 3.0 (the path is optional, "-": no node_exporter, no failure).
+	merged=$(mktemp -d /tmp/dw-units.XXXXXX)
+	rw=$(grep '^ReadWritePaths=-/' config/systemd/detect-workloads.service.d/prometheus-textfile.conf) ||
+		dw_die "the textfile drop-in has no optional ReadWritePaths="
+	sed "/^UMask=/a $rw" "config/systemd/$unit" >"$merged/$unit"
+	exposure=$(systemd-analyze security --offline=true --no-pager "$merged/$unit" 2>&1 |
+		sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p')
+	rm -rf "$merged"
+	awk -v e="${exposure:-99}" 'BEGIN { exit !(e <= 3.0) }' ||
+		dw_die "$unit with the textfile drop-in is rated ${exposure:-nothing}; at most 3.0 is required"
+	dw_log "ok: $unit with prometheus-textfile.conf exposure $exposure (at most 3.0)"
 done
 dw_log "ok: systemd units verified"
 
@@ -305,6 +317,8 @@ contents=$(dpkg-deb --contents "$deb")
 for path in usr/bin/detect-workloads etc/ds01/detect-workloads.toml \
 	lib/systemd/system/detect-workloads.service lib/systemd/system/detect-workloads.timer \
 	lib/systemd/system/detect-workloads-watch.service \
+	lib/systemd/system/detect-workloads.service.d/prometheus-textfile.conf \
+	lib/systemd/system/detect-workloads-watch.service.d/prometheus-textfile.conf \
 	usr/share/doc/detect-workloads/README.md usr/share/doc/detect-workloads/SECURITY.md \
 	usr/share/doc/detect-workloads/LICENSE usr/share/doc/detect-workloads/copyright \
 	usr/share/doc/detect-workloads/docs/formats.md \
