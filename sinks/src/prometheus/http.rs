@@ -10,9 +10,10 @@
 //!   `WWW-Authenticate`; plain HTTP to a TLS listener fails the handshake.
 //! - Bounded: at most [`Limits::max_connections`] connections are open (well
 //!   below the descriptor limit, which the scans need); when a new one
-//!   arrives at the cap, the connection that has waited longest without a
-//!   request in progress is closed for it, so idle connections held open by
-//!   a local user cannot lock Prometheus out. A connection must complete its
+//!   arrives at the cap, an idle connection is closed for it: first the one
+//!   that has waited longest without ever sending a request, then the
+//!   longest idle keep-alive one. So connections held open by a local user
+//!   cannot lock Prometheus out. A connection must complete its
 //!   TLS handshake within [`Limits::handshake_timeout`], send each request
 //!   head within [`Limits::header_timeout`] of opening or of the previous
 //!   response (hyper's header read timeout, which also closes idle
@@ -157,6 +158,9 @@ struct Slot {
     /// Since when it is busy (a request in progress) or idle.
     since: Instant,
     busy: bool,
+    /// Whether it has completed a request (a scraper's keep-alive
+    /// connection): evicted only after those that never sent one.
+    served: bool,
     close: Arc<Notify>,
 }
 
@@ -174,7 +178,7 @@ impl Slots {
                 .open
                 .iter()
                 .filter(|(_, s)| !s.busy)
-                .min_by_key(|(_, s)| s.since)
+                .min_by_key(|(_, s)| (s.served, s.since))
                 .map(|(id, _)| *id)?;
             if let Some(evicted) = map.open.remove(&oldest_idle) {
                 evicted.close.notify_one();
@@ -188,6 +192,7 @@ impl Slots {
             Slot {
                 since: now,
                 busy: false,
+                served: false,
                 close: close.clone(),
             },
         );
@@ -197,6 +202,7 @@ impl Slots {
     fn set_busy(&self, id: u64, busy: bool) {
         if let Some(slot) = self.lock().open.get_mut(&id) {
             slot.busy = busy;
+            slot.served |= !busy;
             slot.since = Instant::now();
         }
     }

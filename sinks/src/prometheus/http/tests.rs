@@ -203,3 +203,34 @@ fn a_connection_that_sends_no_request_is_closed_at_the_header_timeout() {
     }
     assert!(String::from_utf8_lossy(&all).starts_with("HTTP/1.1 200"));
 }
+
+#[test]
+fn at_the_cap_a_connection_that_never_sent_a_request_goes_first() {
+    let slots = Slots {
+        max: 3,
+        inner: Mutex::default(),
+    };
+    let t0 = Instant::now();
+    let (scraper, _) = slots.admit(t0).expect("first");
+    slots.set_busy(scraper, true);
+    slots.set_busy(scraper, false);
+    let (idle_a, _) = slots.admit(Instant::now()).expect("second");
+    let (busy, _) = slots.admit(Instant::now()).expect("third");
+    slots.set_busy(busy, true);
+    // The scraper is the oldest, but it served a request: idle_a goes.
+    let (fourth, _) = slots.admit(Instant::now()).expect("fourth");
+    let open: Vec<u64> = slots.lock().open.keys().copied().collect();
+    assert!(open.contains(&scraper) && open.contains(&busy), "{open:?}");
+    assert!(!open.contains(&idle_a), "{open:?}");
+    // Every other slot busy: the scraper's keep-alive goes next, and when all
+    // are busy a newcomer is refused.
+    slots.set_busy(fourth, true);
+    let (fifth, _) = slots.admit(Instant::now()).expect("fifth");
+    assert!(!slots.lock().open.contains_key(&scraper));
+    slots.set_busy(fifth, true);
+    let open: Vec<u64> = slots.lock().open.keys().copied().collect();
+    for id in open {
+        slots.set_busy(id, true);
+    }
+    assert!(slots.admit(Instant::now()).is_none(), "all busy: refused");
+}
