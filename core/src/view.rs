@@ -179,19 +179,27 @@ pub fn human_mib(mib: u64) -> String {
     }
 }
 
-/// Control characters (C0, DEL, C1, and the line/paragraph separators)
-/// replaced by `?`, so that text from labels and command lines cannot move
-/// the cursor, change colours or split lines.
+/// Control characters (C0, DEL, C1, the line/paragraph separators and the
+/// bidirectional controls) replaced by `?`, so that text from labels and
+/// command lines cannot move the cursor, change colours, split lines or
+/// reorder what is shown (`U+202E nimda U+202C` showing as "admin").
 pub fn printable(text: &str) -> String {
     text.chars()
-        .map(|c| {
-            if c.is_control() || c == '\u{2028}' || c == '\u{2029}' {
-                '?'
-            } else {
-                c
-            }
-        })
+        .map(|c| if unsafe_to_show(c) { '?' } else { c })
         .collect()
+}
+
+/// Whether a character may change how a terminal shows what follows it.
+pub fn unsafe_to_show(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}' | '\u{2029}'
+            // Embeddings, overrides, isolates and their ends.
+            | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+            // Marks that set a direction.
+            | '\u{200e}' | '\u{200f}' | '\u{061c}'
+        )
 }
 
 /// Cuts `text` to `width` characters, ending in `…` when cut.

@@ -29,17 +29,25 @@ pub fn inventory(
         inventory.containers.insert(entry.id.clone(), entry);
     }
     carry_over_containers(previous, trust, &mut inventory);
-    super::attribute::attribute(
+    let orphans = super::attribute::attribute(
         &mut inventory,
         previous,
         work.container_processes,
         trust.gpu_view_complete,
     );
     if trust.gpu_view_complete {
-        for draft in work.processes {
+        for draft in work.processes.into_iter().chain(orphans) {
             let pid = draft.entry.pid;
             match draft.verdict {
                 Verdict::Report => {
+                    // Kept for readers of `unattributed_processes`: a process
+                    // whose cgroup claims a container no engine runs it in.
+                    // It is a host process all the same (events, metrics, ps).
+                    if draft.facts.in_container {
+                        inventory
+                            .unattributed_processes
+                            .insert(pid, draft.entry.clone());
+                    }
                     inventory.host_processes.insert(pid, draft.entry);
                 }
                 Verdict::Pending => {

@@ -18,6 +18,7 @@ pub mod assemble;
 pub mod attribute;
 pub mod deliver;
 pub mod health;
+pub mod membership;
 pub mod schedule;
 pub mod stages;
 pub mod state;
