@@ -400,6 +400,40 @@ pub struct Inventory {
         serialize_with = "pid_map::serialize"
     )]
     pub pending_container_processes: BTreeMap<u32, ProcessEntry>,
+    /// Continuous GPU use by one user on one GPU carried by processes that
+    /// each live shorter than a scan (a job sliced into short-lived PIDs):
+    /// confirmed once such use is seen in two consecutive scans, with at
+    /// least one of its processes gone before it could be confirmed. Sorted
+    /// by user, then GPU.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub user_gpu_use: Vec<UserGpuUse>,
+    /// Such use seen once so far (not yet confirmed).
+    #[serde(
+        default,
+        rename = "_pending_user_gpu_use",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub pending_user_gpu_use: Vec<UserGpuUse>,
+}
+
+/// GPU memory one user's unconfirmed (pending) host processes hold on one
+/// GPU; see [`Inventory::user_gpu_use`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct UserGpuUse {
+    /// Owner of the processes.
+    pub user: String,
+    /// UUID of the GPU.
+    pub gpu_uuid: String,
+    /// The memory they hold now, MiB (`null` when the driver does not say).
+    pub gpu_memory_mb: Option<u64>,
+    /// The PIDs holding it now (pending host processes).
+    pub pids: Vec<u32>,
+    /// How many distinct processes have carried this use so far.
+    pub processes_seen: u64,
+    /// When this use was first seen.
+    pub detected_at: String,
+    /// Consecutive scans in which it was seen.
+    pub seen_scans: u32,
 }
 
 /// One container in the inventory.
@@ -730,11 +764,17 @@ pub enum EventType {
     /// A container's GPU use stopped matching what it was granted.
     #[serde(rename = "detection.container_gpu_mismatch")]
     ContainerGpuMismatch,
+    /// A user's GPU use through short-lived processes was confirmed.
+    #[serde(rename = "detection.user_gpu_use_started")]
+    UserGpuUseStarted,
+    /// A user's confirmed GPU use through short-lived processes ended.
+    #[serde(rename = "detection.user_gpu_use_stopped")]
+    UserGpuUseStopped,
 }
 
 impl EventType {
     /// Every event type.
-    pub const ALL: [EventType; 8] = [
+    pub const ALL: [EventType; 10] = [
         EventType::ContainerDiscovered,
         EventType::ContainerStatusChanged,
         EventType::ContainerExited,
@@ -743,6 +783,8 @@ impl EventType {
         EventType::ContainerGpuStarted,
         EventType::ContainerGpuStopped,
         EventType::ContainerGpuMismatch,
+        EventType::UserGpuUseStarted,
+        EventType::UserGpuUseStopped,
     ];
 
     /// Its `detection.*` name.
@@ -756,6 +798,8 @@ impl EventType {
             EventType::ContainerGpuStarted => "detection.container_gpu_started",
             EventType::ContainerGpuStopped => "detection.container_gpu_stopped",
             EventType::ContainerGpuMismatch => "detection.container_gpu_mismatch",
+            EventType::UserGpuUseStarted => "detection.user_gpu_use_started",
+            EventType::UserGpuUseStopped => "detection.user_gpu_use_stopped",
         }
     }
 }

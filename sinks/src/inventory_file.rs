@@ -59,10 +59,6 @@ pub struct InventoryFile {
     mode: u32,
 }
 
-fn parse_mode(text: &str) -> Option<u32> {
-    crate::fsafe::parse_file_mode(text).ok()
-}
-
 impl InventoryFile {
     /// A sink writing `path` with permission bits `mode`.
     pub fn new(path: PathBuf, mode: u32) -> Self {
@@ -331,6 +327,10 @@ detect_workloads_core::inventory::submit! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse_mode(text: &str) -> Option<u32> {
+        crate::fsafe::parse_file_mode(text).ok()
+    }
 
     #[test]
     fn modes() {

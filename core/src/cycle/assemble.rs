@@ -15,6 +15,7 @@ pub fn inventory(
     work: Workset,
     gpus: &[GpuDevice],
     trust: &Trust,
+    now: &str,
 ) -> Inventory {
     let mut inventory = Inventory {
         gpus: gpus.iter().map(|g| (g.uuid.clone(), g.clone())).collect(),
@@ -56,9 +57,12 @@ pub fn inventory(
                 Verdict::Drop(reason) => debug!(pid, "not reported: {reason}"),
             }
         }
+        super::sliced::track(&mut inventory, previous, now);
     } else {
         inventory.host_processes = previous.host_processes.clone();
         inventory.pending_processes = previous.pending_processes.clone();
+        inventory.user_gpu_use = previous.user_gpu_use.clone();
+        inventory.pending_user_gpu_use = previous.pending_user_gpu_use.clone();
     }
     inventory
 }
