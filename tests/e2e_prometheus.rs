@@ -21,6 +21,7 @@ use detect_workloads_core::model::{
     CollectorReport, ContainerEntry, ContainerGpuProcess, GpuMismatch, Inventory, ProcessEntry,
     ScanReport,
 };
+use detect_workloads_sinks::prometheus::carried::STATE_FILE;
 use detect_workloads_sinks::prometheus::{render, Carried, FILE_NAME};
 
 /// The tool from `env` (set by tests/run.sh), else `name` on PATH. Tests
@@ -124,10 +125,17 @@ fn textfile_passes_promtool_and_counters_stay_monotonic() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o7777, 0o644);
+    // The textfile and the counters carried to the next oneshot run (JSON,
+    // only this process's user can read it), nothing else.
     assert_eq!(
         common::listing(&dir),
-        BTreeSet::from([FILE_NAME.to_string()])
+        BTreeSet::from([FILE_NAME.to_string(), STATE_FILE.to_string()])
     );
+    let state_mode = std::fs::metadata(dir.join(STATE_FILE))
+        .expect("state metadata")
+        .permissions()
+        .mode();
+    assert_eq!(state_mode & 0o7777, 0o600);
     promtool_ok(&promtool, &dir, &["check", "metrics"], Some(&text));
 
     assert!(
@@ -289,7 +297,7 @@ fn rules_pass_promtool_check_and_test() {
         &["check", "rules", "detect-workloads.rules.yml"],
         None,
     );
-    assert!(checked.contains("SUCCESS: 5 rules found"), "{checked}");
+    assert!(checked.contains("SUCCESS: 11 rules found"), "{checked}");
     promtool_ok(
         &promtool,
         &dir,
@@ -377,8 +385,10 @@ fn metric_names(text: &str) -> BTreeSet<String> {
         let end = tail
             .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .unwrap_or(tail.len());
-        // `ds01_workload_*` in a comment names the prefix, not a metric.
-        if !tail[..end].ends_with('_') {
+        // `ds01_workload_*` in a comment names the prefix, not a metric;
+        // `level:ds01_workload_...:op` is a recording rule's name.
+        let recorded = rest[..at].ends_with(':');
+        if !tail[..end].ends_with('_') && !recorded {
             names.insert(tail[..end].to_string());
         }
         rest = &tail[end..];

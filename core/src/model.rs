@@ -719,6 +719,10 @@ pub struct CollectorReport {
     /// Why it did not run (a fallback whose primary succeeded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
+    /// It failed because its source is not on this machine (no socket, no
+    /// library, no command): not installed, rather than broken.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unavailable: bool,
     /// Collector-specific counters (for example Docker API calls).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub stats: BTreeMap<String, u64>,

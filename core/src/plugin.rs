@@ -7,6 +7,7 @@
 
 use std::any::Any;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -479,14 +480,73 @@ pub trait Sink: Send + Sync {
         None
     }
     /// Watch mode: a task this sink runs for as long as the service does
-    /// (the Prometheus sink's `/metrics` listener). Started once per loaded
-    /// configuration; dropped (stopped) when the configuration is replaced.
-    fn service(&self) -> Option<SinkService> {
-        None
+    /// (the Prometheus sink's `/metrics` listener). Made once per loaded
+    /// configuration, inside the runtime; what it must have to run (a bound
+    /// address, taken from `listeners`) it gets here, so that a failure is
+    /// an error now: fatal at start, and at a reload a reason to keep the
+    /// running configuration. Dropped (stopped) when the configuration is
+    /// replaced.
+    fn service(&self, listeners: &mut Listeners) -> Result<Option<SinkService>, SinkError> {
+        let _ = listeners;
+        Ok(None)
     }
     /// What `validate` says about this instance (the file it writes, ...).
     fn describe(&self) -> String {
         String::new()
+    }
+}
+
+/// The listening sockets of one loaded configuration, by address. A reload
+/// makes the new configuration's from the running one's
+/// ([`Listeners::handed_over`]): an address both use is kept open, never
+/// released and bound again (in between, another local user could take the
+/// port and serve forged metrics).
+#[derive(Debug, Default)]
+pub struct Listeners {
+    previous: std::collections::BTreeMap<std::net::SocketAddr, Arc<tokio::net::TcpListener>>,
+    bound: std::collections::BTreeMap<std::net::SocketAddr, Arc<tokio::net::TcpListener>>,
+}
+
+impl Listeners {
+    /// The sockets for a configuration that replaces the one holding `running`.
+    pub fn handed_over(running: &Listeners) -> Listeners {
+        Listeners {
+            previous: running.bound.clone(),
+            bound: Default::default(),
+        }
+    }
+
+    /// A listener on `addr`: the running configuration's when it had one
+    /// there, else bound now (inside the runtime). Two sinks of one
+    /// configuration cannot share an address.
+    pub fn bind(
+        &mut self,
+        addr: std::net::SocketAddr,
+    ) -> std::io::Result<Arc<tokio::net::TcpListener>> {
+        if self.bound.contains_key(&addr) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "another sink of this configuration listens there",
+            ));
+        }
+        let listener = match self.previous.remove(&addr) {
+            Some(kept) => kept,
+            None => {
+                let std = std::net::TcpListener::bind(addr)?;
+                std.set_nonblocking(true)?;
+                Arc::new(tokio::net::TcpListener::from_std(std)?)
+            }
+        };
+        self.bound.insert(addr, Arc::clone(&listener));
+        Ok(listener)
+    }
+
+    /// The addresses bound (their actual ports, for port 0).
+    pub fn addresses(&self) -> Vec<std::net::SocketAddr> {
+        self.bound
+            .values()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
     }
 }
 

@@ -2,9 +2,9 @@
 //! may reach: a target directory must not let anyone else replace its entries,
 //! and no symbolic link is followed at the final component. Not a plugin.
 
-use std::fs::{File, OpenOptions};
-use std::io::ErrorKind;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::fs::{File, OpenOptions, Permissions};
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 /// The parent directory of `path` (`.` for a bare name).
@@ -77,6 +77,109 @@ pub fn open_nofollow(options: &mut OpenOptions, path: &Path) -> Result<File, Str
         })
 }
 
+/// Writes `bytes` as `path` atomically and durably, for every sink that
+/// replaces a whole file: the directory checked by [`ensure_safe_dir`]
+/// (created if missing), a temporary file created exclusively beside it
+/// (`O_EXCL`, random name `.<name>.tmp.*`) with permission bits `mode` (set
+/// again after creation, whatever the umask), fsync, rename over `path` (a
+/// link there is replaced, not followed), fsync of the directory. Readers
+/// never see half a file; on error no temporary file is left behind.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
+    let dir = parent_of(path);
+    ensure_safe_dir(path)?;
+    let mut prefix = std::ffi::OsString::from(".");
+    prefix.push(path.file_name().unwrap_or_default());
+    prefix.push(".tmp.");
+    let fail = |e: &dyn std::fmt::Display| format!("cannot write {}: {e}", path.display());
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&prefix)
+        .permissions(Permissions::from_mode(mode))
+        .tempfile_in(dir)
+        .map_err(|e| fail(&e))?;
+    (|| {
+        tmp.as_file()
+            .set_permissions(Permissions::from_mode(mode))?;
+        tmp.write_all(bytes)?;
+        tmp.as_file().sync_all()
+    })()
+    .map_err(|e| fail(&e))?;
+    // On error the temporary file is removed when dropped.
+    tmp.persist(path).map_err(|e| fail(&e.error))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| fail(&e))
+}
+
+/// Reads a small file this process wrote itself (`limit` bytes at most),
+/// never through a symbolic link and only when this process's user owns it:
+/// `Ok(None)` when it is missing.
+pub fn read_own_file(path: &Path, limit: u64) -> Result<Option<Vec<u8>>, String> {
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(format!(
+                "refusing {}: it is a symbolic link",
+                path.display()
+            ))
+        }
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    check_own_file(&file, path)?;
+    let mut bytes = Vec::new();
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if bytes.len() as u64 > limit {
+        return Err(format!("{} is larger than {limit} bytes", path.display()));
+    }
+    Ok(Some(bytes))
+}
+
+/// Reads a file that configures what root runs, like the main configuration
+/// file: when this process runs as root, the file must be owned by root and
+/// writable by no one else (checked on the opened file). `what` names it in
+/// the error.
+pub fn read_trusted(path: &Path, what: &str) -> Result<String, String> {
+    let fail = |e: &dyn std::fmt::Display| format!("{what} {}: {e}", path.display());
+    let mut file = File::open(path).map_err(|e| fail(&format!("cannot read: {e}")))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| fail(&format!("cannot read: {e}")))?;
+    if let Some(why) = untrusted_because(meta.uid(), meta.mode(), nix::unistd::geteuid().as_raw()) {
+        return Err(fail(&format!(
+            "refusing it: {why}; fix it with `chown root:root {p} && chmod go-w {p}`",
+            p = path.display()
+        )));
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text)
+        .map_err(|e| fail(&format!("cannot read: {e}")))?;
+    Ok(text)
+}
+
+/// Why a file with this owner and mode must not configure a process run by
+/// `euid` (only root's are checked).
+fn untrusted_because(owner: u32, mode: u32, euid: u32) -> Option<String> {
+    if euid != 0 {
+        return None;
+    }
+    if owner != 0 {
+        return Some(format!("it is owned by uid {owner}, not root"));
+    }
+    if mode & 0o022 != 0 {
+        return Some(format!(
+            "it is group- or world-writable (mode {:04o})",
+            mode & 0o7777
+        ));
+    }
+    None
+}
+
 /// Whether `path` itself is a symbolic link.
 pub fn is_symlink(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
@@ -141,6 +244,36 @@ mod tests {
         assert!(check_dir(d, 0, 0o40775, 0).is_err(), "group-writable");
         let other = check_dir(d, 4242, 0o40755, 0).expect_err("another owner");
         assert!(other.contains("owned by uid 4242"), "{other}");
+    }
+
+    #[test]
+    fn only_root_owned_files_no_one_else_can_change_configure_root() {
+        assert_eq!(untrusted_because(0, 0o100644, 0), None);
+        assert_eq!(untrusted_because(1000, 0o100666, 1000), None, "not root");
+        let other = untrusted_because(4242, 0o100644, 0).expect("another owner");
+        assert!(other.contains("uid 4242"), "{other}");
+        let writable = untrusted_because(0, 0o100664, 0).expect("group-writable");
+        assert!(writable.contains("0664"), "{writable}");
+    }
+
+    #[test]
+    fn atomic_write_replaces_with_the_mode_and_leaves_nothing_else() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f");
+        write_atomic(&path, b"one", 0o600).expect("first");
+        write_atomic(&path, b"two", 0o644).expect("second");
+        assert_eq!(std::fs::read(&path).expect("read"), b"two");
+        let mode = std::fs::metadata(&path).expect("meta").mode();
+        assert_eq!(mode & 0o7777, 0o644);
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("f")]);
+        std::fs::set_permissions(dir.path(), Permissions::from_mode(0o777)).expect("chmod");
+        let refused = write_atomic(&path, b"three", 0o644).expect_err("world-writable dir");
+        assert!(refused.contains("world-writable"), "{refused}");
+        assert_eq!(std::fs::read(&path).expect("read"), b"two");
     }
 
     #[test]

@@ -8,9 +8,9 @@
 //! is taken) and the scan proceeds as a first scan. Needs: write access to the
 //! file's directory (created if missing).
 
-use std::fs::{File, OpenOptions, Permissions, TryLockError};
-use std::io::{ErrorKind, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::ErrorKind;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -24,7 +24,7 @@ use detect_workloads_core::timefmt::rfc3339;
 use serde::Deserialize;
 use tracing::warn;
 
-use crate::fsafe::{check_own_file, ensure_safe_dir, is_symlink, open_nofollow, parent_of};
+use crate::fsafe::{check_own_file, ensure_safe_dir, is_symlink, open_nofollow, write_atomic};
 
 /// The sample configuration of this plugin (`detect-workloads plugins
 /// --sample inventory-file`); `config/default.toml` holds the same table.
@@ -71,34 +71,10 @@ impl InventoryFile {
         self.path.with_file_name(name)
     }
 
-    /// Writes `bytes` to the file atomically and durably: an exclusively
-    /// created temporary file (`O_EXCL`, random name), fsync, rename over the
-    /// file (a link there is replaced, not followed), fsync of the directory.
+    /// Writes `bytes` to the file atomically and durably
+    /// ([`crate::fsafe::write_atomic`]).
     pub fn write_atomically(&self, bytes: &[u8]) -> Result<(), String> {
-        let dir = parent_of(&self.path);
-        ensure_safe_dir(&self.path)?;
-        let mut prefix = std::ffi::OsString::from(".");
-        prefix.push(self.path.file_name().unwrap_or_default());
-        prefix.push(".tmp.");
-        let fail = |e: &dyn std::fmt::Display| format!("cannot write {}: {e}", self.path.display());
-        let mut tmp = tempfile::Builder::new()
-            .prefix(&prefix)
-            .permissions(Permissions::from_mode(self.mode))
-            .tempfile_in(dir)
-            .map_err(|e| fail(&e))?;
-        // The umask may have cleared bits the administrator asked for.
-        (|| {
-            tmp.as_file()
-                .set_permissions(Permissions::from_mode(self.mode))?;
-            tmp.write_all(bytes)?;
-            tmp.as_file().sync_all()
-        })()
-        .map_err(|e| fail(&e))?;
-        // On error the temporary file is removed when dropped.
-        tmp.persist(&self.path).map_err(|e| fail(&e.error))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| fail(&e))
+        write_atomic(&self.path, bytes, self.mode)
     }
 
     fn move_aside(&self, why: &str) -> Result<(), String> {
@@ -327,6 +303,8 @@ detect_workloads_core::inventory::submit! {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::Permissions;
+    use std::os::unix::fs::PermissionsExt;
 
     fn parse_mode(text: &str) -> Option<u32> {
         crate::fsafe::parse_file_mode(text).ok()

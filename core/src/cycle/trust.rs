@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::model::{CollectorReport, FactKind};
+use crate::plugin::CollectError;
 
 use super::schedule::{Outcome, Ran};
 
@@ -84,6 +85,7 @@ fn report(outcome: &Outcome) -> CollectorReport {
             ok: false,
             duration_ms: duration.as_millis() as u64,
             error: Some(error.to_string()),
+            unavailable: matches!(error, CollectError::Unavailable(_)),
             ..Default::default()
         },
         Outcome::SkippedAsFallback { primary } => CollectorReport {

@@ -58,6 +58,12 @@ impl Schedule {
         self.change_due.get_or_insert(now + DEBOUNCE);
     }
 
+    /// A full scan failed: another at `at` (unless one is due sooner).
+    pub fn retry(&mut self, at: Instant) {
+        let due = self.change_due.map_or(at, |c| c.min(at));
+        self.change_due = Some(due);
+    }
+
     /// When the next job is due.
     pub fn next_wake(&self) -> Instant {
         let due = self.next_full.min(self.next_gpu);
@@ -106,6 +112,21 @@ mod tests {
         assert_eq!(s.take(t0 + ms(2_001)), None);
         assert_eq!(s.take(t0 + ms(30_000)), Some(Job::Full(Why::Timer)));
         assert_eq!(s.next_wake(), t0 + ms(32_000));
+    }
+
+    #[test]
+    fn a_failed_full_scan_is_tried_again_at_the_retry_time() {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(t0, ms(30_000), ms(2_000));
+        s.take(t0);
+        s.retry(t0 + ms(500));
+        assert_eq!(s.next_wake(), t0 + ms(500));
+        assert_eq!(s.take(t0 + ms(499)), None);
+        assert_eq!(s.take(t0 + ms(500)), Some(Job::Full(Why::Change)));
+        // An engine event due sooner is not delayed by a later retry.
+        s.changed(t0 + ms(600));
+        s.retry(t0 + ms(5_000));
+        assert_eq!(s.next_wake(), t0 + ms(600) + DEBOUNCE);
     }
 
     #[test]

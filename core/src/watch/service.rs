@@ -11,6 +11,7 @@ use tracing::{error, warn};
 
 use crate::config::Config;
 use crate::cycle::{run_cycle, ScanResult};
+use crate::plugin::{Listeners, SinkError};
 
 use super::probe::{lists_gpu_processes, Probed};
 use super::replay::{observes_containers, Replaying};
@@ -28,6 +29,8 @@ pub struct Service {
     /// cycle succeeded with nothing pending; `None` forces the next cycle.
     settled: std::sync::Mutex<Option<Vec<String>>>,
     tasks: Vec<JoinHandle<()>>,
+    /// The sinks' listening sockets (handed to the next configuration).
+    listeners: Listeners,
 }
 
 impl Service {
@@ -51,6 +54,7 @@ impl Service {
             probes,
             settled: std::sync::Mutex::new(None),
             tasks: Vec::new(),
+            listeners: Listeners::default(),
         }
     }
 
@@ -64,25 +68,47 @@ impl Service {
         &self.replays
     }
 
-    /// Follows the change streams and starts the sinks' services.
-    pub fn start(&mut self, runtime: &tokio::runtime::Runtime, tx: &UnboundedSender<Notice>) {
-        for c in &self.config.collectors {
-            if observes_containers(c.plugin.as_ref()) {
-                let follow = feeds::follow(c.name.clone(), Arc::clone(&c.plugin), tx.clone());
-                self.tasks.push(runtime.spawn(follow));
+    /// Starts the sinks' services, then follows the change streams. The
+    /// services get their listeners first: from `running` (the configuration
+    /// this one replaces) where it had the same address, else bound now. An
+    /// address that cannot be bound is an error, and nothing is started.
+    pub fn start(
+        &mut self,
+        runtime: &tokio::runtime::Runtime,
+        tx: &UnboundedSender<Notice>,
+        running: Option<&Service>,
+    ) -> Result<(), SinkError> {
+        let _inside = runtime.enter();
+        let mut listeners =
+            running.map_or_else(Listeners::default, |r| Listeners::handed_over(&r.listeners));
+        let mut services = Vec::new();
+        for s in self.config.delivery_sinks() {
+            match s.plugin.service(&mut listeners) {
+                Ok(Some(service)) => services.push((s.name.clone(), service)),
+                Ok(None) => {}
+                Err(e) => return Err(SinkError::new(format!("sink {}: {e}", s.name))),
             }
         }
-        for s in self.config.delivery_sinks() {
-            let Some(service) = s.plugin.service() else {
-                continue;
-            };
-            let name = s.name.clone();
+        self.listeners = listeners;
+        for (name, service) in services {
             self.tasks.push(runtime.spawn(async move {
                 if let Err(e) = service.await {
                     error!(sink = %name, "stopped serving: {e}");
                 }
             }));
         }
+        for c in &self.config.collectors {
+            if observes_containers(c.plugin.as_ref()) {
+                let follow = feeds::follow(c.name.clone(), Arc::clone(&c.plugin), tx.clone());
+                self.tasks.push(runtime.spawn(follow));
+            }
+        }
+        Ok(())
+    }
+
+    /// The addresses its sinks listen on.
+    pub fn listening(&self) -> Vec<std::net::SocketAddr> {
+        self.listeners.addresses()
     }
 
     /// Runs one cycle; a failed one is logged (the service goes on). A GPU
