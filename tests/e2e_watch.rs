@@ -173,6 +173,42 @@ fn gpu_polls_confirm_a_new_gpu_process_without_a_full_scan() {
     assert_eq!(code, Some(0), "{err}");
 }
 
+/// NVML configured but absent, nvidia-smi its fallback: the GPU polls ask
+/// the fallback, so a new GPU process is confirmed within `min_scans` polls
+/// (here 2 x 300 ms + 1 s), not at the next full scan (an hour away).
+#[test]
+fn gpu_polls_ask_the_nvidia_smi_fallback_when_nvml_is_absent() {
+    let s = Scratch::new();
+    let config = with_agent(&s, None, "interval = \"1h\"\ngpu_interval = \"300ms\"", "");
+    edit_config(
+        &config,
+        "[[collectors.nvidia-smi]]",
+        &format!(
+            "[[collectors.nvml]]\nlibrary = \"{}\"\n\n[[collectors.nvidia-smi]]\nfallback_for = \"nvml\"",
+            s.path("no-such-libnvidia-ml.so.1").display()
+        ),
+    );
+    let mut watch = s.spawn(&config, &["watch"]);
+    wait_for("the first scan", &mut watch, || s.inventory_path().exists());
+    // A GPU poll's cycle that found nothing pending: from then on, polls
+    // whose probes list what they listed before are skipped.
+    let inode = || {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(s.inventory_path()).map(|m| m.ino()).ok()
+    };
+    let first = inode();
+    wait_for("a GPU poll's cycle", &mut watch, || inode() != first);
+    let gpu = s.gpu_process();
+    wait_for("host_gpu_process_discovered", &mut watch, || {
+        events_of(&s.events_path()).iter().any(|e| {
+            e["event_type"] == "detection.host_gpu_process_discovered"
+                && e["details"]["pid"] == gpu.pid()
+        })
+    });
+    let (code, err) = stop(watch);
+    assert_eq!(code, Some(0), "{err}");
+}
+
 #[test]
 fn sighup_with_a_broken_config_keeps_the_running_one() {
     let s = Scratch::new();

@@ -1,12 +1,22 @@
 //! Collector `procfs`: the one place that reads `/proc`, through the `procfs`
 //! crate. It attributes the GPU processes the other collectors found and the
 //! main process of every running container: real uid and its user name (NSS,
-//! once per uid per scan), command line, start time, and whether the process's
-//! cgroup is a container's (docker, containerd, libpod, kubepods; cgroup v1 and
-//! v2). Reads only those PIDs, each file once. A PID that is gone is skipped
-//! quietly. A container's main process that is not also a GPU process is read
-//! for what the stages use of it (owner and cgroup: two files, not four), since
-//! these reads wait for the container list and grow with the running containers.
+//! once per uid per scan), command line, start time, cgroups and PID
+//! namespace (cgroup v1 and v2). Reads only those PIDs, each file once. A
+//! container's main process that is not also a GPU process is read for what
+//! the core and the stages use of it (owner, cgroups, PID namespace), since
+//! these reads wait for the container list and grow with the running
+//! containers.
+//!
+//! Every file is read as bytes, at most 64 KiB of it ([`CMDLINE_READ_CAP`],
+//! [`FILE_READ_CAP`]), and decoded lossily (a process name or a cgroup path
+//! is not always UTF-8: invalid bytes become U+FFFD). A PID that is gone is
+//! skipped quietly; a process whose files cannot all be read is still
+//! reported with what is known (its owner from the owner of `/proc/<pid>`),
+//! with `read_error`, logged at WARN and counted (stat `read_errors`).
+//!
+//! Whether a cgroup path *looks* like a container's is recorded as a claim
+//! (`in_container`, `container_id`); the core decides membership.
 //!
 //! Every read and NSS lookup runs on tokio's blocking pool, so that the
 //! collector's timeout can abandon a read that never returns (a `cmdline`
@@ -14,24 +24,29 @@
 //! answer): the collector is then recorded as timed out and its facts are
 //! carried over.
 //!
-//! Needs: read access to `/proc/<pid>/{stat,status,cmdline,cgroup}` (root to see
-//! other users' command lines under `hidepid`). `root` can point elsewhere for tests.
+//! Needs: read access to `/proc/<pid>/{stat,status,cmdline,cgroup,ns/pid}`
+//! (root to see other users' command lines under `hidepid` and their
+//! namespaces). `root` can point elsewhere for tests.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use detect_workloads_core::async_trait;
 use detect_workloads_core::config::{ConfigError, PluginConfig};
-use detect_workloads_core::model::{FactKind, Observations, ProcessFacts};
+use detect_workloads_core::model::{
+    cgroup_segment_id, CgroupMembership, FactKind, Observations, ProcessFacts,
+};
 use detect_workloads_core::plugin::{
     CollectContext, CollectError, Collected, Collector, CollectorPlugin,
 };
 use detect_workloads_core::users::UserNames;
-use procfs::process::Process;
-use procfs::{ProcError, ProcResult};
+use procfs::process::{Process, Stat, Status};
+use procfs::ProcessCGroups;
+use procfs::{FromBufRead, FromRead, ProcError, ProcResult};
 use serde::Deserialize;
-use tracing::debug;
+use tracing::{debug, warn};
 
 /// The sample configuration of this plugin (`detect-workloads plugins
 /// --sample procfs`); `config/default.toml` holds the same table.
@@ -61,6 +76,15 @@ pub struct Procfs {
     config: ProcfsConfig,
 }
 
+/// At most this much of a command line is read (before redaction and the
+/// stored cap): the cost of a process does not grow with what its owner
+/// put in its `argv`.
+pub const CMDLINE_READ_CAP: usize = 64 * 1024;
+
+/// At most this much of `stat`, `status` or `cgroup` is read (a cgroup
+/// path is the one of these a user can make long, through delegation).
+pub const FILE_READ_CAP: usize = 64 * 1024;
+
 /// `/proc/<pid>/cmdline`: NUL separators become spaces, bytes are decoded as
 /// UTF-8 with replacement, the trailing NUL is dropped.
 pub fn cmdline_text(bytes: &[u8]) -> String {
@@ -68,32 +92,31 @@ pub fn cmdline_text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(trimmed).replace('\0', " ")
 }
 
-/// What a process's cgroups say about containment.
+/// What a process's cgroup paths claim about containment (see
+/// [`ProcessFacts::in_container`]: a claim, which the core checks).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CgroupInfo {
-    /// The process runs in a container's cgroup.
+    /// A path looks like a container's.
     pub in_container: bool,
     /// The 64-hex container id in the path, when there is one.
     pub container_id: Option<String>,
 }
 
-const RUNTIME_MARKERS: [&str; 5] = ["docker", "containerd", "crio", "libpod", "kubepods"];
-
-/// The cgroup paths of a process (one per v1 hierarchy, one for v2). A path is
-/// a container's when one of its segments is a container's: a runtime's
-/// name with a 64-hex id (`docker-<id>.scope` of the systemd driver,
-/// `cri-containerd-<id>.scope`, `crio-<id>.scope`, `libpod-<id>.scope`), or
-/// the bare id the cgroupfs driver uses (`/docker/<id>`, and under any
-/// `--cgroup-parent`: `/ds01-students-alice.slice/<id>`); or when it lies
-/// under `kubepods` (a pod, id unknown). In a nested path (a container in a
-/// container) the outermost id is taken: the one the host's engine knows.
+/// The cgroup paths of a process (one per v1 hierarchy, one for v2). A path
+/// looks like a container's when one of its segments names one (a runtime's
+/// name with a 64-hex id: `docker-<id>.scope`, `cri-containerd-<id>.scope`,
+/// `crio-<id>.scope`, `libpod-<id>.scope`; or the bare id the cgroupfs
+/// driver uses: `/docker/<id>`, `/ds01-students-alice.slice/<id>`), or when
+/// it lies under `kubepods` (a pod, id unknown). In a nested path (a
+/// container in a container) the outermost id is taken: the one the host's
+/// engine knows.
 pub fn cgroup_info<'a>(paths: impl IntoIterator<Item = &'a str>) -> CgroupInfo {
     let mut pod = false;
     for path in paths {
-        if let Some(id) = path.split('/').find_map(container_segment) {
+        if let Some(id) = path.split('/').find_map(cgroup_segment_id) {
             return CgroupInfo {
                 in_container: true,
-                container_id: Some(id),
+                container_id: Some(id.to_string()),
             };
         }
         pod |= path.contains("kubepods");
@@ -104,89 +127,150 @@ pub fn cgroup_info<'a>(paths: impl IntoIterator<Item = &'a str>) -> CgroupInfo {
     }
 }
 
-/// The container id a cgroup path segment names: the whole segment when it
-/// is 64 hex digits, else a 64-hex id inside a segment naming a runtime.
-fn container_segment(segment: &str) -> Option<String> {
-    let id = hex_id(segment)?;
-    (id.len() == segment.len() || RUNTIME_MARKERS.iter().any(|m| segment.contains(m))).then_some(id)
-}
-
-/// The 64-hex id inside one path segment (`docker-<id>.scope`, `<id>`).
-fn hex_id(segment: &str) -> Option<String> {
-    let bytes = segment.as_bytes();
-    (0..(bytes.len() + 1).saturating_sub(64)).find_map(|i| {
-        let window = segment.get(i..i + 64)?;
-        let hex = window
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        let before = i.checked_sub(1).and_then(|j| bytes.get(j));
-        let bounded = bytes.get(i + 64).is_none_or(|b| !b.is_ascii_hexdigit())
-            && before.is_none_or(|b| !b.is_ascii_hexdigit());
-        (hex && bounded).then(|| window.to_string())
-    })
-}
-
-/// The raw command line of a process (bytes, so that invalid UTF-8 is kept
-/// as replacement characters rather than failing the read).
-fn read_cmdline(process: &Process) -> ProcResult<Vec<u8>> {
+/// Up to `cap` bytes of a file under the process's directory, and whether
+/// there was more.
+fn read_capped(process: &Process, name: &str, cap: usize) -> ProcResult<(Vec<u8>, bool)> {
+    let file = process.open_relative(name)?;
     let mut bytes = Vec::new();
-    process
-        .open_relative("cmdline")?
+    let limit = u64::try_from(cap).unwrap_or(u64::MAX).saturating_add(1);
+    file.take(limit)
         .read_to_end(&mut bytes)
         .map_err(ProcError::from)?;
-    Ok(bytes)
+    let more = bytes.len() > cap;
+    bytes.truncate(cap);
+    Ok((bytes, more))
 }
 
-/// The facts of one process (user name not yet resolved). The command line and
-/// the cgroups are optional (a kernel thread has no command line; its name
-/// stands in); `stat` and `status` are not.
-fn try_read_process(root: &Path, pid: u32) -> ProcResult<ProcessFacts> {
+/// A file read as bytes and decoded lossily (a name is not always UTF-8).
+fn read_lossy(process: &Process, name: &str) -> ProcResult<String> {
+    let (bytes, _) = read_capped(process, name, FILE_READ_CAP)?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// The command line, at most [`CMDLINE_READ_CAP`] bytes of it (ending in
+/// `…` when there was more).
+fn read_cmdline(process: &Process) -> ProcResult<String> {
+    let (bytes, more) = read_capped(process, "cmdline", CMDLINE_READ_CAP)?;
+    let mut text = cmdline_text(&bytes);
+    if more {
+        text.push('…');
+    }
+    Ok(text)
+}
+
+fn read_stat(process: &Process) -> ProcResult<Stat> {
+    Stat::from_read(read_lossy(process, "stat")?.as_bytes())
+}
+
+fn read_status(process: &Process) -> ProcResult<Status> {
+    Status::from_buf_read(read_lossy(process, "status")?.as_bytes())
+}
+
+fn read_cgroups(process: &Process) -> ProcResult<Vec<CgroupMembership>> {
+    let groups = ProcessCGroups::from_buf_read(read_lossy(process, "cgroup")?.as_bytes())?;
+    Ok(groups
+        .into_iter()
+        .map(|g| CgroupMembership {
+            hierarchy: format!("{}:{}", g.hierarchy, g.controllers.join(",")),
+            path: g.pathname,
+        })
+        .collect())
+}
+
+/// The inode of a PID namespace link (`pid:[4026531836]`).
+fn namespace_inode(link: &Path) -> Option<u64> {
+    let target = std::fs::read_link(link).ok()?;
+    let text = target.to_str()?;
+    text.strip_prefix("pid:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// The host's PID namespace: init's, else this process's own.
+pub fn host_pid_namespace(root: &Path) -> Option<u64> {
+    namespace_inode(&root.join("1/ns/pid"))
+        .or_else(|| namespace_inode(Path::new("/proc/self/ns/pid")))
+}
+
+/// What every read needs to know of the whole host.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Host {
+    /// The host's PID namespace (see [`host_pid_namespace`]).
+    pub pid_namespace: Option<u64>,
+}
+
+/// Why a process's files could not be read, when they are there.
+#[derive(Debug, Default)]
+struct Problems(Vec<String>);
+
+impl Problems {
+    fn note<T>(&mut self, what: &str, result: ProcResult<T>) -> Result<Option<T>, ProcError> {
+        match result {
+            Ok(value) => Ok(Some(value)),
+            // Gone meanwhile: the whole process is.
+            Err(ProcError::NotFound(p)) => Err(ProcError::NotFound(p)),
+            Err(e) => {
+                self.0.push(format!("{what}: {e}"));
+                Ok(None)
+            }
+        }
+    }
+
+    fn text(self) -> Option<String> {
+        (!self.0.is_empty()).then(|| self.0.join("; "))
+    }
+}
+
+/// The owner of `/proc/<pid>` (the process's effective uid as the kernel
+/// shows it): the owner when `status` cannot be read.
+fn directory_owner(root: &Path, pid: u32) -> ProcResult<u32> {
+    std::fs::metadata(root.join(pid.to_string()))
+        .map(|m| m.uid())
+        .map_err(ProcError::from)
+}
+
+/// The facts of one process (user name not yet resolved), at this depth.
+/// A process whose files cannot all be read is still reported with what is
+/// known (`read_error` says what was not); only a process that is gone
+/// yields `Err(NotFound)`.
+fn try_read(root: &Path, pid: u32, depth: Depth, host: Host) -> ProcResult<ProcessFacts> {
     let process = Process::new_with_root(root.join(pid.to_string()))?;
-    let stat = process.stat()?;
-    let uid = process.status()?.ruid;
-    let cmdline = read_cmdline(&process).map_or_else(|_| String::new(), |b| cmdline_text(&b));
-    let cgroup = process
-        .cgroups()
-        .map(|groups| cgroup_info(groups.0.iter().map(|g| g.pathname.as_str())))
+    let mut problems = Problems::default();
+    let uid = match problems.note("status", read_status(&process))? {
+        Some(status) => status.ruid,
+        None => directory_owner(root, pid)?,
+    };
+    let cgroups = problems
+        .note("cgroup", read_cgroups(&process))?
         .unwrap_or_default();
-    Ok(ProcessFacts {
+    let claim = cgroup_info(cgroups.iter().map(|g| g.path.as_str()));
+    let pid_namespace = namespace_inode(&root.join(pid.to_string()).join("ns/pid")).filter(|ns| {
+        // Not the host's: unknown host, or another namespace.
+        host.pid_namespace != Some(*ns)
+    });
+    let mut facts = ProcessFacts {
         pid,
         uid,
-        user: String::new(),
-        cmdline: if cmdline.is_empty() {
-            format!("[{}]", stat.comm)
+        in_container: claim.in_container,
+        container_id: claim.container_id,
+        cgroups,
+        pid_namespace,
+        ..Default::default()
+    };
+    if depth == Depth::Full {
+        if let Some(stat) = problems.note("stat", read_stat(&process))? {
+            facts.comm = stat.comm;
+            facts.start_time = stat.starttime;
+        }
+        // A kernel thread has no command line; its name stands in.
+        let cmdline = read_cmdline(&process).unwrap_or_default();
+        facts.cmdline = if cmdline.is_empty() {
+            format!("[{}]", facts.comm)
         } else {
             cmdline
-        },
-        comm: stat.comm,
-        start_time: stat.starttime,
-        in_container: cgroup.in_container,
-        container_id: cgroup.container_id,
-        exe: process.exe().ok().map(|p| p.to_string_lossy().into_owned()),
-    })
-}
-
-/// The owner (real uid, from `status`) and the cgroup of a container's main
-/// process: what `resolve-user` uses of it (the owner, and whether the cached
-/// main PID is still in its container). Its command line, name and start time
-/// stay empty: nothing reads them for a process that holds no GPU.
-fn try_read_owner(root: &Path, pid: u32) -> ProcResult<ProcessFacts> {
-    let process = Process::new_with_root(root.join(pid.to_string()))?;
-    let cgroup = process
-        .cgroups()
-        .map(|groups| cgroup_info(groups.0.iter().map(|g| g.pathname.as_str())))
-        .unwrap_or_default();
-    Ok(ProcessFacts {
-        pid,
-        uid: process.status()?.ruid,
-        user: String::new(),
-        cmdline: String::new(),
-        comm: String::new(),
-        start_time: 0,
-        in_container: cgroup.in_container,
-        container_id: cgroup.container_id,
-        exe: None,
-    })
+        };
+        facts.exe = process.exe().ok().map(|p| p.to_string_lossy().into_owned());
+    }
+    facts.read_error = problems.text();
+    Ok(facts)
 }
 
 /// How much of a process to read.
@@ -194,30 +278,32 @@ fn try_read_owner(root: &Path, pid: u32) -> ProcResult<ProcessFacts> {
 pub enum Depth {
     /// Everything ([`ProcessFacts`] in full): a GPU process.
     Full,
-    /// Owner and cgroup only: a container's main process holding no GPU.
+    /// Owner, cgroups and PID namespace only: a container's main process
+    /// holding no GPU.
     Owner,
 }
 
 /// The facts of one process (user name not yet resolved); `None` when it is
-/// gone or its files are unreadable or malformed.
+/// gone.
 pub fn read_process(root: &Path, pid: u32) -> Option<ProcessFacts> {
-    read_at_depth(root, pid, Depth::Full)
+    read_at_depth(root, pid, Depth::Full, Host::default())
 }
 
 /// [`read_process`] at this depth.
-pub fn read_at_depth(root: &Path, pid: u32, depth: Depth) -> Option<ProcessFacts> {
-    let read = match depth {
-        Depth::Full => try_read_process(root, pid),
-        Depth::Owner => try_read_owner(root, pid),
-    };
-    match read {
-        Ok(facts) => Some(facts),
-        Err(ProcError::NotFound(_)) => {
-            debug!(pid, "gone from /proc; skipped");
-            None
+pub fn read_at_depth(root: &Path, pid: u32, depth: Depth, host: Host) -> Option<ProcessFacts> {
+    match try_read(root, pid, depth, host) {
+        Ok(facts) => {
+            if let Some(why) = &facts.read_error {
+                warn!(
+                    pid,
+                    uid = facts.uid,
+                    "some of its /proc files cannot be read ({why}); reported with what is known"
+                );
+            }
+            Some(facts)
         }
         Err(e) => {
-            debug!(pid, "cannot read: {e}; skipped");
+            debug!(pid, "gone from /proc ({e}); skipped");
             None
         }
     }
@@ -239,27 +325,37 @@ pub fn pids_to_read(observed: &Observations) -> Vec<(u32, Depth)> {
         .collect()
 }
 
+/// What one read of `/proc` found.
+struct Found {
+    processes: BTreeMap<u32, ProcessFacts>,
+    /// Processes reported with a `read_error`.
+    read_errors: u64,
+}
+
 /// Reads every PID under `root` and names its owner: blocking work, for the
 /// blocking pool.
-fn read_all(
-    root: &Path,
-    pids: &[(u32, Depth)],
-    users: &UserNames,
-) -> Result<BTreeMap<u32, ProcessFacts>, CollectError> {
+fn read_all(root: &Path, pids: &[(u32, Depth)], users: &UserNames) -> Result<Found, CollectError> {
     if let Err(e) = std::fs::read_dir(root) {
         return Err(CollectError::Unavailable(format!(
             "cannot read {}: {e}",
             root.display()
         )));
     }
-    let mut processes = BTreeMap::new();
+    let host = Host {
+        pid_namespace: host_pid_namespace(root),
+    };
+    let mut read = Found {
+        processes: BTreeMap::new(),
+        read_errors: 0,
+    };
     for &(pid, depth) in pids {
-        if let Some(mut facts) = read_at_depth(root, pid, depth) {
+        if let Some(mut facts) = read_at_depth(root, pid, depth, host) {
+            read.read_errors += u64::from(facts.read_error.is_some());
             facts.user = users.name(facts.uid);
-            processes.insert(pid, facts);
+            read.processes.insert(pid, facts);
         }
     }
-    Ok(processes)
+    Ok(read)
 }
 
 #[async_trait]
@@ -282,15 +378,19 @@ impl Collector for Procfs {
         let users = ctx.users.clone();
         // On the blocking pool: a timeout abandons the task (its thread ends
         // when the read returns, or with the process).
-        let processes = tokio::task::spawn_blocking(move || read_all(&root, &pids, &users))
+        let read = tokio::task::spawn_blocking(move || read_all(&root, &pids, &users))
             .await
             .map_err(|e| CollectError::Unavailable(format!("reading /proc failed: {e}")))??;
+        let mut stats = BTreeMap::new();
+        if read.read_errors > 0 {
+            stats.insert("read_errors".to_string(), read.read_errors);
+        }
         Ok(Collected {
             observations: Observations {
-                processes,
+                processes: read.processes,
                 ..Default::default()
             },
-            ..Default::default()
+            stats,
         })
     }
 }
@@ -429,10 +529,41 @@ mod tests {
             (kthread.cmdline.as_str(), kthread.in_container),
             ("[python3]", false)
         );
-        // Gone, or garbled: skipped.
+        // Gone: skipped.
         assert!(read_process(dir.path(), 448).is_none());
+        // Garbled: reported with what is known, and why the rest is not.
         std::fs::write(dir.path().join("9/stat"), "9 (x) S 1 2").expect("w");
-        assert!(read_process(dir.path(), 9).is_none());
+        let garbled = read_process(dir.path(), 9).expect("still reported");
+        assert_eq!(garbled.uid, 0);
+        assert!(garbled
+            .read_error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("stat: ")));
+        // A name that is not UTF-8, in stat and status: decoded lossily.
+        let status = std::fs::read(dir.path().join("447/status")).expect("r");
+        let mut renamed = b"Name:\t\xffx\n".to_vec();
+        renamed.extend(status.split(|b| *b == b'\n').skip(1).flat_map(|l| {
+            let mut l = l.to_vec();
+            l.push(b'\n');
+            l
+        }));
+        std::fs::write(dir.path().join("447/status"), renamed).expect("w");
+        std::fs::write(dir.path().join("447/stat"), b"447 (\xffx) S 1 447 447 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 555 0 0 18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0 0 0 0 0 0 0 0 0\n").expect("w");
+        let lossy = read_process(dir.path(), 447).expect("read");
+        assert_eq!(
+            (lossy.uid, lossy.comm.as_str(), lossy.read_error),
+            (1001, "\u{fffd}x", None)
+        );
+    }
+
+    #[test]
+    fn a_command_line_is_read_up_to_its_cap() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let long = vec![b'a'; CMDLINE_READ_CAP * 3];
+        craft(dir.path(), 447, 1001, &long, "0::/\n");
+        let facts = read_process(dir.path(), 447).expect("read");
+        assert_eq!(facts.cmdline.len(), CMDLINE_READ_CAP + '…'.len_utf8());
+        assert!(facts.cmdline.ends_with('…'));
     }
 
     #[test]

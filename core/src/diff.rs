@@ -4,7 +4,7 @@ use serde_json::json;
 
 use crate::model::{
     pid_map::in_text_order, short_id, ContainerEntry, Event, EventType, Inventory, ProcessEntry,
-    ShortLivedContainer,
+    ShortLivedContainer, UserGpuUse,
 };
 
 fn event(now: &str, event_type: EventType, user: &str, details: serde_json::Value) -> Event {
@@ -37,7 +37,50 @@ pub fn transitions(
     short_lived_events(previous, current, short_lived, now, &mut events);
     container_gpu_events(previous, current, now, &mut events);
     process_events(previous, current, now, &mut events);
+    user_gpu_use_events(previous, current, now, &mut events);
     events
+}
+
+/// A user's GPU use by short-lived processes (`user_gpu_use`): started
+/// when it is first confirmed, stopped when it ends; once each.
+fn user_gpu_use_events(
+    previous: &Inventory,
+    current: &Inventory,
+    now: &str,
+    events: &mut Vec<Event>,
+) {
+    let same = |a: &UserGpuUse, b: &UserGpuUse| a.user == b.user && a.gpu_uuid == b.gpu_uuid;
+    for old in &previous.user_gpu_use {
+        if !current.user_gpu_use.iter().any(|u| same(u, old)) {
+            events.push(event(
+                now,
+                EventType::UserGpuUseStopped,
+                &old.user,
+                json!({
+                    "gpu_uuid": old.gpu_uuid,
+                    "gpu_memory_mb": old.gpu_memory_mb,
+                    "processes_seen": old.processes_seen,
+                    "detected_at": old.detected_at,
+                }),
+            ));
+        }
+    }
+    for new in &current.user_gpu_use {
+        if !previous.user_gpu_use.iter().any(|u| same(u, new)) {
+            events.push(event(
+                now,
+                EventType::UserGpuUseStarted,
+                &new.user,
+                json!({
+                    "gpu_uuid": new.gpu_uuid,
+                    "gpu_memory_mb": new.gpu_memory_mb,
+                    "pids": new.pids,
+                    "processes_seen": new.processes_seen,
+                    "detected_at": new.detected_at,
+                }),
+            ));
+        }
+    }
 }
 
 /// A container created and removed between the two scans: discovered and
@@ -186,6 +229,25 @@ fn container_events(previous: &Inventory, current: &Inventory, now: &str, events
     }
 }
 
+/// What a discovered host GPU process's event says: its pid, command line,
+/// memory and GPU, and, when known, its cgroup (where it really runs) and
+/// why some of its `/proc` files could not be read.
+fn discovered_details(p: &ProcessEntry) -> serde_json::Value {
+    let mut details = json!({
+        "pid": p.pid,
+        "cmdline": p.cmdline,
+        "gpu_memory_mb": p.gpu_memory_mb,
+        "gpu_uuid": p.gpu_uuid,
+    });
+    if let Some(cgroup) = &p.cgroup {
+        details["cgroup"] = json!(cgroup);
+    }
+    if let Some(why) = &p.read_error {
+        details["read_error"] = json!(why);
+    }
+    details
+}
+
 fn process_events(previous: &Inventory, current: &Inventory, now: &str, events: &mut Vec<Event>) {
     // Processes in the order of their PIDs as text: the order of the file.
     for (_, old) in in_text_order(&previous.host_processes) {
@@ -204,12 +266,7 @@ fn process_events(previous: &Inventory, current: &Inventory, now: &str, events: 
                 now,
                 EventType::HostGpuProcessDiscovered,
                 &new.user,
-                json!({
-                    "pid": new.pid,
-                    "cmdline": new.cmdline,
-                    "gpu_memory_mb": new.gpu_memory_mb,
-                    "gpu_uuid": new.gpu_uuid,
-                }),
+                discovered_details(new),
             ));
         }
     }

@@ -163,14 +163,113 @@ pub struct ProcessFacts {
     pub comm: String,
     /// Start time in clock ticks since boot (field 22 of `/proc/<pid>/stat`).
     pub start_time: u64,
-    /// Whether its cgroup is a container's (docker, containerd, libpod, kubepods).
+    /// Whether its cgroup path *looks* like a container's (a runtime's name
+    /// and a 64-hex id, or `kubepods`). A claim, not a fact: anyone with a
+    /// delegated cgroup can name one so. Only the core's membership rule
+    /// (the container's full id in the cgroup the engine runs it in, or its
+    /// main process's PID namespace) puts a process in a container.
     pub in_container: bool,
-    /// The 64-hex container id found in the cgroup path, when there is one.
+    /// The 64-hex id its cgroup path names, when there is one (a claim, as
+    /// `in_container`).
     pub container_id: Option<String>,
     /// The executable (`/proc/<pid>/exe`), when it could be read: what the
     /// process really runs, whatever it calls itself.
     #[serde(default)]
     pub exe: Option<String>,
+    /// Its cgroups, one per hierarchy (`/proc/<pid>/cgroup`; one line on
+    /// cgroup v2, one per controller set on v1).
+    #[serde(default)]
+    pub cgroups: Vec<CgroupMembership>,
+    /// Its PID namespace (the inode of `/proc/<pid>/ns/pid`) when it is not
+    /// the host's: a container's (or a user's own namespace).
+    #[serde(default)]
+    pub pid_namespace: Option<u64>,
+    /// Why some of its `/proc` files could not be read: what is known is
+    /// still reported (its owner then comes from the owner of `/proc/<pid>`).
+    #[serde(default)]
+    pub read_error: Option<String>,
+}
+
+/// One line of `/proc/<pid>/cgroup`: the hierarchy (`12:pids`, `0:` on
+/// cgroup v2) and the path in it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CgroupMembership {
+    /// Hierarchy id and controllers, as the file says them (`12:pids`,
+    /// `1:name=systemd`, `0:`).
+    pub hierarchy: String,
+    /// The path within that hierarchy (`/docker/<id>`).
+    pub path: String,
+}
+
+/// The runtimes whose names mark a container's cgroup segment.
+pub const RUNTIME_MARKERS: [&str; 5] = ["docker", "containerd", "crio", "libpod", "kubepods"];
+
+/// The 64-hex container id one cgroup path segment names: the whole segment
+/// when it is 64 hex digits (the cgroupfs driver's `/docker/<id>`), else a
+/// 64-hex id inside a segment naming a runtime (`docker-<id>.scope`,
+/// `libpod-<id>`, `cri-containerd-<id>.scope`).
+pub fn cgroup_segment_id(segment: &str) -> Option<&str> {
+    let id = hex_id(segment)?;
+    (id.len() == segment.len() || RUNTIME_MARKERS.iter().any(|m| segment.contains(m))).then_some(id)
+}
+
+/// The 64-hex id inside one path segment, bounded by non-hex characters.
+fn hex_id(segment: &str) -> Option<&str> {
+    let bytes = segment.as_bytes();
+    (0..(bytes.len() + 1).saturating_sub(64)).find_map(|i| {
+        let window = segment.get(i..i + 64)?;
+        let hex = window
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let before = i.checked_sub(1).and_then(|j| bytes.get(j));
+        let bounded = bytes.get(i + 64).is_none_or(|b| !b.is_ascii_hexdigit())
+            && before.is_none_or(|b| !b.is_ascii_hexdigit());
+        (hex && bounded).then_some(window)
+    })
+}
+
+impl CgroupMembership {
+    /// Whether a segment of this path names the container `id` (full id).
+    pub fn names(&self, id: &str) -> bool {
+        self.path
+            .split('/')
+            .any(|segment| cgroup_segment_id(segment) == Some(id))
+    }
+
+    /// Whether this path is `other`'s path or lies under it, in the same
+    /// hierarchy.
+    pub fn within(&self, other: &CgroupMembership) -> bool {
+        self.hierarchy == other.hierarchy
+            && (self.path == other.path
+                || self
+                    .path
+                    .strip_prefix(other.path.trim_end_matches('/'))
+                    .is_some_and(|rest| rest.starts_with('/')))
+    }
+}
+
+impl ProcessFacts {
+    /// The cgroup path worth recording for people: the first one naming a
+    /// container-looking segment, else the unified (v2) one unless it is the
+    /// root, else systemd's, else the first.
+    pub fn cgroup_path(&self) -> Option<&str> {
+        let looks = self.cgroups.iter().find(|c| {
+            c.path.split('/').any(|s| cgroup_segment_id(s).is_some()) || c.path.contains("kubepods")
+        });
+        let unified = self
+            .cgroups
+            .iter()
+            .find(|c| c.hierarchy == "0:" && c.path != "/");
+        let systemd = self
+            .cgroups
+            .iter()
+            .find(|c| c.hierarchy.ends_with(":name=systemd"));
+        looks
+            .or(unified)
+            .or(systemd)
+            .or(self.cgroups.first())
+            .map(|c| c.path.as_str())
+    }
 }
 
 /// Which kind of fact a collector provides or needs.
@@ -301,6 +400,40 @@ pub struct Inventory {
         serialize_with = "pid_map::serialize"
     )]
     pub pending_container_processes: BTreeMap<u32, ProcessEntry>,
+    /// Continuous GPU use by one user on one GPU carried by processes that
+    /// each live shorter than a scan (a job sliced into short-lived PIDs):
+    /// confirmed once such use is seen in two consecutive scans, with at
+    /// least one of its processes gone before it could be confirmed. Sorted
+    /// by user, then GPU.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub user_gpu_use: Vec<UserGpuUse>,
+    /// Such use seen once so far (not yet confirmed).
+    #[serde(
+        default,
+        rename = "_pending_user_gpu_use",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub pending_user_gpu_use: Vec<UserGpuUse>,
+}
+
+/// GPU memory one user's unconfirmed (pending) host processes hold on one
+/// GPU; see [`Inventory::user_gpu_use`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct UserGpuUse {
+    /// Owner of the processes.
+    pub user: String,
+    /// UUID of the GPU.
+    pub gpu_uuid: String,
+    /// The memory they hold now, MiB (`null` when the driver does not say).
+    pub gpu_memory_mb: Option<u64>,
+    /// The PIDs holding it now (pending host processes).
+    pub pids: Vec<u32>,
+    /// How many distinct processes have carried this use so far.
+    pub processes_seen: u64,
+    /// When this use was first seen.
+    pub detected_at: String,
+    /// Consecutive scans in which it was seen.
+    pub seen_scans: u32,
 }
 
 /// One container in the inventory.
@@ -496,6 +629,15 @@ pub struct ProcessEntry {
     /// Consecutive scans in which it was seen.
     #[serde(default)]
     pub seen_scans: u32,
+    /// Its cgroup path (see [`ProcessFacts::cgroup_path`]): where a process
+    /// that is not in a container the engine listed runs, whatever its
+    /// cgroup's name claims.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    /// Why some of its `/proc` files could not be read (it is reported with
+    /// what is known).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_error: Option<String>,
 }
 
 impl ProcessEntry {
@@ -626,11 +768,17 @@ pub enum EventType {
     /// A container's GPU use stopped matching what it was granted.
     #[serde(rename = "detection.container_gpu_mismatch")]
     ContainerGpuMismatch,
+    /// A user's GPU use through short-lived processes was confirmed.
+    #[serde(rename = "detection.user_gpu_use_started")]
+    UserGpuUseStarted,
+    /// A user's confirmed GPU use through short-lived processes ended.
+    #[serde(rename = "detection.user_gpu_use_stopped")]
+    UserGpuUseStopped,
 }
 
 impl EventType {
     /// Every event type.
-    pub const ALL: [EventType; 8] = [
+    pub const ALL: [EventType; 10] = [
         EventType::ContainerDiscovered,
         EventType::ContainerStatusChanged,
         EventType::ContainerExited,
@@ -639,6 +787,8 @@ impl EventType {
         EventType::ContainerGpuStarted,
         EventType::ContainerGpuStopped,
         EventType::ContainerGpuMismatch,
+        EventType::UserGpuUseStarted,
+        EventType::UserGpuUseStopped,
     ];
 
     /// Its `detection.*` name.
@@ -652,6 +802,8 @@ impl EventType {
             EventType::ContainerGpuStarted => "detection.container_gpu_started",
             EventType::ContainerGpuStopped => "detection.container_gpu_stopped",
             EventType::ContainerGpuMismatch => "detection.container_gpu_mismatch",
+            EventType::UserGpuUseStarted => "detection.user_gpu_use_started",
+            EventType::UserGpuUseStopped => "detection.user_gpu_use_stopped",
         }
     }
 }

@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::model::{ContainerEntry, GpuDevice, Inventory, ProcessEntry};
+use crate::model::{ContainerEntry, GpuDevice, Inventory, ProcessEntry, UserGpuUse};
 
 /// Which workloads to show.
 #[derive(Clone, Debug, Default)]
@@ -38,13 +38,16 @@ pub enum Layout {
 }
 
 /// What a row shows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     /// A container.
     Container,
     /// A host GPU process (confirmed or pending).
     Process,
+    /// A user's GPU use by short-lived processes (`user_gpu_use`).
+    #[serde(rename = "gpu-use")]
+    GpuUse,
 }
 
 /// One workload, as the table shows it.
@@ -93,19 +96,35 @@ pub fn rows(inv: &Inventory, filter: &Filter, now: i64) -> Vec<Row> {
                 .values()
                 .map(|p| process_row(p, "pending", now)),
         );
+    let sliced = inv.user_gpu_use.iter().map(|u| use_row(u, now));
     let mut rows: Vec<Row> = containers
         .chain(processes)
+        .chain(sliced)
         .filter(|r| filter.user.as_ref().is_none_or(|u| &r.user == u))
         .filter(|r| !filter.gpu_only || r.gpu)
         .collect();
-    rows.sort_by(|a, b| {
-        (&a.user, a.kind == Kind::Process, &a.name).cmp(&(
-            &b.user,
-            b.kind == Kind::Process,
-            &b.name,
-        ))
-    });
+    rows.sort_by(|a, b| (&a.user, a.kind, &a.name).cmp(&(&b.user, b.kind, &b.name)));
     rows
+}
+
+/// A user's GPU use by short-lived processes: its PIDs of now as the name.
+fn use_row(u: &UserGpuUse, now: i64) -> Row {
+    let pids: Vec<String> = u.pids.iter().map(u32::to_string).collect();
+    Row {
+        kind: Kind::GpuUse,
+        name: pids.join(","),
+        user: u.user.clone(),
+        origin: "host".to_string(),
+        status: "short-lived".to_string(),
+        gpus: vec![short_uuid(&u.gpu_uuid)],
+        gpu_memory_mb: u.gpu_memory_mb,
+        what: format!(
+            "GPU use by short-lived processes ({} so far)",
+            u.processes_seen
+        ),
+        age_s: age(&u.detected_at, now),
+        gpu: true,
+    }
 }
 
 fn container_row(c: &ContainerEntry, now: i64) -> Row {
@@ -179,19 +198,27 @@ pub fn human_mib(mib: u64) -> String {
     }
 }
 
-/// Control characters (C0, DEL, C1, and the line/paragraph separators)
-/// replaced by `?`, so that text from labels and command lines cannot move
-/// the cursor, change colours or split lines.
+/// Control characters (C0, DEL, C1, the line/paragraph separators and the
+/// bidirectional controls) replaced by `?`, so that text from labels and
+/// command lines cannot move the cursor, change colours, split lines or
+/// reorder what is shown (`U+202E nimda U+202C` showing as "admin").
 pub fn printable(text: &str) -> String {
     text.chars()
-        .map(|c| {
-            if c.is_control() || c == '\u{2028}' || c == '\u{2029}' {
-                '?'
-            } else {
-                c
-            }
-        })
+        .map(|c| if unsafe_to_show(c) { '?' } else { c })
         .collect()
+}
+
+/// Whether a character may change how a terminal shows what follows it.
+pub fn unsafe_to_show(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}' | '\u{2029}'
+            // Embeddings, overrides, isolates and their ends.
+            | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+            // Marks that set a direction.
+            | '\u{200e}' | '\u{200f}' | '\u{061c}'
+        )
 }
 
 /// Cuts `text` to `width` characters, ending in `…` when cut.
@@ -220,6 +247,7 @@ fn cells(r: &Row) -> [String; 9] {
         match r.kind {
             Kind::Container => "container".to_string(),
             Kind::Process => "process".to_string(),
+            Kind::GpuUse => "gpu-use".to_string(),
         },
         printable(&r.name),
         printable(&r.user),

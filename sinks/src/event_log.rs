@@ -28,6 +28,7 @@ use crate::fsafe::{check_own_file, ensure_safe_dir, open_nofollow};
 /// --sample event-log`); `config/default.toml` holds the same table.
 pub const SAMPLE: &str = r#"[[sinks.event-log]]
 path = "/var/log/ds01/events.jsonl"
+mode = "0644"                   # when it creates the file; never writable by group or others
 "#;
 
 /// `[[sinks.event-log]]`
@@ -36,12 +37,16 @@ path = "/var/log/ds01/events.jsonl"
 pub struct EventLogConfig {
     /// The JSON-lines file.
     pub path: PathBuf,
+    /// Its permission bits when created, in octal; group- or world-writable
+    /// modes are refused.
+    pub mode: String,
 }
 
 impl Default for EventLogConfig {
     fn default() -> Self {
         Self {
             path: PathBuf::from("/var/log/ds01/events.jsonl"),
+            mode: "0644".to_string(),
         }
     }
 }
@@ -142,6 +147,7 @@ fn cut(s: &str, keep: usize) -> String {
 #[derive(Debug)]
 pub struct EventLog {
     path: PathBuf,
+    mode: u32,
 }
 
 impl EventLog {
@@ -151,7 +157,7 @@ impl EventLog {
     fn open(&self) -> Result<File, String> {
         ensure_safe_dir(&self.path)?;
         let file = open_nofollow(
-            OpenOptions::new().append(true).create(true).mode(0o644),
+            OpenOptions::new().append(true).create(true).mode(self.mode),
             &self.path,
         )?;
         let mode = check_own_file(&file, &self.path)?.mode() & 0o7777;
@@ -210,7 +216,12 @@ fn build(config: PluginConfig<'_>) -> Result<Box<dyn Sink>, ConfigError> {
     if parsed.path.as_os_str().is_empty() {
         return Err(config.invalid("path", "must not be empty"));
     }
-    Ok(Box::new(EventLog { path: parsed.path }))
+    let mode =
+        crate::fsafe::parse_file_mode(&parsed.mode).map_err(|e| config.invalid("mode", e))?;
+    Ok(Box::new(EventLog {
+        path: parsed.path,
+        mode,
+    }))
 }
 
 detect_workloads_core::inventory::submit! {
@@ -304,7 +315,7 @@ mod tests {
         std::fs::write(&outside, "keep").expect("write");
         let path = dir.path().join("events.jsonl");
         std::os::unix::fs::symlink(&outside, &path).expect("symlink");
-        let log = EventLog { path };
+        let log = EventLog { path, mode: 0o644 };
         let err = log.open().expect_err("a link is refused");
         assert!(err.contains("symbolic link"), "{err}");
         assert_eq!(std::fs::read_to_string(&outside).expect("read"), "keep");
@@ -316,7 +327,12 @@ mod tests {
         let path = dir.path().join("events.jsonl");
         std::fs::write(&path, "").expect("write");
         std::fs::set_permissions(&path, Permissions::from_mode(0o666)).expect("chmod");
-        EventLog { path: path.clone() }.open().expect("opens");
+        EventLog {
+            path: path.clone(),
+            mode: 0o644,
+        }
+        .open()
+        .expect("opens");
         let mode = std::fs::metadata(&path).expect("meta").mode() & 0o7777;
         assert_eq!(mode, 0o644);
     }

@@ -205,6 +205,30 @@ pub fn check_own_file(file: &File, path: &Path) -> Result<std::fs::Metadata, Str
     Ok(meta)
 }
 
+/// A file mode from the configuration (`"0644"`, `"640"`, `"0o640"`), for a
+/// file the scan writes as root and others read: one that lets the group or
+/// everyone write is refused, since whoever can write the inventory can forge
+/// the state the next scan starts from (and the events it then emits), and
+/// whoever can write the event log can forge the lab's reports.
+pub fn parse_file_mode(text: &str) -> Result<u32, String> {
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    let mode = u32::from_str_radix(digits, 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| format!("{text:?} is not an octal mode such as \"0644\""))?;
+    if mode & 0o022 != 0 {
+        return Err(format!(
+            "{text:?} lets {} write the file: use a mode such as \"0644\" or \"0640\"",
+            if mode & 0o002 != 0 {
+                "everyone"
+            } else {
+                "its group"
+            }
+        ));
+    }
+    Ok(mode)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

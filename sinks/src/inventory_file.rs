@@ -59,11 +59,6 @@ pub struct InventoryFile {
     mode: u32,
 }
 
-fn parse_mode(text: &str) -> Option<u32> {
-    let digits = text.strip_prefix("0o").unwrap_or(text);
-    u32::from_str_radix(digits, 8).ok().filter(|m| *m <= 0o7777)
-}
-
 impl InventoryFile {
     /// A sink writing `path` with permission bits `mode`.
     pub fn new(path: PathBuf, mode: u32) -> Self {
@@ -288,12 +283,8 @@ impl Sink for InventoryFile {
 
 fn build(config: PluginConfig<'_>) -> Result<Box<dyn Sink>, ConfigError> {
     let parsed: InventoryFileConfig = config.parse()?;
-    let mode = parse_mode(&parsed.mode).ok_or_else(|| {
-        config.invalid(
-            "mode",
-            format!("{:?} is not an octal mode such as \"0644\"", parsed.mode),
-        )
-    })?;
+    let mode =
+        crate::fsafe::parse_file_mode(&parsed.mode).map_err(|e| config.invalid("mode", e))?;
     if parsed.path.as_os_str().is_empty() {
         return Err(config.invalid("path", "must not be empty"));
     }
@@ -315,6 +306,10 @@ mod tests {
     use std::fs::Permissions;
     use std::os::unix::fs::PermissionsExt;
 
+    fn parse_mode(text: &str) -> Option<u32> {
+        crate::fsafe::parse_file_mode(text).ok()
+    }
+
     #[test]
     fn modes() {
         assert_eq!(parse_mode("0644"), Some(0o644));
@@ -322,6 +317,10 @@ mod tests {
         assert_eq!(parse_mode("0o640"), Some(0o640));
         assert_eq!(parse_mode("0888"), None);
         assert_eq!(parse_mode("rw-r--r--"), None);
+        // Writable by the group or everyone: anyone could forge the state.
+        assert_eq!(parse_mode("0666"), None);
+        assert_eq!(parse_mode("0664"), None);
+        assert_eq!(parse_mode("0602"), None);
     }
 
     #[test]

@@ -9,7 +9,8 @@
 #
 #   detection  20 x `docker run -d` returning -> its container_discovered line
 #              (target: worst < 1 s)
-#   gpu        10 x a `sleep` added to the scripted nvidia-smi's CSV, and 10 x to
+#   gpu        10 x a `sleep` added to the scripted nvidia-smi's CSV (alone, and
+#              as the fallback of an NVML whose library is absent), and 10 x to
 #              the fake NVML's scenario (target/release/libfake_nvml.so,
 #              FAKE_NVML_FOLLOW=1 so that the kept NVML session sees it) ->
 #              its host_gpu_process_discovered line
@@ -156,6 +157,20 @@ watch lat
 python3 tests/bench/watch.py docker --host "$HOST" --image "$DW_TEST_IMAGE" --events "$WORK/lat/events.jsonl"
 python3 tests/bench/watch.py gpu --source nvidia-smi --file "$WORK/apps.csv" \
 	--line "{pid}, 10, $UUID" --events "$WORK/lat/events.jsonl"
+stop_watch
+
+# NVML configured but absent (no library): the nvidia-smi fallback only.
+: >"$WORK/fallback.csv"
+config fallback "[[collectors.nvml]]
+library = \"$WORK/no-such-libnvidia-ml.so.1\"
+
+[[collectors.nvidia-smi]]
+fallback_for = \"nvml\"
+command = \"$(smi "$WORK/fallback.csv" fallback)\"
+timeout = \"5s\""
+watch fallback
+python3 tests/bench/watch.py gpu --source "nvidia-smi fallback (NVML absent)" --file "$WORK/fallback.csv" \
+	--line "{pid}, 10, $UUID" --events "$WORK/fallback/events.jsonl"
 stop_watch
 
 printf 'driver 580.159.04\ngpu %s\n' "$UUID" >"$WORK/scenario"

@@ -15,6 +15,7 @@ pub fn inventory(
     work: Workset,
     gpus: &[GpuDevice],
     trust: &Trust,
+    now: &str,
 ) -> Inventory {
     let mut inventory = Inventory {
         gpus: gpus.iter().map(|g| (g.uuid.clone(), g.clone())).collect(),
@@ -29,17 +30,25 @@ pub fn inventory(
         inventory.containers.insert(entry.id.clone(), entry);
     }
     carry_over_containers(previous, trust, &mut inventory);
-    super::attribute::attribute(
+    let orphans = super::attribute::attribute(
         &mut inventory,
         previous,
         work.container_processes,
         trust.gpu_view_complete,
     );
     if trust.gpu_view_complete {
-        for draft in work.processes {
+        for draft in work.processes.into_iter().chain(orphans) {
             let pid = draft.entry.pid;
             match draft.verdict {
                 Verdict::Report => {
+                    // Kept for readers of `unattributed_processes`: a process
+                    // whose cgroup claims a container no engine runs it in.
+                    // It is a host process all the same (events, metrics, ps).
+                    if draft.facts.in_container {
+                        inventory
+                            .unattributed_processes
+                            .insert(pid, draft.entry.clone());
+                    }
                     inventory.host_processes.insert(pid, draft.entry);
                 }
                 Verdict::Pending => {
@@ -48,9 +57,12 @@ pub fn inventory(
                 Verdict::Drop(reason) => debug!(pid, "not reported: {reason}"),
             }
         }
+        super::sliced::track(&mut inventory, previous, now);
     } else {
         inventory.host_processes = previous.host_processes.clone();
         inventory.pending_processes = previous.pending_processes.clone();
+        inventory.user_gpu_use = previous.user_gpu_use.clone();
+        inventory.pending_user_gpu_use = previous.pending_user_gpu_use.clone();
     }
     inventory
 }

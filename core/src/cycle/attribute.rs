@@ -2,8 +2,9 @@
 //! once the stages have judged them (redacted, confirmed by the transient
 //! filter): `gpu_processes`, `gpu_memory_mb` (their sum), `gpu_uuids`
 //! (distinct), `gpu_in_use`, and `gpu_mismatch` when the use does not match
-//! what the container was granted. A confirmed process whose container the
-//! engine does not list goes to `unattributed_processes`, never dropped.
+//! what the container was granted. A confirmed process whose container is
+//! not in the inventory (gone meanwhile) is handed back, to be reported as
+//! a host process: never dropped.
 //!
 //! This runs on the assembled inventory (not in a stage) because it needs the
 //! final set of containers, those carried over from a failed source included,
@@ -17,31 +18,34 @@ use tracing::debug;
 use crate::model::{
     short_id, ContainerEntry, ContainerGpuProcess, GpuDevice, GpuMismatch, Inventory,
 };
-use crate::plugin::{ContainerProcessDraft, Verdict};
+use crate::plugin::{ContainerProcessDraft, ProcessDraft, Verdict};
 
-/// Fills the containers' GPU fields, `unattributed_processes` and
-/// `_pending_container_processes` of `inventory` from this cycle's drafts,
-/// or, when the GPU view is incomplete, from `previous`.
+/// Fills the containers' GPU fields and `_pending_container_processes` of
+/// `inventory` from this cycle's drafts, or, when the GPU view is
+/// incomplete, from `previous`. Returns the confirmed processes whose
+/// container is not in the inventory.
 pub fn attribute(
     inventory: &mut Inventory,
     previous: &Inventory,
     drafts: Vec<ContainerProcessDraft>,
     gpu_view_complete: bool,
-) {
+) -> Vec<ProcessDraft> {
     if !gpu_view_complete {
         carry_over(inventory, previous);
-        return;
+        return Vec::new();
     }
     for entry in inventory.containers.values_mut() {
         clear(entry);
     }
-    for draft in drafts {
-        place(inventory, draft);
-    }
+    let orphans = drafts
+        .into_iter()
+        .filter_map(|draft| place(inventory, draft))
+        .collect();
     let index = gpu_index(&inventory.gpus);
     for entry in inventory.containers.values_mut() {
         summarise(entry, &index);
     }
+    orphans
 }
 
 /// The GPU fields of each container, and the process maps, as they were.
@@ -74,8 +78,9 @@ fn clear(entry: &mut ContainerEntry) {
     entry.gpu_mismatch = None;
 }
 
-/// Puts one judged process where its verdict and its container say.
-fn place(inventory: &mut Inventory, draft: ContainerProcessDraft) {
+/// Puts one judged process where its verdict and its container say; hands
+/// it back when its container is not in the inventory.
+fn place(inventory: &mut Inventory, draft: ContainerProcessDraft) -> Option<ProcessDraft> {
     let p = draft.process;
     let pid = p.entry.pid;
     match p.verdict {
@@ -101,12 +106,13 @@ fn place(inventory: &mut Inventory, draft: ContainerProcessDraft) {
                     }));
                 }
                 None => {
-                    debug!(pid, container = ?p.facts.container_id, "GPU process in a container the engine does not list");
-                    inventory.unattributed_processes.insert(pid, p.entry);
+                    debug!(pid, container = ?p.facts.container_id, "GPU process of a container no longer in the inventory: reported as a host process");
+                    return Some(p);
                 }
             }
         }
     }
+    None
 }
 
 /// GPU index (as `nvidia-smi` numbers them) -> UUID, from NVML's description.
@@ -246,7 +252,7 @@ mod tests {
             draft(12, ID, Verdict::Pending, &[("GPU-b", 1)]),
             draft(13, &unknown, Verdict::Report, &[("GPU-b", 7)]),
         ];
-        attribute(&mut inv, &Inventory::default(), drafts, true);
+        let orphans = attribute(&mut inv, &Inventory::default(), drafts, true);
         let c = &inv.containers[&short_id(ID)];
         let pids: Vec<u32> = c.gpu_processes.iter().map(|p| p.pid).collect();
         assert_eq!(pids, [10, 10, 11]);
@@ -260,7 +266,8 @@ mod tests {
             inv.pending_container_processes.keys().collect::<Vec<_>>(),
             [&12]
         );
-        assert_eq!(inv.unattributed_processes.keys().collect::<Vec<_>>(), [&13]);
+        let orphans: Vec<u32> = orphans.iter().map(|p| p.entry.pid).collect();
+        assert_eq!(orphans, [13], "handed back, to be reported on the host");
     }
 
     #[test]

@@ -18,7 +18,9 @@ pub mod assemble;
 pub mod attribute;
 pub mod deliver;
 pub mod health;
+pub mod membership;
 pub mod schedule;
+pub mod sliced;
 pub mod stages;
 pub mod state;
 pub mod trust;
@@ -145,7 +147,7 @@ async fn cycle(
     stages::run(&config.stages, &mut work, &ctx);
     debug!(elapsed_ms = clock.ms(), "stages done");
 
-    let mut inventory = assemble::inventory(previous, work, &observed.gpus, &trust);
+    let mut inventory = assemble::inventory(previous, work, &observed.gpus, &trust, &clock.now);
     inventory.last_scan = clock.now.clone();
     inventory.scan = Some(ScanReport {
         started_at: clock.now.clone(),
@@ -171,8 +173,24 @@ pub fn round_ms(d: Duration) -> f64 {
 
 fn log_summary(inventory: &Inventory) {
     let with_gpu = inventory.containers.values().filter(|c| c.has_gpu).count();
+    // Host processes whose cgroup looks like a container's no engine runs
+    // them in: counted among the host processes, and named here too.
+    let look_alike = inventory.unattributed_processes.len();
+    let look_alike = if look_alike > 0 {
+        format!(", {look_alike} of them in a look-alike container cgroup")
+    } else {
+        String::new()
+    };
+    let sliced = if inventory.user_gpu_use.is_empty() {
+        String::new()
+    } else {
+        format!(
+            ", {} GPU uses by short-lived processes",
+            inventory.user_gpu_use.len()
+        )
+    };
     info!(
-        "Scan complete: {} containers ({} with GPU), {} host GPU processes ({} pending)",
+        "Scan complete: {} containers ({} with GPU), {} host GPU processes ({} pending){look_alike}{sliced}",
         inventory.containers.len(),
         with_gpu,
         inventory.host_processes.len(),

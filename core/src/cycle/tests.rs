@@ -345,7 +345,7 @@ fn a_failed_sources_containers_are_carried_over_and_only_its() {
         first_container_source: "docker".into(),
         gpu_view_complete: true,
     };
-    let inventory = assemble::inventory(&previous, Workset::default(), &[], &trust);
+    let inventory = assemble::inventory(&previous, Workset::default(), &[], &trust, "now");
     let kept: Vec<&str> = inventory.containers.keys().map(String::as_str).collect();
     // `ccc` predates recording sources: it belongs to the first one.
     assert_eq!(kept, ["aaa", "ccc"]);
@@ -443,7 +443,7 @@ fn without_a_complete_gpu_view_the_processes_are_carried_over() {
     let previous = previous_with(before);
     let work = workset::build(&mut observed_process(8, 1), &previous, "T1");
     let trust = Trust::default();
-    let inventory = assemble::inventory(&previous, work, &[], &trust);
+    let inventory = assemble::inventory(&previous, work, &[], &trust, "now");
     assert_eq!(inventory.host_processes, previous.host_processes);
 }
 

@@ -3,12 +3,14 @@
 //! only with the same PID and start time ([`ProcessEntry::is_process`]), and
 //! what is carried over from an earlier sighting ([`first_seen`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use tracing::debug;
 
+use super::membership::Membership;
 use crate::model::{
-    ContainerEntry, ContainerFacts, GpuProcess, Inventory, Observations, ProcessEntry, ProcessFacts,
+    short_id, ContainerEntry, ContainerFacts, GpuProcess, Inventory, Observations, ProcessEntry,
+    ProcessFacts,
 };
 use crate::plugin::{ContainerDraft, ContainerProcessDraft, ProcessDraft, Verdict, Workset};
 
@@ -21,14 +23,12 @@ pub fn first_seen(before: Option<&str>, now: &str) -> String {
 /// The drafts of this cycle. The containers' facts move into their drafts
 /// (they are large: labels, inspect facts); the rest stays observed.
 pub fn build(observed: &mut Observations, previous: &Inventory, now: &str) -> Workset {
-    let containers = std::mem::take(&mut observed.containers)
-        .into_iter()
-        .map(|facts| container_draft(facts, previous, now))
-        .collect();
     let mut by_pid: BTreeMap<u32, Vec<&GpuProcess>> = BTreeMap::new();
     for g in &observed.gpu_processes {
         by_pid.entry(g.pid).or_default().push(g);
     }
+    let membership = Membership::new(&observed.containers, &observed.processes);
+    let listed: BTreeSet<String> = observed.containers.iter().map(|c| c.key()).collect();
     let mut processes = Vec::new();
     let mut container_processes = Vec::new();
     for (pid, gpus) in by_pid {
@@ -39,22 +39,64 @@ pub fn build(observed: &mut Observations, previous: &Inventory, now: &str) -> Wo
             );
             continue;
         };
-        if facts.in_container {
-            let seen = SeenBefore::in_container(facts, previous);
-            container_processes.push(ContainerProcessDraft {
-                process: process_draft(facts, &gpus, seen, now),
-                gpus: gpus.into_iter().cloned().collect(),
-            });
-        } else {
-            let seen = SeenBefore::on_host(facts, previous);
-            processes.push(process_draft(facts, &gpus, seen, now));
+        let container = membership
+            .container_of(facts)
+            .map(str::to_string)
+            .or_else(|| attributed_before(facts, previous, &listed));
+        match container {
+            Some(id) => {
+                let facts = ProcessFacts {
+                    in_container: true,
+                    container_id: Some(id),
+                    ..facts.clone()
+                };
+                let seen = SeenBefore::in_container(&facts, previous);
+                container_processes.push(ContainerProcessDraft {
+                    process: process_draft(&facts, &gpus, seen, now),
+                    gpus: gpus.into_iter().cloned().collect(),
+                });
+            }
+            None => {
+                if facts.in_container {
+                    debug!(pid, cgroup = ?facts.cgroup_path(), "its cgroup looks like a container's, but no container the engine listed runs there: a host process");
+                }
+                let seen = SeenBefore::on_host(facts, previous);
+                processes.push(process_draft(facts, &gpus, seen, now));
+            }
         }
     }
+    let containers = std::mem::take(&mut observed.containers)
+        .into_iter()
+        .map(|facts| container_draft(facts, previous, now))
+        .collect();
     Workset {
         containers,
         processes,
         container_processes,
     }
+}
+
+/// The container a process was attributed to in the previous inventory (the
+/// same process: same PID and start time), when that container is not
+/// listed this cycle (its source failed and it is carried over) and the
+/// process's cgroup still names it: it stays there rather than flapping to
+/// the host for one scan. Its full id, from the process's cgroup.
+fn attributed_before(
+    facts: &ProcessFacts,
+    previous: &Inventory,
+    listed: &BTreeSet<String>,
+) -> Option<String> {
+    let id = facts.container_id.as_ref()?;
+    let key = short_id(id);
+    if listed.contains(&key) {
+        return None;
+    }
+    let entry = previous.containers.get(&key)?;
+    entry
+        .gpu_processes
+        .iter()
+        .any(|p| p.pid == facts.pid && p.start_time == Some(facts.start_time))
+        .then(|| id.clone())
 }
 
 /// An earlier sighting of the same process (same PID, same start time).
@@ -161,6 +203,8 @@ fn process_draft(
         sm_util: gpus.iter().filter_map(|g| g.sm_util).max(),
         start_time: Some(facts.start_time),
         seen_scans: seen_scans.saturating_add(1),
+        cgroup: facts.cgroup_path().map(str::to_string),
+        read_error: facts.read_error.clone(),
     };
     ProcessDraft {
         facts: facts.clone(),

@@ -150,7 +150,14 @@ impl ResolveUser {
             return None;
         }
         let process = ctx.observations.processes.get(&inspect.main_pid)?;
-        if process.container_id.as_deref() != Some(draft.facts.id.as_str()) {
+        // Its cgroup names this container, or (a rootless container without
+        // a cgroup of its own) it names none and the process has a PID
+        // namespace of its own.
+        let id = draft.facts.id.as_str();
+        let here = process.cgroups.iter().any(|g| g.names(id))
+            || process.container_id.as_deref() == Some(id)
+            || (process.container_id.is_none() && process.pid_namespace.is_some());
+        if !here {
             debug!(
                 container = %draft.entry.id,
                 pid = inspect.main_pid,

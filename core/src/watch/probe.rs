@@ -3,6 +3,9 @@
 //! pending, the poll's cycle is skipped (nothing to confirm or end; the
 //! inventory is written on the next change or full scan). Otherwise the
 //! cycle runs and is handed the answer already given, instead of asking twice.
+//! The fallbacks are asked too, where the cycle would run them (their
+//! primary failed): with NVML absent, the `nvidia-smi` fallback's answer is
+//! what tells a poll that something changed.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -33,8 +36,9 @@ impl Probed {
     }
 
     /// Asks the collector now (bounded by its timeout); keeps the answer for
-    /// the cycle and returns what it listed, or why it failed.
-    pub async fn probe(&self) -> String {
+    /// the cycle and returns what it listed, or why it failed, and whether
+    /// it answered.
+    pub async fn probe(&self) -> (String, bool) {
         let previous = Previous::known(Inventory::default());
         let (observed, users) = (Observations::default(), UserNames::new());
         let ctx = CollectContext {
@@ -52,8 +56,9 @@ impl Probed {
             ),
             Err(e) => format!("error {e}"),
         };
+        let ok = answer.is_ok();
         self.keep(Some(answer));
-        listed
+        (listed, ok)
     }
 
     /// Forgets a kept answer (after the cycle, or when it is skipped).
@@ -102,9 +107,8 @@ impl Collector for Probed {
     }
 }
 
-/// Whether a collector lists GPU processes (and is probed before GPU polls).
+/// Whether a collector lists GPU processes (and is probed before GPU polls):
+/// a primary source or a fallback (`nvidia-smi` where NVML is absent).
 pub fn lists_gpu_processes(c: &dyn Collector) -> bool {
-    c.provides().contains(&FactKind::GpuProcesses)
-        && c.needs().is_empty()
-        && c.fallback_for().is_none()
+    c.provides().contains(&FactKind::GpuProcesses) && c.needs().is_empty()
 }

@@ -17,12 +17,14 @@ use super::probe::{lists_gpu_processes, Probed};
 use super::replay::{observes_containers, Replaying};
 use super::schedule::Job;
 use super::{feeds, Notice};
+use crate::plugin::Collector as _;
 
 /// A running configuration.
 pub struct Service {
     config: Config,
     replays: Vec<Arc<Replaying>>,
-    probes: Vec<Arc<Probed>>,
+    /// The GPU collectors (type, wrapped), fallbacks included.
+    probes: Vec<(&'static str, Arc<Probed>)>,
     /// What the probes listed before the last GPU poll's cycle, when that
     /// cycle succeeded with nothing pending; `None` forces the next cycle.
     settled: std::sync::Mutex<Option<Vec<String>>>,
@@ -43,7 +45,7 @@ impl Service {
             } else if lists_gpu_processes(c.plugin.as_ref()) {
                 let wrapped = Arc::new(Probed::new(Arc::clone(&c.plugin)));
                 c.plugin = wrapped.clone();
-                probes.push(wrapped);
+                probes.push((c.kind, wrapped));
             }
         }
         Service {
@@ -116,17 +118,14 @@ impl Service {
         for r in &self.replays {
             r.set_replay(job == Job::Gpu);
         }
-        let listed = (job == Job::Gpu && !self.probes.is_empty()).then(|| {
-            runtime.block_on(futures_util::future::join_all(
-                self.probes.iter().map(|p| p.probe()),
-            ))
-        });
+        let listed = (job == Job::Gpu && !self.probes.is_empty())
+            .then(|| runtime.block_on(self.probe_all()));
         if listed.is_some() && *self.lock_settled() == listed {
-            self.probes.iter().for_each(|p| p.forget());
+            self.forget_all();
             return Outcome::Unchanged;
         }
         let result = run_cycle(&self.config, runtime);
-        self.probes.iter().for_each(|p| p.forget());
+        self.forget_all();
         let settled = match &result {
             Ok(r) if r.inventory.pending_processes.is_empty() => listed,
             _ => None,
@@ -139,6 +138,40 @@ impl Service {
                 Outcome::Failed
             }
         }
+    }
+
+    /// Asks the GPU collectors the cycle would ask: every primary (at once),
+    /// then each fallback unless every instance of the type it stands in
+    /// for answered (as the cycle skips it). What each listed, in order.
+    async fn probe_all(&self) -> Vec<String> {
+        let primaries: Vec<&(&'static str, Arc<Probed>)> = self
+            .probes
+            .iter()
+            .filter(|(_, p)| p.fallback_for().is_none())
+            .collect();
+        let answers =
+            futures_util::future::join_all(primaries.iter().map(|(_, p)| p.probe())).await;
+        let mut listed = Vec::with_capacity(self.probes.len());
+        let mut answered: Vec<(&str, bool)> = Vec::new();
+        for ((kind, _), (text, ok)) in primaries.iter().zip(answers) {
+            answered.push((kind, ok));
+            listed.push(text);
+        }
+        for (_, fallback) in &self.probes {
+            let Some(primary) = fallback.fallback_for() else {
+                continue;
+            };
+            let mut of_type = answered.iter().filter(|(k, _)| *k == primary).peekable();
+            let skipped = of_type.peek().is_some() && of_type.all(|(_, ok)| *ok);
+            if !skipped {
+                listed.push(fallback.probe().await.0);
+            }
+        }
+        listed
+    }
+
+    fn forget_all(&self) {
+        self.probes.iter().for_each(|(_, p)| p.forget());
     }
 
     fn lock_settled(&self) -> std::sync::MutexGuard<'_, Option<Vec<String>>> {

@@ -100,6 +100,9 @@ impl CollectorState {
 /// - `ds01_workload_host_gpu_memory_bytes{user,UUID}`: memory they hold;
 /// - `ds01_workload_host_gpu_process_started_timestamp_seconds{user,UUID}`:
 ///   when the oldest of them was first seen;
+/// - `ds01_workload_short_lived_gpu_use{user,UUID}`: 1 while a user's GPU
+///   use by short-lived processes is confirmed (`user_gpu_use`; its memory
+///   counts in the host and user memory gauges);
 /// - `ds01_workload_user_gpu_memory_bytes{user}`: GPU memory by user
 ///   (a container's processes count for the container's user);
 /// - `ds01_workload_gpu_memory_bytes{UUID}`: attributed GPU memory by GPU;
@@ -239,6 +242,11 @@ fn gpu_memory(registry: &Registry, inv: &Inventory) -> Result<(), prometheus::Er
         by_user.with_label_values(&[&p.user]).add(b);
         by_gpu.with_label_values(&[&p.gpu_uuid]).add(b);
     }
+    for u in &inv.user_gpu_use {
+        let b = bytes(u.gpu_memory_mb);
+        by_user.with_label_values(&[&u.user]).add(b);
+        by_gpu.with_label_values(&[&u.gpu_uuid]).add(b);
+    }
     Ok(())
 }
 
@@ -274,6 +282,18 @@ fn host_processes(registry: &Registry, inv: &Inventory) -> Result<(), prometheus
     }
     for ((user, uuid), t) in oldest {
         started.with_label_values(&[user, uuid]).set(t as f64);
+    }
+    let sliced = gauge_vec(
+        registry,
+        "ds01_workload_short_lived_gpu_use",
+        "1 while a user's short-lived host processes hold GPU memory on a GPU scan after scan.",
+        &["user", "UUID"],
+    )?;
+    for u in &inv.user_gpu_use {
+        sliced.with_label_values(&[&u.user, &u.gpu_uuid]).set(1.0);
+        memory
+            .with_label_values(&[&u.user, &u.gpu_uuid])
+            .add(bytes(u.gpu_memory_mb));
     }
     Ok(())
 }
