@@ -102,9 +102,26 @@ fn write(dir: &Path) -> Result<(), WriteError> {
         let path = completions.join(file);
         let mut text = Vec::new();
         clap_complete::generate(shell, &mut cmd, NAME, &mut text);
+        if shell == Shell::Bash {
+            text = bash_subcommand_cases(&text);
+        }
         std::fs::write(&path, text).map_err(at(&path))?;
     }
     Ok(())
+}
+
+/// clap_complete 4.6 names a subcommand's case in its bash script from the
+/// binary's name with each `-` replaced by `__subcmd__`
+/// (`detect__subcmd__workloads__subcmd__ps`), but finds the subcommand on the
+/// command line under the name with `-` replaced by `__`
+/// (`detect__workloads__subcmd__ps`): with a `-` in the binary's name no
+/// subcommand's options would ever complete. The cases are renamed to what
+/// the script looks for (tests/e2e_package.rs completes `ps --f`).
+fn bash_subcommand_cases(script: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(script);
+    let wrong = format!("{}__subcmd__", NAME.replace('-', "__subcmd__"));
+    let right = format!("{}__subcmd__", NAME.replace('-', "__"));
+    text.replace(&wrong, &right).into_bytes()
 }
 
 /// The main page: clap_mangen's sections, then [`EXTRA`], then the version.
