@@ -307,3 +307,66 @@ fn a_socket_we_may_not_open_is_a_warning_naming_who_may() {
     );
     assert!(!err.contains("not available on this machine"), "{err}");
 }
+
+#[test]
+fn validate_shows_the_intervals_the_nvml_library_and_prometheus_and_refuses_relative_paths() {
+    let s = Scratch::new();
+    let textfile = s.path("textfile");
+    std::fs::create_dir_all(&textfile).expect("mkdir");
+    let config = s.config(
+        None,
+        &format!(
+            "[[sinks.prometheus]]\ntextfile_dir = \"{}\"\nlisten = \"127.0.0.1:9102\"\n",
+            textfile.display()
+        ),
+    );
+    edit_config(
+        &config,
+        "[agent]\n",
+        "[agent]\ninterval = \"45s\"\ngpu_interval = \"3s\"\n",
+    );
+    edit_config(
+        &config,
+        "[[collectors.nvidia-smi]]\n",
+        "[[collectors.nvml]]\nlibrary = \"/opt/nvidia/libnvidia-ml.so.1\"\n\n[[collectors.nvidia-smi]]\n",
+    );
+    let out = s.run(&config, &["validate"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains(", interval 45s, gpu_interval 3s"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("  nvml: library /opt/nvidia/libnvidia-ml.so.1, timeout 5s\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "  prometheus: writes {}/detect_workloads.prom atomically (mode 0644); serves http://127.0.0.1:9102/metrics (watch mode only)\n",
+            textfile.display()
+        )),
+        "{stdout}"
+    );
+    // A relative inventory or event log would land under the working
+    // directory (/ under systemd): refused, naming the key.
+    for (from, key) in [
+        (s.inventory_path(), "sinks.inventory-file"),
+        (s.events_path(), "sinks.event-log"),
+    ] {
+        let config = s.config(None, "");
+        edit_config(
+            &config,
+            &format!("path = \"{}\"", from.display()),
+            "path = \"state/relative.json\"",
+        );
+        let out = s.run(&config, &["validate"]);
+        let (_, err) = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(key), "{err}");
+        assert!(
+            err.contains("\"state/relative.json\" is relative: it would be written under the working directory of each run (/ under systemd)"),
+            "{err}"
+        );
+    }
+}

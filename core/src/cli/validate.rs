@@ -27,10 +27,13 @@ pub fn run(cli: &Cli) -> ExitCode {
 pub fn describe(config: &Config) -> String {
     let mut out = format!("configuration OK: {}\n", config.origin);
     out += &format!(
-        "agent: scan_timeout {}, lock_timeout {}, source {:?}\n",
+        "agent: scan_timeout {}, lock_timeout {}, source {:?}, interval {}, gpu_interval {} \
+         (interval and gpu_interval: watch mode)\n",
         human_duration(config.agent.scan_timeout),
         human_duration(config.agent.lock_timeout),
-        config.agent.source
+        config.agent.source,
+        human_duration(config.agent.interval),
+        human_duration(config.agent.gpu_interval),
     );
     out += "collectors:\n";
     for c in &config.collectors {
