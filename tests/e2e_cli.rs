@@ -317,18 +317,20 @@ fn validate_says_where_the_configuration_came_from_and_each_plugins_settings() {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let expected = format!(
         "configuration OK: {file} (named with --config)\n\
-         agent: scan_timeout 25s, lock_timeout 10s, source \"detect-workloads-test\"\n\
+         agent: scan_timeout 25s, lock_timeout 10s, source \"detect-workloads-test\", interval 30s, gpu_interval 2s (interval and gpu_interval: watch mode)\n\
          collectors:\n\
          \x20 docker: endpoint unix:///run/p2a-test.sock, timeout 20s, max_concurrent_inspects 16\n\
-         \x20 nvidia-smi: timeout 3s\n\
+         \x20 nvidia-smi: command {smi}, timeout 3s\n\
          \x20 procfs: reads /proc\n\
          stages (in run order): redact, classify, resolve-user, gpu-devices, exclude-system, transient-filter\n\
+         \x20 (the stages the file lists; redact is in force in every configuration)\n\
          sinks:\n\
          \x20 inventory-file: writes {inv} (mode 0640), the state read back at the next scan\n\
          \x20 event-log: appends to {events}\n\
          \x20 stdout\n",
         inv = s.inventory_path().display(),
         events = s.events_path().display(),
+        smi = s.path("nvidia-smi").display(),
     );
     assert_eq!(text, expected);
     let out = run(&["validate"], &[("DETECT_WORKLOADS_CONFIG", &file)]);

@@ -239,9 +239,11 @@ cargo clippy --workspace --all-targets -- -D warnings
 # prerequisite fails them. Without an engine (allowed outside CI only) they
 # stay ignored, and the summary says how many.
 test_args=(--workspace --release --no-fail-fast)
+# The package's own tests (tests/e2e_package.rs, named deb_package_*) need
+# the package: they run once it is built, in step 10.
 if [ "$engine_up" -eq 1 ]; then
-	dw_log "cargo test ${test_args[*]} -- --include-ignored"
-	cargo test "${test_args[@]}" -- --include-ignored 2>&1
+	dw_log "cargo test ${test_args[*]} -- --include-ignored --skip deb_package_"
+	cargo test "${test_args[@]}" -- --include-ignored --skip deb_package_ 2>&1
 else
 	dw_warn "no private engine: the tests that need it are left ignored"
 	cargo test "${test_args[@]}" 2>&1
@@ -300,15 +302,26 @@ cargo machete
 dw_log "duplicate crate versions (cargo tree -d; see README, Dependencies):"
 cargo tree -d -e normal --depth 0 2>/dev/null | grep -E '^[a-z]' | sort -u >&2 || true
 
-# --- 10. the Debian package (issue 15, point 4) -------------------------------------
-# Built from the release binary the tests just used; its contents are checked
-# and lintian must report no error.
-dw_log "Debian package: cargo deb, dpkg-deb --contents, lintian"
+# --- 10. the Debian package (issue 15, point 4; issue 23, point 13) -----------------
+# Built from the release binary the tests just used, with the man pages and
+# shell completions that binary generates from its command-line definition;
+# its contents are checked, lintian must report no error and no warning
+# (README, "Deploying on a GPU server", explains the one override), and
+# tests/e2e_package.rs runs its maintainer scripts, completions, man pages and
+# logrotate file for real (about 5 s; lintian about 25 s).
+dw_log "Debian package: cargo deb, dpkg-deb --contents, lintian, tests/e2e_package.rs"
 command -v cargo-deb >/dev/null 2>&1 || cargo install --locked --quiet cargo-deb
-if ! command -v lintian >/dev/null 2>&1; then
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends lintian >&2 ||
-		dw_die "lintian is missing and could not be installed"
+pkg_tools=()
+command -v lintian >/dev/null 2>&1 || pkg_tools+=(lintian)
+command -v logrotate >/dev/null 2>&1 || pkg_tools+=(logrotate)
+command -v man >/dev/null 2>&1 || pkg_tools+=(man-db)
+if [ "${#pkg_tools[@]}" -gt 0 ]; then
+	DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${pkg_tools[@]}" >&2 ||
+		dw_die "could not install ${pkg_tools[*]}"
 fi
+rm -rf target/package-assets
+target/release/detect-workloads generate-assets target/package-assets ||
+	dw_die "the binary could not write its man pages and completions"
 deb_dir="$DW_TEST_DIR/deb"
 mkdir -p "$deb_dir"
 cargo deb --no-build --output "$deb_dir" >&2
@@ -328,10 +341,14 @@ for path in usr/bin/detect-workloads etc/ds01/detect-workloads.toml \
 done
 dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles | grep -qx /etc/ds01/detect-workloads.toml ||
 	dw_die "the default configuration is not a conffile"
-lintian_out=$(lintian --fail-on error --tag-display-limit 0 "$deb" 2>&1) || {
+lintian_out=$(lintian --fail-on error,warning --tag-display-limit 0 "$deb" 2>&1) || {
 	printf '%s\n' "$lintian_out" >&2
-	dw_die "lintian reports errors on $(basename "$deb")"
+	dw_die "lintian reports errors or warnings on $(basename "$deb")"
 }
 [ -n "$lintian_out" ] && printf '%s\n' "$lintian_out" >&2
-dw_log "ok: $(basename "$deb") holds what it should; lintian reports no error"
+dw_log "ok: $(basename "$deb") holds what it should; lintian reports no error and no warning"
+DW_TEST_DEB="$deb"
+export DW_TEST_DEB
+dw_log "cargo test --release --test e2e_package -- --include-ignored"
+cargo test --release --test e2e_package -- --include-ignored 2>&1
 dw_log "all checks passed"

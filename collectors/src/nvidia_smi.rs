@@ -175,6 +175,14 @@ impl Collector for NvidiaSmi {
         self.config.timeout
     }
 
+    fn describe(&self) -> String {
+        format!(
+            "command {}, timeout {}",
+            self.config.command,
+            detect_workloads_core::config::human_duration(self.config.timeout)
+        )
+    }
+
     fn fallback_for(&self) -> Option<&str> {
         self.config.fallback_for.as_deref()
     }

@@ -151,6 +151,14 @@ impl Collector for NvmlCollector {
         self.config.timeout
     }
 
+    fn describe(&self) -> String {
+        format!(
+            "library {}, timeout {}",
+            self.config.library,
+            detect_workloads_core::config::human_duration(self.config.timeout)
+        )
+    }
+
     async fn collect(&self, _ctx: &CollectContext<'_>) -> Result<Collected, CollectError> {
         let library = self.config.library.clone();
         let (session, opened) = (Arc::clone(&self.session), Arc::clone(&self.opened));

@@ -283,6 +283,20 @@ pub struct Config {
     /// The sinks named with `--sink`, when given: they replace `sinks` for
     /// delivery, while `sinks` still provide the previous state.
     pub sink_override: Option<Vec<Instance<dyn Sink>>>,
+    /// Where the stages came from (`validate` says it).
+    pub stage_choice: StageChoice,
+}
+
+/// Why these stages run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StageChoice {
+    /// The file lists its stages (`[[stages.NAME]]`; an empty `[stages]`
+    /// table lists none on purpose).
+    #[default]
+    Listed,
+    /// The file has no `[stages]` section: the stages of the built-in
+    /// default configuration are in force, with their defaults.
+    BuiltInDefaults,
 }
 
 /// Where the configuration comes from.
@@ -445,7 +459,9 @@ impl Config {
             stages: Vec::new(),
             sinks: Vec::new(),
             sink_override: None,
+            stage_choice: StageChoice::Listed,
         };
+        let mut stages_listed = false;
         for (key, value) in doc.get_ref() {
             let span = key.span();
             match key.get_ref().as_ref() {
@@ -460,7 +476,10 @@ impl Config {
                         .map_err(|e| source.value_error("agent", value, &e))?;
                 }
                 "collectors" => build_section(source, value, &mut config.collectors)?,
-                "stages" => build_section(source, value, &mut config.stages)?,
+                "stages" => {
+                    stages_listed = true;
+                    build_section(source, value, &mut config.stages)?;
+                }
                 "sinks" => build_section(source, value, &mut config.sinks)?,
                 other => {
                     return Err(source.error(
@@ -471,6 +490,10 @@ impl Config {
                     ))
                 }
             }
+        }
+        if !stages_listed {
+            default_stages(&mut config.stages)?;
+            config.stage_choice = StageChoice::BuiltInDefaults;
         }
         crate::stages::add_mandatory(file, &mut config.stages)?;
         if !overrides.sinks.is_empty() {
@@ -485,6 +508,21 @@ impl Config {
     /// The sinks that receive this cycle's output.
     pub fn delivery_sinks(&self) -> &[Instance<dyn Sink>] {
         self.sink_override.as_deref().unwrap_or(&self.sinks)
+    }
+}
+
+/// The stages of the built-in default configuration, with its settings: in
+/// force when a file lists none, so that a configuration naming only its
+/// collectors and sinks still classifies, attributes and filters.
+fn default_stages(stages: &mut Vec<Instance<dyn Stage>>) -> Result<(), ConfigError> {
+    let source = Source {
+        file: "built-in default config",
+        text: DEFAULT_CONFIG,
+    };
+    let doc = DeTable::parse(DEFAULT_CONFIG).map_err(|e| source.error(e.span(), e.message()))?;
+    match doc.get_ref().get("stages") {
+        Some(section) => build_section(source, section, stages),
+        None => Ok(()),
     }
 }
 

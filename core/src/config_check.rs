@@ -28,8 +28,49 @@ pub(crate) fn runnable(
              such as [[sinks.inventory-file]], or name one with --sink",
         ));
     }
+    events_with_state(source, config)?;
     fallbacks(source, doc, config)?;
     stage_order(source, doc, config)
+}
+
+/// Events are written only with the state they are computed against: a
+/// sink that emits events without a sink that keeps the state would log
+/// the same transitions at every scan (every container discovered again).
+fn events_with_state(source: Source<'_>, config: &Config) -> Result<(), ConfigError> {
+    let sinks = config.delivery_sinks();
+    if sinks.iter().any(|s| s.plugin.state_store().is_some()) {
+        return Ok(());
+    }
+    let Some(emitter) = sinks.iter().find(|s| s.plugin.emits_events()) else {
+        return Ok(());
+    };
+    let keeper = config
+        .sinks
+        .iter()
+        .find(|s| s.plugin.state_store().is_some())
+        .map_or("inventory-file", |s| s.kind);
+    if config.sink_override.is_some() {
+        return Err(ConfigError {
+            file: "--sink".to_string(),
+            line: None,
+            message: format!(
+                "--sink {e} would write events without the state they are computed \
+                 against (--sink replaces the configured sinks, so {keeper} would not \
+                 be written): every run would log the same workloads as discovered again. \
+                 Add --sink {keeper} beside it, or use --dry-run to see the inventory",
+                e = emitter.kind
+            ),
+        });
+    }
+    Err(source.error(
+        None,
+        format!(
+            "[sinks.{e}] writes events, but no sink keeps the state they are computed \
+             against: every scan would log the same workloads as discovered again; \
+             add [[sinks.inventory-file]]",
+            e = emitter.kind
+        ),
+    ))
 }
 
 /// Each `fallback_for` names a collector type that is configured.

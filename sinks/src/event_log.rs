@@ -216,6 +216,12 @@ fn build(config: PluginConfig<'_>) -> Result<Box<dyn Sink>, ConfigError> {
     if parsed.path.as_os_str().is_empty() {
         return Err(config.invalid("path", "must not be empty"));
     }
+    if parsed.path.is_relative() {
+        return Err(config.invalid(
+            "path",
+            crate::inventory_file::relative(&parsed.path, "/var/log/ds01/events.jsonl"),
+        ));
+    }
     let mode =
         crate::fsafe::parse_file_mode(&parsed.mode).map_err(|e| config.invalid("mode", e))?;
     Ok(Box::new(EventLog {

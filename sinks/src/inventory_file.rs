@@ -281,12 +281,29 @@ impl Sink for InventoryFile {
     }
 }
 
+/// Why a relative path is refused: it would be resolved against the working
+/// directory of each run (`/` under systemd), not the configuration's.
+/// `example` is an absolute path to suggest.
+pub(crate) fn relative(path: &std::path::Path, example: &str) -> String {
+    format!(
+        "{:?} is relative: it would be written under the working directory of each run \
+         (/ under systemd); give an absolute path such as {example}",
+        path.display().to_string(),
+    )
+}
+
 fn build(config: PluginConfig<'_>) -> Result<Box<dyn Sink>, ConfigError> {
     let parsed: InventoryFileConfig = config.parse()?;
     let mode =
         crate::fsafe::parse_file_mode(&parsed.mode).map_err(|e| config.invalid("mode", e))?;
     if parsed.path.as_os_str().is_empty() {
         return Err(config.invalid("path", "must not be empty"));
+    }
+    if parsed.path.is_relative() {
+        return Err(config.invalid(
+            "path",
+            relative(&parsed.path, "/var/lib/ds01/workload-inventory.json"),
+        ));
     }
     Ok(Box::new(InventoryFile::new(parsed.path, mode)))
 }

@@ -208,6 +208,9 @@ impl Endpoint {
     /// no answer) is unavailability; an engine that answers wrongly (error
     /// status, data bollard cannot read) is a failure. The message carries
     /// every cause (hyper's own says only "client error (Connect)").
+    ///
+    /// A socket we may not open is a failure, not an absence: the engine is
+    /// there and the scan cannot see it; the message says what to change.
     pub(crate) fn classify(&self, e: DockerError) -> CollectError {
         let text = with_causes(&e);
         match e {
@@ -216,8 +219,73 @@ impl Endpoint {
             | DockerError::JsonSerdeError { .. } => {
                 CollectError::Failed(format!("engine at {self}: {text}"))
             }
-            _ => CollectError::Unavailable(format!("engine at {self}: {text}")),
+            DockerError::SocketNotFoundError(_) => CollectError::Unavailable(format!(
+                "engine at {self}: {text} (no Docker engine on this machine, or it listens \
+                 elsewhere: set `endpoint` in [[collectors.docker]] or $DOCKER_HOST)"
+            )),
+            _ => match io_kind(&e) {
+                Some(std::io::ErrorKind::PermissionDenied) => CollectError::Failed(format!(
+                    "engine at {self}: {text}; {}",
+                    self.permission_hint()
+                )),
+                Some(std::io::ErrorKind::ConnectionRefused) => CollectError::Unavailable(format!(
+                    "engine at {self}: {text} (is the engine running? `systemctl status docker`)"
+                )),
+                _ => CollectError::Unavailable(format!("engine at {self}: {text}")),
+            },
         }
+    }
+
+    /// What to do about a socket we may not open: who may.
+    fn permission_hint(&self) -> String {
+        let Endpoint::Unix(path) = self else {
+            return "check the client certificates' permissions".to_string();
+        };
+        use std::os::unix::fs::MetadataExt;
+        let group = std::fs::metadata(path)
+            .ok()
+            .and_then(|m| nix::unistd::Group::from_gid(m.gid().into()).ok().flatten())
+            .map(|g| g.name);
+        match group {
+            Some(group) => format!(
+                "run as root (as the systemd units do) or as a member of the socket's \
+                 group `{group}`"
+            ),
+            None => "run as root (as the systemd units do) or as a member of the socket's group"
+                .to_string(),
+        }
+    }
+}
+
+/// The kind of the operating-system error under a client error, if any.
+fn io_kind(e: &DockerError) -> Option<std::io::ErrorKind> {
+    if let DockerError::IOError { err } = e {
+        return Some(err.kind());
+    }
+    let mut source = e.source();
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return Some(io.kind());
+        }
+        source = cause.source();
+    }
+    None
+}
+
+/// Why an endpoint from `$DOCKER_HOST` cannot be used, with what to do: a
+/// failure at every scan (a warning), not an engine missing on this machine.
+pub(crate) fn unusable_from_environment(endpoint: Option<&str>, why: &str) -> CollectError {
+    match endpoint {
+        Some(value) => CollectError::Failed(format!(
+            "$DOCKER_HOST={value:?} is not a usable Docker endpoint: {why}; fix or unset \
+             DOCKER_HOST (unix:///path, tcp://host[:port]), or set `endpoint` in \
+             [[collectors.docker]]"
+        )),
+        None => CollectError::Failed(format!(
+            "the Docker endpoint cannot be used: {why}; fix $DOCKER_TLS_VERIFY / \
+             $DOCKER_CERT_PATH, or set `endpoint`, `tls_verify` and `cert_path` in \
+             [[collectors.docker]]"
+        )),
     }
 }
 

@@ -128,6 +128,19 @@ impl DockerCollector {
     }
 }
 
+impl DockerCollector {
+    /// Why the endpoint (from the environment: a configured one is checked
+    /// when the configuration is loaded) cannot be used.
+    fn unusable(&self, why: &str) -> CollectError {
+        let from_env = self.config.endpoint.is_none();
+        let value = from_env
+            .then(|| std::env::var("DOCKER_HOST").ok())
+            .flatten()
+            .filter(|v| !v.is_empty());
+        connection::unusable_from_environment(value.as_deref(), why)
+    }
+}
+
 #[async_trait]
 impl Collector for DockerCollector {
     fn provides(&self) -> &'static [FactKind] {
@@ -151,10 +164,7 @@ impl Collector for DockerCollector {
     }
 
     async fn collect(&self, ctx: &CollectContext<'_>) -> Result<Collected, CollectError> {
-        let endpoint = self
-            .endpoint
-            .as_ref()
-            .map_err(|e| CollectError::Unavailable(e.clone()))?;
+        let endpoint = self.endpoint.as_ref().map_err(|e| self.unusable(e))?;
         let calls = Arc::new(Calls::default());
         let docker = endpoint
             .client(self.config.timeout, Arc::clone(&calls))
@@ -182,7 +192,7 @@ impl Collector for DockerCollector {
     fn changes(&self, since: Option<Change>) -> Option<ChangeFeed> {
         Some(match &self.endpoint {
             Ok(endpoint) => events::subscribe(endpoint, self.config.timeout, since),
-            Err(e) => Box::pin(stream::iter([Err(CollectError::Unavailable(e.clone()))])),
+            Err(e) => Box::pin(stream::iter([Err(self.unusable(e))])),
         })
     }
 }
@@ -561,7 +571,8 @@ fn build(config: PluginConfig<'_>) -> Result<Box<dyn Collector>, ConfigError> {
         return Err(config.invalid("max_concurrent_inspects", "must be at least 1"));
     }
     // A configured endpoint must be usable; one from the environment is
-    // checked when collecting (unavailable, not a configuration error).
+    // checked when collecting (a failure saying what to change, not a
+    // configuration error: the file is fine).
     if parsed.endpoint.is_some() {
         parsed
             .settings()

@@ -4,6 +4,7 @@
 //! One file per subcommand; this one holds the arguments, the logging set-up
 //! and the configuration loading they share.
 
+mod assets;
 mod logging;
 mod plugins;
 mod ps;
@@ -92,6 +93,17 @@ enum Command {
     /// Run as a service: a full scan at start, every `[agent] interval` and
     /// at each engine event, a GPU poll every `[agent] gpu_interval`
     Watch,
+    /// Print the whole built-in default configuration, every key with its
+    /// default (start /etc/ds01/detect-workloads.toml from it)
+    Config,
+    /// Write the manual pages and shell completions under DIR (the package
+    /// build runs it)
+    #[command(hide = true)]
+    GenerateAssets {
+        /// Where to write man/ and completions/
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 /// Runs the program with the plugins linked into this binary.
@@ -116,6 +128,11 @@ pub fn main() -> ExitCode {
             config: ConfigSource::choose(cli.config.as_deref()),
             sinks: cli.sinks.clone(),
         }),
+        Some(Command::Config) => {
+            print!("{}", crate::config::DEFAULT_CONFIG);
+            ExitCode::SUCCESS
+        }
+        Some(Command::GenerateAssets { dir }) => assets::run(dir),
         None => scan::run(&cli),
     }
 }

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use crate::config::{human_duration, Config};
+use crate::config::{human_duration, Config, StageChoice};
 
 use super::Cli;
 
@@ -27,10 +27,13 @@ pub fn run(cli: &Cli) -> ExitCode {
 pub fn describe(config: &Config) -> String {
     let mut out = format!("configuration OK: {}\n", config.origin);
     out += &format!(
-        "agent: scan_timeout {}, lock_timeout {}, source {:?}\n",
+        "agent: scan_timeout {}, lock_timeout {}, source {:?}, interval {}, gpu_interval {} \
+         (interval and gpu_interval: watch mode)\n",
         human_duration(config.agent.scan_timeout),
         human_duration(config.agent.lock_timeout),
-        config.agent.source
+        config.agent.source,
+        human_duration(config.agent.interval),
+        human_duration(config.agent.gpu_interval),
     );
     out += "collectors:\n";
     for c in &config.collectors {
@@ -46,6 +49,15 @@ pub fn describe(config: &Config) -> String {
         .map(|s| s.name.as_str())
         .collect();
     out += &format!("stages (in run order): {}\n", stages.join(", "));
+    out += match config.stage_choice {
+        StageChoice::Listed => {
+            "  (the stages the file lists; redact is in force in every configuration)\n"
+        }
+        StageChoice::BuiltInDefaults => {
+            "  (the file lists no [[stages.*]]: the built-in default stages are in force, \
+             with their defaults; list them to choose, an empty [stages] table for none but redact)\n"
+        }
+    };
     out += "sinks:\n";
     for s in config.delivery_sinks() {
         let text = s.plugin.describe();

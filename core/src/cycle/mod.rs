@@ -162,7 +162,7 @@ async fn cycle(
     };
     deliver::to_sinks(config.delivery_sinks(), &out).await?;
     debug!(elapsed_ms = clock.ms(), "sinks done");
-    log_summary(&inventory);
+    log_summary(&inventory, &collection.ran, &trust);
     Ok(ScanResult { inventory, events })
 }
 
@@ -171,7 +171,11 @@ pub fn round_ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 10_000.0).round() / 10.0
 }
 
-fn log_summary(inventory: &Inventory) {
+/// The scan's one INFO line. What no source could see is said as not seen,
+/// never as zero: with every container source failed the containers are
+/// those kept from the last scan; with the GPU view incomplete the GPU
+/// processes are.
+fn log_summary(inventory: &Inventory, ran: &[schedule::Ran<'_>], trust: &trust::Trust) {
     let with_gpu = inventory.containers.values().filter(|c| c.has_gpu).count();
     // Host processes whose cgroup looks like a container's no engine runs
     // them in: counted among the host processes, and named here too.
@@ -189,11 +193,51 @@ fn log_summary(inventory: &Inventory) {
             inventory.user_gpu_use.len()
         )
     };
-    info!(
-        "Scan complete: {} containers ({} with GPU), {} host GPU processes ({} pending){look_alike}{sliced}",
-        inventory.containers.len(),
-        with_gpu,
-        inventory.host_processes.len(),
-        inventory.pending_processes.len()
-    );
+    let container_sources = ran
+        .iter()
+        .filter(|r| {
+            r.instance
+                .plugin
+                .provides()
+                .contains(&crate::model::FactKind::Containers)
+        })
+        .count();
+    let containers =
+        if container_sources > 0 && trust.failed_container_sources.len() == container_sources {
+            let failed: Vec<&str> = trust
+                .failed_container_sources
+                .iter()
+                .map(String::as_str)
+                .collect();
+            format!(
+                "containers not seen ({} failed; {} kept from the last scan)",
+                failed.join(", "),
+                inventory.containers.len()
+            )
+        } else {
+            format!(
+                "{} containers ({} with GPU)",
+                inventory.containers.len(),
+                with_gpu
+            )
+        };
+    let gpu_sources = ran.iter().any(|r| {
+        r.instance
+            .plugin
+            .provides()
+            .contains(&crate::model::FactKind::GpuProcesses)
+    });
+    let processes = if gpu_sources && !trust.gpu_view_complete {
+        format!(
+            "host GPU processes not seen (no complete GPU view; {} kept from the last scan)",
+            inventory.host_processes.len()
+        )
+    } else {
+        format!(
+            "{} host GPU processes ({} pending)",
+            inventory.host_processes.len(),
+            inventory.pending_processes.len()
+        )
+    };
+    info!("Scan complete: {containers}, {processes}{look_alike}{sliced}");
 }

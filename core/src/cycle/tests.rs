@@ -280,6 +280,7 @@ fn the_gpu_view_is_complete_only_when_every_gpu_and_proc_source_answered() {
         (false, false, false, true),
     ];
     let expected = [true, false, true, false, false];
+    side_by_side_gpu_sources(&log);
     for (case, want) in cases.into_iter().zip(expected) {
         let (nvml_fails, with_fallback, fallback_fails, procfs_fails) = case;
         let mut list = Vec::new();
@@ -305,6 +306,28 @@ fn the_gpu_view_is_complete_only_when_every_gpu_and_proc_source_answered() {
     }
     // A skipped fallback does not cover a failed primary (there is none).
     assert!(gpu_view_complete(&[]));
+}
+
+/// Two GPU sources side by side (no `fallback_for`): one that is
+/// unavailable is covered by the other's answer; one that answered wrongly
+/// is not.
+fn side_by_side_gpu_sources(log: &Log) {
+    let smi = || Fake::new("nvidia-smi", GPUS, log).instance();
+    let unavailable = [Fake::new("nvml", GPUS, log).failing().instance(), smi()];
+    let (outcomes, _) = schedule(&unavailable);
+    assert!(trust_of(&unavailable, &outcomes).gpu_view_complete);
+    let mut wrong = Fake::new("nvml", GPUS, log);
+    wrong.answer = Err(CollectError::Failed("garbage".into()));
+    let wrong = [wrong.instance(), smi()];
+    let (outcomes, _) = schedule(&wrong);
+    assert!(!trust_of(&wrong, &outcomes).gpu_view_complete);
+    // Both unavailable: nobody answered for the GPUs.
+    let none = [
+        Fake::new("nvml", GPUS, log).failing().instance(),
+        Fake::new("nvidia-smi", GPUS, log).failing().instance(),
+    ];
+    let (outcomes, _) = schedule(&none);
+    assert!(!trust_of(&none, &outcomes).gpu_view_complete);
 }
 
 #[test]
@@ -583,6 +606,7 @@ fn config(collectors: Vec<Instance<dyn Collector>>, sinks: Vec<Instance<dyn Sink
         stages: Vec::new(),
         sinks,
         sink_override: None,
+        stage_choice: Default::default(),
     }
 }
 

@@ -48,14 +48,30 @@ pub fn failed_container_sources(ran: &[Ran<'_>]) -> BTreeSet<String> {
         .collect()
 }
 
-/// Whether the GPU view is complete: every GPU source collected, or a
-/// fallback for it did (ran and collected, not skipped), and no `/proc`
-/// source failed (a GPU process not read from `/proc` is not seen).
+/// Whether the GPU view is complete: every GPU source collected, or is
+/// covered, and no `/proc` source failed (a GPU process not read from
+/// `/proc` is not seen). A failed GPU source is covered by a fallback for it
+/// that ran and collected (not skipped); one that is *unavailable* (no
+/// library, no command, no driver: it has nothing to tell on this machine)
+/// is covered by any other GPU source that collected, with or without
+/// `fallback_for`, since both ask the same driver. A source that answered
+/// wrongly or timed out is covered by its fallback only: what it would have
+/// listed may be on devices the others do not see.
 pub fn gpu_view_complete(ran: &[Ran<'_>]) -> bool {
+    let collected = |o: &Ran<'_>| matches!(o.outcome, Outcome::Collected { .. });
     let covered = |r: &Ran<'_>| {
+        let unavailable = matches!(
+            r.outcome,
+            Outcome::Failed {
+                error: CollectError::Unavailable(_),
+                ..
+            }
+        );
         ran.iter().any(|o| {
-            o.instance.plugin.fallback_for() == Some(r.instance.kind)
-                && matches!(o.outcome, Outcome::Collected { .. })
+            !std::ptr::eq(o, r)
+                && collected(o)
+                && (o.instance.plugin.fallback_for() == Some(r.instance.kind)
+                    || (unavailable && provides(o, FactKind::GpuProcesses)))
         })
     };
     ran.iter()

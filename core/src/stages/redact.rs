@@ -546,7 +546,20 @@ mod tests {
             stage_kinds("[[stages.exclude-system]]\nuid_min = 1000\n[[stages.transient-filter]]\n"),
             [NAME, "exclude-system", "transient-filter"]
         );
-        assert_eq!(stage_kinds("[agent]\n"), [NAME]);
+        // No [stages] at all: the default stages, redact first; an empty
+        // [stages] table lists none on purpose: redact alone.
+        assert_eq!(
+            stage_kinds("[agent]\n"),
+            [
+                NAME,
+                "classify",
+                "resolve-user",
+                "gpu-devices",
+                "exclude-system",
+                "transient-filter"
+            ]
+        );
+        assert_eq!(stage_kinds("[stages]\n"), [NAME]);
         // Configured: only that one.
         assert_eq!(
             stage_kinds("[[stages.transient-filter]]\n[[stages.redact]]\nmode = \"full\"\n"),

@@ -178,6 +178,23 @@ impl Sink for PrometheusSink {
         Ok(())
     }
 
+    fn describe(&self) -> String {
+        let textfile = self.textfile_dir.as_ref().map(|d| {
+            format!(
+                "writes {} atomically (mode 0644)",
+                d.join(FILE_NAME).display()
+            )
+        });
+        let listen = self
+            .listen
+            .map(|a| format!("serves http://{a}/metrics (watch mode only)"));
+        [textfile, listen]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
     fn service(&self, listeners: &mut Listeners) -> Result<Option<SinkService>, SinkError> {
         let Some(addr) = self.listen else {
             return Ok(None);
