@@ -178,23 +178,6 @@ impl Sink for PrometheusSink {
         Ok(())
     }
 
-    fn describe(&self) -> String {
-        let textfile = self.textfile_dir.as_ref().map(|d| {
-            format!(
-                "writes {} atomically (mode 0644)",
-                d.join(FILE_NAME).display()
-            )
-        });
-        let listen = self
-            .listen
-            .map(|a| format!("serves http://{a}/metrics (watch mode only)"));
-        [textfile, listen]
-            .into_iter()
-            .flatten()
-            .collect::<Vec<_>>()
-            .join("; ")
-    }
-
     fn service(&self, listeners: &mut Listeners) -> Result<Option<SinkService>, SinkError> {
         let Some(addr) = self.listen else {
             return Ok(None);
@@ -234,10 +217,13 @@ impl Sink for PrometheusSink {
     fn describe(&self) -> String {
         let mut parts = Vec::new();
         if let Some(dir) = &self.textfile_dir {
-            parts.push(format!("writes {}", dir.join(FILE_NAME).display()));
+            parts.push(format!(
+                "writes {} atomically (mode 0644)",
+                dir.join(FILE_NAME).display()
+            ));
         }
         if let Some(addr) = self.listen {
-            parts.push(format!("watch mode serves /metrics on {addr}"));
+            parts.push(format!("serves http://{addr}/metrics (watch mode only)"));
         }
         parts.join("; ")
     }
