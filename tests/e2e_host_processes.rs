@@ -137,9 +137,18 @@ fn host_processes_are_attributed_filtered_and_confirmed() {
     );
     // The exact line for the plain process.
     let ts = inv["last_scan"].as_str().expect("ts");
+    // Its cgroup (issue 18, additive), as the event gives it: a path.
+    let cgroup = discovered
+        .iter()
+        .find(|e| e["details"]["pid"] == plain.pid())
+        .and_then(|e| e["details"]["cgroup"].as_str())
+        .expect("the plain process's event names its cgroup")
+        .to_string();
+    assert!(cgroup.starts_with('/'), "{cgroup}");
     let line = format!(
-        "{{\"timestamp\":\"{ts}\",\"event_type\":\"detection.host_gpu_process_discovered\",\"schema_version\":\"1\",\"user\":\"root\",\"source\":\"detect-workloads-test\",\"details\":{{\"pid\":{},\"cmdline\":\"sleep 600\",\"gpu_memory_mb\":1542,\"gpu_uuid\":\"{UUID}\"}}}}",
-        plain.pid()
+        "{{\"timestamp\":\"{ts}\",\"event_type\":\"detection.host_gpu_process_discovered\",\"schema_version\":\"1\",\"user\":\"root\",\"source\":\"detect-workloads-test\",\"details\":{{\"pid\":{},\"cmdline\":\"sleep 600\",\"gpu_memory_mb\":1542,\"gpu_uuid\":\"{UUID}\",\"cgroup\":{}}}}}",
+        plain.pid(),
+        serde_json::Value::String(cgroup.clone())
     );
     assert!(
         s.event_lines().contains(&line),
