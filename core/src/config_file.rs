@@ -34,9 +34,11 @@ pub fn read_trusted(path: &Path) -> Result<String, ConfigError> {
     Ok(text)
 }
 
-/// Why a file with this owner and mode must not configure a scan run by
-/// `euid`, if it must not (only root's scans are checked).
-fn untrusted_because(owner: u32, mode: u32, euid: u32) -> Option<String> {
+/// Why a file with this owner and mode must not configure a process run by
+/// `euid`, if it must not (only root's are checked): the one rule for every
+/// file that configures what root runs (this configuration, a sink's
+/// `web_config`).
+pub fn untrusted_because(owner: u32, mode: u32, euid: u32) -> Option<String> {
     if euid != 0 {
         return None;
     }
@@ -69,5 +71,8 @@ mod tests {
         let owner = untrusted_because(4242, 0o100644, 0).expect("another owner");
         assert!(owner.contains("uid 4242"), "{owner}");
         assert_eq!(untrusted_because(4242, 0o100666, 4242), None, "not root");
+        assert_eq!(untrusted_because(1000, 0o100666, 1000), None, "not root");
+        let writable = untrusted_because(0, 0o100664, 0).expect("group-writable");
+        assert!(writable.contains("0664"), "{writable}");
     }
 }

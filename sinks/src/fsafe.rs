@@ -150,9 +150,12 @@ pub fn read_trusted(path: &Path, what: &str) -> Result<String, String> {
     let meta = file
         .metadata()
         .map_err(|e| fail(&format!("cannot read: {e}")))?;
-    if let Some(why) = untrusted_because(meta.uid(), meta.mode(), nix::unistd::geteuid().as_raw()) {
+    let euid = nix::unistd::geteuid().as_raw();
+    if let Some(why) =
+        detect_workloads_core::config_file::untrusted_because(meta.uid(), meta.mode(), euid)
+    {
         return Err(fail(&format!(
-            "refusing it: {why}; fix it with `chown root:root {p} && chmod go-w {p}`",
+            "refusing it: it {why}; fix it with `chown root:root {p} && chmod go-w {p}`",
             p = path.display()
         )));
     }
@@ -160,24 +163,6 @@ pub fn read_trusted(path: &Path, what: &str) -> Result<String, String> {
     file.read_to_string(&mut text)
         .map_err(|e| fail(&format!("cannot read: {e}")))?;
     Ok(text)
-}
-
-/// Why a file with this owner and mode must not configure a process run by
-/// `euid` (only root's are checked).
-fn untrusted_because(owner: u32, mode: u32, euid: u32) -> Option<String> {
-    if euid != 0 {
-        return None;
-    }
-    if owner != 0 {
-        return Some(format!("it is owned by uid {owner}, not root"));
-    }
-    if mode & 0o022 != 0 {
-        return Some(format!(
-            "it is group- or world-writable (mode {:04o})",
-            mode & 0o7777
-        ));
-    }
-    None
 }
 
 /// Whether `path` itself is a symbolic link.
@@ -244,16 +229,6 @@ mod tests {
         assert!(check_dir(d, 0, 0o40775, 0).is_err(), "group-writable");
         let other = check_dir(d, 4242, 0o40755, 0).expect_err("another owner");
         assert!(other.contains("owned by uid 4242"), "{other}");
-    }
-
-    #[test]
-    fn only_root_owned_files_no_one_else_can_change_configure_root() {
-        assert_eq!(untrusted_because(0, 0o100644, 0), None);
-        assert_eq!(untrusted_because(1000, 0o100666, 1000), None, "not root");
-        let other = untrusted_because(4242, 0o100644, 0).expect("another owner");
-        assert!(other.contains("uid 4242"), "{other}");
-        let writable = untrusted_because(0, 0o100664, 0).expect("group-writable");
-        assert!(writable.contains("0664"), "{writable}");
     }
 
     #[test]
