@@ -19,9 +19,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// The generous bound for anything that should happen "soon".
-const BOUND: Duration = Duration::from_secs(20);
-
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -58,49 +55,11 @@ fn get(port: u16, path: &str) -> Option<String> {
     Some(response)
 }
 
-fn wait_for(what: &str, child: &mut Child, mut check: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!(
-                "watch exited ({status}) while waiting for {what}: {}",
-                stderr_of(child)
-            );
-        }
-        assert!(start.elapsed() < BOUND, "not within {BOUND:?}: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn stderr_of(child: &mut Child) -> String {
-    let mut text = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut text);
-    }
-    text
-}
-
-fn signal(child: &Child, sig: i32) {
-    // SAFETY: kill(2) on our own child's PID.
-    let rc = unsafe { libc::kill(child.id() as i32, sig) };
-    assert_eq!(rc, 0, "kill");
-}
-
-fn stop(mut child: Child) -> String {
-    signal(&child, libc::SIGTERM);
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            let err = stderr_of(&mut child);
-            assert_eq!(status.code(), Some(0), "{err}");
-            return err;
-        }
-        if start.elapsed() > BOUND {
-            let _ = child.kill();
-            panic!("watch did not stop on SIGTERM: {}", stderr_of(&mut child));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// SIGTERM, which must exit 0; standard error.
+fn stop(child: Child) -> String {
+    let (code, err) = common::stop(child);
+    assert_eq!(code, Some(0), "{err}");
+    err
 }
 
 #[test]

@@ -12,9 +12,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::Value;
 
-/// The generous bound for anything watch mode should do "soon".
-const BOUND: Duration = Duration::from_secs(20);
-
 /// `[agent]` lines after the config's `source`.
 fn with_agent(s: &Scratch, docker: Option<&str>, agent: &str, extra: &str) -> std::path::PathBuf {
     let config = s.config(docker, extra);
@@ -24,51 +21,6 @@ fn with_agent(s: &Scratch, docker: Option<&str>, agent: &str, extra: &str) -> st
         &format!("source = \"detect-workloads-test\"\n{agent}\n"),
     );
     config
-}
-
-/// Waits until `check` holds, or panics after [`BOUND`] saying `what`.
-fn wait_for(what: &str, child: &mut Child, mut check: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!(
-                "watch exited ({status}) while waiting for {what}: {}",
-                stderr_of(child)
-            );
-        }
-        assert!(start.elapsed() < BOUND, "not within {BOUND:?}: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn stderr_of(child: &mut Child) -> String {
-    let mut text = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut text);
-    }
-    text
-}
-
-fn signal(child: &Child, sig: i32) {
-    // SAFETY: kill(2) on our own child's PID.
-    let rc = unsafe { libc::kill(child.id() as i32, sig) };
-    assert_eq!(rc, 0, "kill");
-}
-
-/// SIGTERM; the exit status and standard error.
-fn stop(mut child: Child) -> (Option<i32>, String) {
-    signal(&child, libc::SIGTERM);
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return (status.code(), stderr_of(&mut child));
-        }
-        if start.elapsed() > BOUND {
-            let _ = child.kill();
-            panic!("watch did not stop on SIGTERM: {}", stderr_of(&mut child));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn events_of(path: &Path) -> Vec<Value> {

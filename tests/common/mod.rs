@@ -341,3 +341,55 @@ pub fn edit_config(path: &Path, from: &str, to: &str) {
     assert!(text.contains(from), "{from:?} not in {}", path.display());
     std::fs::write(path, text.replacen(from, to, 1)).expect("write config");
 }
+
+// --- watch-mode children (e2e_watch, e2e_metrics_http) ----------------------
+
+/// How long a watch-mode test waits for anything.
+pub const BOUND: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Waits until `check` holds, or panics after [`BOUND`] saying `what`.
+pub fn wait_for(what: &str, child: &mut std::process::Child, mut check: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !check() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "watch exited ({status}) while waiting for {what}: {}",
+                stderr_of(child)
+            );
+        }
+        assert!(start.elapsed() < BOUND, "not within {BOUND:?}: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// What the child wrote to standard error (taken once).
+pub fn stderr_of(child: &mut std::process::Child) -> String {
+    let mut text = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut text);
+    }
+    text
+}
+
+/// Sends `sig` to the child.
+pub fn signal(child: &std::process::Child, sig: i32) {
+    // SAFETY: kill(2) on our own child's PID.
+    let rc = unsafe { libc::kill(child.id() as i32, sig) };
+    assert_eq!(rc, 0, "kill");
+}
+
+/// SIGTERM; the exit status and standard error.
+pub fn stop(mut child: std::process::Child) -> (Option<i32>, String) {
+    signal(&child, libc::SIGTERM);
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return (status.code(), stderr_of(&mut child));
+        }
+        if start.elapsed() > BOUND {
+            let _ = child.kill();
+            panic!("watch did not stop on SIGTERM: {}", stderr_of(&mut child));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
