@@ -1,4 +1,5 @@
-//! Configuration: the TOML file of SPEC.md, parsed with positions so that every
+//! Configuration: the TOML file of README "Configuration" and
+//! `config/default.toml`, parsed with positions so that every
 //! error names the file, the line and the key (or the unknown plugin and the
 //! known ones), and turned into built plugin instances.
 

@@ -1,4 +1,4 @@
-//! Transitions between two inventories: the `detection.*` events of SPEC.md.
+//! Transitions between two inventories: the `detection.*` events of docs/formats.md.
 
 use serde_json::json;
 

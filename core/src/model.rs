@@ -77,7 +77,7 @@ pub struct DeviceRequest {
 }
 
 impl ContainerFacts {
-    /// Whether the container can reach a GPU, as SPEC.md defines `has_gpu`.
+    /// Whether the container can reach a GPU, as docs/formats.md defines `has_gpu`.
     pub fn has_gpu(&self) -> bool {
         let Some(inspect) = &self.inspect else {
             return false;

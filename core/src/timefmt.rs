@@ -1,4 +1,4 @@
-//! Timestamps: UTC, RFC 3339, `Z` suffix, whole seconds, as SPEC.md fixes them.
+//! Timestamps: UTC, RFC 3339, `Z` suffix, whole seconds, as docs/formats.md fixes them.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -482,7 +482,7 @@ fn cached_inspect(
     (c.state != "running" || cached.main_pid != 0).then_some(cached)
 }
 
-/// The image as SPEC.md wants it: first tag, else 12 hex digits of the id.
+/// The image as docs/formats.md gives it: first tag, else 12 hex digits of the id.
 fn image_name(
     summary_image: Option<&str>,
     image_id: Option<&str>,

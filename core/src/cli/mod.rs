@@ -1,4 +1,5 @@
-//! The command line of SPEC.md. A binary is `fn main() { cli::main() }` after
+//! The command line (README, "Command line"). A binary is
+//! `fn main() { cli::main() }` after
 //! `use`-ing the plugin crates it wants linked in.
 //!
 //! One file per subcommand; this one holds the arguments, the logging set-up

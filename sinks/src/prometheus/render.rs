@@ -20,7 +20,7 @@ use super::carried::Carried;
 /// The content type of the classic text format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// The event types of SPEC.md and issue 14: their counters exist (at 0) from
+/// The event types of docs/formats.md: their counters exist (at 0) from
 /// the first scan on, so that `increase()` sees the first event too.
 pub const KNOWN_EVENT_TYPES: &[&str] = &[
     "detection.container_discovered",
