@@ -233,6 +233,8 @@ dw_log "cargo fmt --all --check"
 cargo fmt --all --check
 dw_log "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
+dw_log "cargo doc --workspace --no-deps (RUSTDOCFLAGS=-D warnings)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 # Tests that need what this script sets up (the engine, the test user, the
 # Prometheus tools, root) are #[ignore]d with the reason, so that a plain
 # `cargo test` lists them as ignored; here they run, and a missing

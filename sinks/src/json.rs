@@ -12,7 +12,7 @@ fn needs_escape(c: char) -> bool {
     matches!(c, '\u{7f}'..='\u{9f}' | '\u{2028}' | '\u{2029}')
 }
 
-/// `text` (valid JSON from `serde_json`) with [`needs_escape`] characters escaped.
+/// `text` (valid JSON from `serde_json`) with the characters `needs_escape` names escaped.
 pub fn escape_unsafe(text: String) -> String {
     if !text.chars().any(needs_escape) {
         return text;

@@ -1,7 +1,7 @@
 //! Sink `prometheus`: the inventory as Prometheus metrics, for a fleet's
 //! Prometheus (with node_exporter, dcgm-exporter and Grafana).
 //!
-//! Two ways out, both the classic text format ([`render`]):
+//! Two ways out, both the classic text format ([`render()`](fn@render)):
 //! - `textfile_dir`: `detect_workloads.prom` in node_exporter's textfile
 //!   collector directory, written atomically with the directory checks of
 //!   every file sink ([`crate::fsafe::write_atomic`], mode 0644): node_exporter
@@ -13,7 +13,7 @@
 //!   and kept across a reload that keeps it ([`Sink::service`]).
 //!
 //! This file is the sink itself: its configuration, the delivery and the
-//! registration. Each part is a module of its own: [`render`] (pure),
+//! registration. Each part is a module of its own: [`render`](mod@render) (pure),
 //! [`carried`] (state between runs), [`http`] (serving) and [`web_config`].
 
 pub mod carried;
