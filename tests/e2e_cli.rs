@@ -136,8 +136,19 @@ fn config_from_environment_and_builtin_default() {
             std::fs::read_to_string(format!("{ROOT}/config/default.toml")).expect("default.toml")
         );
         // One scan with nothing available: exit 0, failures recorded, and a
-        // source missing on this machine is news (INFO), not a warning.
-        let out = run(&["--sink", "stdout"], &[]);
+        // source missing on this machine is news (INFO), not a warning. The
+        // built-in default (equal to this file, checked above) with its state
+        // and log paths in the scratch directory: the machine's /var/lib/ds01
+        // and /var/log/ds01, which an installed scanner may have filled, are
+        // neither read nor written.
+        let default = detect_workloads_core::config::DEFAULT_CONFIG
+            .replace("/var/lib/ds01", &s.path("lib").to_string_lossy())
+            .replace("/var/log/ds01", &s.path("log").to_string_lossy());
+        assert_ne!(default, detect_workloads_core::config::DEFAULT_CONFIG);
+        let default_file = s.path("default.toml");
+        std::fs::write(&default_file, default).expect("write the default's copy");
+        let default_file = default_file.to_string_lossy().into_owned();
+        let out = run(&["--config", &default_file, "--sink", "stdout"], &[]);
         assert!(out.status.success(), "{}", stderr(&out));
         let inv: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
         assert_eq!(inv["scan"]["collectors"]["docker"]["ok"], false);
