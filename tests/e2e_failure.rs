@@ -124,7 +124,11 @@ fn four_simultaneous_scans_discover_each_container_once() {
         let names = listing(&s.path("state"));
         assert_eq!(
             names,
-            BTreeSet::from(["inventory.json".into(), "inventory.json.lock".into()]),
+            BTreeSet::from([
+                "inventory.json".into(),
+                "inventory.json.delivered".into(),
+                "inventory.json.lock".into()
+            ]),
             "round {round}"
         );
     }

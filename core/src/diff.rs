@@ -1,6 +1,10 @@
 //! Transitions between two inventories: the `detection.*` events of docs/formats.md.
 
+use std::collections::BTreeMap;
+
 use serde_json::json;
+
+use crate::timefmt::parse_rfc3339;
 
 use crate::model::{
     pid_map::in_text_order, short_id, ContainerEntry, Event, EventType, Inventory, ProcessEntry,
@@ -13,6 +17,7 @@ fn event(now: &str, event_type: EventType, user: &str, details: serde_json::Valu
         event_type,
         user: user.to_string(),
         details,
+        event_id: String::new(),
     }
 }
 
@@ -39,6 +44,33 @@ pub fn transitions(
     process_events(previous, current, now, &mut events);
     user_gpu_use_events(previous, current, now, &mut events);
     events
+}
+
+/// How long (seconds) a container told exited is remembered in
+/// [`Inventory::told_gone`]: its removal can be among the engine's events of
+/// a scan starting up to a second later, and whole seconds are compared.
+const TOLD_GONE_FOR: i64 = 2;
+
+/// The containers told exited recently, after this cycle's `events`
+/// (stamped `now`): the previous ones still within two seconds of
+/// `now`, and those this cycle tells.
+pub fn told_gone(previous: &Inventory, events: &[Event], now: &str) -> BTreeMap<String, String> {
+    let horizon = parse_rfc3339(now).map(|t| t - TOLD_GONE_FOR);
+    let mut kept: BTreeMap<String, String> = previous
+        .told_gone
+        .iter()
+        .filter(|(_, at)| matches!((horizon, parse_rfc3339(at)), (Some(h), Some(t)) if t >= h))
+        .map(|(id, at)| (id.clone(), at.clone()))
+        .collect();
+    for e in events {
+        if e.event_type != EventType::ContainerExited {
+            continue;
+        }
+        if let Some(id) = e.details.get("container_id").and_then(|v| v.as_str()) {
+            kept.insert(id.to_string(), now.to_string());
+        }
+    }
+    kept
 }
 
 /// A user's GPU use by short-lived processes (`user_gpu_use`): started
@@ -84,8 +116,9 @@ fn user_gpu_use_events(
 }
 
 /// A container created and removed between the two scans: discovered and
-/// exited, with the engine's own times, unless either inventory lists it
-/// (then the ordinary events tell its story).
+/// exited, with the engine's own times and the origin and user the stages
+/// gave it, unless either inventory lists it (then the ordinary events tell
+/// its story) or a scan of the last seconds told it exited.
 fn short_lived_events(
     previous: &Inventory,
     current: &Inventory,
@@ -95,17 +128,20 @@ fn short_lived_events(
 ) {
     for c in short_lived {
         let id = short_id(&c.id);
-        if previous.containers.contains_key(&id) || current.containers.contains_key(&id) {
+        if previous.containers.contains_key(&id)
+            || current.containers.contains_key(&id)
+            || previous.told_gone.contains_key(&id)
+        {
             continue;
         }
         events.push(event(
             now,
             EventType::ContainerDiscovered,
-            "",
+            &c.user,
             json!({
                 "container_id": id,
                 "name": c.name,
-                "origin": "",
+                "origin": c.origin,
                 "has_gpu": false,
                 "image": c.image,
                 "short_lived": true,
@@ -115,11 +151,11 @@ fn short_lived_events(
         events.push(event(
             now,
             EventType::ContainerExited,
-            "",
+            &c.user,
             json!({
                 "container_id": id,
                 "name": c.name,
-                "origin": "",
+                "origin": c.origin,
                 "short_lived": true,
                 "created_at": c.created_at,
                 "removed_at": c.removed_at,
@@ -454,6 +490,9 @@ mod tests {
             image: "busybox".into(),
             created_at: "2024-05-01T10:00:01Z".into(),
             removed_at: "2024-05-01T10:00:03Z".into(),
+            origin: "compose".into(),
+            user: "alice".into(),
+            ..ShortLivedContainer::default()
         };
         let listed = ShortLivedContainer {
             id: "a".into(),
@@ -462,19 +501,58 @@ mod tests {
         let mut prev = Inventory::default();
         prev.containers
             .insert("a".into(), container("a", "running"));
-        let events = transitions(&prev, &prev, &[gone, listed], "t");
+        let events = transitions(&prev, &prev, &[gone.clone(), listed], "t");
+        assert!(events.iter().all(|e| e.user == "alice"));
         assert_eq!(
             summary(&events),
             [
                 (
                     "detection.container_discovered".to_string(),
-                    r#"{"container_id":"abcdefabcdef","name":"blink","origin":"","has_gpu":false,"image":"busybox","short_lived":true,"created_at":"2024-05-01T10:00:01Z"}"#.to_string()
+                    r#"{"container_id":"abcdefabcdef","name":"blink","origin":"compose","has_gpu":false,"image":"busybox","short_lived":true,"created_at":"2024-05-01T10:00:01Z"}"#.to_string()
                 ),
                 (
                     "detection.container_exited".to_string(),
-                    r#"{"container_id":"abcdefabcdef","name":"blink","origin":"","short_lived":true,"created_at":"2024-05-01T10:00:01Z","removed_at":"2024-05-01T10:00:03Z"}"#.to_string()
+                    r#"{"container_id":"abcdefabcdef","name":"blink","origin":"compose","short_lived":true,"created_at":"2024-05-01T10:00:01Z","removed_at":"2024-05-01T10:00:03Z"}"#.to_string()
                 ),
             ]
         );
+    }
+
+    #[test]
+    fn a_container_told_exited_is_not_told_again_as_short_lived() {
+        let gone = ShortLivedContainer {
+            id: "abcdefabcdef0123".into(),
+            ..ShortLivedContainer::default()
+        };
+        let mut prev = Inventory {
+            last_scan: "2024-05-01T10:00:04Z".into(),
+            ..Inventory::default()
+        };
+        prev.containers
+            .insert("abcdefabcdef".into(), container("abcdefabcdef", "running"));
+        let cur = Inventory::default();
+        let events = transitions(&prev, &cur, &[], "2024-05-01T10:00:05Z");
+        assert_eq!(events.len(), 1, "{events:?}");
+        let told = told_gone(&prev, &events, "2024-05-01T10:00:05Z");
+        assert_eq!(
+            told.get("abcdefabcdef").map(String::as_str),
+            Some("2024-05-01T10:00:05Z")
+        );
+        // The next scan sees its creation and removal among the engine's
+        // events (the window overlaps): not told again.
+        let next = Inventory {
+            told_gone: told.clone(),
+            ..Inventory::default()
+        };
+        assert!(transitions(
+            &next,
+            &cur,
+            std::slice::from_ref(&gone),
+            "2024-05-01T10:00:06Z"
+        )
+        .is_empty());
+        // Remembered two seconds, then forgotten.
+        assert_eq!(told_gone(&next, &[], "2024-05-01T10:00:07Z"), told);
+        assert!(told_gone(&next, &[], "2024-05-01T10:00:08Z").is_empty());
     }
 }

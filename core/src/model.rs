@@ -312,6 +312,16 @@ pub struct ShortLivedContainer {
     pub created_at: String,
     /// When the engine removed it (RFC 3339).
     pub removed_at: String,
+    /// Its labels, as the engine's create event carries them.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// How it was started and whose it was: set by the core, which runs the
+    /// stages on it as on a listed container (empty until then).
+    #[serde(default)]
+    pub origin: String,
+    /// Its user (see `origin`).
+    #[serde(default)]
+    pub user: String,
 }
 
 impl Observations {
@@ -414,6 +424,20 @@ pub struct Inventory {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub pending_user_gpu_use: Vec<UserGpuUse>,
+    /// Containers told exited in the last seconds, by short id, with the
+    /// start of the scan that told it: the engine's events are asked from a
+    /// second before the previous scan, in whole seconds, so one removed
+    /// then may be seen again among those created and removed since; it is
+    /// not told again as short-lived.
+    #[serde(
+        default,
+        rename = "_told_gone",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub told_gone: BTreeMap<String, String>,
+    /// The events this state owes to the event log (none once delivered).
+    #[serde(default, rename = "_outbox", skip_serializing_if = "Option::is_none")]
+    pub outbox: Option<Outbox>,
 }
 
 /// GPU memory one user's unconfirmed (pending) host processes hold on one
@@ -729,16 +753,35 @@ pub struct CollectorReport {
 }
 
 /// A transition between two inventories.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     /// Event time (the scan's start).
     pub timestamp: String,
     /// Its type.
     pub event_type: EventType,
     /// The user it concerns (omitted when empty).
+    #[serde(default)]
     pub user: String,
     /// The event's fields.
     pub details: serde_json::Value,
+    /// Identifies this transition: a UUID, the same each time it is offered
+    /// again (see [`Outbox`]); empty until the cycle names it.
+    #[serde(default)]
+    pub event_id: String,
+}
+
+/// The events a state owes to the event log: written in the same file (and
+/// the same atomic rename) as the inventory they lead to, before any of them
+/// is appended. Once every event sink has taken them the state store records
+/// the outbox's `id` as delivered ([`crate::plugin::StateStore::delivered`]);
+/// an outbox found undelivered at the next start is offered again, and each
+/// event sink appends only the events its log does not already hold.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Outbox {
+    /// A UUID naming this outbox (one per state written with events).
+    pub id: String,
+    /// The events, oldest first.
+    pub events: Vec<Event>,
 }
 
 /// The type of an [`Event`], written as its `detection.*` name.

@@ -400,8 +400,15 @@ pub trait Stage: Send + Sync {
 pub struct ScanOutput<'a> {
     /// The new inventory.
     pub inventory: &'a Inventory,
-    /// The transitions since the previous inventory.
+    /// The transitions since the previous inventory, each with its
+    /// `event_id`.
     pub events: &'a [Event],
+    /// Events an earlier cycle recorded in its state but may not have
+    /// delivered (it was killed, or an event sink failed): an event sink
+    /// appends those its log does not already hold (by `event_id`), before
+    /// `events`. Counters and other consumers ignore them: they were counted
+    /// when they happened.
+    pub owed: &'a [Event],
     /// The agent settings (for example the event `source`).
     pub agent: &'a AgentConfig,
 }
@@ -457,6 +464,13 @@ pub trait StateStore: Send + Sync {
     fn peek(&self) -> Result<Option<Inventory>, StateError> {
         self.load()
     }
+    /// The id of the last [`crate::model::Outbox`] every event sink took,
+    /// if one is recorded (an outbox not recorded is offered again, and its
+    /// events carried into the next state's until it is).
+    fn delivered(&self) -> Option<String>;
+    /// Records that every event sink took the outbox `id` (called under the
+    /// scan lock, after the sinks).
+    fn set_delivered(&self, id: &str) -> Result<(), StateError>;
 }
 
 /// Delivers the result of a cycle.

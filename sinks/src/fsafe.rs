@@ -85,6 +85,18 @@ pub fn open_nofollow(options: &mut OpenOptions, path: &Path) -> Result<File, Str
 /// link there is replaced, not followed), fsync of the directory. Readers
 /// never see half a file; on error no temporary file is left behind.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
+    replace(path, bytes, mode, true)
+}
+
+/// [`write_atomic`] without the two fsyncs, for a small file whose loss in
+/// a power cut costs nothing but a check (the outbox's delivered mark, the
+/// event log's receipt): readers still see the old file or the new one,
+/// whole, or after a crash possibly an empty one.
+pub fn write_atomic_unsynced(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
+    replace(path, bytes, mode, false)
+}
+
+fn replace(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> Result<(), String> {
     let dir = parent_of(path);
     ensure_safe_dir(path)?;
     let mut prefix = std::ffi::OsString::from(".");
@@ -100,11 +112,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> 
         tmp.as_file()
             .set_permissions(Permissions::from_mode(mode))?;
         tmp.write_all(bytes)?;
-        tmp.as_file().sync_all()
+        if durable {
+            tmp.as_file().sync_all()?;
+        }
+        Ok::<(), std::io::Error>(())
     })()
     .map_err(|e| fail(&e))?;
     // On error the temporary file is removed when dropped.
     tmp.persist(path).map_err(|e| fail(&e.error))?;
+    if !durable {
+        return Ok(());
+    }
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| fail(&e))

@@ -5,8 +5,10 @@
 //! fsync, rename over the old file, fsync of the directory; the file is never
 //! seen half-written and no temporary file is left behind. A corrupt file is
 //! moved aside (`<path>.corrupt-<timestamp>`, with `.N` added when that name
-//! is taken) and the scan proceeds as a first scan. Needs: write access to the
-//! file's directory (created if missing).
+//! is taken) and the scan proceeds as a first scan. Beside it, `<path>.lock`
+//! (the scan lock) and `<path>.delivered`: the id of the last outbox every
+//! event sink took (the events a state owes, see docs/formats.md). Needs:
+//! write access to the file's directory (created if missing).
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::ErrorKind;
@@ -24,7 +26,10 @@ use detect_workloads_core::timefmt::rfc3339;
 use serde::Deserialize;
 use tracing::warn;
 
-use crate::fsafe::{check_own_file, ensure_safe_dir, is_symlink, open_nofollow, write_atomic};
+use crate::fsafe::{
+    check_own_file, ensure_safe_dir, is_symlink, open_nofollow, read_own_file, write_atomic,
+    write_atomic_unsynced,
+};
 
 /// The sample configuration of this plugin (`detect-workloads plugins
 /// --sample inventory-file`); `config/default.toml` holds the same table.
@@ -66,8 +71,13 @@ impl InventoryFile {
     }
 
     fn lock_path(&self) -> PathBuf {
+        self.beside(".lock")
+    }
+
+    /// `<path><suffix>`, in the same directory.
+    fn beside(&self, suffix: &str) -> PathBuf {
         let mut name = self.path.file_name().unwrap_or_default().to_os_string();
-        name.push(".lock");
+        name.push(suffix);
         self.path.with_file_name(name)
     }
 
@@ -75,6 +85,31 @@ impl InventoryFile {
     /// ([`crate::fsafe::write_atomic`]).
     pub fn write_atomically(&self, bytes: &[u8]) -> Result<(), String> {
         write_atomic(&self.path, bytes, self.mode)
+    }
+
+    /// Removes the temporary files a scan killed while writing left behind
+    /// (`.<name>.tmp.*` and `.<name>.delivered.tmp.*`, this user's regular
+    /// files only). Called under the scan lock, so no scan is writing one.
+    fn remove_stale_temporaries(&self) {
+        let name = self.path.file_name().unwrap_or_default().to_string_lossy();
+        let prefixes = [format!(".{name}.tmp."), format!(".{name}.delivered.tmp.")];
+        let Ok(entries) = std::fs::read_dir(crate::fsafe::parent_of(&self.path)) else {
+            return;
+        };
+        let me = nix::unistd::geteuid().as_raw();
+        for entry in entries.flatten() {
+            let file = entry.file_name();
+            let file = file.to_string_lossy();
+            if !prefixes.iter().any(|p| file.starts_with(p.as_str())) {
+                continue;
+            }
+            let ours = entry
+                .metadata()
+                .is_ok_and(|m| m.file_type().is_file() && m.uid() == me);
+            if ours && std::fs::remove_file(entry.path()).is_ok() {
+                tracing::info!(file = %entry.path().display(), "removed a temporary file an interrupted scan left");
+            }
+        }
     }
 
     fn move_aside(&self, why: &str) -> Result<(), String> {
@@ -132,6 +167,7 @@ impl StateStore for InventoryFile {
 
     fn load(&self) -> Result<Option<Inventory>, StateError> {
         tracing::debug!(path = %self.path.display(), "reading the previous state");
+        self.remove_stale_temporaries();
         let read = OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
@@ -157,6 +193,28 @@ impl StateStore for InventoryFile {
                 Ok(None)
             }
         }
+    }
+
+    fn delivered(&self) -> Option<String> {
+        let path = self.beside(".delivered");
+        match read_own_file(&path, 128) {
+            Ok(bytes) => bytes.map(|b| String::from_utf8_lossy(&b).trim().to_string()),
+            Err(e) => {
+                warn!("{e}; offering the last events again");
+                None
+            }
+        }
+    }
+
+    fn set_delivered(&self, id: &str) -> Result<(), StateError> {
+        // Unsynced: lost in a power cut, the outbox is only offered again
+        // (and its events skipped where the log holds them).
+        write_atomic_unsynced(
+            &self.beside(".delivered"),
+            format!("{id}\n").as_bytes(),
+            0o600,
+        )
+        .map_err(StateError::Other)
     }
 
     fn lock(&self, wait: Duration) -> Result<LockGuard, StateError> {

@@ -100,7 +100,7 @@ proptest! {
         source in any_text(20_000),
         details in details(),
     ) {
-        let event = Event { timestamp, event_type, user, details };
+        let event = Event { timestamp, event_type, user, details, event_id: "6a1f0b8e-3c2d-5e4f-8a9b-0c1d2e3f4a5b".into() };
         check(&event, &source)?;
     }
 
@@ -119,6 +119,7 @@ proptest! {
             event_type: EventType::HostGpuProcessDiscovered,
             user,
             details: json!({"pid": 447, "cmdline": cmdline, "gpu_memory_mb": 1030, "gpu_uuid": "GPU-x"}),
+            event_id: String::new(),
         };
         check(&event, "detect-workloads")?;
         let line = event_line(&event, "detect-workloads").map_err(|e| TestCaseError::fail(e.to_string()))?;

@@ -164,13 +164,30 @@ path = "{events}"
             .collect()
     }
 
+    /// Every event line so far, each with its `event_id` (checked to be
+    /// there, last, a UUID) taken off, so that tests can compare whole lines.
     pub fn event_lines(&self) -> Vec<String> {
         std::fs::read_to_string(self.events_path())
             .unwrap_or_default()
             .lines()
-            .map(str::to_string)
+            .map(without_event_id)
             .collect()
     }
+}
+
+/// `line` without its trailing `,"event_id":"<UUID>"`, which must be there.
+pub fn without_event_id(line: &str) -> String {
+    let (head, id) = line
+        .rsplit_once(",\"event_id\":\"")
+        .unwrap_or_else(|| panic!("no event_id last in {line}"));
+    let id = id
+        .strip_suffix("\"}")
+        .unwrap_or_else(|| panic!("event_id not last in {line}"));
+    assert!(
+        id.len() == 36 && id.chars().all(|c| c.is_ascii_hexdigit() || c == '-'),
+        "event_id {id:?} is not a UUID"
+    );
+    format!("{head}}}")
 }
 
 /// Whether this is a CI run (`CI=true` or `CI=1`, as tests/run.sh reads it).

@@ -93,6 +93,8 @@ dw_ensure_packages() {
 	command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 	command -v groupadd >/dev/null 2>&1 || missing+=(passwd)
 	command -v tmux >/dev/null 2>&1 || missing+=(tmux) # tests/e2e_ps_top.rs: `top` in a terminal
+	command -v strace >/dev/null 2>&1 || missing+=(strace) # tests/e2e_durability.rs: SIGKILL on a chosen system call
+	command -v logrotate >/dev/null 2>&1 || missing+=(logrotate) # tests/e2e_durability.rs: rotation under churn
 	[ "${#missing[@]}" -eq 0 ] && return 0
 
 	# De-duplicate.

@@ -355,6 +355,16 @@ fn short_lived(events: &[EventMessage], since: i64) -> Vec<ShortLivedContainer> 
                         image: attr("image"),
                         created_at: at,
                         removed_at: String::new(),
+                        // The create event's attributes are the labels,
+                        // plus the name and image.
+                        labels: actor
+                            .attributes
+                            .iter()
+                            .flatten()
+                            .filter(|(k, _)| k.as_str() != "name" && k.as_str() != "image")
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect(),
+                        ..ShortLivedContainer::default()
                     },
                 );
             }
@@ -685,6 +695,7 @@ mod tests {
                 attributes: Some(HashMap::from([
                     ("name".to_string(), format!("n-{id}")),
                     ("image".to_string(), "busybox".to_string()),
+                    ("ds01.user".to_string(), "alice".to_string()),
                 ])),
             }),
             time: Some(time),
@@ -711,6 +722,9 @@ mod tests {
                 image: "busybox".into(),
                 created_at: "2024-05-01T10:00:01Z".into(),
                 removed_at: "2024-05-01T10:00:03Z".into(),
+                // The create event's labels, without its name and image.
+                labels: [("ds01.user".to_string(), "alice".to_string())].into(),
+                ..ShortLivedContainer::default()
             }]
         );
         // Removed before the previous scan started: told by that scan.

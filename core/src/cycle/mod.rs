@@ -12,13 +12,17 @@
 //! 6. [`assemble`]: the new inventory, carrying over what failed sources
 //!    owned, with GPU processes in containers [`attribute`]d to them.
 //! 7. [`crate::diff`]: the events from the previous inventory to the new one.
-//! 8. [`deliver`]: hand both to the sinks, the state first.
+//! 8. [`outbox`]: name the events, and record them in the new state with
+//!    those an earlier cycle still owes.
+//! 9. [`deliver`]: hand both to the sinks, the state first; then record the
+//!    outbox as delivered.
 
 pub mod assemble;
 pub mod attribute;
 pub mod deliver;
 pub mod health;
 pub mod membership;
+pub mod outbox;
 pub mod schedule;
 pub mod sliced;
 pub mod stages;
@@ -145,6 +149,11 @@ async fn cycle(
         users: &users,
     };
     stages::run(&config.stages, &mut work, &ctx);
+    // Those that came and went between two scans pass the same stages: a
+    // system container is left out, the others classified and attributed.
+    let mut fleeting = workset::short_lived(&observed, previous, &clock.now);
+    stages::run(&config.stages, &mut fleeting, &ctx);
+    let short_lived = workset::classified_short_lived(&observed.short_lived, fleeting);
     debug!(elapsed_ms = clock.ms(), "stages done");
 
     let mut inventory = assemble::inventory(previous, work, &observed.gpus, &trust, &clock.now);
@@ -154,13 +163,33 @@ async fn cycle(
         duration_ms: clock.start.elapsed().as_millis() as u64,
         collectors: trust::reports(&collection.ran),
     });
-    let events = transitions(previous, &inventory, &observed.short_lived, &clock.now);
+    let mut events = transitions(previous, &inventory, &short_lived, &clock.now);
+    inventory.told_gone = crate::diff::told_gone(previous, &events, &clock.now);
+    outbox::name(
+        &mut events,
+        &config.agent.source,
+        &previous.last_scan,
+        &clock.now,
+    );
+    // Only a cycle that writes the state keeps an outbox in it.
+    let store = state::written_store(config);
+    let owed = match store {
+        Some(_) => outbox::owed(store, previous),
+        None => Vec::new(),
+    };
+    if store.is_some() {
+        inventory.outbox = outbox::seal(&owed, &events);
+    }
     let out = ScanOutput {
         inventory: &inventory,
         events: &events,
+        owed: &owed,
         agent: &config.agent,
     };
-    deliver::to_sinks(config.delivery_sinks(), &out).await?;
+    let delivered = deliver::to_sinks(config.delivery_sinks(), &out).await?;
+    if let (Some(store), Some(sealed), true) = (store, &inventory.outbox, delivered) {
+        outbox::mark_delivered(store, sealed);
+    }
     debug!(elapsed_ms = clock.ms(), "sinks done");
     log_summary(&inventory, &collection.ran, &trust);
     Ok(ScanResult { inventory, events })

@@ -9,7 +9,7 @@ use tracing::debug;
 
 use crate::config::{Config, Instance};
 use crate::model::Inventory;
-use crate::plugin::{LoadResult, LockGuard, Previous, Sink, StateError};
+use crate::plugin::{LoadResult, LockGuard, Previous, Sink, StateError, StateStore};
 
 use super::ScanError;
 
@@ -21,6 +21,15 @@ fn state_sink(config: &Config) -> Option<&Instance<dyn Sink>> {
         .iter()
         .chain(config.delivery_sinks())
         .find(|s| s.plugin.state_store().is_some())
+}
+
+/// The state store this cycle writes, if any (none on a dry run or with a
+/// `--sink` that is not the inventory file).
+pub fn written_store(config: &Config) -> Option<&dyn StateStore> {
+    config
+        .delivery_sinks()
+        .iter()
+        .find_map(|s| s.plugin.state_store())
 }
 
 /// Takes the scan lock when this cycle writes the state or events.

@@ -593,6 +593,12 @@ impl StateStore for FakeSink {
     fn lock(&self, _wait: Duration) -> Result<LockGuard, StateError> {
         Ok(Box::new(()))
     }
+    fn delivered(&self) -> Option<String> {
+        None
+    }
+    fn set_delivered(&self, _id: &str) -> Result<(), StateError> {
+        Ok(())
+    }
 }
 
 fn config(collectors: Vec<Instance<dyn Collector>>, sinks: Vec<Instance<dyn Sink>>) -> Config {

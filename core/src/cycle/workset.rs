@@ -10,7 +10,7 @@ use tracing::debug;
 use super::membership::Membership;
 use crate::model::{
     short_id, ContainerEntry, ContainerFacts, GpuProcess, Inventory, Observations, ProcessEntry,
-    ProcessFacts,
+    ProcessFacts, ShortLivedContainer,
 };
 use crate::plugin::{ContainerDraft, ContainerProcessDraft, ProcessDraft, Verdict, Workset};
 
@@ -146,6 +146,60 @@ impl SeenBefore {
             .filter(same);
         SeenBefore::of(unattributed.or(pending), unattributed.is_some())
     }
+}
+
+/// The containers created and removed since the previous scan, as drafts
+/// the stages classify and attribute like any listed container (from the
+/// labels, name and image of the engine's events; state `removed`).
+pub fn short_lived(observed: &Observations, previous: &Inventory, now: &str) -> Workset {
+    let containers = observed
+        .short_lived
+        .iter()
+        .map(|c| {
+            container_draft(
+                ContainerFacts {
+                    id: c.id.clone(),
+                    name: c.name.clone(),
+                    labels: c.labels.clone(),
+                    state: "removed".to_string(),
+                    image: c.image.clone(),
+                    inspect: None,
+                    collector: String::new(),
+                },
+                previous,
+                now,
+            )
+        })
+        .collect();
+    Workset {
+        containers,
+        ..Workset::default()
+    }
+}
+
+/// The short-lived containers the stages kept (by id), each with the
+/// origin, user and (possibly redacted) name and image they gave it.
+pub fn classified_short_lived(
+    seen: &[ShortLivedContainer],
+    staged: Workset,
+) -> Vec<ShortLivedContainer> {
+    let mut by_id: BTreeMap<String, ContainerEntry> = staged
+        .containers
+        .into_iter()
+        .map(|d| (d.facts.id.clone(), d.entry))
+        .collect();
+    seen.iter()
+        .filter_map(|c| {
+            let entry = by_id.remove(&c.id)?;
+            Some(ShortLivedContainer {
+                name: entry.name,
+                image: entry.image,
+                origin: entry.origin,
+                user: entry.user,
+                ..c.clone()
+            })
+        })
+        .collect()
 }
 
 fn container_draft(facts: ContainerFacts, previous: &Inventory, now: &str) -> ContainerDraft {

@@ -63,8 +63,12 @@ impl Replaying {
             .lock()
             .map_err(|_| CollectError::Failed("the recorded containers were poisoned".into()))?;
         match last.as_ref() {
+            // Those the full scan saw come and go were told by it.
             Some(Ok(observations)) => Ok(Collected {
-                observations: observations.clone(),
+                observations: Observations {
+                    short_lived: Vec::new(),
+                    ..observations.clone()
+                },
                 stats: BTreeMap::from([("replayed".to_string(), 1)]),
             }),
             Some(Err(e)) => Err(e.clone()),

@@ -81,6 +81,7 @@ impl Collector for Churn {
 struct MemoryState {
     inventory: Mutex<Option<Inventory>>,
     events: AtomicU64,
+    delivered: Mutex<Option<String>>,
 }
 
 #[async_trait]
@@ -115,6 +116,15 @@ impl StateStore for MemoryState {
     }
     fn lock(&self, _wait: Duration) -> Result<LockGuard, StateError> {
         Ok(Box::new(()))
+    }
+    fn delivered(&self) -> Option<String> {
+        self.delivered.lock().ok().and_then(|d| d.clone())
+    }
+    fn set_delivered(&self, id: &str) -> Result<(), StateError> {
+        if let Ok(mut d) = self.delivered.lock() {
+            *d = Some(id.to_string());
+        }
+        Ok(())
     }
 }
 

@@ -132,6 +132,7 @@ mod tests {
             event_type,
             user: String::new(),
             details: serde_json::Value::Null,
+            event_id: String::new(),
         }
     }
 

@@ -4,15 +4,22 @@
 //! never interleave; a line that would be longer has its free-text fields
 //! (command line, name, image) shortened first, and only if that is not enough
 //! its `details` replaced by `{"truncated":true,"original_size":N}`. JSON
-//! escapes U+2028, U+2029 and C0/C1 controls. The file is opened with
+//! escapes U+2028, U+2029 and C0/C1 controls. If the file does not end in
+//! a newline (another writer crashed mid-line), the first line starts with
+//! one. Each line ends with the event's `event_id`; events an earlier cycle
+//! owes ([`ScanOutput::owed`]) are appended only if none of the complete
+//! lines in the last [`TAIL`] bytes carries their id; lines a `copytruncate`
+//! rotation cut are appended again ([`receipt`]). The file is opened with
 //! `O_NOFOLLOW`, must belong to the user running the scan, and its directory
 //! must not be writable by others (unless sticky). A log that cannot be
-//! written is a warning: the scan still succeeds. Needs: write access to the
-//! file (its directory is created if missing).
+//! written is a warning: the scan still succeeds (its events stay owed).
+//! Needs: write access to the file and to its directory, for the receipt
+//! (the directory is created if missing).
 
+use std::collections::HashSet;
 use std::fs::{File, OpenOptions, Permissions};
-use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::io::{Seek, Write};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
 
 use detect_workloads_core::async_trait;
@@ -23,6 +30,9 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use crate::fsafe::{check_own_file, ensure_safe_dir, open_nofollow};
+
+pub mod receipt;
+use receipt::Receipt;
 
 /// The sample configuration of this plugin (`detect-workloads plugins
 /// --sample event-log`); `config/default.toml` holds the same table.
@@ -51,8 +61,13 @@ impl Default for EventLogConfig {
     }
 }
 
-/// Lines are kept strictly under this many bytes (newline included).
+/// Lines are kept strictly under this many bytes (newline included), so
+/// that one starting with a newline is still one `write` of at most 4096.
 pub const MAX_LINE: usize = 4096;
+
+/// How much of the log's end is searched for the ids of owed events: they
+/// were appended (if at all) by the cycle before, moments ago.
+pub const TAIL: u64 = 4 << 20;
 
 #[derive(Serialize)]
 struct Envelope<'a> {
@@ -63,6 +78,8 @@ struct Envelope<'a> {
     user: &'a str,
     source: &'a str,
     details: &'a serde_json::Value,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    event_id: &'a str,
 }
 
 /// Free-text fields of `details`, shortened first when a line is too long.
@@ -81,6 +98,7 @@ pub fn event_line(event: &Event, source: &str) -> Result<Vec<u8>, serde_json::Er
             user: &event.user,
             source,
             details,
+            event_id: &event.event_id,
         })?;
         line.push('\n');
         Ok(line.into_bytes())
@@ -114,6 +132,7 @@ pub fn event_line(event: &Event, source: &str) -> Result<Vec<u8>, serde_json::Er
             user: &cut(&event.user, keep),
             source: &cut(source, keep),
             details: &details,
+            event_id: &cut(&event.event_id, 64),
         })?;
         short.push('\n');
         if short.len() < MAX_LINE {
@@ -143,6 +162,41 @@ fn cut(s: &str, keep: usize) -> String {
     s.chars().take(keep).collect()
 }
 
+/// Whether `file` is empty or ends in a newline.
+fn ends_in_newline(file: &File) -> std::io::Result<bool> {
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(true);
+    }
+    let mut last = [0u8; 1];
+    file.read_exact_at(&mut last, len - 1)?;
+    Ok(last[0] == b'\n')
+}
+
+/// The `event_id`s of the complete, valid lines in the last `tail` bytes of
+/// `file` (a line cut by the start of that window, or left half-written by
+/// a crashed writer, does not count).
+pub fn ids_in_tail(file: &File, tail: u64) -> std::io::Result<HashSet<String>> {
+    #[derive(Deserialize)]
+    struct Line {
+        #[serde(default)]
+        event_id: String,
+    }
+    let len = file.metadata()?.len();
+    let start = len.saturating_sub(tail);
+    let mut bytes = vec![0u8; (len - start) as usize];
+    file.read_exact_at(&mut bytes, start)?;
+    let mut lines = bytes.split(|&b| b == b'\n');
+    if start > 0 {
+        lines.next();
+    }
+    Ok(lines
+        .filter_map(|line| serde_json::from_slice::<Line>(line).ok())
+        .map(|line| line.event_id)
+        .filter(|id| !id.is_empty())
+        .collect())
+}
+
 /// The `event-log` sink.
 #[derive(Debug)]
 pub struct EventLog {
@@ -157,7 +211,11 @@ impl EventLog {
     fn open(&self) -> Result<File, String> {
         ensure_safe_dir(&self.path)?;
         let file = open_nofollow(
-            OpenOptions::new().append(true).create(true).mode(self.mode),
+            OpenOptions::new()
+                .read(true)
+                .append(true)
+                .create(true)
+                .mode(self.mode),
             &self.path,
         )?;
         let mode = check_own_file(&file, &self.path)?.mode() & 0o7777;
@@ -191,15 +249,59 @@ impl Sink for EventLog {
         let mut file = self
             .open()
             .map_err(|e| SinkError::new(format!("event log: {e}")))?;
-        for event in out.events {
-            let line = event_line(event, &out.agent.source).map_err(|e| fail("encode for", &e))?;
+        let receipt = Receipt::load(&self.path);
+        let cut = receipt.as_ref().is_some_and(|r| r.was_cut(&file));
+        let held = if out.owed.is_empty() && !cut {
+            HashSet::new()
+        } else {
+            ids_in_tail(&file, TAIL).map_err(|e| fail("read", &e))?
+        };
+        let mut lines = match (&receipt, cut) {
+            (Some(receipt), true) => receipt.cut_lines(&self.path, &held),
+            _ => Vec::new(),
+        };
+        let again: HashSet<String> = lines.iter().map(|l| receipt::id_of(l)).collect();
+        let owed: Vec<&Event> = out
+            .owed
+            .iter()
+            .filter(|e| !held.contains(e.event_id.as_str()) && !again.contains(&e.event_id))
+            .collect();
+        if !out.owed.is_empty() {
+            tracing::info!(
+                owed = out.owed.len(),
+                appending = owed.len(),
+                "appending the events an earlier scan owed that the log lacks"
+            );
+        }
+        for event in owed.into_iter().chain(out.events) {
+            lines.push(event_line(event, &out.agent.source).map_err(|e| fail("encode for", &e))?);
+        }
+        for (n, line) in lines.iter().enumerate() {
+            let mut bytes = std::borrow::Cow::from(line.as_slice());
+            if n == 0 && !ends_in_newline(&file).map_err(|e| fail("read", &e))? {
+                let mut with = Vec::with_capacity(line.len() + 1);
+                with.push(b'\n');
+                with.extend_from_slice(line);
+                bytes = with.into();
+            }
             // One write per line: with O_APPEND the kernel places it whole.
-            let written = file.write(&line).map_err(|e| fail("append to", &e))?;
-            if written != line.len() {
+            let written = file.write(&bytes).map_err(|e| fail("append to", &e))?;
+            if written != bytes.len() {
                 return Err(fail(
                     "append to",
-                    &format!("short write ({written} of {} bytes)", line.len()),
+                    &format!("short write ({written} of {} bytes)", bytes.len()),
                 ));
+            }
+        }
+        if !lines.is_empty() || cut {
+            // Where our last line ends (O_APPEND left the offset there).
+            let end = file
+                .stream_position()
+                .map_err(|e| fail("read the offset of", &e))?;
+            if let Err(e) = Receipt::save(&self.path, &file, end, &lines) {
+                warn!(
+                    "{e}: a copytruncate rotation now could cut the lines just appended unnoticed"
+                );
             }
         }
         tracing::debug!(path = %self.path.display(), events = out.events.len(), "events appended");
@@ -250,6 +352,7 @@ mod tests {
             event_type: EventType::HostGpuProcessDiscovered,
             user: user.into(),
             details: serde_json::json!({"pid": 447, "cmdline": cmdline}),
+            event_id: String::new(),
         }
     }
 
