@@ -206,6 +206,7 @@ fi
 dw_ensure_prometheus_tools() {
 	local missing=() policy=/usr/sbin/policy-rc.d added_policy=0 rc=0
 	command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+	command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 	command -v prometheus-node-exporter >/dev/null 2>&1 || missing+=(prometheus-node-exporter)
 	[ "${#missing[@]}" -eq 0 ] && return 0
 	[ "$(id -u)" -eq 0 ] || { dw_warn "missing ${missing[*]} and not root"; return 1; }
@@ -226,7 +227,9 @@ if ! dw_ensure_prometheus_tools; then
 fi
 DW_TEST_PROMTOOL="$(command -v promtool || true)"
 DW_TEST_NODE_EXPORTER="$(command -v prometheus-node-exporter || true)"
-export DW_TEST_PROMTOOL DW_TEST_NODE_EXPORTER
+# The server itself (tests/e2e_fleet.rs scrapes three watch instances with it).
+DW_TEST_PROMETHEUS="$(command -v prometheus || true)"
+export DW_TEST_PROMTOOL DW_TEST_NODE_EXPORTER DW_TEST_PROMETHEUS
 
 # --- 6. the Rust checks ------------------------------------------------------------
 dw_log "cargo fmt --all --check"
