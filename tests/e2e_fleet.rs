@@ -215,6 +215,18 @@ fn a_real_prometheus_scrapes_three_nodes_over_tls_with_basic_auth() {
         ),
     );
 
+    // A container on the (shared) engine, so that the container series and
+    // the rules over them have something to show.
+    let mut containers = Containers::new(&host);
+    containers.create(&[
+        "--label",
+        "ds01.user=alice",
+        "--name",
+        &unique("dw-fleet"),
+        &test_image(),
+        "true",
+    ]);
+
     // Three nodes, each with a root and a test-user GPU process.
     let mut nodes: Vec<Node> = (0..3u64)
         .map(|k| {
