@@ -309,6 +309,24 @@ fn a_real_prometheus_scrapes_three_nodes_over_tls_with_basic_auth() {
         t.len() == 3 && t.iter().all(|t| t["health"] == "up")
     });
 
+    // Plain HTTP to a TLS listener gets no metrics.
+    let plain = Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "3",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-u",
+        ])
+        .arg(format!("prometheus:{password}"))
+        .arg(format!("http://{}/metrics", nodes[0].target()))
+        .output()
+        .expect("curl");
+    assert_ne!(plain.stdout, b"200", "plain HTTP was served");
+
     // Per-user GPU memory across the fleet equals the three inventories
     // (once every node has confirmed its processes).
     let expected = |nodes: &[Node]| {

@@ -240,3 +240,31 @@ fn the_soft_descriptor_limit_is_raised_to_the_hard_one() {
     assert_eq!(numbers, ["4096", "4096"], "{line}");
     stop(watch);
 }
+
+#[test]
+fn a_listener_open_to_the_network_without_tls_or_authentication_is_a_warning() {
+    let s = Scratch::new();
+    let port = free_port();
+    let open = config(&s, port, "interval = \"1h\"\ngpu_interval = \"1h\"");
+    edit_config(
+        &open,
+        &format!("listen = \"127.0.0.1:{port}\""),
+        &format!("listen = \"0.0.0.0:{port}\""),
+    );
+    let mut watch = s.spawn(&open, &["watch"]);
+    wait_for("the first scan", &mut watch, || s.inventory_path().exists());
+    let err = stop(watch);
+    assert!(
+        err.lines()
+            .any(|l| l.contains("WARN") && l.contains(&format!("0.0.0.0:{port}"))),
+        "{err}"
+    );
+    // On loopback: no such warning.
+    let s = Scratch::new();
+    let port = free_port();
+    let local = config(&s, port, "interval = \"1h\"\ngpu_interval = \"1h\"");
+    let mut watch = s.spawn(&local, &["watch"]);
+    wait_for("the first scan", &mut watch, || s.inventory_path().exists());
+    let err = stop(watch);
+    assert!(!err.contains("WARN"), "{err}");
+}

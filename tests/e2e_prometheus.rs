@@ -19,7 +19,7 @@ use std::time::Duration;
 use common::{Proc, Scratch};
 use detect_workloads_core::model::{
     CollectorReport, ContainerEntry, ContainerGpuProcess, GpuMismatch, Inventory, ProcessEntry,
-    ScanReport,
+    ScanReport, UserGpuUse,
 };
 use detect_workloads_sinks::prometheus::carried::STATE_FILE;
 use detect_workloads_sinks::prometheus::{render, Carried, FILE_NAME};
@@ -360,6 +360,15 @@ fn full_inventory() -> Inventory {
             ..Default::default()
         },
     );
+    inv.user_gpu_use.push(UserGpuUse {
+        user: "carol".into(),
+        gpu_uuid: "GPU-0".into(),
+        gpu_memory_mb: Some(512),
+        pids: vec![4711],
+        processes_seen: 3,
+        detected_at: "2026-01-01T00:00:00Z".into(),
+        seen_scans: 2,
+    });
     inv.scan = Some(ScanReport {
         started_at: "2026-01-01T00:00:00Z".into(),
         collectors: [(
@@ -424,6 +433,21 @@ fn dashboard_and_rules_use_only_emitted_metrics() {
         .map(str::to_string)
         .collect();
     assert!(emitted.len() >= 15, "{emitted:?}");
+    // The README's table of metrics names every one of them.
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README");
+    let undocumented: Vec<_> = emitted
+        .iter()
+        .filter(|m| {
+            !m.starts_with("process_")
+                && !readme.contains(&format!("| `{m}`"))
+                && !readme.contains(&format!(", `{m}`"))
+        })
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "not in the README's metrics table: {undocumented:?}"
+    );
 
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/grafana/detect-workloads.json");
     let dashboard: serde_json::Value =

@@ -408,7 +408,13 @@ pub async fn serve(
         },
         limits,
     });
+    // The connections are this future's: when it is dropped (a reload
+    // replaced the configuration, or the service stopped) every one of them
+    // is aborted with it, so that none goes on serving an old feed with old
+    // credentials outside the new cap.
+    let mut connections: tokio::task::JoinSet<()> = tokio::task::JoinSet::new();
     loop {
+        while connections.try_join_next().is_some() {}
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             // Out of descriptors and the like: wait, then go on serving.
@@ -424,7 +430,7 @@ pub async fn serve(
             continue;
         };
         let shared = Arc::clone(&shared);
-        tokio::spawn(async move {
+        connections.spawn(async move {
             connection(&shared, id, stream, close).await;
             shared.slots.release(id);
             debug!(%peer, open = shared.slots.open(), "metrics connection closed");

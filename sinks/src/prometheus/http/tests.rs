@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 struct Running {
     addr: SocketAddr,
     feed: Arc<Feed>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -21,10 +22,11 @@ fn start(web: WebConfig, limits: Limits) -> Running {
         .block_on(TcpListener::bind("127.0.0.1:0"))
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    runtime.spawn(serve(Arc::new(listener), feed.clone(), web, limits));
+    let server = runtime.spawn(serve(Arc::new(listener), feed.clone(), web, limits));
     Running {
         addr,
         feed,
+        server,
         _runtime: runtime,
     }
 }
@@ -233,4 +235,34 @@ fn at_the_cap_a_connection_that_never_sent_a_request_goes_first() {
         slots.set_busy(id, true);
     }
     assert!(slots.admit(Instant::now()).is_none(), "all busy: refused");
+}
+
+#[test]
+fn a_stopped_server_closes_its_open_connections() {
+    // A reload aborts the old server's task: a keep-alive connection opened
+    // before must not go on being served by it (old feed, old credentials).
+    let running = start(WebConfig::default(), Limits::default());
+    let mut stream = std::net::TcpStream::connect(running.addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("send");
+    let mut first = [0u8; 4096];
+    let n = stream.read(&mut first).expect("read");
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    running.server.abort();
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut again = [0u8; 4096];
+    // Closed: end of file or a reset; served: another response.
+    let answer = match stream.read(&mut again) {
+        Ok(n) => String::from_utf8_lossy(&again[..n]).into_owned(),
+        Err(e) => format!("error: {e}"),
+    };
+    assert!(
+        !answer.starts_with("HTTP/1.1"),
+        "the old connection was still served: {answer}"
+    );
 }
