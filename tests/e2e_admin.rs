@@ -240,11 +240,32 @@ fn docker_unreachable_or_misnamed_says_so_with_what_to_do() {
     );
     assert!(
         err.contains(
-            "Scan complete: containers not seen (docker failed; 0 kept from the last scan)"
+            "Scan complete: containers not seen (docker unavailable; 0 kept from the last scan)"
         ),
         "{err}"
     );
     assert!(!err.contains("Scan complete: 0 containers"), "{err}");
+    // An engine that never answers: that is a failure, and said so.
+    let mute = s.path("mute-docker.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&mute).expect("bind");
+    let (out, err) = scan_with_docker_host(&s, &format!("unix://{}", mute.display()));
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(
+            "Scan complete: containers not seen (docker failed; 0 kept from the last scan)"
+        ),
+        "{err}"
+    );
+    // No engine installed (no socket): not on this machine, not failed.
+    let missing = s.path("no-such-docker.sock");
+    let (out, err) = scan_with_docker_host(&s, &format!("unix://{}", missing.display()));
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(
+            "Scan complete: containers not seen (docker unavailable; 0 kept from the last scan)"
+        ),
+        "{err}"
+    );
 }
 
 /// A loopback port nobody listens on (bound, then released).

@@ -204,9 +204,10 @@ impl Endpoint {
         Ok(docker.with_request_modifier(move |request| through(&calls, request)))
     }
 
-    /// "Cannot reach the engine" (no socket, refused, TLS handshake refused,
-    /// no answer) is unavailability; an engine that answers wrongly (error
-    /// status, data bollard cannot read) is a failure. The message carries
+    /// "Cannot reach the engine" (no socket, refused, TLS handshake refused)
+    /// is unavailability; an engine that answers wrongly (error status, data
+    /// bollard cannot read) or takes a connection and never answers (a hung
+    /// dockerd: the alerts must see it) is a failure. The message carries
     /// every cause (hyper's own says only "client error (Connect)").
     ///
     /// A socket we may not open is a failure, not an absence: the engine is
@@ -214,6 +215,10 @@ impl Endpoint {
     pub(crate) fn classify(&self, e: DockerError) -> CollectError {
         let text = with_causes(&e);
         match e {
+            DockerError::RequestTimeoutError => CollectError::Failed(format!(
+                "engine at {self}: {text} (it took the connection and did not answer: \
+                 is dockerd hung? `journalctl -u docker`)"
+            )),
             DockerError::DockerResponseServerError { .. }
             | DockerError::JsonDataError { .. }
             | DockerError::JsonSerdeError { .. } => {

@@ -233,14 +233,31 @@ fn log_summary(inventory: &Inventory, ran: &[schedule::Ran<'_>], trust: &trust::
         .count();
     let containers =
         if container_sources > 0 && trust.failed_container_sources.len() == container_sources {
-            let failed: Vec<&str> = trust
+            // Not installed is not broken: each source says which it was.
+            let why: Vec<String> = trust
                 .failed_container_sources
                 .iter()
-                .map(String::as_str)
+                .map(|name| {
+                    let absent = ran.iter().any(|r| {
+                        &r.instance.name == name
+                            && matches!(
+                                &r.outcome,
+                                schedule::Outcome::Failed {
+                                    error: crate::plugin::CollectError::Unavailable(_),
+                                    ..
+                                }
+                            )
+                    });
+                    if absent {
+                        format!("{name} unavailable")
+                    } else {
+                        format!("{name} failed")
+                    }
+                })
                 .collect();
             format!(
-                "containers not seen ({} failed; {} kept from the last scan)",
-                failed.join(", "),
+                "containers not seen ({}; {} kept from the last scan)",
+                why.join(", "),
                 inventory.containers.len()
             )
         } else {
