@@ -130,28 +130,6 @@ impl Drop for Churn {
     }
 }
 
-/// Starts the binary with its standard error going to `log` (appended), so
-/// that nothing blocks on a full pipe.
-fn start(s: &Scratch, config: &Path, args: &[&str], log: &Path) -> Child {
-    let err = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .expect("stderr log");
-    Command::new(BIN)
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env_remove("DETECT_WORKLOADS_CONFIG")
-        .env_remove("DOCKER_HOST")
-        .current_dir(s.dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(err)
-        .spawn()
-        .expect("start detect-workloads")
-}
-
 fn kill9(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
@@ -259,7 +237,7 @@ fn killed_at_100_random_moments_no_event_is_lost_or_told_twice() {
     // 50 oneshot scans from a loop, each killed at a random moment of its
     // run (or let finish, when it is quicker).
     for _ in 0..50 {
-        let mut scan = start(&s, &config, &[], &stderr);
+        let mut scan = spawn_logged(&config, &[], &stderr);
         std::thread::sleep(Duration::from_millis(rng.below(scan_ms * 3 / 2)));
         if scan.try_wait().expect("wait").is_none() {
             killed += 1;
@@ -269,7 +247,7 @@ fn killed_at_100_random_moments_no_event_is_lost_or_told_twice() {
     }
     // 50 kills of watch mode, each after a random time.
     for _ in 0..50 {
-        let mut watch = start(&s, &config, &["watch"], &stderr);
+        let mut watch = spawn_logged(&config, &["watch"], &stderr);
         std::thread::sleep(Duration::from_millis(rng.below(1500)));
         assert!(
             watch.try_wait().expect("wait").is_none(),
@@ -508,7 +486,7 @@ fn a_full_or_read_only_disk_loses_nothing_and_leaves_the_state_as_it_was() {
     // Watch mode records the failure and goes on.
     let stderr = s.path("watch.log");
     let watch_config = churn_config(&s, &host, "interval = \"500ms\"\ngpu_interval = \"1h\"");
-    let mut watch = start(&s, &watch_config, &["watch"], &stderr);
+    let mut watch = spawn_logged(&watch_config, &["watch"], &stderr);
     let bound = Instant::now() + BOUND;
     while !std::fs::read_to_string(&stderr)
         .unwrap_or_default()
@@ -722,7 +700,7 @@ fn short_lived_containers_are_classified_attributed_and_told_once() {
     // never again as short-lived a cycle later.
     let stderr = s.path("watch.log");
     let watch_config = churn_config(&s, &host, "interval = \"300ms\"\ngpu_interval = \"300ms\"");
-    let mut watch = start(&s, &watch_config, &["watch"], &stderr);
+    let mut watch = spawn_logged(&watch_config, &["watch"], &stderr);
     std::thread::sleep(Duration::from_secs(1));
     let mut names = Vec::new();
     for _ in 0..4 {
@@ -826,7 +804,7 @@ fn rotation_during_churn_loses_nothing_in_either_mode() {
             let churn = Churn::start(&host, &unique("dw-rot"), 3, 120);
             let mut in_state = BTreeSet::new();
             let stderr = s.path("watch.log");
-            let mut watch = watch_mode.then(|| start(&s, &config, &["watch"], &stderr));
+            let mut watch = watch_mode.then(|| spawn_logged(&config, &["watch"], &stderr));
             for _ in 0..15 {
                 if watch.is_none() {
                     s.scan(&config);

@@ -56,19 +56,8 @@ struct Node {
 
 impl Node {
     fn start(&mut self) {
-        let err = std::fs::File::create(self.s.path("watch.log")).expect("log");
-        let child = Command::new(BIN)
-            .arg("--config")
-            .arg(&self.config)
-            .arg("watch")
-            .env_remove("DETECT_WORKLOADS_CONFIG")
-            .env_remove("DOCKER_HOST")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(err)
-            .spawn()
-            .expect("watch");
-        self.watch = Some(Killed(child));
+        let log = self.s.path("watch.log");
+        self.watch = Some(Killed(spawn_logged(&self.config, &["watch"], &log)));
     }
 
     fn target(&self) -> String {
@@ -127,6 +116,14 @@ fn wait(what: &str, bound: Duration, mut done: impl FnMut() -> bool) {
     while !done() {
         assert!(start.elapsed() < bound, "not within {bound:?}: {what}");
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Adds a target's (health, last scrape) to `scrapes` when it is a scrape
+/// not noted yet.
+fn note_scrape(scrapes: &mut Vec<(String, String)>, now: (String, String)) {
+    if scrapes.last().is_none_or(|(_, at)| *at != now.1) {
+        scrapes.push(now);
     }
 }
 
@@ -467,14 +464,7 @@ fn a_real_prometheus_scrapes_three_nodes_over_tls_with_basic_auth() {
     });
     let mut scrapes = Vec::new();
     wait("two scrapes after the restart", bound, || {
-        let (h, at) = health(&victim);
-        if scrapes
-            .last()
-            .map(|(_, a): &(String, String)| a != &at)
-            .unwrap_or(true)
-        {
-            scrapes.push((h, at));
-        }
+        note_scrape(&mut scrapes, health(&victim));
         scrapes.len() >= 3
     });
     // The first sample may predate the restart; of the next two, one is up.
@@ -532,14 +522,7 @@ fn a_real_prometheus_scrapes_three_nodes_over_tls_with_basic_auth() {
     let mut scans = vec![scan_at(&nodes[0])];
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(8) {
-        let (h, at) = health(&target0);
-        if seen
-            .last()
-            .map(|(_, a): &(String, String)| a != &at)
-            .unwrap_or(true)
-        {
-            seen.push((h, at));
-        }
+        note_scrape(&mut seen, health(&target0));
         let now = scan_at(&nodes[0]);
         if scans.last() != Some(&now) {
             scans.push(now);

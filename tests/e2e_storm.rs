@@ -9,7 +9,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::process::{Command, Stdio};
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -79,18 +79,7 @@ fn a_storm_of_2000_containers_keeps_memory_bounded_and_loses_no_transition() {
         "source = \"detect-workloads-test\"\n",
         "source = \"detect-workloads-test\"\ninterval = \"2s\"\ngpu_interval = \"1h\"\n",
     );
-    let err = std::fs::File::create(s.path("watch.log")).expect("log");
-    let mut watch = Command::new(BIN)
-        .arg("--config")
-        .arg(&config)
-        .arg("watch")
-        .env_remove("DETECT_WORKLOADS_CONFIG")
-        .env_remove("DOCKER_HOST")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(err)
-        .spawn()
-        .expect("watch");
+    let mut watch = spawn_logged(&config, &["watch"], &s.path("watch.log"));
     let pid = watch.id();
     let socket = host
         .strip_prefix("unix://")

@@ -53,18 +53,6 @@ path = "{dirname}/log/events.jsonl"
     return path
 
 
-def api(sock, method, path, body=None):
-    conn = scale.UnixConnection(sock)
-    headers = {"Content-Type": "application/json"} if body is not None else {}
-    conn.request(method, path, body=json.dumps(body) if body is not None else None, headers=headers)
-    resp = conn.getresponse()
-    data = resp.read()
-    conn.close()
-    if resp.status >= 300:
-        sys.exit(f"{method} {path}: {resp.status} {data[:200]!r}")
-    return json.loads(data) if data else None
-
-
 def main():
     endpoint = sys.argv[1]
     runs = int(sys.argv[2]) if len(sys.argv) > 2 else 31
@@ -96,18 +84,20 @@ def main():
     results = {k: {"event": [], "steady": []} for k in sides}
     last = None
     for i in range(runs):
-        created = api(sock, "POST", f"/containers/create?name=dw-bench-ev-{os.getpid()}-{i}",
-                      {"Image": image, "Cmd": ["true"], "Labels": {"dw-test": "1"}})
+        status, created = scale.api(sock, "POST", f"/containers/create?name=dw-bench-ev-{os.getpid()}-{i}",
+                                    {"Image": image, "Cmd": ["true"], "Labels": {"dw-test": "1"}})
+        if status != 201:
+            sys.exit(f"cannot create a container: {status} {created[:200]!r}")
         if last:
-            api(sock, "DELETE", f"/containers/{last}?force=1")
-        last = created["Id"]
+            scale.api(sock, "DELETE", f"/containers/{last}?force=1")
+        last = json.loads(created)["Id"]
         order = ["new", "baseline"] if i % 2 == 0 else ["baseline", "new"]
         for name in order:
             results[name]["event"].append(scan(name))
         for name in order:
             results[name]["steady"].append(scan(name))
     if last:
-        api(sock, "DELETE", f"/containers/{last}?force=1")
+        scale.api(sock, "DELETE", f"/containers/{last}?force=1")
     for name in sides:
         lines = open(os.path.join(sides[name][2], "log/events.jsonl")).read().splitlines()
         print(f"{name}: {len(lines)} event lines", file=sys.stderr)

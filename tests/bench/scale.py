@@ -37,6 +37,17 @@ class UnixConnection(http.client.HTTPConnection):
         self.sock = s
 
 
+def api(sock, method, path, body=None):
+    """One Engine API request on the socket at `sock`: (status, body bytes)."""
+    conn = UnixConnection(sock)
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    conn.request(method, path, body=json.dumps(body) if body is not None else None, headers=headers)
+    resp = conn.getresponse()
+    data = resp.read()
+    conn.close()
+    return resp.status, data
+
+
 RUSAGE = None  # path of the compiled tests/bench/rusage.c (set by measure)
 
 

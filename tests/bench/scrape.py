@@ -28,16 +28,6 @@ import scale  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def api(sock, method, path, body=None):
-    conn = scale.UnixConnection(sock)
-    headers = {"Content-Type": "application/json"} if body is not None else {}
-    conn.request(method, path, body=json.dumps(body) if body is not None else None, headers=headers)
-    resp = conn.getresponse()
-    data = resp.read()
-    conn.close()
-    return resp.status, data
-
-
 def scrape(port, tls_ctx=None, auth=None):
     start = time.perf_counter()
     raw = socket.create_connection(("127.0.0.1", port))
@@ -72,7 +62,7 @@ def main():
 
     def make(start):
         for i in range(start, n, 8):
-            status, data = api(sock, "POST", f"/containers/create?name=dw-bench-scrape-{os.getpid()}-{i}",
+            status, data = scale.api(sock, "POST", f"/containers/create?name=dw-bench-scrape-{os.getpid()}-{i}",
                                {"Image": image, "Cmd": ["true"], "Labels": {"dw-test": "1", "ds01.user": f"user{i % 40}"},
                                 "HostConfig": {"NetworkMode": "none"}})
             if status == 201:
@@ -139,7 +129,7 @@ path = "{d}/inventory.json"
                 watch.wait()
     finally:
         for cid in ids:
-            api(sock, "DELETE", f"/containers/{cid}?force=1")
+            scale.api(sock, "DELETE", f"/containers/{cid}?force=1")
     print("| /metrics | containers | scrapes | median ms | worst ms | body bytes |")
     print("|---|---|---|---|---|---|")
     for mode, (med, worst, size, count) in results.items():

@@ -352,6 +352,28 @@ impl Scratch {
     }
 }
 
+/// Starts the binary with this config, its standard error appended to `log`
+/// (nothing blocks on a full pipe, however long it runs) and its standard
+/// input and output closed.
+pub fn spawn_logged(config: &Path, args: &[&str], log: &Path) -> std::process::Child {
+    let err = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("open the stderr log");
+    Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("DETECT_WORKLOADS_CONFIG")
+        .env_remove("DOCKER_HOST")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(err)
+        .spawn()
+        .expect("start detect-workloads")
+}
+
 /// Rewrites a config file, replacing `from` (which must be there) by `to`.
 pub fn edit_config(path: &Path, from: &str, to: &str) {
     let text = std::fs::read_to_string(path).expect("read config");
