@@ -119,6 +119,27 @@ fn wait(what: &str, bound: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// The HTTP status `url` answers with the fleet's credentials (the
+/// self-signed certificate not checked), `000` when nothing answers.
+fn metrics_status(url: &str, password: &str) -> String {
+    let out = Command::new("curl")
+        .args([
+            "-sk",
+            "--max-time",
+            "3",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-u",
+        ])
+        .arg(format!("prometheus:{password}"))
+        .arg(url)
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Adds a target's (health, last scrape) to `scrapes` when it is a scrape
 /// not noted yet.
 fn note_scrape(scrapes: &mut Vec<(String, String)>, now: (String, String)) {
@@ -307,22 +328,8 @@ fn a_real_prometheus_scrapes_three_nodes_over_tls_with_basic_auth() {
     });
 
     // Plain HTTP to a TLS listener gets no metrics.
-    let plain = Command::new("curl")
-        .args([
-            "-s",
-            "--max-time",
-            "3",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-u",
-        ])
-        .arg(format!("prometheus:{password}"))
-        .arg(format!("http://{}/metrics", nodes[0].target()))
-        .output()
-        .expect("curl");
-    assert_ne!(plain.stdout, b"200", "plain HTTP was served");
+    let plain = metrics_status(&format!("http://{}/metrics", nodes[0].target()), password);
+    assert_ne!(plain, "200", "plain HTTP was served");
 
     // Per-user GPU memory across the fleet equals the three inventories
     // (once every node has confirmed its processes).
@@ -446,21 +453,7 @@ fn a_real_prometheus_scrapes_three_nodes_over_tls_with_basic_auth() {
     });
     nodes[2].start();
     wait("the restarted node serving /metrics", bound, || {
-        Command::new("curl")
-            .args([
-                "-sk",
-                "--max-time",
-                "2",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "-u",
-            ])
-            .arg(format!("prometheus:{password}"))
-            .arg(format!("https://{victim}/metrics"))
-            .output()
-            .is_ok_and(|o| o.stdout == b"200")
+        metrics_status(&format!("https://{victim}/metrics"), password) == "200"
     });
     let mut scrapes = Vec::new();
     wait("two scrapes after the restart", bound, || {

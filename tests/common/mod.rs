@@ -334,16 +334,23 @@ pub fn test_user() -> (String, u32) {
     }
 }
 
+/// The binary with this config and arguments, in an environment that
+/// names no other config and no Docker host.
+pub fn binary(config: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("DETECT_WORKLOADS_CONFIG")
+        .env_remove("DOCKER_HOST");
+    cmd
+}
+
 impl Scratch {
     /// Starts the binary with this config without waiting for it (standard
     /// output and error captured).
     pub fn spawn(&self, config: &Path, args: &[&str]) -> std::process::Child {
-        Command::new(BIN)
-            .arg("--config")
-            .arg(config)
-            .args(args)
-            .env_remove("DETECT_WORKLOADS_CONFIG")
-            .env_remove("DOCKER_HOST")
+        binary(config, args)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -361,12 +368,7 @@ pub fn spawn_logged(config: &Path, args: &[&str], log: &Path) -> std::process::C
         .append(true)
         .open(log)
         .expect("open the stderr log");
-    Command::new(BIN)
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env_remove("DETECT_WORKLOADS_CONFIG")
-        .env_remove("DOCKER_HOST")
+    binary(config, args)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(err)

@@ -173,10 +173,7 @@ async fn cycle(
     );
     // Only a cycle that writes the state keeps an outbox in it.
     let store = state::written_store(config);
-    let owed = match store {
-        Some(_) => outbox::owed(store, previous),
-        None => Vec::new(),
-    };
+    let owed = store.map_or_else(Vec::new, |s| outbox::owed(s, previous));
     if store.is_some() {
         inventory.outbox = outbox::seal(&owed, &events);
     }

@@ -78,11 +78,11 @@ pub fn name(events: &mut [Event], source: &str, previous_scan: &str, now: &str) 
 
 /// The events `previous` owes: its outbox's, unless the store records that
 /// outbox as delivered.
-pub fn owed(store: Option<&dyn StateStore>, previous: &Inventory) -> Vec<Event> {
+pub fn owed(store: &dyn StateStore, previous: &Inventory) -> Vec<Event> {
     let Some(outbox) = &previous.outbox else {
         return Vec::new();
     };
-    match store.and_then(StateStore::delivered) {
+    match store.delivered() {
         Some(id) if id == outbox.id => Vec::new(),
         _ => outbox.events.clone(),
     }
@@ -206,10 +206,10 @@ mod tests {
             outbox: Some(outbox.clone()),
             ..Inventory::default()
         };
-        assert_eq!(owed(Some(&Store(None)), &previous), events);
-        assert_eq!(owed(Some(&Store(Some("other".into()))), &previous), events);
-        assert!(owed(Some(&Store(Some(outbox.id.clone()))), &previous).is_empty());
-        assert!(owed(None, &Inventory::default()).is_empty());
+        assert_eq!(owed(&Store(None), &previous), events);
+        assert_eq!(owed(&Store(Some("other".into())), &previous), events);
+        assert!(owed(&Store(Some(outbox.id.clone())), &previous).is_empty());
+        assert!(owed(&Store(None), &Inventory::default()).is_empty());
         assert!(seal(&[], &[]).is_none());
         let again = seal(&events, &events).expect("an outbox");
         assert_eq!(again.events.len(), 2);

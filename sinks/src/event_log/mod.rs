@@ -177,11 +177,6 @@ fn ends_in_newline(file: &File) -> std::io::Result<bool> {
 /// `file` (a line cut by the start of that window, or left half-written by
 /// a crashed writer, does not count).
 pub fn ids_in_tail(file: &File, tail: u64) -> std::io::Result<HashSet<String>> {
-    #[derive(Deserialize)]
-    struct Line {
-        #[serde(default)]
-        event_id: String,
-    }
     let len = file.metadata()?.len();
     let start = len.saturating_sub(tail);
     let mut bytes = vec![0u8; (len - start) as usize];
@@ -190,11 +185,21 @@ pub fn ids_in_tail(file: &File, tail: u64) -> std::io::Result<HashSet<String>> {
     if start > 0 {
         lines.next();
     }
-    Ok(lines
-        .filter_map(|line| serde_json::from_slice::<Line>(line).ok())
-        .map(|line| line.event_id)
-        .filter(|id| !id.is_empty())
-        .collect())
+    Ok(lines.map(event_id_of).filter(|id| !id.is_empty()).collect())
+}
+
+/// The `event_id` of one line (a leading newline allowed); empty if it has
+/// none or is not a complete JSON line.
+pub fn event_id_of(line: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct Id {
+        #[serde(default)]
+        event_id: String,
+    }
+    let line = line.strip_prefix(b"\n").unwrap_or(line);
+    serde_json::from_slice::<Id>(line)
+        .map(|i| i.event_id)
+        .unwrap_or_default()
 }
 
 /// The `event-log` sink.
@@ -260,7 +265,7 @@ impl Sink for EventLog {
             (Some(receipt), true) => receipt.cut_lines(&self.path, &held),
             _ => Vec::new(),
         };
-        let again: HashSet<String> = lines.iter().map(|l| receipt::id_of(l)).collect();
+        let again: HashSet<String> = lines.iter().map(|l| event_id_of(l)).collect();
         let owed: Vec<&Event> = out
             .owed
             .iter()

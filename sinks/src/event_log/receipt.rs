@@ -86,7 +86,7 @@ impl Receipt {
             .lines
             .iter()
             .filter(|line| {
-                let id = id_of(line.as_bytes());
+                let id = super::event_id_of(line.as_bytes());
                 !id.is_empty() && !in_file.contains(&id) && !in_copy.contains(&id)
             })
             .map(|line| line.clone().into_bytes())
@@ -125,17 +125,4 @@ impl Receipt {
         let bytes = serde_json::to_vec(&receipt).map_err(|e| e.to_string())?;
         write_atomic_unsynced(&path_of(log), &bytes, 0o600)
     }
-}
-
-/// The `event_id` of one line (empty if it has none or does not parse).
-pub fn id_of(line: &[u8]) -> String {
-    #[derive(Deserialize)]
-    struct Id {
-        #[serde(default)]
-        event_id: String,
-    }
-    let line = line.strip_prefix(b"\n").unwrap_or(line);
-    serde_json::from_slice::<Id>(line)
-        .map(|i| i.event_id)
-        .unwrap_or_default()
 }
