@@ -40,6 +40,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=tests/lib/engine.sh
 source tests/lib/engine.sh
+# shellcheck source=tests/lib/podman.sh
+source tests/lib/podman.sh
 
 if [ "${1:-}" = --stop ]; then
 	dir="${2:?usage: bash tests/run.sh --stop DIR (the directory DW_TEST_KEEP=1 left)}"
@@ -119,6 +121,15 @@ if [ "$engine_up" -eq 1 ]; then
 		dw_warn "containers cannot be started here: $(cat "$DW_TEST_DIR/run-check.err")"
 	fi
 	export DW_TEST_DOCKER_HOST DW_TEST_DOCKER_CAN_RUN
+
+	# A rootless Podman service of the test user (tests/e2e_podman.rs).
+	if [ -n "${DW_TEST_USER:-}" ] && dw_podman_start "$DW_TEST_DIR" "$DW_TEST_USER"; then
+		:
+	elif is_ci; then
+		dw_die "the test user's rootless Podman service did not start (see above)"
+	else
+		dw_warn "no rootless Podman service; tests/e2e_podman.rs will be skipped"
+	fi
 fi
 
 # --- DW_TEST_ENGINE_ONLY: smoke test of the engine, then clean up -------------

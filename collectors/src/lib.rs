@@ -4,4 +4,5 @@
 pub mod docker;
 pub mod nvidia_smi;
 pub mod nvml;
+pub mod podman;
 pub mod procfs;

@@ -21,6 +21,12 @@ pub struct ContainerFacts {
     pub image: String,
     /// Facts that need an inspect call; `None` when the inspect failed.
     pub inspect: Option<InspectFacts>,
+    /// The user the engine itself runs as, when the engine is one user's own
+    /// (a rootless Podman service, found by its socket's owner): every
+    /// container it lists is that user's, whatever its labels claim. Set by
+    /// the collector, never from anything the engine says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     /// The collector instance that reported it (set by the core).
     #[serde(skip)]
     pub collector: String,
@@ -560,7 +566,7 @@ pub enum GpuMismatch {
 
 /// Where a container's user came from. Written as `label:<label name>`,
 /// `path-label:<label name>`, `cgroup-parent`, `process-owner`,
-/// `config-user` or `unknown`;
+/// `config-user`, `engine-owner` or `unknown`;
 /// any other text reads back as `unknown`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "String", into = "String")]
@@ -575,6 +581,9 @@ pub enum UserSource {
     ProcessOwner,
     /// `Config.User` of a container that is not running.
     ConfigUser,
+    /// The owner of the engine that lists it (a user's rootless engine):
+    /// [`ContainerFacts::owner`].
+    EngineOwner,
     /// Nothing said.
     #[default]
     Unknown,
@@ -588,6 +597,7 @@ impl std::fmt::Display for UserSource {
             UserSource::CgroupParent => f.write_str("cgroup-parent"),
             UserSource::ProcessOwner => f.write_str("process-owner"),
             UserSource::ConfigUser => f.write_str("config-user"),
+            UserSource::EngineOwner => f.write_str("engine-owner"),
             UserSource::Unknown => f.write_str("unknown"),
         }
     }
@@ -611,6 +621,7 @@ impl From<String> for UserSource {
             "cgroup-parent" => UserSource::CgroupParent,
             "process-owner" => UserSource::ProcessOwner,
             "config-user" => UserSource::ConfigUser,
+            "engine-owner" => UserSource::EngineOwner,
             _ => UserSource::Unknown,
         }
     }

@@ -115,6 +115,7 @@ fn container() -> impl Strategy<Value = ContainerDraft> {
                         .collect(),
                     ..Default::default()
                 }),
+                owner: None,
                 collector: "docker".to_string(),
             },
             entry: ContainerEntry {

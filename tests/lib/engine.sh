@@ -95,6 +95,8 @@ dw_ensure_packages() {
 	command -v tmux >/dev/null 2>&1 || missing+=(tmux) # tests/e2e_ps_top.rs: `top` in a terminal
 	command -v strace >/dev/null 2>&1 || missing+=(strace) # tests/e2e_durability.rs: SIGKILL on a chosen system call
 	command -v logrotate >/dev/null 2>&1 || missing+=(logrotate) # tests/e2e_durability.rs: rotation under churn
+	command -v podman >/dev/null 2>&1 || missing+=(podman)       # tests/e2e_podman.rs: a user's rootless Podman
+	command -v newuidmap >/dev/null 2>&1 || missing+=(uidmap)
 	[ "${#missing[@]}" -eq 0 ] && return 0
 
 	# De-duplicate.
@@ -618,6 +620,7 @@ dw_engine_remove() {
 		dw_warn "$dir has no .dw-engine marker; not removing it"
 		return 1
 	fi
+	dw_podman_stop "$dir"
 	dw_engine_stop "$dir"
 	# Never cross into a mount that is still there.
 	if [ -n "$(dw_mounts_under "$dir")" ]; then

@@ -148,7 +148,7 @@ impl Calls {
 
 /// The one function every request of the client goes through: counted, and
 /// sent without an API version in its path (see the module's comment).
-fn through(calls: &Calls, mut request: BollardRequest) -> BollardRequest {
+pub(crate) fn through(calls: &Calls, mut request: BollardRequest) -> BollardRequest {
     calls.0.fetch_add(1, Ordering::Relaxed);
     if let Some(uri) = unversioned(request.uri()) {
         *request.uri_mut() = uri;

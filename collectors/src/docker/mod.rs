@@ -27,7 +27,7 @@
 //! logged and recorded as the stat `events_gap` = 1. (A restart of the engine
 //! alone is not detected: its API gives no start time cheaply.)
 
-mod connection;
+pub(crate) mod connection;
 mod events;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -169,10 +169,14 @@ impl Collector for DockerCollector {
         let docker = endpoint
             .client(self.config.timeout, Arc::clone(&calls))
             .map_err(|e| endpoint.classify(e))?;
-        let found = self
-            .containers(&docker, ctx.previous)
-            .await
-            .map_err(|e| endpoint.classify(e))?;
+        let found = containers(
+            &docker,
+            ctx.previous,
+            Events::Asked,
+            self.config.max_concurrent_inspects,
+        )
+        .await
+        .map_err(|e| endpoint.classify(e))?;
         let mut stats = BTreeMap::new();
         stats.insert("api_calls".to_string(), calls.total());
         stats.insert("inspects".to_string(), found.inspects);
@@ -198,81 +202,93 @@ impl Collector for DockerCollector {
 }
 
 /// What one collection found.
-struct Found {
+pub(crate) struct Found {
     /// Every container, sorted by id.
-    containers: Vec<ContainerFacts>,
+    pub(crate) containers: Vec<ContainerFacts>,
     /// How many were inspected.
-    inspects: u64,
+    pub(crate) inspects: u64,
     /// Containers created and removed since the previous scan.
     short_lived: Vec<ShortLivedContainer>,
     /// Whether the engine's events may not cover the time since then.
     events_gap: bool,
 }
 
-impl DockerCollector {
-    /// Every container, and what the events since the previous scan tell.
-    async fn containers(
-        &self,
-        docker: &Docker,
-        previous_state: &Previous,
-    ) -> Result<Found, DockerError> {
-        let started = std::time::Instant::now();
-        let (list, changes) = fetch(docker, previous_state).await?;
-        debug!(
-            containers = list.len(),
-            elapsed_ms = detect_workloads_core::cycle::round_ms(started.elapsed()),
-            "listed"
-        );
-        let previous = previous_state.get().await;
-        // Image names are looked up again only when an image changed or a
-        // container is new; otherwise each keeps the name it had.
-        let known = |s: &ContainerSummary| {
-            s.id.as_deref()
-                .and_then(|id| previous.containers.get(&short_id(id)))
-                .is_some_and(|e| !e.image.is_empty())
-        };
-        let tags = match &changes {
-            Some(changes) if !changes.images && list.iter().all(known) => None,
-            _ => Some(image_tags(docker).await?),
-        };
-        let Changes {
-            containers: touched,
-            short_lived,
-            events_gap,
-            ..
-        } = changes.unwrap_or_default();
+/// Whether a collection asks the engine for its events since the previous
+/// scan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Events {
+    /// Asked: containers with an event are inspected again, and those
+    /// created and removed meanwhile are told.
+    Asked,
+    /// Not asked (an engine whose events are not Docker's): cached inspect
+    /// facts are refreshed on a change of state or a stale main PID only,
+    /// and image names are looked up every scan.
+    NotAsked,
+}
 
-        let mut facts = Vec::with_capacity(list.len());
-        let mut to_inspect = Vec::new();
-        for summary in list {
-            let Some(mut c) = summary_facts(summary, tags.as_ref()) else {
-                continue;
-            };
-            if tags.is_none() {
-                if let Some(before) = previous.containers.get(&short_id(&c.id)) {
-                    c.image.clone_from(&before.image);
-                }
-            }
-            match cached_inspect(previous, &c, &touched) {
-                Some(cached) => facts.push(ContainerFacts {
-                    inspect: Some(cached),
-                    ..c
-                }),
-                None => to_inspect.push(c),
+/// Every container of the engine `docker` answers for, and what its events
+/// since the previous scan tell; at most `at_once` inspects in flight.
+pub(crate) async fn containers(
+    docker: &Docker,
+    previous_state: &Previous,
+    events: Events,
+    at_once: usize,
+) -> Result<Found, DockerError> {
+    let started = std::time::Instant::now();
+    let (list, changes) = fetch(docker, previous_state, events).await?;
+    debug!(
+        containers = list.len(),
+        elapsed_ms = detect_workloads_core::cycle::round_ms(started.elapsed()),
+        "listed"
+    );
+    let previous = previous_state.get().await;
+    // Image names are looked up again only when an image changed or a
+    // container is new; otherwise each keeps the name it had.
+    let known = |s: &ContainerSummary| {
+        s.id.as_deref()
+            .and_then(|id| previous.containers.get(&short_id(id)))
+            .is_some_and(|e| !e.image.is_empty())
+    };
+    let tags = match &changes {
+        Some(changes) if !changes.images && list.iter().all(known) => None,
+        _ => Some(image_tags(docker).await?),
+    };
+    let Changes {
+        containers: touched,
+        short_lived,
+        events_gap,
+        ..
+    } = changes.unwrap_or_default();
+
+    let mut facts = Vec::with_capacity(list.len());
+    let mut to_inspect = Vec::new();
+    for summary in list {
+        let Some(mut c) = summary_facts(summary, tags.as_ref()) else {
+            continue;
+        };
+        if tags.is_none() {
+            if let Some(before) = previous.containers.get(&short_id(&c.id)) {
+                c.image.clone_from(&before.image);
             }
         }
-        let inspected =
-            inspect_all(docker, to_inspect, self.config.max_concurrent_inspects).await?;
-        let inspects = inspected.len() as u64;
-        facts.extend(inspected.into_iter().flatten());
-        facts.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(Found {
-            containers: facts,
-            inspects,
-            short_lived,
-            events_gap,
-        })
+        match cached_inspect(previous, &c, &touched) {
+            Some(cached) => facts.push(ContainerFacts {
+                inspect: Some(cached),
+                ..c
+            }),
+            None => to_inspect.push(c),
+        }
     }
+    let inspected = inspect_all(docker, to_inspect, at_once).await?;
+    let inspects = inspected.len() as u64;
+    facts.extend(inspected.into_iter().flatten());
+    facts.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(Found {
+        containers: facts,
+        inspects,
+        short_lived,
+        events_gap,
+    })
 }
 
 /// Inspects each container, at most `at_once` at a time; a container removed
@@ -399,6 +415,7 @@ fn event_time(e: &EventMessage) -> String {
 async fn fetch(
     docker: &Docker,
     previous: &Previous,
+    events: Events,
 ) -> Result<(Vec<ContainerSummary>, Option<Changes>), DockerError> {
     let list = docker.list_containers(Some(ListContainersOptions {
         all: true,
@@ -407,7 +424,10 @@ async fn fetch(
     let changes = async {
         // Containers with events since the previous scan need a fresh
         // inspect; containers that came and went are told by them.
-        let since = previous.scan_started().await;
+        let since = match events {
+            Events::Asked => previous.scan_started().await,
+            Events::NotAsked => None,
+        };
         match since {
             Some(since) => changes_since(docker, since).await.map(Some),
             None => Ok(None),

@@ -3,14 +3,14 @@
 //! fallback for) has finished, each under its own timeout and the cycle's
 //! deadline, and returns one [`Outcome`] per collector instance.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::config::Instance;
-use crate::model::Observations;
+use crate::model::{ContainerFacts, Observations};
 use crate::plugin::{CollectContext, CollectError, Collected, Collector, Previous};
 use crate::users::UserNames;
 
@@ -180,7 +180,7 @@ pub async fn run_collectors<'c>(
         let Some((i, (result, duration))) = running.next().await else {
             continue;
         };
-        board.outcomes[i] = Some(settle(&collectors[i], result, duration, &mut observed));
+        board.outcomes[i] = Some(settle(collectors, i, result, duration, &mut observed));
     }
     Collection {
         ran: board.into_ran(),
@@ -188,13 +188,15 @@ pub async fn run_collectors<'c>(
     }
 }
 
-/// The outcome of a collector that ran; what it observed joins `observed`.
+/// The outcome of collector `i` that ran; what it observed joins `observed`.
 fn settle(
-    c: &Instance<dyn Collector>,
+    collectors: &[Instance<dyn Collector>],
+    i: usize,
     result: Result<Collected, CollectError>,
     duration: Duration,
     observed: &mut Observations,
 ) -> Outcome {
+    let c = &collectors[i];
     match result {
         Ok(Collected {
             mut observations,
@@ -204,6 +206,8 @@ fn settle(
                 container.collector = c.name.clone();
             }
             debug!(collector = %c.name, duration_ms = super::round_ms(duration), "collected");
+            let containers = std::mem::take(&mut observations.containers);
+            admit(collectors, observed, containers);
             observed.merge(observations);
             Outcome::Collected { duration, stats }
         }
@@ -212,6 +216,49 @@ fn settle(
             debug!(collector = %c.name, "collector failed: {error}");
             Outcome::Failed { duration, error }
         }
+    }
+}
+
+/// Adds `incoming` to the containers observed, one per inventory key (the
+/// short id): where two collector instances report the same key, the one
+/// configured first keeps it. An engine a user runs (rootless Podman) answers
+/// whatever its owner wants, another user's container id included; it must
+/// not replace or hide what the system's engine reports.
+fn admit(
+    collectors: &[Instance<dyn Collector>],
+    observed: &mut Observations,
+    incoming: Vec<ContainerFacts>,
+) {
+    let rank = |name: &str| collectors.iter().position(|c| c.name == name);
+    let mut at: HashMap<String, usize> = observed
+        .containers
+        .iter()
+        .enumerate()
+        .map(|(n, c)| (c.key(), n))
+        .collect();
+    for container in incoming {
+        let key = container.key();
+        let Some(&n) = at.get(&key) else {
+            at.insert(key, observed.containers.len());
+            observed.containers.push(container);
+            continue;
+        };
+        let kept = &mut observed.containers[n];
+        let (winner, loser) = if rank(&container.collector) < rank(&kept.collector) {
+            (
+                container.collector.clone(),
+                std::mem::replace(kept, container),
+            )
+        } else {
+            (kept.collector.clone(), container)
+        };
+        warn!(
+            container = %key,
+            kept_from = %winner,
+            dropped_from = %loser.collector,
+            dropped_name = ?loser.name,
+            "two collectors report the same container id: the one configured first is kept"
+        );
     }
 }
 

@@ -677,3 +677,34 @@ fn the_reserve_is_a_fifth_of_the_timeout_and_at_most_two_seconds() {
     let forever = Clock::start(Duration::MAX);
     assert!(forever.deadline > forever.start + Duration::from_secs(365 * 24 * 3600));
 }
+
+#[test]
+fn a_container_id_two_collectors_report_is_kept_from_the_one_configured_first() {
+    let log = Log::default();
+    let container = |id: &str, name: &str| ContainerFacts {
+        id: id.to_string(),
+        name: name.to_string(),
+        ..Default::default()
+    };
+    let real = format!("{:0>64}", "a1");
+    // Same short id, another tail: the inventory's key is the short id.
+    let lookalike = format!("{}{:0>52}", &real[..12], "ff");
+    let theirs = |name| Observations {
+        containers: vec![container(&real, name), container(&lookalike, name)],
+        ..Default::default()
+    };
+    // The one configured first answers last: it still wins.
+    let mut system = Fake::new("system", CONTAINERS, &log).with(Observations {
+        containers: vec![container(&real, "real")],
+        ..Default::default()
+    });
+    system.delay = Duration::from_millis(30);
+    let users_own = Fake::new("users-own", CONTAINERS, &log).with(theirs("fake"));
+    let (_, observed) = schedule(&[system.instance(), users_own.instance()]);
+    let kept: Vec<_> = observed
+        .containers
+        .iter()
+        .map(|c| (c.key(), c.name.as_str(), c.collector.as_str()))
+        .collect();
+    assert_eq!(kept, [(real[..12].to_string(), "real", "system")]);
+}

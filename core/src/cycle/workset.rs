@@ -164,6 +164,7 @@ pub fn short_lived(observed: &Observations, previous: &Inventory, now: &str) -> 
                     state: "removed".to_string(),
                     image: c.image.clone(),
                     inspect: None,
+                    owner: None,
                     collector: String::new(),
                 },
                 previous,

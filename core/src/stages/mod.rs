@@ -46,6 +46,7 @@ pub(crate) mod testing {
                 state: "running".to_string(),
                 image: "img".to_string(),
                 inspect: Some(InspectFacts::default()),
+                owner: None,
                 collector: "docker".to_string(),
             },
             entry: ContainerEntry::default(),

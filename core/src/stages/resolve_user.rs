@@ -1,5 +1,7 @@
 //! Stage `resolve-user`: attributes each container to a user, in order: the
-//! first present user label, a path label under a home directory
+//! owner of the engine when the engine is one user's own (a rootless Podman
+//! service: [`ContainerFacts::owner`], which no label overrides), the first
+//! present user label, a path label under a home directory
 //! (`/home/<user>/...`), its cgroup parent when it matches
 //! `cgroup_parent_pattern` (`ds01-{group}-{user}.slice`), the owner of the container's main process (its `/proc`
 //! facts, when they place it in this container), the user it was started as
@@ -220,8 +222,16 @@ impl Stage for ResolveUser {
                 .get(&c.entry.id)
                 .filter(|e| !e.user.is_empty() && e.user != UNKNOWN_USER)
                 .map(|e| (e.user.clone(), e.user_source.clone()));
-            let found = self
-                .by_labels(&c.facts.labels)
+            // A user's own engine vouches for nobody but that user: its
+            // containers' labels cannot name someone else.
+            let engine_owner = c
+                .facts
+                .owner
+                .clone()
+                .filter(|u| !u.is_empty())
+                .map(|u| (u, UserSource::EngineOwner));
+            let found = engine_owner
+                .or_else(|| self.by_labels(&c.facts.labels))
                 .or_else(|| self.by_path_labels(&c.facts.labels))
                 .or_else(|| self.by_cgroup_parent(&c.facts))
                 .or(owner)
@@ -359,6 +369,36 @@ mod tests {
         assert_eq!(
             resolve(&[], 0, "no-such-user-x"),
             r(UNKNOWN_USER, "unknown")
+        );
+    }
+
+    #[test]
+    fn the_engine_owner_comes_before_every_label() {
+        let stage = ResolveUser::new(ResolveUserConfig::default());
+        let mut c = container("c", &[("ds01.user", "alice")]);
+        c.facts.owner = Some("mallory".to_string());
+        let mut work = Workset {
+            containers: vec![c],
+            processes: vec![],
+            container_processes: vec![],
+        };
+        let (previous, users, observations) = (
+            Inventory::default(),
+            UserNames::new(),
+            Observations::default(),
+        );
+        let ctx = StageContext {
+            previous: &previous,
+            observations: &observations,
+            users: &users,
+        };
+        stage.run(&mut work, &ctx).expect("never fails");
+        let c = &work.containers[0];
+        assert_eq!(c.entry.user, "mallory");
+        assert_eq!(c.entry.user_source.to_string(), "engine-owner");
+        assert_eq!(
+            UserSource::from("engine-owner".to_string()),
+            UserSource::EngineOwner
         );
     }
 
