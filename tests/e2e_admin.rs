@@ -391,3 +391,176 @@ fn validate_shows_the_intervals_the_nvml_library_and_prometheus_and_refuses_rela
         );
     }
 }
+
+#[test]
+fn dry_run_watch_prints_and_writes_nothing() {
+    for args in [&["--dry-run", "watch"][..], &["watch", "--dry-run"]] {
+        let s = Scratch::new();
+        let config = s.config(None, "");
+        let out = s.path("watch.out");
+        let mut child = common::binary(&config, args)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).expect("stdout file"))
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start watch");
+        common::wait_for("the first scan printed", &mut child, || {
+            std::fs::read_to_string(&out).is_ok_and(|t| t.contains("\"last_scan\""))
+        });
+        let (code, err) = common::stop(child);
+        assert_eq!(code, Some(0), "{args:?}: {err}");
+        assert!(!s.inventory_path().exists(), "{args:?} wrote the inventory");
+        assert!(!s.events_path().exists(), "{args:?} wrote events");
+        assert!(
+            !s.inventory_path().with_extension("json.lock").exists()
+                && common::listing(s.inventory_path().parent().expect("dir")).is_empty(),
+            "{args:?} left files: {:?}",
+            common::listing(s.inventory_path().parent().expect("dir"))
+        );
+    }
+    // Half-obeyed is refused, as for a scan.
+    let s = Scratch::new();
+    let config = s.config(None, "");
+    let out = s.run(&config, &["--dry-run", "--sink", "event-log", "watch"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--dry-run writes nothing"));
+}
+
+#[test]
+fn a_directory_given_as_the_configuration_is_no_file_not_a_chmod() {
+    let s = Scratch::new();
+    let out = Command::new(BIN)
+        .args(["validate", "--config"])
+        .arg(s.dir.path())
+        .env_remove("DETECT_WORKLOADS_CONFIG")
+        .output()
+        .expect("run");
+    let (_, err) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("is not a file but a directory"), "{err}");
+    assert!(!err.contains("chmod") && !err.contains("chown"), "{err}");
+}
+
+#[test]
+fn ps_exits_1_when_no_container_source_answered_and_scans_quietly() {
+    let s = Scratch::new();
+    let port = free_port();
+    let config = s.config(Some(&format!("tcp://127.0.0.1:{port}")), "");
+    let run = |args: &[&str]| common::binary(&config, args).output().expect("run");
+    for format in ["table", "json"] {
+        let out = run(&["ps", "--scan", "--format", format]);
+        let (stdout, err) = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{format}: {stdout} {err}");
+        assert!(
+            err.contains("no container source answered the last scan (docker: unavailable"),
+            "{err}"
+        );
+        if format == "json" {
+            assert_eq!(stdout.trim(), "[]");
+        }
+        // No progress lines: only what went wrong.
+        assert!(!err.contains(" INFO "), "{err}");
+        assert!(!err.contains("Scan complete"), "{err}");
+    }
+    // A scan of its own (not ps) still says it at INFO.
+    let out = run(&["--sink", "stdout"]);
+    assert!(text(&out).1.contains("Scan complete"));
+}
+
+#[test]
+#[ignore = "needs the private Docker engine: run by tests/run.sh"]
+fn ps_shows_engine_ages_health_gpu_grants_and_unknown_gpu_memory() {
+    let host = docker_host();
+    let s = Scratch::new();
+    // No GPU source answers: memory is unknown, not 0.
+    s.set_smi_mode("fail");
+    let config = s.config(Some(&host), "");
+    let mut c = Containers::new(&host);
+    let healthy = c.run(&[
+        "--name",
+        &unique("adm-health"),
+        "--health-cmd",
+        "true",
+        "--health-interval",
+        "1s",
+        &test_image(),
+        "sleep",
+        "300",
+    ]);
+    let all = c.create(&[
+        "--name",
+        &unique("adm-all"),
+        "--gpus",
+        "all",
+        &test_image(),
+        "true",
+    ]);
+    let paper = c.run(&[
+        "--name",
+        &unique("adm-paper"),
+        "--label",
+        "ds01.gpu.slots=1:0",
+        &test_image(),
+        "sleep",
+        "300",
+    ]);
+    let rows = |args: &[&str]| -> Vec<Value> {
+        let mut full = vec!["ps", "--scan", "-a", "--format", "json"];
+        full.extend_from_slice(args);
+        let out = common::binary(&config, &full).output().expect("run");
+        serde_json::from_slice(&out.stdout).expect("rows")
+    };
+    let row_of = |rows: &[Value], id: &str| -> Value {
+        rows.iter()
+            .find(|r| r["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {id} in {rows:#?}"))
+    };
+    // The engine's health verdict and creation time (AGE was "since first
+    // seen": always 0s with --scan).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let rows = rows(&[]);
+        let r = row_of(&rows, &healthy);
+        if r["health"] == "healthy" && r["created_s"].as_i64() >= Some(2) {
+            assert_eq!(r["age_s"], 0, "first seen now: {r}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{r}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let out = common::binary(&config, &["ps", "--scan", "-a"])
+        .output()
+        .expect("run");
+    let (table, err) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let line = |id: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(id))
+            .unwrap_or_else(|| panic!("no {id}: {table}"))
+            .to_string()
+    };
+    assert!(
+        line(&healthy).contains("(healthy)") && line(&healthy).contains(" Up "),
+        "{table}"
+    );
+    assert!(line(&healthy).trim_end().ends_with(" ago"), "{table}");
+    assert!(line(&all).contains(" all "), "--gpus all: {table}");
+    assert!(line(&paper).contains("1:0 (labels only)"), "{table}");
+    assert!(table.contains("GPU memory unknown"), "{table}");
+    assert!(!table.contains("0 MiB GPU memory"), "{table}");
+    // -v is this program's debug lines, not the HTTP client's internals.
+    let out = common::binary(&config, &["-v", "ps", "--scan"])
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(" DEBUG "), "{err}");
+    let hex_socket: String = host
+        .trim_start_matches("unix://")
+        .bytes()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert!(!err.contains(&hex_socket), "bollard's internals: {err}");
+    assert!(err.lines().all(|l| l.len() < 2000), "{err}");
+}

@@ -32,7 +32,12 @@ fn inventory() -> Inventory {
         gpu_devices: gpus.iter().map(|g| g.to_string()).collect(),
         status: status.to_string(),
         image: "pytorch/pytorch:2.4".to_string(),
+        created_at: ago(5 * day + 3600),
         detected_at: ago(3 * day + 3600),
+        inspect: Some(detect_workloads_core::model::InspectFacts {
+            started_at: ago(3 * day + 3600),
+            ..Default::default()
+        }),
         gpu_memory_mb: (!gpus.is_empty()).then_some(20_480),
         ..Default::default()
     };
@@ -123,11 +128,11 @@ fn ps_shows_the_inventory_file_as_docker_ps_does() {
     // Piped: nothing cut, no escape sequences.
     let out = text(&s.run(&config, &["ps"]));
     let expected = format!(
-        "KIND       NAME/PID      USER   ORIGIN        STATUS   GPUS           GPU MEM  IMAGE/COMMAND                AGE\n\
-         container  train-alice   alice  ds01-managed  running  0:0           20.0 GiB  pytorch/pytorch:2.4          3d\n\
+        "ID            NAME          USER   ORIGIN        STATUS   GPUS           GPU MEM  IMAGE/CMD                    CREATED\n\
+         0train-alice  train-alice   alice  ds01-managed  Up 3d    0:0           20.0 GiB  pytorch/pytorch:2.4          5d ago\n\
          \x20 total alice: 1 workload, 20.0 GiB GPU memory\n\
-         container  notebook-bob  bob    ds01-managed  running  -                    -  pytorch/pytorch:2.4          3d\n\
-         process    4242          bob    host          running  GPU-56c0b0b8   812 MiB  python train.py --epochs 10  2h\n\
+         notebook-bob  notebook-bob  bob    ds01-managed  Up 3d    -                    -  pytorch/pytorch:2.4          5d ago\n\
+         4242          4242          bob    host          running  GPU-56c0b0b8   812 MiB  python train.py --epochs 10  2h ago\n\
          \x20 total bob: 2 workloads, 812 MiB GPU memory\n\
          \n{FOOTER}"
     );
@@ -136,7 +141,7 @@ fn ps_shows_the_inventory_file_as_docker_ps_does() {
     // -a adds the stopped container; --user and --gpu select.
     let all = text(&s.run(&config, &["ps", "-a"]));
     assert!(
-        all.contains("\ncontainer  old-bob       bob    ds01-managed  exited "),
+        all.contains("\n00000old-bob  old-bob       bob    ds01-managed  Exited "),
         "{all}"
     );
     assert!(all.contains("total bob: 3 workloads"), "{all}");
@@ -153,7 +158,52 @@ fn ps_shows_the_inventory_file_as_docker_ps_does() {
         serde_json::from_str(&text(&s.run(&config, &["ps", "--format", "json"]))).expect("JSON");
     assert_eq!(json.as_array().map(Vec::len), Some(3), "{json}");
     assert_eq!(json[0]["name"], "train-alice");
+    assert_eq!(json[0]["id"], "0train-alice");
+    assert_eq!(json[0]["status"], "running");
+    assert!(json[0]["created_s"].as_i64() > Some(5 * 86_400), "{json}");
     assert_eq!(json[2]["kind"], "process");
+    assert_eq!(json[2]["id"], "4242");
+    // docker ps habits: ids only, filters, templates, columns, no-trunc.
+    let ids = text(&s.run(&config, &["ps", "-q"]));
+    assert_eq!(ids, "0train-alice\nnotebook-bob\n4242\n");
+    let exited = text(&s.run(&config, &["ps", "-q", "--filter", "status=exited"]));
+    assert_eq!(
+        exited, "00000old-bob\n",
+        "a status shows stopped ones without -a"
+    );
+    let two = text(&s.run(
+        &config,
+        &["ps", "-q", "-f", "user=bob", "-f", "origin=host"],
+    ));
+    assert_eq!(two, "4242\n");
+    let template = text(&s.run(
+        &config,
+        &["ps", "--format", "{{.Name}}\t{{.User}} {{.GPUMem}}"],
+    ));
+    assert_eq!(
+        template,
+        "train-alice\talice 20.0 GiB\nnotebook-bob\tbob -\n4242\tbob 812 MiB\n"
+    );
+    let columns = text(&s.run(&config, &["ps", "--format", "name,user,gpu_mem"]));
+    assert_eq!(
+        columns,
+        "NAME          USER    GPU MEM\n\
+         train-alice   alice  20.0 GiB\n\
+         notebook-bob  bob           -\n\
+         4242          bob     812 MiB\n"
+    );
+    let no_trunc = text(&s.run(&config, &["ps", "--no-trunc"]));
+    assert_eq!(no_trunc, out, "piped, the table is already whole");
+    for bad in [
+        &["ps", "--format", "{{.Colour}}"][..],
+        &["ps", "--format", "name,colour"],
+        &["ps", "--filter", "colour=red"],
+    ] {
+        let out = s.run(&config, bad);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.to_lowercase().contains("colour"), "{bad:?}: {err}");
+    }
     // Reading changed nothing.
     assert_eq!(
         std::fs::read(s.inventory_path()).expect("inventory"),
@@ -206,13 +256,13 @@ fn ps_scan_and_the_stdout_table_write_nothing() {
         common::docker(host, &["rm", "-f", &name]);
     }
     for table in [&out, &out2] {
-        assert!(table.starts_with("KIND "), "{table}");
+        assert!(table.starts_with("ID "), "{table}");
         assert!(table.contains("nvidia-smi ok, procfs ok"), "{table}");
         if host.is_some() {
             assert!(
-                table.lines().any(|l| l.starts_with("container ")
-                    && l.contains(&name)
-                    && l.contains(" alice ")),
+                table
+                    .lines()
+                    .any(|l| l.contains(&name) && l.contains(" alice ")),
                 "{table}"
             );
         }
@@ -308,7 +358,7 @@ fn top_draws_the_gpus_and_workloads_in_a_terminal_and_quits_on_q() {
     assert!(
         lines
             .iter()
-            .any(|l| l.starts_with("container  train-alice ") && l.ends_with(" 3d")),
+            .any(|l| l.starts_with("0train-alice  train-alice ") && l.ends_with(" 5d ago")),
         "{screen}"
     );
     assert!(screen.contains(FOOTER.trim_end()), "{screen}");
@@ -363,4 +413,56 @@ fn the_output_explains_itself() {
     assert_eq!(entry["gpu_access"], "label-only");
     assert!(entry["inspect"].is_object(), "{entry}");
     assert!(entry["inspect"].get("started_at").is_none(), "{entry}");
+}
+
+#[test]
+#[ignore = "needs tmux: run by tests/run.sh"]
+fn at_80_columns_ps_and_top_fit_and_keep_created() {
+    let (s, config) = with_inventory();
+    for (what, args, marker) in [
+        ("ps -a", "ps -a", "scan 2d ago"),
+        ("top", "top", "detect-workloads top:"),
+    ] {
+        let tmux = Tmux {
+            socket: s.path(&format!("tmux-{}.sock", args.len())),
+        };
+        let command = format!("{BIN} --config {} {args}; sleep 60", config.display());
+        let out = tmux.cmd(&[
+            "new-session",
+            "-d",
+            "-s",
+            "top",
+            "-x",
+            "80",
+            "-y",
+            "30",
+            &command,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tmux.wait_for(what, || tmux.screen().contains(marker));
+        // Joined: a line the terminal wrapped is one line again.
+        let joined = tmux.cmd(&["capture-pane", "-p", "-J", "-t", "top"]);
+        let screen = String::from_utf8_lossy(&joined.stdout).into_owned();
+        for line in screen.lines() {
+            assert!(
+                line.trim_end().chars().count() <= 80,
+                "{what}: {line:?}\n{screen}"
+            );
+        }
+        let row = screen
+            .lines()
+            .find(|l| l.contains("train-al"))
+            .unwrap_or_else(|| panic!("{what}: {screen}"));
+        assert!(
+            row.trim_end().ends_with("5d ago"),
+            "{what} keeps CREATED: {row:?}"
+        );
+        if what == "ps -a" {
+            assert!(screen.contains("old-bob"), "{screen}");
+        }
+    }
 }

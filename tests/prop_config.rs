@@ -223,7 +223,7 @@ fn mutate(text: &str, mutations: &[Mutation]) -> String {
 #[test]
 fn the_default_configuration_parses() {
     let config = Config::parse(FILE, DEFAULT_CONFIG, &[]).expect("the default parses");
-    assert_eq!(config.collectors.len(), 4);
+    assert_eq!(config.collectors.len(), 5);
     assert_eq!(config.stages.len(), 6);
     assert_eq!(config.sinks.len(), 2);
 }

@@ -20,6 +20,18 @@ pub fn read_trusted(path: &Path) -> Result<String, ConfigError> {
     let meta = file
         .metadata()
         .map_err(|e| error(format!("cannot read: {e}")))?;
+    // Its owner and mode do not matter then: it is not a file at all.
+    if !meta.is_file() {
+        return Err(error(format!(
+            "is not a file but {}: give the configuration file's path \
+             (for example /etc/ds01/detect-workloads.toml)",
+            if meta.is_dir() {
+                "a directory"
+            } else {
+                "a device, socket or pipe"
+            }
+        )));
+    }
     let euid = nix::unistd::geteuid().as_raw();
     untrusted_because(meta.uid(), meta.mode(), euid).map_or(Ok(()), |why| {
         Err(error(format!(
@@ -57,6 +69,13 @@ pub fn untrusted_because(owner: u32, mode: u32, euid: u32) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_directory_is_no_configuration_and_gets_no_chmod_advice() {
+        let err = read_trusted(Path::new("/")).expect_err("a directory");
+        assert!(err.message.contains("not a file but a directory"), "{err}");
+        assert!(!err.message.contains("chmod"), "{err}");
+    }
 
     #[test]
     fn root_trusts_only_files_only_root_can_change() {

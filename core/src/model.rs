@@ -19,6 +19,13 @@ pub struct ContainerFacts {
     pub state: String,
     /// First tag of the image, else the first 12 hex digits of the image id.
     pub image: String,
+    /// When the engine created it (RFC 3339, whole seconds); empty when it
+    /// did not say.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub created_at: String,
+    /// Its health check's verdict, when it has a health check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
     /// Facts that need an inspect call; `None` when the inspect failed.
     pub inspect: Option<InspectFacts>,
     /// The user the engine itself runs as, when the engine is one user's own
@@ -278,8 +285,10 @@ impl ProcessFacts {
     }
 }
 
-/// Which kind of fact a collector provides or needs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Which kind of fact a collector provides or needs (in the scan report:
+/// `containers`, `gpu-processes`, `processes`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum FactKind {
     /// The containers the engine knows.
     Containers,
@@ -494,6 +503,16 @@ pub struct ContainerEntry {
     pub status: String,
     /// Image (first tag, else 12 hex digits of the image id).
     pub image: String,
+    /// Its labels (omitted when it has none): data, shown and matched by
+    /// `ps --filter label=...`, never used as anything else.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// When the engine created it (RFC 3339; omitted when it did not say).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub created_at: String,
+    /// Its health check's verdict (omitted when it has no health check).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
     /// When it was first seen.
     pub detected_at: String,
     /// Which collector instance reported it (`docker`, `docker.2`).
@@ -543,6 +562,43 @@ pub struct ContainerGpuProcess {
     /// Start time in clock ticks since boot: with the PID, the process's identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<u64>,
+}
+
+/// A container's health check verdict, as the engine lists it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Health {
+    /// Not yet decided.
+    Starting,
+    /// Passing.
+    Healthy,
+    /// Failing.
+    Unhealthy,
+}
+
+impl Health {
+    /// From the list's status text (`Up 5 minutes (healthy)`).
+    pub fn from_status(status: &str) -> Option<Health> {
+        if status.contains("(healthy)") {
+            Some(Health::Healthy)
+        } else if status.contains("(unhealthy)") {
+            Some(Health::Unhealthy)
+        } else if status.contains("(health: starting)") {
+            Some(Health::Starting)
+        } else {
+            None
+        }
+    }
+}
+
+impl std::fmt::Display for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Health::Starting => "starting",
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
+        })
+    }
 }
 
 /// A container's GPU grant, when it needs explaining.
@@ -761,6 +817,10 @@ pub struct CollectorReport {
     /// Collector-specific counters (for example Docker API calls).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub stats: BTreeMap<String, u64>,
+    /// What it provides (so that a reader of the inventory can tell "no
+    /// container source answered" from "no containers").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub provides: Vec<FactKind>,
 }
 
 /// A transition between two inventories.

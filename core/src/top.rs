@@ -53,11 +53,24 @@ pub fn screen(inv: &Inventory, filter: &Filter, width: usize, now: i64) -> Strin
     } else {
         gpus
     };
+    let failed = view::all_failed(inv, crate::model::FactKind::Containers);
+    let blind = if failed.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "NO CONTAINER SOURCE ANSWERED ({}): containers as last reported, if any\n",
+            failed.join(", ")
+        )
+    };
     format!(
-        "detect-workloads top: {} workloads  (q to quit)\n{gpus}\n{}\n{}",
+        "detect-workloads top: {} workloads  (q to quit)\n{blind}{gpus}\n{}\n{}",
         rows.len(),
-        view::table(&rows, Layout::Fitted { width }),
-        view::footer(inv, now)
+        view::table(
+            &rows,
+            Layout::Fitted { width },
+            view::all_failed(inv, crate::model::FactKind::GpuProcesses).is_empty()
+        ),
+        view::footer(inv, now, Layout::Fitted { width })
     )
 }
 

@@ -12,7 +12,10 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::model::{ContainerEntry, GpuDevice, Inventory, ProcessEntry, UserGpuUse};
+use crate::model::{
+    CollectorReport, ContainerEntry, FactKind, GpuAccess, GpuDevice, Inventory, ProcessEntry,
+    UserGpuUse,
+};
 
 /// Which workloads to show.
 #[derive(Clone, Debug, Default)]
@@ -23,12 +26,137 @@ pub struct Filter {
     pub user: Option<String>,
     /// Only workloads with GPU access or use.
     pub gpu_only: bool,
+    /// `--filter KEY=VALUE` conditions: a row must match one value of each
+    /// key given (as `docker ps --filter` combines them).
+    pub conditions: Vec<Condition>,
+}
+
+/// One `--filter KEY=VALUE` of `ps` and `top`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Condition {
+    /// `user=NAME`: exactly this owner.
+    User(String),
+    /// `origin=ORIGIN` (`host` for host processes).
+    Origin(String),
+    /// `status=STATE`: the engine's state (`running`, `exited`, `created`,
+    /// ...), or `pending`, `short-lived` for processes. Shows stopped
+    /// containers without `-a`, as `docker ps` does.
+    Status(String),
+    /// `label=KEY` or `label=KEY=VALUE` (containers only).
+    Label(String, Option<String>),
+    /// `name=TEXT`: part of the name (of a process: its program or PID).
+    Name(String),
+    /// `id=PREFIX`: a container id (or a PID) starting so.
+    Id(String),
+    /// `gpu=yes|no`, or `gpu=GPU`: uses or was given this GPU (a slot such
+    /// as `0:1`, or the start of a UUID).
+    Gpu(GpuCondition),
+}
+
+/// What `gpu=` asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GpuCondition {
+    /// Has GPU access or uses a GPU (`yes`) or neither (`no`).
+    Any(bool),
+    /// This GPU, by slot or the start of its UUID.
+    This(String),
+}
+
+impl Condition {
+    /// The keys `--filter` takes.
+    pub const KEYS: [&'static str; 7] = ["user", "origin", "status", "label", "name", "id", "gpu"];
+
+    /// Parses `KEY=VALUE`.
+    pub fn parse(text: &str) -> Result<Condition, String> {
+        let (key, value) = text
+            .split_once('=')
+            .ok_or_else(|| format!("--filter {text:?}: write KEY=VALUE"))?;
+        let value = value.to_string();
+        Ok(match key {
+            "user" => Condition::User(value),
+            "origin" => Condition::Origin(value),
+            "status" => Condition::Status(value),
+            "name" => Condition::Name(value),
+            "id" => Condition::Id(value),
+            "label" => match value.split_once('=') {
+                Some((k, v)) => Condition::Label(k.to_string(), Some(v.to_string())),
+                None => Condition::Label(value, None),
+            },
+            "gpu" => Condition::Gpu(match value.as_str() {
+                "yes" | "true" | "1" => GpuCondition::Any(true),
+                "no" | "false" | "0" => GpuCondition::Any(false),
+                _ => GpuCondition::This(value),
+            }),
+            _ => {
+                return Err(format!(
+                    "--filter {text:?}: unknown key {key:?}; the keys are {}",
+                    Condition::KEYS.join(", ")
+                ))
+            }
+        })
+    }
+
+    fn key(&self) -> &'static str {
+        match self {
+            Condition::User(_) => "user",
+            Condition::Origin(_) => "origin",
+            Condition::Status(_) => "status",
+            Condition::Label(..) => "label",
+            Condition::Name(_) => "name",
+            Condition::Id(_) => "id",
+            Condition::Gpu(_) => "gpu",
+        }
+    }
+
+    fn matches(&self, r: &Row) -> bool {
+        match self {
+            Condition::User(u) => &r.user == u,
+            Condition::Origin(o) => &r.origin == o,
+            Condition::Status(s) => &r.status == s,
+            Condition::Label(k, v) => r
+                .labels
+                .get(k)
+                .is_some_and(|have| v.as_ref().is_none_or(|want| have == want)),
+            Condition::Name(n) => r.name.contains(n.as_str()),
+            Condition::Id(prefix) => !r.id.is_empty() && r.id.starts_with(prefix.as_str()),
+            Condition::Gpu(GpuCondition::Any(yes)) => r.gpu == *yes,
+            Condition::Gpu(GpuCondition::This(gpu)) => r
+                .gpus
+                .iter()
+                .chain(&r.gpu_uuids)
+                .any(|g| g.starts_with(gpu.as_str())),
+        }
+    }
+}
+
+impl Filter {
+    /// Whether `row` passes every key's conditions (one of each key's).
+    fn keeps(&self, r: &Row) -> bool {
+        let mut keys: Vec<&str> = self.conditions.iter().map(Condition::key).collect();
+        keys.dedup();
+        keys.iter().all(|key| {
+            self.conditions
+                .iter()
+                .filter(|c| c.key() == *key)
+                .any(|c| c.matches(r))
+        })
+    }
+
+    /// Whether stopped containers are shown: `-a`, or a status asked for.
+    fn shows_stopped(&self) -> bool {
+        self.all
+            || self
+                .conditions
+                .iter()
+                .any(|c| matches!(c, Condition::Status(_)))
+    }
 }
 
 /// How to lay the table out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Layout {
-    /// Fitted to `width` columns: long names and commands are cut with `…`.
+    /// Fitted to `width` columns: long names and commands are cut with `…`,
+    /// and ORIGIN is left out when even then the line is too long.
     Fitted {
         /// The terminal's width.
         width: usize,
@@ -55,7 +183,10 @@ pub enum Kind {
 pub struct Row {
     /// Container or process.
     pub kind: Kind,
-    /// Container name, or the PID.
+    /// A container's id (12 hex digits), a process's PID; empty for a
+    /// user's GPU use by short-lived processes.
+    pub id: String,
+    /// Container name, or the PID (the PIDs of now for a GPU use).
     pub name: String,
     /// Owner.
     pub user: String,
@@ -63,17 +194,36 @@ pub struct Row {
     pub origin: String,
     /// Engine state, or `running`/`pending` for a process.
     pub status: String,
+    /// A container's health check (`starting`, `healthy`, `unhealthy`),
+    /// when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
     /// GPUs: a container's devices, a process's GPU UUID (shortened).
     pub gpus: Vec<String>,
+    /// Whether its GPU grant is labels only, with no device access.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub gpus_label_only: bool,
     /// GPU memory in MiB, when known.
     pub gpu_memory_mb: Option<u64>,
     /// Image of a container, command line of a process.
     pub what: String,
     /// Seconds since it was first seen.
     pub age_s: Option<i64>,
+    /// Seconds since the engine created the container (a process: since it
+    /// was first seen).
+    pub created_s: Option<i64>,
+    /// Seconds since a running container started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub up_s: Option<i64>,
     /// Whether it has GPU access or uses a GPU.
     #[serde(skip)]
     pub gpu: bool,
+    /// Full GPU UUIDs, for `gpu=` filters.
+    #[serde(skip)]
+    gpu_uuids: Vec<String>,
+    /// A container's labels, for `label=` filters.
+    #[serde(skip)]
+    labels: BTreeMap<String, String>,
 }
 
 /// Container states `ps` shows without `-a` (as `docker ps` does).
@@ -85,7 +235,7 @@ pub fn rows(inv: &Inventory, filter: &Filter, now: i64) -> Vec<Row> {
     let containers = inv
         .containers
         .values()
-        .filter(|c| filter.all || UP.contains(&c.status.as_str()))
+        .filter(|c| filter.shows_stopped() || UP.contains(&c.status.as_str()))
         .map(|c| container_row(c, now));
     let processes = inv
         .host_processes
@@ -102,6 +252,7 @@ pub fn rows(inv: &Inventory, filter: &Filter, now: i64) -> Vec<Row> {
         .chain(sliced)
         .filter(|r| filter.user.as_ref().is_none_or(|u| &r.user == u))
         .filter(|r| !filter.gpu_only || r.gpu)
+        .filter(|r| filter.keeps(r))
         .collect();
     rows.sort_by(|a, b| (&a.user, a.kind, &a.name).cmp(&(&b.user, b.kind, &b.name)));
     rows
@@ -110,41 +261,96 @@ pub fn rows(inv: &Inventory, filter: &Filter, now: i64) -> Vec<Row> {
 /// A user's GPU use by short-lived processes: its PIDs of now as the name.
 fn use_row(u: &UserGpuUse, now: i64) -> Row {
     let pids: Vec<String> = u.pids.iter().map(u32::to_string).collect();
+    let age_s = age(&u.detected_at, now);
     Row {
         kind: Kind::GpuUse,
+        id: String::new(),
         name: pids.join(","),
         user: u.user.clone(),
         origin: "host".to_string(),
         status: "short-lived".to_string(),
+        health: None,
         gpus: vec![short_uuid(&u.gpu_uuid)],
+        gpus_label_only: false,
         gpu_memory_mb: u.gpu_memory_mb,
         what: format!(
             "GPU use by short-lived processes ({} so far)",
             u.processes_seen
         ),
-        age_s: age(&u.detected_at, now),
+        age_s,
+        created_s: age_s,
+        up_s: None,
         gpu: true,
+        gpu_uuids: vec![u.gpu_uuid.clone()],
+        labels: BTreeMap::new(),
     }
 }
 
 fn container_row(c: &ContainerEntry, now: i64) -> Row {
+    let started = c.inspect.as_ref().map(|i| i.started_at.as_str());
     Row {
         kind: Kind::Container,
+        id: c.id.clone(),
         name: c.name.clone(),
         user: c.user.clone(),
         origin: c.origin.clone(),
         status: c.status.clone(),
-        // What it was granted, else the GPUs its processes use.
-        gpus: if c.gpu_devices.is_empty() {
+        health: c.health.map(|h| h.to_string()),
+        // What it was granted, else the GPUs its processes use, else what
+        // the engine gives it.
+        gpus: if !c.gpu_devices.is_empty() {
+            c.gpu_devices.clone()
+        } else if !c.gpu_uuids.is_empty() {
             c.gpu_uuids.iter().map(|u| short_uuid(u)).collect()
         } else {
-            c.gpu_devices.clone()
+            engine_gpus(c)
         },
+        gpus_label_only: c.gpu_access == Some(GpuAccess::LabelOnly),
         gpu_memory_mb: c.gpu_memory_mb,
         what: c.image.clone(),
         age_s: age(&c.detected_at, now),
+        created_s: age(&c.created_at, now),
+        up_s: started
+            .filter(|_| c.status == "running" || c.status == "paused")
+            .and_then(|t| age(t, now)),
         gpu: c.has_gpu || !c.gpu_devices.is_empty() || c.gpu_in_use,
+        gpu_uuids: c.gpu_uuids.clone(),
+        labels: c.labels.clone(),
     }
+}
+
+/// The GPUs the engine gives a container that names none in its labels:
+/// `all` (`--gpus all`, the nvidia runtime), the device ids asked for, a
+/// count, or the indexes of `/dev/nvidiaN` devices.
+fn engine_gpus(c: &ContainerEntry) -> Vec<String> {
+    let Some(inspect) = c.inspect.as_ref().filter(|_| c.has_gpu) else {
+        return Vec::new();
+    };
+    let mut gpus = Vec::new();
+    for r in &inspect.device_requests {
+        if r.count == -1 {
+            return vec!["all".to_string()];
+        }
+        if !r.device_ids.is_empty() {
+            gpus.extend(r.device_ids.iter().cloned());
+        } else if r.count > 0 {
+            gpus.push(format!("any {}", r.count));
+        }
+    }
+    gpus.extend(
+        inspect
+            .devices
+            .iter()
+            .filter_map(|d| d.strip_prefix("/dev/nvidia"))
+            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            .map(str::to_string),
+    );
+    if gpus.is_empty() {
+        // The nvidia runtime without a request: what NVIDIA_VISIBLE_DEVICES
+        // says, which only the container's environment knows.
+        gpus.push("runtime".to_string());
+    }
+    gpus
 }
 
 fn process_row(p: &ProcessEntry, status: &str, now: i64) -> Row {
@@ -153,17 +359,25 @@ fn process_row(p: &ProcessEntry, status: &str, now: i64) -> Row {
     } else {
         &p.gpu_uuids[..]
     };
+    let age_s = age(&p.detected_at, now);
     Row {
         kind: Kind::Process,
+        id: p.pid.to_string(),
         name: p.pid.to_string(),
         user: p.user.clone(),
         origin: "host".to_string(),
         status: status.to_string(),
+        health: None,
         gpus: uuids.iter().map(|u| short_uuid(u)).collect(),
+        gpus_label_only: false,
         gpu_memory_mb: p.gpu_memory_mb,
         what: p.cmdline.clone(),
-        age_s: age(&p.detected_at, now),
+        age_s,
+        created_s: age_s,
+        up_s: None,
         gpu: true,
+        gpu_uuids: uuids.to_vec(),
+        labels: BTreeMap::new(),
     }
 }
 
@@ -221,83 +435,253 @@ pub fn unsafe_to_show(c: char) -> bool {
         )
 }
 
-/// Cuts `text` to `width` characters, ending in `…` when cut.
+/// The columns a terminal gives `text` (a CJK character or an emoji takes
+/// two).
+pub fn display_width(text: &str) -> usize {
+    unicode_width::UnicodeWidthStr::width(text)
+}
+
+/// Cuts `text` to `width` terminal columns, ending in `…` when cut.
 fn fit(text: &str, width: usize) -> String {
-    if text.chars().count() <= width {
+    if display_width(text) <= width {
         return text.to_string();
     }
-    let kept: String = text.chars().take(width.saturating_sub(1)).collect();
+    let mut kept = String::new();
+    let mut used = 0;
+    for c in text.chars() {
+        let w = unicode_width::UnicodeWidthChar::width(c).unwrap_or(0);
+        if used + w + 1 > width {
+            break;
+        }
+        used += w;
+        kept.push(c);
+    }
     format!("{kept}…")
 }
 
-const HEADERS: [&str; 9] = [
-    "KIND",
-    "NAME/PID",
-    "USER",
-    "ORIGIN",
-    "STATUS",
-    "GPUS",
-    "GPU MEM",
-    "IMAGE/COMMAND",
-    "AGE",
-];
-
-fn cells(r: &Row) -> [String; 9] {
-    [
-        match r.kind {
-            Kind::Container => "container".to_string(),
-            Kind::Process => "process".to_string(),
-            Kind::GpuUse => "gpu-use".to_string(),
-        },
-        printable(&r.name),
-        printable(&r.user),
-        printable(&r.origin),
-        printable(&r.status),
-        if r.gpus.is_empty() {
-            "-".to_string()
-        } else {
-            printable(&r.gpus.join(","))
-        },
-        r.gpu_memory_mb.map_or_else(|| "-".to_string(), human_mib),
-        printable(&r.what),
-        r.age_s.map_or_else(|| "-".to_string(), human_age),
-    ]
+/// `text` padded with spaces to `width` terminal columns.
+fn pad(text: &str, width: usize, right: bool) -> String {
+    let fill = " ".repeat(width.saturating_sub(display_width(text)));
+    if right {
+        format!("{fill}{text}")
+    } else {
+        format!("{text}{fill}")
+    }
 }
 
-/// The widths of the columns: each as wide as its widest cell; when fitted,
-/// NAME and IMAGE/COMMAND give up space until the line fits.
-fn widths(table: &[[String; 9]], layout: Layout) -> [usize; 9] {
-    let mut w = HEADERS.map(|h| h.chars().count());
+/// A column of the table, as `--format` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Column {
+    /// Container id or PID.
+    Id,
+    /// Container name or PID.
+    Name,
+    /// Owner.
+    User,
+    /// How it was started.
+    Origin,
+    /// `Up 5m (healthy)`, `Exited`, ...
+    Status,
+    /// GPUs given or used.
+    Gpus,
+    /// GPU memory held.
+    GpuMem,
+    /// Image or command line.
+    Image,
+    /// Age as the engine says (a process: since first seen).
+    Created,
+    /// `container`, `process` or `gpu-use`.
+    Kind,
+}
+
+impl Column {
+    /// The table's columns, in order.
+    pub const TABLE: [Column; 9] = [
+        Column::Id,
+        Column::Name,
+        Column::User,
+        Column::Origin,
+        Column::Status,
+        Column::Gpus,
+        Column::GpuMem,
+        Column::Image,
+        Column::Created,
+    ];
+
+    /// Every column, with the names `--format` takes for it (lower case,
+    /// `_` and `.` ignored: `gpu_mem`, `{{.GPUMem}}`).
+    pub const NAMES: [(Column, &'static [&'static str]); 10] = [
+        (Column::Id, &["id"]),
+        (Column::Name, &["name", "names", "pid"]),
+        (Column::User, &["user"]),
+        (Column::Origin, &["origin"]),
+        (Column::Status, &["status", "state"]),
+        (Column::Gpus, &["gpus", "gpu"]),
+        (Column::GpuMem, &["gpumem", "gpumemory"]),
+        (Column::Image, &["image", "command", "what"]),
+        (Column::Created, &["created", "createdat", "age"]),
+        (Column::Kind, &["kind"]),
+    ];
+
+    /// The column called `name` (case, `_`, `-` and a leading `.` ignored).
+    pub fn named(name: &str) -> Option<Column> {
+        let key: String = name
+            .trim()
+            .trim_start_matches('.')
+            .chars()
+            .filter(|c| !matches!(c, '_' | '-'))
+            .flat_map(char::to_lowercase)
+            .collect();
+        Column::NAMES
+            .iter()
+            .find(|(_, names)| names.contains(&key.as_str()))
+            .map(|(c, _)| *c)
+    }
+
+    fn header(self) -> &'static str {
+        match self {
+            Column::Id => "ID",
+            Column::Name => "NAME",
+            Column::User => "USER",
+            Column::Origin => "ORIGIN",
+            Column::Status => "STATUS",
+            Column::Gpus => "GPUS",
+            Column::GpuMem => "GPU MEM",
+            Column::Image => "IMAGE/CMD",
+            Column::Created => "CREATED",
+            Column::Kind => "KIND",
+        }
+    }
+
+    /// What this row shows in this column (printable).
+    pub fn cell(self, r: &Row) -> String {
+        match self {
+            Column::Id => none_as_dash(printable(&r.id)),
+            Column::Name => printable(&r.name),
+            Column::User => printable(&r.user),
+            Column::Origin => printable(&r.origin),
+            Column::Status => status_cell(r),
+            Column::Gpus => {
+                let gpus = none_as_dash(printable(&r.gpus.join(",")));
+                if r.gpus_label_only {
+                    format!("{gpus} (labels only)")
+                } else {
+                    gpus
+                }
+            }
+            Column::GpuMem => r.gpu_memory_mb.map_or_else(|| "-".to_string(), human_mib),
+            Column::Image => printable(&r.what),
+            Column::Created => r
+                .created_s
+                .map_or_else(|| "-".to_string(), |s| format!("{} ago", human_age(s))),
+            Column::Kind => match r.kind {
+                Kind::Container => "container".to_string(),
+                Kind::Process => "process".to_string(),
+                Kind::GpuUse => "gpu-use".to_string(),
+            },
+        }
+    }
+}
+
+fn none_as_dash(text: String) -> String {
+    if text.is_empty() {
+        "-".to_string()
+    } else {
+        text
+    }
+}
+
+/// `Up 5m (healthy)`, `Exited`, `Created`, as `docker ps` words them; a
+/// process's `running`/`pending`.
+fn status_cell(r: &Row) -> String {
+    if r.kind != Kind::Container {
+        return printable(&r.status);
+    }
+    let mut text = match (r.status.as_str(), r.up_s) {
+        ("running", Some(up)) => format!("Up {}", human_age(up)),
+        ("paused", Some(up)) => format!("Up {} (Paused)", human_age(up)),
+        ("running", None) => "Up".to_string(),
+        (state, _) => {
+            let mut chars = state.chars();
+            chars.next().map_or_else(String::new, |first| {
+                first.to_uppercase().chain(chars).collect::<String>()
+            })
+        }
+    };
+    if let Some(health) = &r.health {
+        text = format!("{text} ({health})");
+    }
+    printable(&text)
+}
+
+/// The widths of `columns`: each as wide as its widest cell; when fitted,
+/// NAME, IMAGE/COMMAND, GPUS, USER and ORIGIN give up space until the line
+/// fits, and ORIGIN is left out (width 0) when that is not enough.
+fn widths(columns: &[Column], table: &[Vec<String>], layout: Layout) -> Vec<usize> {
+    let mut w: Vec<usize> = columns.iter().map(|c| display_width(c.header())).collect();
     for row in table {
         for (i, cell) in row.iter().enumerate() {
-            w[i] = w[i].max(cell.chars().count());
+            w[i] = w[i].max(display_width(cell));
         }
     }
-    if let Layout::Fitted { width } = layout {
-        let total = |w: &[usize; 9]| w.iter().sum::<usize>() + 2 * (w.len() - 1);
-        let mut over = total(&w).saturating_sub(width);
-        for (col, floor) in [(7, 16), (1, 12), (7, 8)] {
-            let give = over.min(w[col].saturating_sub(floor));
-            w[col] -= give;
-            over -= give;
+    let Layout::Fitted { width } = layout else {
+        return w;
+    };
+    let total = |w: &[usize]| {
+        let shown = w.iter().filter(|x| **x > 0).count();
+        w.iter().sum::<usize>() + 2 * shown.saturating_sub(1)
+    };
+    let at = |c: Column| columns.iter().position(|x| *x == c);
+    let shrink = |w: &mut Vec<usize>, steps: &[(Column, usize)]| {
+        for &(column, floor) in steps {
+            let over = total(w).saturating_sub(width);
+            if let Some(i) = at(column).filter(|&i| w[i] > 0) {
+                let floor = floor.max(display_width(column.header()));
+                w[i] -= over.min(w[i].saturating_sub(floor));
+            }
+        }
+    };
+    shrink(
+        &mut w,
+        &[
+            (Column::Image, 16),
+            (Column::Name, 12),
+            (Column::Gpus, 8),
+            (Column::Origin, 8),
+            (Column::User, 8),
+            (Column::Status, 12),
+            (Column::Name, 8),
+            (Column::Image, 10),
+        ],
+    );
+    // Then ORIGIN goes (`docker ps` has none), and the rest give up more.
+    if total(&w) > width {
+        if let Some(i) = at(Column::Origin) {
+            w[i] = 0;
         }
     }
+    shrink(
+        &mut w,
+        &[
+            (Column::Status, 8),
+            (Column::Gpus, 6),
+            (Column::User, 6),
+            (Column::Name, 6),
+            (Column::Image, 6),
+        ],
+    );
     w
 }
 
-fn write_line(out: &mut String, cells: &[String; 9], w: &[usize; 9]) {
-    let mut line = String::new();
-    for (i, cell) in cells.iter().enumerate() {
-        let cell = fit(cell, w[i]);
-        if i == 6 {
-            let _ = write!(line, "{cell:>width$}  ", width = w[i]);
-        } else if i == cells.len() - 1 {
-            line.push_str(&cell);
-        } else {
-            let _ = write!(line, "{cell:<width$}  ", width = w[i]);
+fn write_line(out: &mut String, columns: &[Column], cells: &[String], w: &[usize]) {
+    let mut parts = Vec::with_capacity(cells.len());
+    for ((column, cell), &width) in columns.iter().zip(cells).zip(w) {
+        if width == 0 {
+            continue;
         }
+        parts.push(pad(&fit(cell, width), width, *column == Column::GpuMem));
     }
-    out.push_str(line.trim_end());
+    out.push_str(parts.join("  ").trim_end());
     out.push('\n');
 }
 
@@ -312,55 +696,132 @@ fn totals(rows: &[Row]) -> BTreeMap<&str, (usize, u64)> {
     by_user
 }
 
+/// What the last scan could not see: the collector instances that provide
+/// `kind` when every one of them failed (empty when one answered, or none
+/// provides it, or the inventory predates the report's `provides`).
+pub fn all_failed(inv: &Inventory, kind: FactKind) -> Vec<&str> {
+    let Some(scan) = &inv.scan else {
+        return Vec::new();
+    };
+    let sources: Vec<(&str, &CollectorReport)> = scan
+        .collectors
+        .iter()
+        .filter(|(_, r)| r.provides.contains(&kind))
+        .map(|(n, r)| (n.as_str(), r))
+        .collect();
+    if sources.iter().all(|(_, r)| !r.ok) {
+        sources.into_iter().map(|(n, _)| n).collect()
+    } else {
+        Vec::new()
+    }
+}
+
 /// The table: header, rows grouped by user with a total line after each
-/// user's rows, or a one-line note when nothing matches.
-pub fn table(rows: &[Row], layout: Layout) -> String {
+/// user's rows, or a one-line note when nothing matches. `gpu_known`:
+/// whether any GPU source answered (else the totals say the GPU memory is
+/// unknown, not 0).
+pub fn table(rows: &[Row], layout: Layout, gpu_known: bool) -> String {
     if rows.is_empty() {
         return "no workloads match\n".to_string();
     }
-    let table: Vec<[String; 9]> = rows.iter().map(cells).collect();
-    let w = widths(&table, layout);
+    let columns = Column::TABLE;
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| columns.iter().map(|c| c.cell(r)).collect())
+        .collect();
+    let w = widths(&columns, &table, layout);
     let mut out = String::new();
-    write_line(&mut out, &HEADERS.map(str::to_string), &w);
+    let headers: Vec<String> = columns.iter().map(|c| c.header().to_string()).collect();
+    write_line(&mut out, &columns, &headers, &w);
     let totals = totals(rows);
     for (i, (row, cells)) in rows.iter().zip(&table).enumerate() {
-        write_line(&mut out, cells, &w);
+        write_line(&mut out, &columns, cells, &w);
         let last_of_user = rows.get(i + 1).is_none_or(|next| next.user != row.user);
         if last_of_user {
             let (count, mib) = totals.get(row.user.as_str()).copied().unwrap_or_default();
-            let _ = writeln!(
-                out,
-                "  total {}: {count} workload{}, {} GPU memory",
+            let memory = if gpu_known {
+                format!("{} GPU memory", human_mib(mib))
+            } else {
+                "GPU memory unknown".to_string()
+            };
+            let line = format!(
+                "  total {}: {count} workload{}, {memory}",
                 printable(&row.user),
                 if count == 1 { "" } else { "s" },
-                human_mib(mib)
             );
+            out.push_str(&match layout {
+                Layout::Fitted { width } => fit(&line, width),
+                Layout::Wide => line,
+            });
+            out.push('\n');
         }
     }
     out
 }
 
+/// The rows in `columns` only, as `--format name,user,gpu_mem` prints
+/// them: a header, then aligned cells, nothing cut.
+pub fn columns_table(rows: &[Row], columns: &[Column]) -> String {
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| columns.iter().map(|c| c.cell(r)).collect())
+        .collect();
+    let w = widths(columns, &table, Layout::Wide);
+    let mut out = String::new();
+    let headers: Vec<String> = columns.iter().map(|c| c.header().to_string()).collect();
+    write_line(&mut out, columns, &headers, &w);
+    for cells in &table {
+        write_line(&mut out, columns, cells, &w);
+    }
+    out
+}
+
 /// The footer: how old the scan is, how long it took, and each collector's
-/// health (`ok`, `skipped`, or `FAILED: why`).
-pub fn footer(inv: &Inventory, now: i64) -> String {
+/// health (`ok`, `skipped`, `unavailable`, or `FAILED: why`). Fitted to a
+/// terminal, the reasons are shortened (down to none) until it fits.
+pub fn footer(inv: &Inventory, now: i64, layout: Layout) -> String {
     let Some(scan) = &inv.scan else {
         return "no scan recorded yet\n".to_string();
     };
     let when = age(&scan.started_at, now).map_or_else(|| "?".to_string(), human_age);
-    let health: Vec<String> = scan
+    let head = format!("scan {when} ago, took {} ms; ", scan.duration_ms);
+    // (name's part without its reason, the reason of a failure)
+    let parts: Vec<(String, Option<String>)> = scan
         .collectors
         .iter()
         .map(|(name, r)| match (&r.error, &r.skipped) {
-            (Some(e), _) => format!("{name} FAILED: {}", printable(e)),
-            (None, Some(_)) => format!("{name} skipped"),
-            (None, None) => format!("{name} ok"),
+            // Not on this machine: the reason is in the log and the
+            // inventory (`validate` says what it looks for).
+            (Some(_), _) if r.unavailable => (format!("{name} unavailable"), None),
+            (Some(e), _) => (format!("{name} FAILED"), Some(printable(e))),
+            (None, Some(_)) => (format!("{name} skipped"), None),
+            (None, None) => (format!("{name} ok"), None),
         })
         .collect();
-    format!(
-        "scan {when} ago, took {} ms; {}\n",
-        scan.duration_ms,
-        health.join(", ")
-    )
+    let line = |budget: Option<usize>| {
+        let health: Vec<String> = parts
+            .iter()
+            .map(|(part, why)| match (why, budget) {
+                (Some(why), None) => format!("{part}: {why}"),
+                (Some(why), Some(b)) if b >= 8 => format!("{part}: {}", fit(why, b)),
+                _ => part.clone(),
+            })
+            .collect();
+        format!("{head}{}", health.join(", "))
+    };
+    let full = line(None);
+    let Layout::Fitted { width } = layout else {
+        return full + "\n";
+    };
+    if display_width(&full) <= width {
+        return full + "\n";
+    }
+    let failures = parts.iter().filter(|(_, why)| why.is_some()).count().max(1);
+    let bare = display_width(&line(Some(0)));
+    let budget = width.saturating_sub(bare) / failures;
+    // ": " before each reason.
+    let shortened = line(Some(budget.saturating_sub(2)));
+    fit(&shortened, width) + "\n"
 }
 
 /// One summary line per GPU, as `top` shows them above the table: index,
@@ -391,7 +852,12 @@ pub fn gpu_lines(inv: &Inventory) -> String {
 /// Table and footer, as `ps` prints them.
 pub fn render(inv: &Inventory, filter: &Filter, layout: Layout, now: i64) -> String {
     let rows = rows(inv, filter, now);
-    format!("{}\n{}", table(&rows, layout), footer(inv, now))
+    let gpu_known = all_failed(inv, FactKind::GpuProcesses).is_empty();
+    format!(
+        "{}\n{}",
+        table(&rows, layout, gpu_known),
+        footer(inv, now, layout)
+    )
 }
 
 #[cfg(test)]
@@ -412,7 +878,12 @@ mod tests {
             gpu_devices: if gpu { vec!["0:1".to_string()] } else { vec![] },
             status: status.to_string(),
             image: "ds01/pytorch:latest".to_string(),
+            created_at: "2026-11-24T06:40:00Z".to_string(),
             detected_at: "2026-11-26T05:40:00Z".to_string(),
+            inspect: Some(crate::model::InspectFacts {
+                started_at: "2026-11-26T06:10:00.123Z".to_string(),
+                ..Default::default()
+            }),
             ..ContainerEntry::default()
         };
         for e in [
@@ -457,11 +928,11 @@ mod tests {
     fn the_table_groups_by_user_with_totals_and_a_footer() {
         let text = render(&inventory(), &Filter::default(), Layout::Wide, NOW);
         let expected = "\
-KIND       NAME/PID       USER   ORIGIN        STATUS   GPUS           GPU MEM  IMAGE/COMMAND                 AGE
-container  alice-jupyter  alice  ds01-managed  running  0:1                  -  ds01/pytorch:latest           1h
-process    447            alice  host          running  GPU-56c0b0b8  40.0 GiB  python3 train.py --epochs 10  1m
+ID             NAME           USER   ORIGIN        STATUS   GPUS           GPU MEM  IMAGE/CMD                     CREATED
+alice-jupyter  alice-jupyter  alice  ds01-managed  Up 30m   0:1                  -  ds01/pytorch:latest           2d ago
+447            447            alice  host          running  GPU-56c0b0b8  40.0 GiB  python3 train.py --epochs 10  1m ago
   total alice: 2 workloads, 40.0 GiB GPU memory
-container  bob-web        bob    ds01-managed  running  -                    -  ds01/pytorch:latest           1h
+00000bob-web   bob-web        bob    ds01-managed  Up 30m   -                    -  ds01/pytorch:latest           2d ago
   total bob: 1 workload, 0 MiB GPU memory
 
 scan 12s ago, took 14 ms; docker ok, nvml FAILED: unavailable: no libnvidia-ml
@@ -515,15 +986,137 @@ scan 12s ago, took 14 ms; docker ok, nvml FAILED: unavailable: no libnvidia-ml
         if let Some(p) = inv.host_processes.get_mut(&447) {
             p.cmdline = format!("python3 {}", "x".repeat(200));
         }
+        for width in [80, 100] {
+            let text = table(
+                &rows(&inv, &Filter::default(), NOW),
+                Layout::Fitted { width },
+                true,
+            );
+            for line in text.lines() {
+                assert!(
+                    display_width(line) <= width,
+                    "too wide for {width}: {line:?}"
+                );
+            }
+        }
         let text = table(
             &rows(&inv, &Filter::default(), NOW),
             Layout::Fitted { width: 100 },
+            true,
         );
-        for line in text.lines() {
-            assert!(line.chars().count() <= 100, "too wide: {line:?}");
-        }
         assert!(text.contains("python3 xxx"));
         assert!(text.contains('…'));
+    }
+
+    #[test]
+    fn filters_combine_like_docker_ps() {
+        let mut inv = inventory();
+        if let Some(c) = inv.containers.get_mut("00000bob-old") {
+            c.labels
+                .insert("com.docker.compose.project".into(), "web".into());
+        }
+        let names = |conditions: &[&str]| -> Vec<String> {
+            let f = Filter {
+                conditions: conditions
+                    .iter()
+                    .map(|c| Condition::parse(c).expect("parses"))
+                    .collect(),
+                ..Filter::default()
+            };
+            rows(&inv, &f, NOW).into_iter().map(|r| r.name).collect()
+        };
+        // A status shows stopped containers without -a.
+        assert_eq!(names(&["status=exited"]), ["bob-old"]);
+        assert_eq!(
+            names(&["label=com.docker.compose.project"]),
+            Vec::<String>::new(),
+            "not running"
+        );
+        assert_eq!(
+            names(&["label=com.docker.compose.project=web", "status=exited"]),
+            ["bob-old"]
+        );
+        assert_eq!(
+            names(&["label=com.docker.compose.project=db", "status=exited"]),
+            Vec::<String>::new()
+        );
+        // One value of each key: two users are either.
+        assert_eq!(
+            names(&["user=alice", "user=bob"]),
+            ["alice-jupyter", "447", "bob-web"]
+        );
+        assert_eq!(names(&["user=alice", "origin=host"]), ["447"]);
+        assert_eq!(names(&["name=jup"]), ["alice-jupyter"]);
+        assert_eq!(names(&["id=0000"]), ["bob-web"]);
+        assert_eq!(names(&["gpu=no"]), ["bob-web"]);
+        assert_eq!(names(&["gpu=GPU-56c0"]), ["447"]);
+        assert_eq!(names(&["gpu=0:1"]), ["alice-jupyter"]);
+        assert!(Condition::parse("colour=red").is_err_and(|e| e.contains("the keys are")));
+        assert!(Condition::parse("user").is_err());
+    }
+
+    #[test]
+    fn the_gpus_column_says_all_and_labels_only() {
+        let mut inv = inventory();
+        if let Some(c) = inv.containers.get_mut("00000bob-web") {
+            c.has_gpu = true;
+            c.inspect = Some(crate::model::InspectFacts {
+                device_requests: vec![crate::model::DeviceRequest {
+                    count: -1,
+                    capabilities: vec![vec!["gpu".into()]],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            });
+        }
+        if let Some(c) = inv.containers.get_mut("alice-jupyter") {
+            c.has_gpu = false;
+            c.gpu_access = Some(GpuAccess::LabelOnly);
+        }
+        let text = render(&inv, &Filter::default(), Layout::Wide, NOW);
+        let line = |name: &str| {
+            text.lines()
+                .find(|l| l.contains(name))
+                .unwrap_or_else(|| panic!("{text}"))
+                .to_string()
+        };
+        assert!(line("bob-web").contains("  all  "), "{text}");
+        assert!(
+            line("alice-jupyter").contains("0:1 (labels only)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn unknown_gpu_memory_is_not_zero_and_unavailable_sources_are_one_word() {
+        let mut inv = inventory();
+        if let Some(scan) = inv.scan.as_mut() {
+            for (name, r) in scan.collectors.iter_mut() {
+                r.provides = vec![if name == "docker" {
+                    FactKind::Containers
+                } else {
+                    FactKind::GpuProcesses
+                }];
+                if name == "nvml" {
+                    r.unavailable = true;
+                }
+            }
+        }
+        let text = render(&inv, &Filter::default(), Layout::Wide, NOW);
+        assert!(
+            text.contains("total bob: 1 workload, GPU memory unknown"),
+            "{text}"
+        );
+        assert!(text.ends_with("docker ok, nvml unavailable\n"), "{text}");
+        assert_eq!(all_failed(&inv, FactKind::GpuProcesses), ["nvml"]);
+        assert!(all_failed(&inv, FactKind::Containers).is_empty());
+    }
+
+    #[test]
+    fn wide_characters_take_two_columns() {
+        assert_eq!(display_width("名前"), 4);
+        assert_eq!(fit("名前名前", 5), "名前…");
+        assert_eq!(pad("名", 4, false), "名  ");
     }
 
     #[test]

@@ -115,6 +115,8 @@ fn container() -> impl Strategy<Value = ContainerDraft> {
                         .collect(),
                     ..Default::default()
                 }),
+                created_at: String::new(),
+                health: None,
                 owner: None,
                 collector: "docker".to_string(),
             },

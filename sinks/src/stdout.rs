@@ -130,7 +130,7 @@ mod tests {
                 0
             )
         );
-        assert!(text.starts_with("KIND"), "{text}");
+        assert!(text.starts_with("ID "), "{text}");
         assert!(text.contains("evil?[2J?x"), "{text:?}");
         assert!(!text.contains('\u{1b}'), "{text:?}");
     }

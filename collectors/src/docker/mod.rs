@@ -45,8 +45,8 @@ use connection::{Calls, Endpoint, Settings};
 use detect_workloads_core::async_trait;
 use detect_workloads_core::config::{duration, ConfigError, PluginConfig};
 use detect_workloads_core::model::{
-    short_id, ContainerFacts, DeviceRequest, FactKind, InspectFacts, Inventory, Observations,
-    ShortLivedContainer,
+    short_id, ContainerFacts, DeviceRequest, FactKind, Health, InspectFacts, Inventory,
+    Observations, ShortLivedContainer,
 };
 use detect_workloads_core::plugin::{
     Change, ChangeFeed, CollectContext, CollectError, Collected, Collector, CollectorPlugin,
@@ -554,6 +554,17 @@ fn summary_facts(
         image: tags
             .map(|tags| image_name(s.image.as_deref(), s.image_id.as_deref(), tags))
             .unwrap_or_default(),
+        created_at: s
+            .created
+            .and_then(|t| u64::try_from(t).ok())
+            .filter(|&t| t > 0)
+            .map(|t| {
+                detect_workloads_core::timefmt::rfc3339(
+                    std::time::UNIX_EPOCH + Duration::from_secs(t),
+                )
+            })
+            .unwrap_or_default(),
+        health: s.status.as_deref().and_then(Health::from_status),
         id,
         ..Default::default()
     })

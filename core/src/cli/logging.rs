@@ -19,8 +19,10 @@ pub fn filter(verbose: bool, quiet: bool, variable: Option<&str>) -> Result<EnvF
             )
         });
     }
+    // `-v` is this program's debug lines (every crate of it is named
+    // `detect_workloads*`), not the HTTP and TLS libraries' internals.
     let level = if verbose {
-        "debug"
+        "info,detect_workloads=debug"
     } else if quiet {
         "warn"
     } else {
@@ -60,5 +62,12 @@ mod tests {
         );
         assert!(filter(false, false, Some("debug")).is_ok());
         assert!(filter(false, true, None).is_ok());
+    }
+
+    #[test]
+    fn verbose_is_our_debug_lines_only() {
+        let f = filter(true, false, None).expect("filter").to_string();
+        assert!(f.contains("detect_workloads=debug"), "{f}");
+        assert!(!f.starts_with("debug"), "{f}");
     }
 }

@@ -35,12 +35,12 @@ struct Cli {
     #[arg(long, global = true, value_name = "PATH")]
     config: Option<PathBuf>,
     /// Deliver to this sink instead of the configured ones (repeatable)
-    #[arg(long = "sink", value_name = "NAME")]
+    #[arg(long = "sink", value_name = "NAME", global = true)]
     sinks: Vec<String>,
     /// Print the inventory to standard output and change nothing: no file is
     /// written, no event emitted (refused together with --sink NAME other
     /// than stdout)
-    #[arg(long)]
+    #[arg(long, global = true)]
     dry_run: bool,
     /// The stdout sink's format for this scan (with --sink stdout or --dry-run)
     #[arg(long, value_enum, value_name = "FORMAT")]
@@ -110,8 +110,10 @@ enum Command {
 /// Runs the program with the plugins linked into this binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    // `top` owns the terminal: only warnings may cross its screen.
-    let quiet = cli.quiet || matches!(cli.command, Some(Command::Top(_)));
+    // `top` owns the terminal: only warnings may cross its screen; `ps`
+    // prints a table, not the scan's progress (`-v` still shows it).
+    let quiet = cli.quiet
+        || matches!(cli.command, Some(Command::Top(_)) | Some(Command::Ps(_))) && !cli.verbose;
     if let Err(message) = logging::init(cli.verbose, quiet) {
         eprintln!("detect-workloads: {message}");
         return ExitCode::from(2);
@@ -125,10 +127,15 @@ pub fn main() -> ExitCode {
         Some(Command::Validate) => validate::run(&cli),
         Some(Command::Ps(args)) => ps::run(&cli, args),
         Some(Command::Top(args)) => top::run(&cli, args),
-        Some(Command::Watch) => crate::watch::main(crate::watch::Source {
-            config: ConfigSource::choose(cli.config.as_deref()),
-            sinks: cli.sinks.clone(),
-        }),
+        // `--dry-run watch` prints every scan and writes nothing, as a
+        // `--dry-run` scan does.
+        Some(Command::Watch) => match overrides(&cli) {
+            Ok(overrides) => crate::watch::main(crate::watch::Source {
+                config: ConfigSource::choose(cli.config.as_deref()),
+                overrides,
+            }),
+            Err(message) => usage_error(message),
+        },
         Some(Command::Config) => {
             print!("{}", crate::config::DEFAULT_CONFIG);
             ExitCode::SUCCESS

@@ -5,12 +5,12 @@
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use tracing::error;
 
 use crate::config::Config;
-use crate::model::Inventory;
-use crate::view::{self, Filter, Layout};
+use crate::model::{FactKind, Inventory};
+use crate::view::{self, Column, Condition, Filter, Layout};
 
 use super::Cli;
 
@@ -22,13 +22,22 @@ pub struct PsArgs {
     pub scan: bool,
     #[command(flatten)]
     pub select: SelectArgs,
-    /// table: fitted to the terminal; wide: nothing cut; json: the rows
-    #[arg(long, value_enum, default_value = "table")]
+    /// Only the ids: container ids and PIDs, one per line
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Cut nothing (as --format wide)
+    #[arg(long)]
+    pub no_trunc: bool,
+    /// table (fitted to the terminal), wide (nothing cut), json (the rows),
+    /// a list of columns (`name,user,gpu_mem`) or a template
+    /// (`{{.Name}} {{.User}}`); columns: id, name, user, origin, status,
+    /// gpus, gpu_mem, image, created, kind
+    #[arg(long, default_value = "table", value_parser = PsFormat::parse)]
     pub format: PsFormat,
 }
 
 /// How `ps` prints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PsFormat {
     /// Columns fitted to the terminal (nothing cut when not a terminal).
     Table,
@@ -36,6 +45,69 @@ pub enum PsFormat {
     Wide,
     /// The rows as a JSON array.
     Json,
+    /// These columns, a header, nothing cut.
+    Columns(Vec<Column>),
+    /// One line per row: the text with each `{{.Column}}` replaced.
+    Template(Vec<Piece>),
+}
+
+/// A part of a `--format` template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece {
+    /// Text as written (`\t` and `\n` as escapes).
+    Text(String),
+    /// A column's cell.
+    Column(Column),
+}
+
+impl PsFormat {
+    fn parse(text: &str) -> Result<PsFormat, String> {
+        let known = || {
+            Column::NAMES
+                .iter()
+                .map(|(_, names)| names[0])
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match text {
+            "table" => return Ok(PsFormat::Table),
+            "wide" => return Ok(PsFormat::Wide),
+            "json" => return Ok(PsFormat::Json),
+            _ => {}
+        }
+        if !text.contains("{{") {
+            return text
+                .split(',')
+                .map(|name| {
+                    Column::named(name)
+                        .ok_or_else(|| format!("no column {name:?}; the columns are {}", known()))
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(PsFormat::Columns);
+        }
+        let mut pieces = Vec::new();
+        let mut rest = text;
+        while let Some(open) = rest.find("{{") {
+            let close = rest[open..]
+                .find("}}")
+                .ok_or_else(|| format!("{text:?}: a `{{{{` without its `}}}}`"))?;
+            pieces.push(Piece::Text(unescape(&rest[..open])));
+            let name = &rest[open + 2..open + close];
+            let column = Column::named(name).ok_or_else(|| {
+                let name = name.trim().trim_start_matches('.');
+                format!("no column {name:?}; the columns are {}", known())
+            })?;
+            pieces.push(Piece::Column(column));
+            rest = &rest[open + close + 2..];
+        }
+        pieces.push(Piece::Text(unescape(rest)));
+        Ok(PsFormat::Template(pieces))
+    }
+}
+
+/// `\t` and `\n` as a tab and a new line (as `docker ps --format` takes them).
+fn unescape(text: &str) -> String {
+    text.replace("\\t", "\t").replace("\\n", "\n")
 }
 
 /// Which workloads `ps` and `top` show.
@@ -50,6 +122,11 @@ pub struct SelectArgs {
     /// Only workloads with GPU access or use
     #[arg(long)]
     pub gpu: bool,
+    /// Only workloads matching KEY=VALUE (repeatable; one value of each key
+    /// must match): user, origin, status, label (KEY or KEY=VALUE), name
+    /// (part of it), id (its start), gpu (yes, no, a slot or a UUID's start)
+    #[arg(short, long = "filter", value_name = "KEY=VALUE", value_parser = Condition::parse)]
+    pub filters: Vec<Condition>,
 }
 
 impl SelectArgs {
@@ -59,11 +136,14 @@ impl SelectArgs {
             all: self.all,
             user: self.user.clone(),
             gpu_only: self.gpu,
+            conditions: self.filters.clone(),
         }
     }
 }
 
-/// Prints the table (exit 1 when there is no inventory to show).
+/// Prints the table; exit 1 when there is no inventory to show, or when
+/// no container source answered (the table then shows what they reported
+/// last, or nothing: not "no containers").
 pub fn run(cli: &Cli, args: &PsArgs) -> ExitCode {
     let config = match super::load(cli, &Default::default()) {
         Ok(config) => config,
@@ -84,18 +164,71 @@ pub fn run(cli: &Cli, args: &PsArgs) -> ExitCode {
         }
     };
     print!("{}", render(&inventory, args, now()));
-    ExitCode::SUCCESS
+    match blind_spot(&inventory) {
+        Some(message) => {
+            error!("{message}");
+            ExitCode::from(1)
+        }
+        None => ExitCode::SUCCESS,
+    }
+}
+
+/// What `ps` and `top` must say when no container source answered.
+pub fn blind_spot(inv: &Inventory) -> Option<String> {
+    let failed = view::all_failed(inv, FactKind::Containers);
+    (!failed.is_empty()).then(|| {
+        let why: Vec<String> = failed
+            .iter()
+            .map(|name| {
+                let error = inv
+                    .scan
+                    .as_ref()
+                    .and_then(|s| s.collectors.get(*name))
+                    .and_then(|r| r.error.clone())
+                    .unwrap_or_default();
+                format!("{name}: {}", view::printable(&error))
+            })
+            .collect();
+        format!(
+            "no container source answered the last scan ({}): the containers shown are \
+             what they reported before, if anything, not what runs now",
+            why.join("; ")
+        )
+    })
 }
 
 /// What `ps` prints for this inventory.
 fn render(inv: &Inventory, args: &PsArgs, now: i64) -> String {
     let filter = args.select.filter();
-    let layout = match args.format {
-        PsFormat::Json => {
-            let rows = view::rows(inv, &filter, now);
-            return serde_json::to_string_pretty(&rows).unwrap_or_default() + "\n";
+    let rows = || view::rows(inv, &filter, now);
+    if args.quiet {
+        return rows()
+            .iter()
+            .filter(|r| !r.id.is_empty())
+            .map(|r| format!("{}\n", view::printable(&r.id)))
+            .collect();
+    }
+    let layout = match &args.format {
+        PsFormat::Json => return serde_json::to_string_pretty(&rows()).unwrap_or_default() + "\n",
+        PsFormat::Columns(columns) => return view::columns_table(&rows(), columns),
+        PsFormat::Template(pieces) => {
+            return rows()
+                .iter()
+                .map(|r| {
+                    let mut line: String = pieces
+                        .iter()
+                        .map(|p| match p {
+                            Piece::Text(text) => text.clone(),
+                            Piece::Column(c) => c.cell(r),
+                        })
+                        .collect();
+                    line.push('\n');
+                    line
+                })
+                .collect();
         }
         PsFormat::Wide => Layout::Wide,
+        PsFormat::Table if args.no_trunc => Layout::Wide,
         PsFormat::Table => super::term::stdout_layout(),
     };
     let text = view::render(inv, &filter, layout, now);

@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::Args;
 use tracing::error;
 
+use crate::model::Inventory;
 use crate::top::TopOptions;
 
 use super::Cli;
@@ -42,24 +43,38 @@ pub fn run(cli: &Cli, args: &TopArgs) -> ExitCode {
         filter: args.select.filter(),
         interval: args.interval,
     };
+    // What the last refresh could not see, said once the screen is left.
+    let mut blind = None;
+    let mut seen = |inv: Result<Inventory, String>| {
+        if let Ok(inv) = &inv {
+            blind = super::ps::blind_spot(inv);
+        }
+        inv
+    };
     let result = if args.scan {
         let config = super::scan::without_sinks(config);
         crate::top::run(
             || {
-                super::scan::once(&config)
-                    .map(|r| r.inventory)
-                    .map_err(|_| "the scan failed (see the log)".to_string())
+                seen(
+                    super::scan::once(&config)
+                        .map(|r| r.inventory)
+                        .map_err(|_| "the scan failed (see the log)".to_string()),
+                )
             },
             &options,
         )
     } else {
-        crate::top::run(|| super::ps::read(&config), &options)
+        crate::top::run(|| seen(super::ps::read(&config)), &options)
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+    match (result, blind) {
+        (Err(e), _) => {
             error!("terminal: {e}");
             ExitCode::from(1)
         }
+        (Ok(()), Some(message)) => {
+            error!("{message}");
+            ExitCode::from(1)
+        }
+        (Ok(()), None) => ExitCode::SUCCESS,
     }
 }

@@ -85,7 +85,13 @@ pub fn gpu_view_complete(ran: &[Ran<'_>]) -> bool {
 /// The `scan.collectors` record: one report per instance.
 pub fn reports(ran: &[Ran<'_>]) -> BTreeMap<String, CollectorReport> {
     ran.iter()
-        .map(|r| (r.instance.name.clone(), report(&r.outcome)))
+        .map(|r| {
+            let report = CollectorReport {
+                provides: r.instance.plugin.provides().to_vec(),
+                ..report(&r.outcome)
+            };
+            (r.instance.name.clone(), report)
+        })
         .collect()
 }
 

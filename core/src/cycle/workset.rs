@@ -163,6 +163,8 @@ pub fn short_lived(observed: &Observations, previous: &Inventory, now: &str) -> 
                     labels: c.labels.clone(),
                     state: "removed".to_string(),
                     image: c.image.clone(),
+                    created_at: c.created_at.clone(),
+                    health: None,
                     inspect: None,
                     owner: None,
                     collector: String::new(),
@@ -217,6 +219,9 @@ fn container_draft(facts: ContainerFacts, previous: &Inventory, now: &str) -> Co
             gpu_devices: Vec::new(),
             status: facts.state.clone(),
             image: facts.image.clone(),
+            labels: facts.labels.clone(),
+            created_at: facts.created_at.clone(),
+            health: facts.health,
             // Moved in from the facts when the inventory is assembled.
             collector: String::new(),
             inspect: None,

@@ -45,6 +45,8 @@ pub(crate) mod testing {
                     .collect(),
                 state: "running".to_string(),
                 image: "img".to_string(),
+                created_at: String::new(),
+                health: None,
                 inspect: Some(InspectFacts::default()),
                 owner: None,
                 collector: "docker".to_string(),

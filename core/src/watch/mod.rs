@@ -57,13 +57,14 @@ pub enum Notice {
 pub struct Source {
     /// Where the configuration comes from (read again on SIGHUP).
     pub config: crate::config::ConfigSource,
-    /// `--sink` names.
-    pub sinks: Vec<String>,
+    /// What the command line changes (`--sink`, `--dry-run`, `--format`),
+    /// applied again at each reload.
+    pub overrides: crate::config::Overrides,
 }
 
 impl Source {
     fn load(&self) -> Result<Config, crate::config::ConfigError> {
-        Config::load_from(&self.config, &crate::config::Overrides::sinks(&self.sinks))
+        Config::load_from(&self.config, &self.overrides)
     }
 }
 
