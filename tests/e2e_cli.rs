@@ -523,3 +523,105 @@ fn default_toml_lists_every_key_with_its_default() {
         .unwrap_or_default();
     assert!(nvml.contains("timeout = \"5s\""), "nvml's timeout: {nvml}");
 }
+
+/// The long and short flags a line or a help text names (`--scan`, `-a`).
+fn flags_in(text: &str) -> std::collections::BTreeSet<String> {
+    text.split(|c: char| c.is_whitespace() || "[]|,=<>".contains(c))
+        .filter(|w| {
+            (w.starts_with("--")
+                && w.len() > 2
+                && w[2..].chars().all(|c| c.is_ascii_lowercase() || c == '-'))
+                || (w.len() == 2 && w.starts_with('-') && w.as_bytes()[1].is_ascii_alphabetic())
+        })
+        .map(|w| w.trim_end_matches("...").to_string())
+        .collect()
+}
+
+/// The options of `--help` (the lines under "Options:").
+fn help_flags(args: &[&str]) -> std::collections::BTreeSet<String> {
+    let mut full = args.to_vec();
+    full.push("--help");
+    let out = run(&full, &[]);
+    assert!(out.status.success(), "{full:?}");
+    let help = String::from_utf8_lossy(&out.stdout).into_owned();
+    let options = help
+        .split("Options:")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{help}"));
+    options
+        .lines()
+        .filter(|l| l.trim_start().starts_with('-'))
+        .flat_map(|l| flags_in(l.split("  ").find(|p| !p.trim().is_empty()).unwrap_or("")))
+        .filter(|f| f != "--help" && f != "-h" && f != "--version" && f != "-V")
+        .collect()
+}
+
+#[test]
+fn the_readme_synopsis_is_the_command_line() {
+    let readme = std::fs::read_to_string(format!("{ROOT}/README.md")).expect("README");
+    let section = readme
+        .split("## Command line")
+        .nth(1)
+        .and_then(|s| s.split("```").nth(1))
+        .expect("the synopsis block");
+    let lines: Vec<&str> = section
+        .lines()
+        .filter(|l| l.starts_with("detect-workloads"))
+        .collect();
+    // Every subcommand `--help` lists has a line, and no line names another.
+    let out = run(&["--help"], &[]);
+    let help = String::from_utf8_lossy(&out.stdout).into_owned();
+    let commands: Vec<String> = help
+        .split("Commands:")
+        .nth(1)
+        .and_then(|s| s.split("Options:").next())
+        .expect("commands")
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .map(str::to_string)
+        .collect();
+    let mut documented: Vec<String> = lines
+        .iter()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|w| !w.starts_with('[') && !w.starts_with('-'))
+        .map(str::to_string)
+        .collect();
+    documented.sort();
+    let mut commands_sorted = commands.clone();
+    commands_sorted.sort();
+    assert_eq!(
+        documented, commands_sorted,
+        "README synopsis vs --help commands"
+    );
+    // Each line names exactly the flags its command takes (the ones every
+    // command shares, --config, -v and -q, may be left to the first line).
+    let top = help_flags(&[]);
+    let shared: std::collections::BTreeSet<String> = commands
+        .iter()
+        .map(|c| help_flags(&[c]))
+        .fold(top.clone(), |acc, f| {
+            acc.intersection(&f).cloned().collect()
+        });
+    for line in lines {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let command = words
+            .get(1)
+            .filter(|w| !w.starts_with('[') && !w.starts_with('-'));
+        let synopsis = line.split('#').next().unwrap_or(line);
+        let named = flags_in(synopsis);
+        let takes = match command {
+            Some(c) => help_flags(&[c]),
+            None => top.clone(),
+        };
+        let missing: Vec<_> = takes
+            .difference(&named)
+            .filter(|f| command.is_none() || !shared.contains(*f))
+            .collect();
+        let unknown: Vec<_> = named.difference(&takes).collect();
+        assert!(
+            missing.is_empty() && unknown.is_empty(),
+            "README synopsis {line:?}: missing {missing:?}, not taken {unknown:?}"
+        );
+    }
+}

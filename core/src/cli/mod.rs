@@ -35,12 +35,12 @@ struct Cli {
     #[arg(long, global = true, value_name = "PATH")]
     config: Option<PathBuf>,
     /// Deliver to this sink instead of the configured ones (repeatable)
-    #[arg(long = "sink", value_name = "NAME", global = true)]
+    #[arg(long = "sink", value_name = "NAME")]
     sinks: Vec<String>,
     /// Print the inventory to standard output and change nothing: no file is
     /// written, no event emitted (refused together with --sink NAME other
     /// than stdout)
-    #[arg(long, global = true)]
+    #[arg(long)]
     dry_run: bool,
     /// The stdout sink's format for this scan (with --sink stdout or --dry-run)
     #[arg(long, value_enum, value_name = "FORMAT")]
@@ -93,7 +93,7 @@ enum Command {
     Top(top::TopArgs),
     /// Run as a service: a full scan at start, every `[agent] interval` and
     /// at each engine event, a GPU poll every `[agent] gpu_interval`
-    Watch,
+    Watch(WatchArgs),
     /// Print the whole built-in default configuration, every key with its
     /// default (start /etc/ds01/detect-workloads.toml from it)
     Config,
@@ -105,6 +105,17 @@ enum Command {
         #[arg(value_name = "DIR")]
         dir: PathBuf,
     },
+}
+
+/// The arguments of `watch` (also accepted before it).
+#[derive(Debug, clap::Args)]
+struct WatchArgs {
+    /// Deliver to this sink instead of the configured ones (repeatable)
+    #[arg(long = "sink", value_name = "NAME")]
+    sinks: Vec<String>,
+    /// Print each scan's inventory and change nothing (as a --dry-run scan)
+    #[arg(long)]
+    dry_run: bool,
 }
 
 /// Runs the program with the plugins linked into this binary.
@@ -129,7 +140,11 @@ pub fn main() -> ExitCode {
         Some(Command::Top(args)) => top::run(&cli, args),
         // `--dry-run watch` prints every scan and writes nothing, as a
         // `--dry-run` scan does.
-        Some(Command::Watch) => match overrides(&cli) {
+        Some(Command::Watch(args)) => match overrides(
+            &[&cli.sinks[..], &args.sinks[..]].concat(),
+            cli.dry_run || args.dry_run,
+            cli.format,
+        ) {
             Ok(overrides) => crate::watch::main(crate::watch::Source {
                 config: ConfigSource::choose(cli.config.as_deref()),
                 overrides,
@@ -153,9 +168,13 @@ fn usage_error(message: impl std::fmt::Display) -> ExitCode {
 
 /// The overrides the scan's flags ask for: `--dry-run` is the stdout sink
 /// alone; `--format` sets the stdout sink's format.
-fn overrides(cli: &Cli) -> Result<Overrides, String> {
-    let mut sinks = cli.sinks.clone();
-    if cli.dry_run {
+fn overrides(
+    sinks: &[String],
+    dry_run: bool,
+    format: Option<ScanFormat>,
+) -> Result<Overrides, String> {
+    let mut sinks = sinks.to_vec();
+    if dry_run {
         if let Some(other) = sinks.iter().find(|s| *s != "stdout") {
             return Err(format!(
                 "--dry-run writes nothing and emits nothing, so it cannot deliver to \
@@ -165,7 +184,7 @@ fn overrides(cli: &Cli) -> Result<Overrides, String> {
         sinks = vec!["stdout".to_string()];
     }
     let mut tables = Vec::new();
-    if let Some(format) = cli.format {
+    if let Some(format) = format {
         if !sinks.iter().any(|s| s == "stdout") {
             return Err(
                 "--format sets the stdout sink's format: add --sink stdout or --dry-run".into(),

@@ -11,7 +11,7 @@ use super::Cli;
 
 /// One cycle with the configured sinks (or `--sink`, `--dry-run`).
 pub fn run(cli: &Cli) -> ExitCode {
-    let overrides = match super::overrides(cli) {
+    let overrides = match super::overrides(&cli.sinks, cli.dry_run, cli.format) {
         Ok(o) => o,
         Err(message) => return super::usage_error(message),
     };

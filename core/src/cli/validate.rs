@@ -9,7 +9,7 @@ use super::Cli;
 
 /// Exit 0 with the description, or 2 with what to change.
 pub fn run(cli: &Cli) -> ExitCode {
-    let overrides = match super::overrides(cli) {
+    let overrides = match super::overrides(&cli.sinks, cli.dry_run, cli.format) {
         Ok(o) => o,
         Err(message) => return super::usage_error(message),
     };
