@@ -243,8 +243,8 @@ fn look_alike_container_cgroups_neither_hide_nor_frame() {
     let table = String::from_utf8_lossy(&ps.stdout);
     for job in &jobs {
         assert!(
-            table.lines().any(|l| l.starts_with("process")
-                && l.contains(&job.pid().to_string())
+            table.lines().any(|l| l.starts_with(&format!("{} ", job.pid()))
+                && l.contains(" host ")
                 && l.contains(&user)),
             "{table}"
         );
@@ -281,7 +281,7 @@ fn a_job_sliced_into_short_lived_processes_is_reported_once() {
     assert!(
         table
             .lines()
-            .any(|l| l.starts_with("gpu-use") && l.contains(&user) && l.contains("4.0 GiB")),
+            .any(|l| l.contains(" short-lived ") && l.contains(&user) && l.contains("4.0 GiB")),
         "{table}"
     );
     let mut second = second;
