@@ -340,12 +340,12 @@ fn image_names_follow_tags_given_and_taken_between_scans() {
     let tag = format!("{}:1", unique("dw-test/late"));
     docker(&host, &["tag", &image_id, &tag]);
     // Events are stamped in whole seconds: let the tag fall before the scan.
-    std::thread::sleep(std::time::Duration::from_millis(1100));
+    common::seconds_pass(2);
     s.scan(&config);
     assert_eq!(entry(&s.inventory(), &id)["image"], tag.as_str());
 
     docker(&host, &["rmi", "-f", &tag]);
-    std::thread::sleep(std::time::Duration::from_millis(1100));
+    common::seconds_pass(2);
     s.scan(&config);
     assert_eq!(entry(&s.inventory(), &id)["image"], short.as_str());
     drop(c);

@@ -100,7 +100,7 @@ fn docker_stats(inv: &Value) -> (u64, u64) {
 /// The collector asks for the events since one second before the previous
 /// scan, in whole seconds: after this long a change is no longer in that window.
 fn settle() {
-    std::thread::sleep(Duration::from_millis(2500));
+    common::seconds_pass(3);
 }
 
 /// A steady scan: nothing of ours changed since the previous scan. Retried

@@ -148,9 +148,15 @@ fn textfile_passes_promtool_and_counters_stay_monotonic() {
     let exited = "ds01_workload_events_total{event_type=\"detection.host_gpu_process_exited\"}";
     assert_eq!(sample(&text, discovered), Some(1.0), "{text}");
     assert_eq!(sample(&text, exited), Some(0.0), "{text}");
+    // No label carries a PID (per-process series would grow without bound).
+    let pid = gpu.pid().to_string();
     assert!(
-        !text.contains(&gpu.pid().to_string()),
-        "a PID leaked: {text}"
+        !text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split_once('{').and_then(|(_, rest)| rest.split_once('}')))
+            .any(|(labels, _)| labels.split(',').any(|kv| kv.ends_with(&format!("=\"{pid}\"")))),
+        "a PID leaked into a label: {text}"
     );
 
     // The process ends: the exit is counted and the discovery is not forgotten
@@ -182,7 +188,7 @@ fn last_success_survives_a_failing_collector() {
         Some(1.0)
     );
     // The next scan starts at least a second later, so a fresh time would differ.
-    std::thread::sleep(Duration::from_millis(1100));
+    common::seconds_pass(2);
     s.set_smi_mode("fail");
     s.run(&config, &[]);
     let after = read_metrics(&dir);

@@ -12,7 +12,14 @@ use std::process::Command;
 
 use common::{edit_config, test_user, Proc, Scratch, UUID};
 
-const SECRETS: [&str; 4] = ["hf_abc", "hunter2", "wJalrXUtnFEMI", "s3cr3t-q"];
+const SECRETS: [&str; 6] = [
+    "hf_abc",
+    "hunter2",
+    "wJalrXUtnFEMI",
+    "s3cr3t-q",
+    "k3y-head",
+    "k3y-tail",
+];
 
 /// A real process whose argv holds a secret of each kind.
 fn leaky() -> Proc {
@@ -28,6 +35,9 @@ fn leaky() -> Proc {
                 "postgres://bob:hunter2@db/x",
                 "AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI",
                 "https://h/x?api_key=s3cr3t-q",
+                // One argument with a space: hidden whole, not up to the space.
+                "--api-key",
+                "k3y-head k3y-tail",
                 "--epochs",
                 "3",
             ])
@@ -36,12 +46,13 @@ fn leaky() -> Proc {
     )
 }
 
-const REDACTED: [&str; 6] = [
+const REDACTED: [&str; 7] = [
     "sh -c sleep 600; exit 0 train.py",
     "--token=***",
     "--password ***",
     "postgres://bob:***@db/x",
     "AWS_SECRET_ACCESS_KEY=***",
+    "--api-key *** --epochs 3",
     "--epochs 3",
 ];
 

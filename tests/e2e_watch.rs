@@ -423,7 +423,7 @@ fn the_engine_restarted_while_watching_recovers_and_reconciles_without_false_exi
     let host = docker_host();
     let Some(upstream) = host.strip_prefix("unix://") else {
         assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
+            !common::in_ci(),
             "CI=true but the private engine is not on a unix socket: {host}"
         );
         eprintln!("skipped: the private engine is not on a unix socket");

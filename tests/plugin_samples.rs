@@ -71,3 +71,49 @@ fn plugins_sample_prints_the_sample_and_names_the_known_ones_otherwise() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no plugin `dockr`; known: docker"), "{err}");
 }
+
+/// The methods of `pub trait NAME` in `text` (up to the trait's closing
+/// brace at the start of a line).
+fn trait_methods(text: &str, name: &str) -> Vec<String> {
+    let Some(start) = text.find(&format!("pub trait {name}:")) else {
+        return Vec::new();
+    };
+    let body = &text[start..];
+    let body = &body[..body.find("\n}").unwrap_or(body.len())];
+    body.lines()
+        .filter_map(|l| {
+            let rest = l.trim_start().trim_start_matches("async ");
+            let rest = rest.strip_prefix("fn ")?;
+            let end = rest.find(['(', '<'])?;
+            Some(rest[..end].to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn docs_plugins_lists_the_plugin_traits_as_they_are() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let doc = std::fs::read_to_string(format!("{root}/docs/plugins.md")).expect("docs/plugins.md");
+    let code = std::fs::read_to_string(format!("{root}/core/src/plugin.rs")).expect("plugin.rs");
+    for name in ["Collector", "Stage", "Sink"] {
+        let documented = trait_methods(&doc, name);
+        let real = trait_methods(&code, name);
+        assert!(!real.is_empty(), "no trait {name} in core/src/plugin.rs");
+        assert_eq!(documented, real, "docs/plugins.md's {name} vs core/src/plugin.rs");
+    }
+}
+
+#[test]
+fn the_commented_prometheus_table_of_the_default_is_its_sample() {
+    let block = DEFAULT_CONFIG
+        .split("# [[sinks.prometheus]]")
+        .nth(1)
+        .map(|rest| format!("# [[sinks.prometheus]]{rest}"))
+        .expect("the commented [[sinks.prometheus]] table");
+    let (_, sample) = sample_of("prometheus").expect("the prometheus sink");
+    let commented: String = sample
+        .lines()
+        .map(|l| if l.starts_with("# ") { format!("{l}\n") } else { format!("# {l}\n") })
+        .collect();
+    assert_eq!(block, commented);
+}

@@ -88,8 +88,20 @@ pub const FILE_READ_CAP: usize = 64 * 1024;
 /// `/proc/<pid>/cmdline`: NUL separators become spaces, bytes are decoded as
 /// UTF-8 with replacement, the trailing NUL is dropped.
 pub fn cmdline_text(bytes: &[u8]) -> String {
+    cmdline_args(bytes).join(" ")
+}
+
+/// `/proc/<pid>/cmdline` as its arguments: split at the NULs (the trailing
+/// one dropped), each decoded as UTF-8 with replacement.
+pub fn cmdline_args(bytes: &[u8]) -> Vec<String> {
     let trimmed = bytes.strip_suffix(&[0]).unwrap_or(bytes);
-    String::from_utf8_lossy(trimmed).replace('\0', " ")
+    if trimmed.is_empty() {
+        return Vec::new();
+    }
+    trimmed
+        .split(|b| *b == 0)
+        .map(|arg| String::from_utf8_lossy(arg).into_owned())
+        .collect()
 }
 
 /// What a process's cgroup paths claim about containment (see
@@ -147,15 +159,18 @@ fn read_lossy(process: &Process, name: &str) -> ProcResult<String> {
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
-/// The command line, at most [`CMDLINE_READ_CAP`] bytes of it (ending in
-/// `…` when there was more).
-fn read_cmdline(process: &Process) -> ProcResult<String> {
+/// The arguments, at most [`CMDLINE_READ_CAP`] bytes of them (the last
+/// ending in `…` when there was more).
+fn read_argv(process: &Process) -> ProcResult<Vec<String>> {
     let (bytes, more) = read_capped(process, "cmdline", CMDLINE_READ_CAP)?;
-    let mut text = cmdline_text(&bytes);
+    let mut argv = cmdline_args(&bytes);
     if more {
-        text.push('…');
+        match argv.last_mut() {
+            Some(last) => last.push('…'),
+            None => argv.push("…".to_string()),
+        }
     }
-    Ok(text)
+    Ok(argv)
 }
 
 fn read_stat(process: &Process) -> ProcResult<Stat> {
@@ -261,11 +276,11 @@ fn try_read(root: &Path, pid: u32, depth: Depth, host: Host) -> ProcResult<Proce
             facts.start_time = stat.starttime;
         }
         // A kernel thread has no command line; its name stands in.
-        let cmdline = read_cmdline(&process).unwrap_or_default();
-        facts.cmdline = if cmdline.is_empty() {
+        facts.argv = read_argv(&process).unwrap_or_default();
+        facts.cmdline = if facts.argv.is_empty() {
             format!("[{}]", facts.comm)
         } else {
-            cmdline
+            facts.argv.join(" ")
         };
         facts.exe = process.exe().ok().map(|p| p.to_string_lossy().into_owned());
     }

@@ -170,8 +170,16 @@ pub struct ProcessFacts {
     pub uid: u32,
     /// User name for `uid` (through NSS), or the uid as text when it has none.
     pub user: String,
-    /// Command line, NUL separators turned into spaces.
+    /// Command line, NUL separators turned into spaces: [`ProcessFacts::argv`]
+    /// joined, for people.
     pub cmdline: String,
+    /// Its arguments: `/proc/<pid>/cmdline` split at its NULs, each decoded
+    /// lossily (the last ends in `…` when the read was cut). Empty when
+    /// unknown (a kernel thread, or a collector that only has the line):
+    /// then `cmdline` is all there is. Redaction works on this list, so an
+    /// argument holding spaces is hidden whole.
+    #[serde(default)]
+    pub argv: Vec<String>,
     /// Short process name (`/proc/<pid>/comm`).
     pub comm: String,
     /// Start time in clock ticks since boot (field 22 of `/proc/<pid>/stat`).

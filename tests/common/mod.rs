@@ -434,3 +434,18 @@ pub fn stop(mut child: std::process::Child) -> (Option<i32>, String) {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// Waits until the clock's whole-second count is `n` above what it is now:
+/// for the engine's events and the inventory's times, stamped in whole
+/// seconds, "later" means another second, not a fixed sleep.
+pub fn seconds_pass(n: u64) {
+    let secs = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    };
+    let target = secs() + n;
+    while secs() < target {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

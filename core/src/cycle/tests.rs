@@ -186,10 +186,22 @@ fn a_collector_runs_after_those_providing_what_it_needs_and_sees_their_facts() {
 fn a_collector_sees_only_the_facts_it_needs() {
     let log = Log::default();
     let provider = Fake::new("provider", PROCS, &log).with(procs(&[7]));
+    // The container source runs after the processes are observed (it needs
+    // them), and `other` after it: the processes exist when `other` runs,
+    // and only the filter keeps them from it.
+    let mut containers = Fake::new("containers", CONTAINERS, &log);
+    containers.needs = PROCS;
     let mut other = Fake::new("other", GPUS, &log);
     other.needs = CONTAINERS;
-    let (_, _) = schedule(&[provider.instance(), other.instance()]);
-    assert!(logged(&log).contains(&"other saw []".to_string()));
+    let (_, _) = schedule(&[
+        other.instance(),
+        containers.instance(),
+        provider.instance(),
+    ]);
+    assert_eq!(
+        logged(&log),
+        ["provider saw []", "containers saw [7]", "other saw []"]
+    );
 }
 
 #[test]

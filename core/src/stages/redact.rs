@@ -186,18 +186,47 @@ impl Redact {
         })
     }
 
-    /// What is stored of this command line.
+    /// What is stored of this command line, known only as a line (its
+    /// arguments are taken to be separated by spaces).
     pub fn apply(&self, cmdline: &str) -> String {
+        let argv: Vec<&str> = cmdline.split(' ').collect();
+        self.apply_to(&argv)
+    }
+
+    /// What is stored of these arguments: the line people read (them
+    /// joined with spaces), with the secrets hidden. An argument is hidden
+    /// whole, spaces and all.
+    pub fn apply_argv(&self, argv: &[String]) -> String {
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        self.apply_to(&argv)
+    }
+
+    fn apply_to(&self, argv: &[&str]) -> String {
         let kept = match self.mode {
-            RedactMode::Full => Cow::Borrowed(cmdline),
-            RedactMode::Argv0 => Cow::Borrowed(cmdline.split(' ').next().unwrap_or_default()),
-            RedactMode::Redacted => Cow::Owned(self.redact(cmdline)),
+            RedactMode::Full => argv.join(" "),
+            RedactMode::Argv0 => argv.first().copied().unwrap_or_default().to_string(),
+            RedactMode::Redacted => self.redact(&self.redact_arguments(argv).join(" ")),
         };
         cap(&kept, self.max_length)
     }
 
-    fn redact(&self, cmdline: &str) -> String {
-        let line = self.redact_arguments(cmdline);
+    /// The arguments with their secrets hidden, one by one (nothing cut).
+    pub fn redact_argv(&self, argv: &[String]) -> Vec<String> {
+        let args: Vec<&str> = argv.iter().map(String::as_str).collect();
+        match self.mode {
+            RedactMode::Full => argv.to_vec(),
+            RedactMode::Argv0 => argv.iter().take(1).cloned().collect(),
+            RedactMode::Redacted => self
+                .redact_arguments(&args)
+                .iter()
+                .map(|arg| self.redact(arg))
+                .collect(),
+        }
+    }
+
+    /// What the line-wide rules hide: URL passwords, query secrets, the
+    /// configured patterns.
+    fn redact(&self, line: &str) -> String {
         let line = self
             .url_userinfo
             .replace_all(&line, format!("${{1}}:{MASK}@"));
@@ -213,21 +242,44 @@ impl Redact {
         line
     }
 
-    /// Flags and assignments, argument by argument (the command line's
-    /// arguments are separated by spaces).
-    fn redact_arguments(&self, cmdline: &str) -> String {
-        let mut out: Vec<Cow<'_, str>> = Vec::new();
+    /// Flags and assignments, argument by argument. The argument after a
+    /// secret flag is hidden whole; an argument holding spaces is also a
+    /// command line of its own (`sh -c "mysql --password x"`), hidden word
+    /// by word.
+    fn redact_arguments<'a>(&self, argv: &[&'a str]) -> Vec<Cow<'a, str>> {
         let mut hide_next = false;
-        for arg in cmdline.split(' ') {
-            if std::mem::take(&mut hide_next) && !arg.is_empty() && !arg.starts_with("--") {
+        argv.iter()
+            .map(|&arg| {
+                if std::mem::take(&mut hide_next) && !arg.is_empty() && !arg.starts_with("--") {
+                    return Cow::Borrowed(MASK);
+                }
+                if arg.contains(' ') {
+                    let (words, hide) = self.words(arg.split(' '));
+                    hide_next = hide;
+                    return Cow::Owned(words.join(" "));
+                }
+                let (kept, hide) = self.argument(arg);
+                hide_next = hide;
+                kept
+            })
+            .collect()
+    }
+
+    /// The words of a line, each with its secret hidden, and whether the
+    /// last one asks for the next argument to be hidden.
+    fn words<'a>(&self, words: impl Iterator<Item = &'a str>) -> (Vec<Cow<'a, str>>, bool) {
+        let mut out = Vec::new();
+        let mut hide_next = false;
+        for word in words {
+            if std::mem::take(&mut hide_next) && !word.is_empty() && !word.starts_with("--") {
                 out.push(Cow::Borrowed(MASK));
                 continue;
             }
-            let (kept, hide) = self.argument(arg);
+            let (kept, hide) = self.argument(word);
             hide_next = hide;
             out.push(kept);
         }
-        out.join(" ")
+        (out, hide_next)
     }
 
     /// One argument with its secret hidden, and whether the next argument is
@@ -328,13 +380,19 @@ pub fn cap(text: &str, max: usize) -> String {
 impl Stage for Redact {
     fn run(&self, work: &mut Workset, _ctx: &StageContext<'_>) -> Result<(), StageError> {
         for p in work.all_processes_mut() {
+            // The arguments when the collector gave them; else the line.
             let original = std::mem::take(&mut p.entry.cmdline);
-            p.entry.cmdline = self.apply(&original);
+            p.entry.cmdline = if p.facts.argv.is_empty() {
+                self.apply(&original)
+            } else {
+                self.apply_argv(&p.facts.argv)
+            };
             p.facts.cmdline = if p.facts.cmdline == original {
                 p.entry.cmdline.clone()
             } else {
                 self.apply(&p.facts.cmdline)
             };
+            p.facts.argv = self.redact_argv(&p.facts.argv);
         }
         Ok(())
     }
@@ -382,6 +440,33 @@ mod tests {
 
     fn default(line: &str) -> String {
         redact(RedactConfig::default(), line)
+    }
+
+    #[test]
+    fn an_argument_holding_spaces_is_hidden_whole() {
+        let r = Redact::new(RedactConfig::default()).expect("default");
+        let argv: Vec<String> = ["app", "--password", "hunter2 extra", "--name", "a b"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(r.apply_argv(&argv), "app --password *** --name a b");
+        assert_eq!(
+            r.redact_argv(&argv),
+            ["app", "--password", "***", "--name", "a b"]
+        );
+        let argv0 = Redact::new(RedactConfig {
+            mode: RedactMode::Argv0,
+            ..RedactConfig::default()
+        })
+        .expect("argv0");
+        let spaced = vec!["/opt/my app/bin".to_string(), "--password".to_string(), "x".to_string()];
+        assert_eq!(argv0.apply_argv(&spaced), "/opt/my app/bin");
+        // A command line inside an argument is redacted word by word.
+        let shell: Vec<String> = ["sh", "-c", "mysql --password hunter2 -e 'x'"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(r.apply_argv(&shell), "sh -c mysql --password *** -e 'x'");
     }
 
     #[test]

@@ -218,10 +218,9 @@ fn ten_thousand_churning_cycles_leave_no_dead_entries_behind() {
         state.events.load(Ordering::SeqCst) > 10_000,
         "the churn was seen (discoveries and exits)"
     );
-    assert!(
-        rss_10k <= rss_100 + rss_100 / 10,
-        "VmRSS after 10 000 cycles {rss_10k} kB vs {rss_100} kB after 100"
-    );
+    // VmRSS is the whole test process's, other tests running beside this
+    // one: a figure to read (tests/bench/watch.sh runs it alone), not a
+    // bound to assert. The map sizes above are this test's bound.
     runtime.shutdown_background();
 }
 
