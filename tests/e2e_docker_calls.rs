@@ -17,7 +17,6 @@
 mod common;
 
 use std::sync::Mutex;
-use std::time::Duration;
 
 use common::{docker, docker_host, test_image, Containers, Scratch};
 use serde_json::Value;

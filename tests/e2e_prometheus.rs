@@ -155,7 +155,9 @@ fn textfile_passes_promtool_and_counters_stay_monotonic() {
             .lines()
             .filter(|l| !l.starts_with('#'))
             .filter_map(|l| l.split_once('{').and_then(|(_, rest)| rest.split_once('}')))
-            .any(|(labels, _)| labels.split(',').any(|kv| kv.ends_with(&format!("=\"{pid}\"")))),
+            .any(|(labels, _)| labels
+                .split(',')
+                .any(|kv| kv.ends_with(&format!("=\"{pid}\"")))),
         "a PID leaked into a label: {text}"
     );
 

@@ -243,9 +243,11 @@ fn look_alike_container_cgroups_neither_hide_nor_frame() {
     let table = String::from_utf8_lossy(&ps.stdout);
     for job in &jobs {
         assert!(
-            table.lines().any(|l| l.starts_with(&format!("{} ", job.pid()))
-                && l.contains(" host ")
-                && l.contains(&user)),
+            table
+                .lines()
+                .any(|l| l.starts_with(&format!("{} ", job.pid()))
+                    && l.contains(" host ")
+                    && l.contains(&user)),
             "{table}"
         );
     }

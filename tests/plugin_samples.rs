@@ -99,7 +99,10 @@ fn docs_plugins_lists_the_plugin_traits_as_they_are() {
         let documented = trait_methods(&doc, name);
         let real = trait_methods(&code, name);
         assert!(!real.is_empty(), "no trait {name} in core/src/plugin.rs");
-        assert_eq!(documented, real, "docs/plugins.md's {name} vs core/src/plugin.rs");
+        assert_eq!(
+            documented, real,
+            "docs/plugins.md's {name} vs core/src/plugin.rs"
+        );
     }
 }
 
@@ -113,7 +116,13 @@ fn the_commented_prometheus_table_of_the_default_is_its_sample() {
     let (_, sample) = sample_of("prometheus").expect("the prometheus sink");
     let commented: String = sample
         .lines()
-        .map(|l| if l.starts_with("# ") { format!("{l}\n") } else { format!("# {l}\n") })
+        .map(|l| {
+            if l.starts_with("# ") {
+                format!("{l}\n")
+            } else {
+                format!("# {l}\n")
+            }
+        })
         .collect();
     assert_eq!(block, commented);
 }

@@ -193,11 +193,7 @@ fn a_collector_sees_only_the_facts_it_needs() {
     containers.needs = PROCS;
     let mut other = Fake::new("other", GPUS, &log);
     other.needs = CONTAINERS;
-    let (_, _) = schedule(&[
-        other.instance(),
-        containers.instance(),
-        provider.instance(),
-    ]);
+    let (_, _) = schedule(&[other.instance(), containers.instance(), provider.instance()]);
     assert_eq!(
         logged(&log),
         ["provider saw []", "containers saw [7]", "other saw []"]

@@ -459,7 +459,11 @@ mod tests {
             ..RedactConfig::default()
         })
         .expect("argv0");
-        let spaced = vec!["/opt/my app/bin".to_string(), "--password".to_string(), "x".to_string()];
+        let spaced = vec![
+            "/opt/my app/bin".to_string(),
+            "--password".to_string(),
+            "x".to_string(),
+        ];
         assert_eq!(argv0.apply_argv(&spaced), "/opt/my app/bin");
         // A command line inside an argument is redacted word by word.
         let shell: Vec<String> = ["sh", "-c", "mysql --password hunter2 -e 'x'"]
