@@ -229,7 +229,7 @@ impl Redact {
     fn redact(&self, line: &str) -> String {
         let line = self
             .url_userinfo
-            .replace_all(&line, format!("${{1}}:{MASK}@"));
+            .replace_all(line, format!("${{1}}:{MASK}@"));
         let mut line = line.into_owned();
         if let Some(query) = &self.query {
             line = query
