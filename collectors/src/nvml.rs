@@ -109,6 +109,7 @@ fn collect_on(
     library: &str,
     session: &Mutex<Option<Session>>,
     opened: &AtomicU64,
+    since: &BTreeMap<String, u64>,
 ) -> Result<Collected, CollectError> {
     // A collection abandoned at its timeout may still hold it, hung in the driver.
     let mut guard = session.try_lock().map_err(|_| {
@@ -125,7 +126,7 @@ fn collect_on(
     let Some(open_session) = guard.as_ref() else {
         return Err(CollectError::Failed("NVML session vanished".into()));
     };
-    let result = query(library, &open_session.0, init_us);
+    let result = query(library, &open_session.0, init_us, since);
     match result {
         Ok(mut collected) => {
             collected
@@ -159,12 +160,22 @@ impl Collector for NvmlCollector {
         )
     }
 
-    async fn collect(&self, _ctx: &CollectContext<'_>) -> Result<Collected, CollectError> {
+    async fn collect(&self, ctx: &CollectContext<'_>) -> Result<Collected, CollectError> {
         let library = self.config.library.clone();
         let (session, opened) = (Arc::clone(&self.session), Arc::clone(&self.opened));
+        // Where the previous reading of each GPU's samples ended.
+        let since: BTreeMap<String, u64> = ctx
+            .previous
+            .get()
+            .await
+            .gpus
+            .values()
+            .filter_map(|g| Some((g.uuid.clone(), g.samples_until_us?)))
+            .collect();
         // If the core's timeout drops this future, the thread is left to
         // finish (or hang) on its own; nothing waits for it.
-        let task = tokio::task::spawn_blocking(move || collect_on(&library, &session, &opened));
+        let task =
+            tokio::task::spawn_blocking(move || collect_on(&library, &session, &opened, &since));
         match task.await {
             Ok(result) => {
                 if let Err(e) = &result {
@@ -255,7 +266,12 @@ fn call_error(library: &str, what: &str, e: NvmlError) -> CollectError {
 }
 
 /// Does all the NVML work of one collection (on a blocking thread).
-fn query(library: &str, nvml: &Nvml, init_us: u64) -> Result<Collected, CollectError> {
+fn query(
+    library: &str,
+    nvml: &Nvml,
+    init_us: u64,
+    since: &BTreeMap<String, u64>,
+) -> Result<Collected, CollectError> {
     let queried = std::time::Instant::now();
     let fail = |what: &str| {
         let what = what.to_string();
@@ -274,17 +290,17 @@ fn query(library: &str, nvml: &Nvml, init_us: u64) -> Result<Collected, CollectE
             .uuid()
             .map_err(fail(&format!("GPU {index}: nvmlDeviceGetUUID")))?;
         let gpu_label = format!("GPU {index} ({gpu_uuid})");
-        gpus.push(describe(&gpu, index, &gpu_uuid));
-        let sm_util = latest_sm_util(gpu.process_utilization_stats(0).unwrap_or_else(|e| {
-            debug!(gpu = %gpu_uuid, "no process utilisation samples: {e}");
-            Vec::new()
-        }));
+        let mut device = describe(&gpu, index, &gpu_uuid);
+        let after = since.get(&gpu_uuid).copied();
+        let (sm_util, until) = sm_util_since(&gpu, &gpu_uuid, after);
+        device.samples_until_us = until;
+        gpus.push(device);
 
         if !mig_enabled(&gpu).map_err(fail(&format!("{gpu_label}: nvmlDeviceGetMigMode")))? {
             for p in processes_of(&gpu)
                 .map_err(|(call, e)| call_error(library, &format!("{gpu_label}: {call}"), e))?
             {
-                found.push(gpu_process(&p, &gpu_uuid, None, (None, None), &sm_util));
+                found.push(gpu_process(&p, &gpu_uuid, None, (None, None), sm_util.as_ref()));
             }
             continue;
         }
@@ -325,8 +341,9 @@ fn query(library: &str, nvml: &Nvml, init_us: u64) -> Result<Collected, CollectE
                 instance_id(nvml, &mig, InstanceId::Gpu),
                 instance_id(nvml, &mig, InstanceId::Compute),
             );
+            // No per-process samples on MIG: unknown, not the GPU's.
             for p in processes {
-                found.push(gpu_process(&p, &gpu_uuid, Some(&mig_uuid), ids, &sm_util));
+                found.push(gpu_process(&p, &gpu_uuid, Some(&mig_uuid), ids, None));
             }
         }
     }
@@ -417,16 +434,47 @@ fn merge_by_pid(processes: impl IntoIterator<Item = ProcessInfo>) -> Vec<Process
     merged
 }
 
-/// SM utilisation per PID from the most recent sample of each.
-fn latest_sm_util(samples: Vec<ProcessUtilizationSample>) -> BTreeMap<u32, (u64, u32)> {
-    let mut latest: BTreeMap<u32, (u64, u32)> = BTreeMap::new();
-    for s in samples {
-        let entry = latest.entry(s.pid).or_insert((s.timestamp, s.sm_util));
-        if s.timestamp >= entry.0 {
-            *entry = (s.timestamp, s.sm_util);
+/// The highest SM utilisation of each PID since the previous reading
+/// (`after`: the newest sample it read; the driver's whole buffer at a
+/// GPU's first reading), and where this reading ends. NVML answers
+/// NOT_FOUND when no process had non-zero utilisation since `after`: every
+/// process it lists then computed nothing (0 %). `None`: the GPU gives no
+/// per-process samples (an old driver, a call that fails), so they are
+/// unknown, never 0.
+fn sm_util_since(
+    gpu: &Device<'_>,
+    uuid: &str,
+    after: Option<u64>,
+) -> (Option<BTreeMap<u32, u32>>, Option<u64>) {
+    let since = after.unwrap_or(0);
+    match gpu.process_utilization_stats(since) {
+        Ok(samples) => {
+            let (highest, newest) = highest_sm_util(samples, since);
+            (Some(highest), Some(newest.max(since)))
+        }
+        Err(NvmlError::NotFound) => (Some(BTreeMap::new()), after),
+        Err(e) => {
+            debug!(gpu = %uuid, "no process utilisation samples: {e}");
+            (None, after)
         }
     }
-    latest
+}
+
+/// The highest SM utilisation per PID among the samples newer than `since`
+/// (an older one, or one above 100 %, is dropped), and the newest sample's
+/// timestamp (`since` when none is kept).
+fn highest_sm_util(samples: Vec<ProcessUtilizationSample>, since: u64) -> (BTreeMap<u32, u32>, u64) {
+    let mut highest: BTreeMap<u32, u32> = BTreeMap::new();
+    let mut newest = since;
+    for s in samples
+        .into_iter()
+        .filter(|s| s.timestamp > since && s.sm_util <= 100)
+    {
+        newest = newest.max(s.timestamp);
+        let entry = highest.entry(s.pid).or_insert(s.sm_util);
+        *entry = (*entry).max(s.sm_util);
+    }
+    (highest, newest)
 }
 
 /// Used GPU memory in MiB; `None` when NVML does not know it.
@@ -444,7 +492,7 @@ fn gpu_process(
     gpu_uuid: &str,
     mig_uuid: Option<&str>,
     handle_ids: (Option<u32>, Option<u32>),
-    sm_util: &BTreeMap<u32, (u64, u32)>,
+    sm_util: Option<&BTreeMap<u32, u32>>,
 ) -> GpuProcess {
     GpuProcess {
         pid: p.pid,
@@ -453,7 +501,9 @@ fn gpu_process(
         mig_uuid: mig_uuid.map(str::to_string),
         gpu_instance_id: p.gpu_instance_id.or(handle_ids.0),
         compute_instance_id: p.compute_instance_id.or(handle_ids.1),
-        sm_util: sm_util.get(&p.pid).map(|&(_, sm)| sm),
+        // A listed process with no sample since the previous reading
+        // computed nothing; the samples of PIDs not listed are not looked at.
+        sm_util: sm_util.map(|m| m.get(&p.pid).copied().unwrap_or(0)),
     }
 }
 
@@ -603,30 +653,47 @@ mod tests {
     }
 
     #[test]
-    fn sm_util_is_the_latest_sample_of_each_pid() {
-        let util = latest_sm_util(vec![
-            sample(447, 5, 30),
-            sample(447, 9, 1),
-            sample(441, 2, 4),
-            sample(447, 7, 50),
-        ]);
-        assert_eq!(util.get(&447).map(|u| u.1), Some(1));
-        assert_eq!(util.get(&441).map(|u| u.1), Some(4));
-        assert_eq!(util.get(&1), None);
+    fn sm_util_is_the_highest_newer_sample_of_each_pid() {
+        let (util, newest) = highest_sm_util(
+            vec![
+                sample(447, 5, 30),
+                sample(447, 9, 1),
+                sample(441, 2, 4),
+                sample(447, 7, 50),
+                // Not newer than the previous reading, or not a percentage.
+                sample(441, 1, 99),
+                sample(442, 8, 101),
+            ],
+            1,
+        );
+        assert_eq!(util.get(&447), Some(&50));
+        assert_eq!(util.get(&441), Some(&4));
+        assert_eq!(util.get(&442), None);
+        assert_eq!(newest, 9);
+        assert_eq!(highest_sm_util(vec![sample(1, 3, 9)], 3), (BTreeMap::new(), 3));
+    }
+
+    #[test]
+    fn a_listed_process_without_a_sample_computed_nothing_unless_samples_are_unknown() {
+        let p = info(3, UsedGpuMemory::Used(2 * MIB));
+        let none = BTreeMap::new();
+        assert_eq!(gpu_process(&p, "GPU-a", None, (None, None), Some(&none)).sm_util, Some(0));
+        assert_eq!(gpu_process(&p, "GPU-a", None, (None, None), None).sm_util, None);
     }
 
     #[test]
     fn process_info_ids_win_over_the_handle_ids() {
         let util = BTreeMap::new();
+        let util = Some(&util);
         let mut p = info(3, UsedGpuMemory::Used(2 * MIB));
-        let g = gpu_process(&p, "GPU-a", Some("MIG-b"), (Some(5), Some(6)), &util);
+        let g = gpu_process(&p, "GPU-a", Some("MIG-b"), (Some(5), Some(6)), util);
         assert_eq!(
             (g.gpu_instance_id, g.compute_instance_id),
             (Some(5), Some(6))
         );
         p.gpu_instance_id = Some(1);
         p.compute_instance_id = Some(0);
-        let g = gpu_process(&p, "GPU-a", Some("MIG-b"), (Some(5), Some(6)), &util);
+        let g = gpu_process(&p, "GPU-a", Some("MIG-b"), (Some(5), Some(6)), util);
         assert_eq!(
             (g.gpu_instance_id, g.compute_instance_id),
             (Some(1), Some(0))

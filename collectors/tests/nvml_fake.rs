@@ -95,13 +95,22 @@ fn use_scenario(name: &str, scenario: &str) {
 /// Builds the collector through the configuration, as the program does, and
 /// runs one collection with `library` under `limit`. `None`: it did not finish.
 fn collect_with_limit(library: &Path, limit: Duration) -> Option<Result<Collected, CollectError>> {
+    collect_after(library, limit, Inventory::default())
+}
+
+/// One collection with `previous` as the previous inventory.
+fn collect_after(
+    library: &Path,
+    limit: Duration,
+    previous: Inventory,
+) -> Option<Result<Collected, CollectError>> {
     let text = format!(
         "[[collectors.nvml]]\nlibrary = {:?}\ntimeout = \"5s\"\n",
         library.to_str().expect("UTF-8 path")
     );
     let config = Config::parse("nvml-test.toml", &text, &[]).unwrap_or_else(|e| panic!("{e}"));
     let collector = &config.collectors[0].plugin;
-    let previous = Previous::known(Inventory::default());
+    let previous = Previous::known(previous);
     let observed = Observations::default();
     let users = UserNames::new();
     let ctx = CollectContext {
@@ -134,11 +143,13 @@ fn processes(library: &Path) -> Vec<GpuProcess> {
     }
 }
 
+/// A process on a GPU with per-process samples, none of them its own: 0 %.
 fn process(pid: u32, mib: Option<u64>, gpu: &str) -> GpuProcess {
     GpuProcess {
         pid,
         used_memory_mib: mib,
         gpu_uuid: gpu.to_string(),
+        sm_util: Some(0),
         ..GpuProcess::default()
     }
 }
@@ -296,12 +307,16 @@ fn mig_processes_come_from_each_mig_device() {
                 mig_uuid: Some("MIG-11111111-1111-1111-1111-111111111111".into()),
                 gpu_instance_id: Some(1),
                 compute_instance_id: Some(0),
+                // No per-process samples on MIG: unknown.
+                sm_util: None,
                 ..process(2001, Some(1000), parent)
             },
             GpuProcess {
                 mig_uuid: Some("MIG-22222222-2222-2222-2222-222222222222".into()),
                 gpu_instance_id: Some(2),
                 compute_instance_id: Some(0),
+                // No per-process samples on MIG: unknown.
+                sm_util: None,
                 ..process(2002, Some(2000), parent)
             },
             process(2003, Some(10), "GPU-bbbbbbbb-0000-0000-0000-000000000000"),
@@ -434,4 +449,81 @@ fn its_configuration_defaults() {
     let config = NvmlConfig::default();
     assert_eq!(config.library, "libnvidia-ml.so.1");
     assert_eq!(config.timeout, Duration::from_secs(5));
+}
+
+/// Per-process utilisation over the time since the previous reading: a busy
+/// process, an idle one (no sample), one whose busy samples are older than
+/// the previous reading (still in the driver's buffer), a sample above 100 %
+/// and one of a PID NVML does not list; then NOT_FOUND; and MIG (no
+/// per-process samples: unknown).
+#[test]
+fn utilisation_covers_the_time_since_the_previous_reading() {
+    let _serial = serial();
+    use_scenario(
+        "util",
+        "\
+gpu GPU-aaaaaaaa-0000
+compute 10 1048576
+compute 11 1048576
+compute 12 1048576
+compute 13 1048576
+util 10 80 ts=200
+util 10 95 ts=300
+util 12 70 ts=100
+util 13 150 ts=300
+util 99 60 ts=300
+gpu GPU-bbbbbbbb-0000 mig=on
+mig MIG-cccccccc-0000 gi=1 ci=0
+compute 20 1048576
+",
+    );
+    let sm = |collected: &Collected| -> Vec<(u32, Option<u32>)> {
+        collected
+            .observations
+            .gpu_processes
+            .iter()
+            .map(|p| (p.pid, p.sm_util))
+            .collect()
+    };
+    let until = |collected: &Collected, uuid: &str| {
+        collected
+            .observations
+            .gpus
+            .iter()
+            .find(|g| g.uuid == uuid)
+            .and_then(|g| g.samples_until_us)
+    };
+    let limit = Duration::from_secs(20);
+    // The previous reading ended at 150: 12's busy sample (100) is older.
+    let mut previous = Inventory::default();
+    previous.gpus.insert(
+        "GPU-aaaaaaaa-0000".into(),
+        GpuDevice {
+            uuid: "GPU-aaaaaaaa-0000".into(),
+            samples_until_us: Some(150),
+            ..GpuDevice::default()
+        },
+    );
+    let first = collect_after(&fake().complete, limit, previous)
+        .expect("finished")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        sm(&first),
+        [(10, Some(95)), (11, Some(0)), (12, Some(0)), (13, Some(0)), (20, None)]
+    );
+    assert_eq!(until(&first, "GPU-aaaaaaaa-0000"), Some(300));
+    // The next reading starts where this one ended: nothing newer, NOT_FOUND,
+    // and every listed process computed nothing since.
+    let mut previous = Inventory::default();
+    for g in &first.observations.gpus {
+        previous.gpus.insert(g.uuid.clone(), g.clone());
+    }
+    let second = collect_after(&fake().complete, limit, previous)
+        .expect("finished")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        sm(&second),
+        [(10, Some(0)), (11, Some(0)), (12, Some(0)), (13, Some(0)), (20, None)]
+    );
+    assert_eq!(until(&second, "GPU-aaaaaaaa-0000"), Some(300));
 }

@@ -159,6 +159,15 @@ pub struct GpuDevice {
     /// Percent of the last sample period in which a kernel ran.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub utilization_pct: Option<u32>,
+    /// The newest per-process utilisation sample read so far (NVML's CPU
+    /// timestamp, microseconds): the next reading asks for the samples
+    /// after it, so each covers the time since the previous one.
+    #[serde(
+        rename = "_samples_until_us",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub samples_until_us: Option<u64>,
 }
 
 /// What `/proc` says about one process.
