@@ -69,6 +69,7 @@ fn inventory() -> Inventory {
             memory_used_mb: Some(21_292),
             memory_total_mb: Some(81_559),
             utilization_pct: Some(37),
+            samples_until_us: None,
         },
     );
     let report = |error: Option<&str>| CollectorReport {

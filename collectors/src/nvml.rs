@@ -300,7 +300,13 @@ fn query(
             for p in processes_of(&gpu)
                 .map_err(|(call, e)| call_error(library, &format!("{gpu_label}: {call}"), e))?
             {
-                found.push(gpu_process(&p, &gpu_uuid, None, (None, None), sm_util.as_ref()));
+                found.push(gpu_process(
+                    &p,
+                    &gpu_uuid,
+                    None,
+                    (None, None),
+                    sm_util.as_ref(),
+                ));
             }
             continue;
         }
@@ -383,6 +389,8 @@ fn describe(gpu: &Device<'_>, index: u32, uuid: &str) -> GpuDevice {
         memory_used_mb: memory.as_ref().ok().map(|m| m.used / MIB),
         memory_total_mb: memory.as_ref().ok().map(|m| m.total / MIB),
         utilization_pct: util.ok().map(|u| u.gpu),
+        // Set by the caller once the samples are read.
+        samples_until_us: None,
     }
 }
 
@@ -463,7 +471,10 @@ fn sm_util_since(
 /// The highest SM utilisation per PID among the samples newer than `since`
 /// (an older one, or one above 100 %, is dropped), and the newest sample's
 /// timestamp (`since` when none is kept).
-fn highest_sm_util(samples: Vec<ProcessUtilizationSample>, since: u64) -> (BTreeMap<u32, u32>, u64) {
+fn highest_sm_util(
+    samples: Vec<ProcessUtilizationSample>,
+    since: u64,
+) -> (BTreeMap<u32, u32>, u64) {
     let mut highest: BTreeMap<u32, u32> = BTreeMap::new();
     let mut newest = since;
     for s in samples
@@ -670,15 +681,24 @@ mod tests {
         assert_eq!(util.get(&441), Some(&4));
         assert_eq!(util.get(&442), None);
         assert_eq!(newest, 9);
-        assert_eq!(highest_sm_util(vec![sample(1, 3, 9)], 3), (BTreeMap::new(), 3));
+        assert_eq!(
+            highest_sm_util(vec![sample(1, 3, 9)], 3),
+            (BTreeMap::new(), 3)
+        );
     }
 
     #[test]
     fn a_listed_process_without_a_sample_computed_nothing_unless_samples_are_unknown() {
         let p = info(3, UsedGpuMemory::Used(2 * MIB));
         let none = BTreeMap::new();
-        assert_eq!(gpu_process(&p, "GPU-a", None, (None, None), Some(&none)).sm_util, Some(0));
-        assert_eq!(gpu_process(&p, "GPU-a", None, (None, None), None).sm_util, None);
+        assert_eq!(
+            gpu_process(&p, "GPU-a", None, (None, None), Some(&none)).sm_util,
+            Some(0)
+        );
+        assert_eq!(
+            gpu_process(&p, "GPU-a", None, (None, None), None).sm_util,
+            None
+        );
     }
 
     #[test]

@@ -36,7 +36,7 @@ use std::path::{Path, PathBuf};
 use detect_workloads_core::async_trait;
 use detect_workloads_core::config::{ConfigError, PluginConfig};
 use detect_workloads_core::model::{
-    cgroup_segment_id, CgroupMembership, FactKind, Observations, ProcessFacts,
+    cgroup_segment_id, Argv, CgroupMembership, FactKind, Observations, ProcessFacts,
 };
 use detect_workloads_core::plugin::{
     CollectContext, CollectError, Collected, Collector, CollectorPlugin,
@@ -88,20 +88,13 @@ pub const FILE_READ_CAP: usize = 64 * 1024;
 /// `/proc/<pid>/cmdline`: NUL separators become spaces, bytes are decoded as
 /// UTF-8 with replacement, the trailing NUL is dropped.
 pub fn cmdline_text(bytes: &[u8]) -> String {
-    cmdline_args(bytes).join(" ")
+    cmdline_args(bytes).joined()
 }
 
-/// `/proc/<pid>/cmdline` as its arguments: split at the NULs (the trailing
-/// one dropped), each decoded as UTF-8 with replacement.
-pub fn cmdline_args(bytes: &[u8]) -> Vec<String> {
-    let trimmed = bytes.strip_suffix(&[0]).unwrap_or(bytes);
-    if trimmed.is_empty() {
-        return Vec::new();
-    }
-    trimmed
-        .split(|b| *b == 0)
-        .map(|arg| String::from_utf8_lossy(arg).into_owned())
-        .collect()
+/// `/proc/<pid>/cmdline` as its arguments (bytes decoded as UTF-8 with
+/// replacement), kept as the kernel does: one string, a NUL after each.
+pub fn cmdline_args(bytes: &[u8]) -> Argv {
+    Argv::from_nul_terminated(String::from_utf8_lossy(bytes).into_owned())
 }
 
 /// What a process's cgroup paths claim about containment (see
@@ -161,16 +154,16 @@ fn read_lossy(process: &Process, name: &str) -> ProcResult<String> {
 
 /// The arguments, at most [`CMDLINE_READ_CAP`] bytes of them (the last
 /// ending in `…` when there was more).
-fn read_argv(process: &Process) -> ProcResult<Vec<String>> {
-    let (bytes, more) = read_capped(process, "cmdline", CMDLINE_READ_CAP)?;
-    let mut argv = cmdline_args(&bytes);
+fn read_argv(process: &Process) -> ProcResult<Argv> {
+    let (mut bytes, more) = read_capped(process, "cmdline", CMDLINE_READ_CAP)?;
     if more {
-        match argv.last_mut() {
-            Some(last) => last.push('…'),
-            None => argv.push("…".to_string()),
+        // The last argument, cut: it ends in `…`.
+        if bytes.last() == Some(&0) {
+            bytes.pop();
         }
+        bytes.extend_from_slice("…".as_bytes());
     }
-    Ok(argv)
+    Ok(cmdline_args(&bytes))
 }
 
 fn read_stat(process: &Process) -> ProcResult<Stat> {
@@ -276,12 +269,12 @@ fn try_read(root: &Path, pid: u32, depth: Depth, host: Host) -> ProcResult<Proce
             facts.start_time = stat.starttime;
         }
         // A kernel thread has no command line; its name stands in.
+        // The line people read is made from it by the `redact` stage
+        // (always in force): one copy of up to 64 KiB per process, not two.
         facts.argv = read_argv(&process).unwrap_or_default();
-        facts.cmdline = if facts.argv.is_empty() {
-            format!("[{}]", facts.comm)
-        } else {
-            facts.argv.join(" ")
-        };
+        if facts.argv.is_empty() {
+            facts.cmdline = format!("[{}]", facts.comm);
+        }
         facts.exe = process.exe().ok().map(|p| p.to_string_lossy().into_owned());
     }
     facts.read_error = problems.text();
@@ -529,7 +522,7 @@ mod tests {
             (
                 facts.uid,
                 facts.start_time,
-                facts.cmdline.as_str(),
+                facts.argv.joined().as_str(),
                 facts.comm.as_str()
             ),
             (1001, 555, "python3 -c x", "python3")
@@ -577,8 +570,10 @@ mod tests {
         let long = vec![b'a'; CMDLINE_READ_CAP * 3];
         craft(dir.path(), 447, 1001, &long, "0::/\n");
         let facts = read_process(dir.path(), 447).expect("read");
-        assert_eq!(facts.cmdline.len(), CMDLINE_READ_CAP + '…'.len_utf8());
-        assert!(facts.cmdline.ends_with('…'));
+        let line = facts.argv.joined();
+        assert_eq!(line.len(), CMDLINE_READ_CAP + '…'.len_utf8());
+        assert!(line.ends_with('…'));
+        assert_eq!(facts.argv.iter().count(), 1);
     }
 
     #[test]
@@ -643,7 +638,8 @@ mod tests {
         assert_eq!(processes[&600].container_id.as_deref(), Some(ID));
         assert_eq!(processes[&600].user, "root");
         assert_eq!(processes[&600].cmdline, "");
-        assert_eq!(processes[&447].cmdline, "python3");
+        assert_eq!(processes[&447].argv.joined(), "python3");
+        assert_eq!(processes[&447].argv.first(), Some("python3"));
     }
 
     #[test]

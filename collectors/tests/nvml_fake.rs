@@ -209,6 +209,11 @@ fn several_gpus_with_processes_on_each() {
             process(900, Some(2), gpu(1)),
             process(201, Some(3), gpu(1)),
         ]
+        .map(|p| GpuProcess {
+            // No samples anywhere: unknown, not 0 %.
+            sm_util: None,
+            ..p
+        })
     );
     assert_eq!(collected.stats.get("gpus"), Some(&3));
 }
@@ -240,6 +245,7 @@ fn each_gpu_is_described_for_people() {
                 memory_used_mb: Some(2587),
                 memory_total_mb: Some(81559),
                 utilization_pct: None,
+                samples_until_us: None,
             },
             GpuDevice {
                 uuid: "GPU-11111111-1111-1111-1111-111111111111".to_string(),
@@ -248,6 +254,7 @@ fn each_gpu_is_described_for_people() {
                 memory_used_mb: Some(200),
                 memory_total_mb: Some(81559),
                 utilization_pct: None,
+                samples_until_us: None,
             },
         ]
     );
@@ -509,7 +516,13 @@ compute 20 1048576
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         sm(&first),
-        [(10, Some(95)), (11, Some(0)), (12, Some(0)), (13, Some(0)), (20, None)]
+        [
+            (10, Some(95)),
+            (11, Some(0)),
+            (12, Some(0)),
+            (13, Some(0)),
+            (20, None)
+        ]
     );
     assert_eq!(until(&first, "GPU-aaaaaaaa-0000"), Some(300));
     // The next reading starts where this one ended: nothing newer, NOT_FOUND,
@@ -523,7 +536,13 @@ compute 20 1048576
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         sm(&second),
-        [(10, Some(0)), (11, Some(0)), (12, Some(0)), (13, Some(0)), (20, None)]
+        [
+            (10, Some(0)),
+            (11, Some(0)),
+            (12, Some(0)),
+            (13, Some(0)),
+            (20, None)
+        ]
     );
     assert_eq!(until(&second, "GPU-aaaaaaaa-0000"), Some(300));
 }

@@ -179,16 +179,17 @@ pub struct ProcessFacts {
     pub uid: u32,
     /// User name for `uid` (through NSS), or the uid as text when it has none.
     pub user: String,
-    /// Command line, NUL separators turned into spaces: [`ProcessFacts::argv`]
-    /// joined, for people.
+    /// Command line for people: [`ProcessFacts::argv`] joined with spaces.
+    /// A collector that gives `argv` may leave it empty: the `redact` stage
+    /// (always in force) sets it from `argv`, secrets hidden.
     pub cmdline: String,
-    /// Its arguments: `/proc/<pid>/cmdline` split at its NULs, each decoded
-    /// lossily (the last ends in `…` when the read was cut). Empty when
+    /// Its arguments, as `/proc/<pid>/cmdline` holds them (each decoded
+    /// lossily; the last ends in `…` when the read was cut). Empty when
     /// unknown (a kernel thread, or a collector that only has the line):
     /// then `cmdline` is all there is. Redaction works on this list, so an
     /// argument holding spaces is hidden whole.
     #[serde(default)]
-    pub argv: Vec<String>,
+    pub argv: Argv,
     /// Short process name (`/proc/<pid>/comm`).
     pub comm: String,
     /// Start time in clock ticks since boot (field 22 of `/proc/<pid>/stat`).
@@ -218,6 +219,74 @@ pub struct ProcessFacts {
     /// still reported (its owner then comes from the owner of `/proc/<pid>`).
     #[serde(default)]
     pub read_error: Option<String>,
+}
+
+/// A process's arguments, kept as `/proc/<pid>/cmdline` does: each followed
+/// by a NUL, in one string (one allocation however many there are; a user
+/// decides how many). Serialised as a list.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Argv(String);
+
+impl Argv {
+    /// From the arguments (a NUL inside one, which `/proc` cannot hold,
+    /// would split it).
+    pub fn new<'a>(args: impl IntoIterator<Item = &'a str>) -> Argv {
+        let mut text = String::new();
+        for arg in args {
+            text.push_str(arg);
+            text.push('\0');
+        }
+        Argv(text)
+    }
+
+    /// From `/proc/<pid>/cmdline` decoded as text: NUL-terminated arguments
+    /// (a missing last NUL is added).
+    pub fn from_nul_terminated(mut text: String) -> Argv {
+        if !text.is_empty() && !text.ends_with('\0') {
+            text.push('\0');
+        }
+        Argv(text)
+    }
+
+    /// The arguments.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.0
+            .strip_suffix('\0')
+            .map(|body| body.split('\0'))
+            .into_iter()
+            .flatten()
+    }
+
+    /// The program (`argv[0]`).
+    pub fn first(&self) -> Option<&str> {
+        self.iter().next()
+    }
+
+    /// Whether it holds no argument.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The arguments joined with spaces, as people read a command line.
+    pub fn joined(&self) -> String {
+        self.0
+            .strip_suffix('\0')
+            .unwrap_or_default()
+            .replace('\0', " ")
+    }
+}
+
+impl Serialize for Argv {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Argv {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Argv, D::Error> {
+        let args = Vec::<String>::deserialize(d)?;
+        Ok(Argv::new(args.iter().map(String::as_str)))
+    }
 }
 
 /// One line of `/proc/<pid>/cgroup`: the hierarchy (`12:pids`, `0:` on

@@ -1140,6 +1140,7 @@ scan 12s ago, took 14 ms; docker ok, nvml FAILED: unavailable: no libnvidia-ml
             memory_used_mb: used,
             memory_total_mb: used.map(|_| 81_559),
             utilization_pct: util,
+            samples_until_us: None,
         };
         for g in [
             gpu("GPU-bbbbbbbb-1", 1, None, None),

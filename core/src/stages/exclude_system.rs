@@ -157,10 +157,10 @@ impl Stage for ExcludeSystem {
             if f.uid >= self.uid_min {
                 continue;
             }
-            let argv0 = f.argv.first().map_or_else(
-                || f.cmdline.split(' ').next().unwrap_or_default(),
-                String::as_str,
-            );
+            let argv0 = f
+                .argv
+                .first()
+                .unwrap_or_else(|| f.cmdline.split(' ').next().unwrap_or_default());
             info!(
                 pid = f.pid,
                 uid = f.uid,

@@ -20,6 +20,7 @@ use regex::{Regex, RegexBuilder};
 use serde::Deserialize;
 
 use crate::config::{ConfigError, Instance, PluginConfig};
+use crate::model::Argv;
 use crate::plugin::{Stage, StageContext, StageError, StagePlugin, Workset};
 
 /// The stage's type name.
@@ -196,8 +197,8 @@ impl Redact {
     /// What is stored of these arguments: the line people read (them
     /// joined with spaces), with the secrets hidden. An argument is hidden
     /// whole, spaces and all.
-    pub fn apply_argv(&self, argv: &[String]) -> String {
-        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    pub fn apply_argv(&self, argv: &Argv) -> String {
+        let argv: Vec<&str> = argv.iter().collect();
         self.apply_to(&argv)
     }
 
@@ -211,16 +212,19 @@ impl Redact {
     }
 
     /// The arguments with their secrets hidden, one by one (nothing cut).
-    pub fn redact_argv(&self, argv: &[String]) -> Vec<String> {
-        let args: Vec<&str> = argv.iter().map(String::as_str).collect();
+    pub fn redact_argv(&self, argv: &Argv) -> Argv {
         match self.mode {
-            RedactMode::Full => argv.to_vec(),
-            RedactMode::Argv0 => argv.iter().take(1).cloned().collect(),
-            RedactMode::Redacted => self
-                .redact_arguments(&args)
-                .iter()
-                .map(|arg| self.redact(arg))
-                .collect(),
+            RedactMode::Full => argv.clone(),
+            RedactMode::Argv0 => Argv::new(argv.first()),
+            RedactMode::Redacted => {
+                let args: Vec<&str> = argv.iter().collect();
+                let hidden: Vec<String> = self
+                    .redact_arguments(&args)
+                    .iter()
+                    .map(|arg| self.redact(arg))
+                    .collect();
+                Argv::new(hidden.iter().map(String::as_str))
+            }
         }
     }
 
@@ -445,13 +449,10 @@ mod tests {
     #[test]
     fn an_argument_holding_spaces_is_hidden_whole() {
         let r = Redact::new(RedactConfig::default()).expect("default");
-        let argv: Vec<String> = ["app", "--password", "hunter2 extra", "--name", "a b"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let argv = Argv::new(["app", "--password", "hunter2 extra", "--name", "a b"]);
         assert_eq!(r.apply_argv(&argv), "app --password *** --name a b");
         assert_eq!(
-            r.redact_argv(&argv),
+            r.redact_argv(&argv).iter().collect::<Vec<_>>(),
             ["app", "--password", "***", "--name", "a b"]
         );
         let argv0 = Redact::new(RedactConfig {
@@ -459,17 +460,10 @@ mod tests {
             ..RedactConfig::default()
         })
         .expect("argv0");
-        let spaced = vec![
-            "/opt/my app/bin".to_string(),
-            "--password".to_string(),
-            "x".to_string(),
-        ];
+        let spaced = Argv::new(["/opt/my app/bin", "--password", "x"]);
         assert_eq!(argv0.apply_argv(&spaced), "/opt/my app/bin");
         // A command line inside an argument is redacted word by word.
-        let shell: Vec<String> = ["sh", "-c", "mysql --password hunter2 -e 'x'"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let shell = Argv::new(["sh", "-c", "mysql --password hunter2 -e 'x'"]);
         assert_eq!(r.apply_argv(&shell), "sh -c mysql --password *** -e 'x'");
     }
 
