@@ -290,6 +290,26 @@ impl Tmux {
             .expect("run tmux (tests/run.sh installs it)")
     }
 
+    /// A detached session `top` running `command` in a `width` x 30 terminal.
+    fn start(&self, width: &str, command: &str) {
+        let out = self.cmd(&[
+            "new-session",
+            "-d",
+            "-s",
+            "top",
+            "-x",
+            width,
+            "-y",
+            "30",
+            command,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     fn screen(&self) -> String {
         String::from_utf8_lossy(&self.cmd(&["capture-pane", "-p", "-t", "top"]).stdout).into_owned()
     }
@@ -327,22 +347,7 @@ fn top_draws_the_gpus_and_workloads_in_a_terminal_and_quits_on_q() {
         config.display(),
         status.display()
     );
-    let out = tmux.cmd(&[
-        "new-session",
-        "-d",
-        "-s",
-        "top",
-        "-x",
-        "150",
-        "-y",
-        "30",
-        &command,
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    tmux.start("150", &command);
     tmux.wait_for("the first screen", || {
         tmux.screen().contains("detect-workloads top:")
     });
@@ -428,22 +433,7 @@ fn at_80_columns_ps_and_top_fit_and_keep_created() {
             socket: s.path(&format!("tmux-{}.sock", args.len())),
         };
         let command = format!("{BIN} --config {} {args}; sleep 60", config.display());
-        let out = tmux.cmd(&[
-            "new-session",
-            "-d",
-            "-s",
-            "top",
-            "-x",
-            "80",
-            "-y",
-            "30",
-            &command,
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        tmux.start("80", &command);
         tmux.wait_for(what, || tmux.screen().contains(marker));
         // Joined: a line the terminal wrapped is one line again.
         let joined = tmux.cmd(&["capture-pane", "-p", "-J", "-t", "top"]);
