@@ -22,9 +22,13 @@ pub fn inventory(
         ..Inventory::default()
     };
     for draft in work.containers {
+        // Moved, not copied: the facts end here.
         let entry = ContainerEntry {
             collector: draft.facts.collector,
             inspect: draft.facts.inspect,
+            labels: draft.facts.labels,
+            created_at: draft.facts.created_at,
+            health: draft.facts.health,
             ..draft.entry
         };
         inventory.containers.insert(entry.id.clone(), entry);

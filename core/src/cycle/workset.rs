@@ -219,10 +219,8 @@ fn container_draft(facts: ContainerFacts, previous: &Inventory, now: &str) -> Co
             gpu_devices: Vec::new(),
             status: facts.state.clone(),
             image: facts.image.clone(),
-            labels: facts.labels.clone(),
-            created_at: facts.created_at.clone(),
-            health: facts.health,
-            // Moved in from the facts when the inventory is assembled.
+            // Moved in from the facts when the inventory is assembled
+            // (with `labels`, `created_at` and `health`).
             collector: String::new(),
             inspect: None,
             ..ContainerEntry::default()
