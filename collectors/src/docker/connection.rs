@@ -295,7 +295,7 @@ pub(crate) fn unusable_from_environment(endpoint: Option<&str>, why: &str) -> Co
 }
 
 /// An error and its sources, `a: b: c`, each said once.
-fn with_causes(e: &DockerError) -> String {
+pub(crate) fn with_causes(e: &DockerError) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {

@@ -57,7 +57,7 @@ use futures_util::future::join_all;
 use serde::Deserialize;
 use tracing::{debug, warn};
 
-use crate::docker::connection::Calls;
+use crate::docker::connection::{with_causes, Calls};
 use crate::docker::{self, Events};
 
 /// The sample configuration of this plugin (`detect-workloads plugins
@@ -284,18 +284,6 @@ impl PodmanCollector {
             main_pids_refused,
         })
     }
-}
-
-/// The error and its causes, in one line.
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// The uid owning `/proc/<pid>`: the process's, for as long as it lives.
