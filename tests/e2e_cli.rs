@@ -5,9 +5,10 @@ mod common;
 use std::process::{Command, Output};
 
 use common::{Scratch, BIN};
+use detect_workloads_api::plugin::{find_collector, find_sink, find_stage};
 use detect_workloads_collectors as _;
-use detect_workloads_core::plugin::{find_collector, find_sink, find_stage};
 use detect_workloads_sinks as _;
+use detect_workloads_stages as _;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 

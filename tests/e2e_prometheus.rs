@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{Proc, Scratch};
-use detect_workloads_core::model::{
+use detect_workloads_api::model::{
     CollectorReport, ContainerEntry, ContainerGpuProcess, GpuMismatch, Inventory, ProcessEntry,
     ScanReport, UserGpuUse,
 };

@@ -9,10 +9,10 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::{Scratch, BIN, UUID};
-use detect_workloads_core::model::{
+use detect_workloads_api::model::{
     CollectorReport, ContainerEntry, GpuDevice, Inventory, ProcessEntry, ScanReport,
 };
-use detect_workloads_core::timefmt::rfc3339;
+use detect_workloads_api::timefmt::rfc3339;
 
 fn ago(secs: u64) -> String {
     rfc3339(SystemTime::now() - Duration::from_secs(secs))
@@ -34,7 +34,7 @@ fn inventory() -> Inventory {
         image: "pytorch/pytorch:2.4".to_string(),
         created_at: ago(5 * day + 3600),
         detected_at: ago(3 * day + 3600),
-        inspect: Some(detect_workloads_core::model::InspectFacts {
+        inspect: Some(detect_workloads_api::model::InspectFacts {
             started_at: ago(3 * day + 3600),
             ..Default::default()
         }),

@@ -6,10 +6,11 @@ mod common;
 
 use std::process::Command;
 
+use detect_workloads_api::plugin::{sample_of, PluginKind};
 use detect_workloads_collectors as _;
 use detect_workloads_core::config::{Config, DEFAULT_CONFIG};
-use detect_workloads_core::plugin::{sample_of, PluginKind};
 use detect_workloads_sinks as _;
+use detect_workloads_stages as _;
 
 /// The `[[section.name]]` tables of the default configuration, each up to the
 /// next blank line.
@@ -94,14 +95,14 @@ fn trait_methods(text: &str, name: &str) -> Vec<String> {
 fn docs_plugins_lists_the_plugin_traits_as_they_are() {
     let root = env!("CARGO_MANIFEST_DIR");
     let doc = std::fs::read_to_string(format!("{root}/docs/plugins.md")).expect("docs/plugins.md");
-    let code = std::fs::read_to_string(format!("{root}/core/src/plugin.rs")).expect("plugin.rs");
+    let code = std::fs::read_to_string(format!("{root}/api/src/plugin.rs")).expect("plugin.rs");
     for name in ["Collector", "Stage", "Sink"] {
         let documented = trait_methods(&doc, name);
         let real = trait_methods(&code, name);
-        assert!(!real.is_empty(), "no trait {name} in core/src/plugin.rs");
+        assert!(!real.is_empty(), "no trait {name} in api/src/plugin.rs");
         assert_eq!(
             documented, real,
-            "docs/plugins.md's {name} vs core/src/plugin.rs"
+            "docs/plugins.md's {name} vs api/src/plugin.rs"
         );
     }
 }

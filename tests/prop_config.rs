@@ -6,6 +6,7 @@
 use detect_workloads_collectors as _;
 use detect_workloads_core::config::{Config, ConfigError, DEFAULT_CONFIG};
 use detect_workloads_sinks as _;
+use detect_workloads_stages as _;
 use proptest::prelude::*;
 
 fn config() -> ProptestConfig {

@@ -17,10 +17,10 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use detect_workloads_core::async_trait;
-use detect_workloads_core::config::{duration, ConfigError, PluginConfig};
-use detect_workloads_core::model::{FactKind, GpuProcess, Observations};
-use detect_workloads_core::plugin::{
+use detect_workloads_api::async_trait;
+use detect_workloads_api::config::{duration, ConfigError, PluginConfig};
+use detect_workloads_api::model::{FactKind, GpuProcess, Observations};
+use detect_workloads_api::plugin::{
     CollectContext, CollectError, Collected, Collector, CollectorPlugin,
 };
 use serde::Deserialize;
@@ -179,7 +179,7 @@ impl Collector for NvidiaSmi {
         format!(
             "command {}, timeout {}",
             self.config.command,
-            detect_workloads_core::config::human_duration(self.config.timeout)
+            detect_workloads_api::config::human_duration(self.config.timeout)
         )
     }
 
@@ -271,7 +271,7 @@ fn build(config: PluginConfig<'_>) -> Result<Box<dyn Collector>, ConfigError> {
     Ok(Box::new(NvidiaSmi { config: parsed }))
 }
 
-detect_workloads_core::inventory::submit! {
+detect_workloads_api::inventory::submit! {
     CollectorPlugin {
         name: "nvidia-smi",
         summary: "GPU processes from `nvidia-smi --query-compute-apps` (fallback for nvml)",

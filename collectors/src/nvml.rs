@@ -21,10 +21,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use detect_workloads_core::async_trait;
-use detect_workloads_core::config::{duration, ConfigError, PluginConfig};
-use detect_workloads_core::model::{FactKind, GpuDevice, GpuProcess, Observations};
-use detect_workloads_core::plugin::{
+use detect_workloads_api::async_trait;
+use detect_workloads_api::config::{duration, ConfigError, PluginConfig};
+use detect_workloads_api::model::{FactKind, GpuDevice, GpuProcess, Observations};
+use detect_workloads_api::plugin::{
     CollectContext, CollectError, Collected, Collector, CollectorPlugin,
 };
 use nvml_wrapper::enums::device::UsedGpuMemory;
@@ -156,7 +156,7 @@ impl Collector for NvmlCollector {
         format!(
             "library {}, timeout {}",
             self.config.library,
-            detect_workloads_core::config::human_duration(self.config.timeout)
+            detect_workloads_api::config::human_duration(self.config.timeout)
         )
     }
 
@@ -554,7 +554,7 @@ fn build(config: PluginConfig<'_>) -> Result<Box<dyn Collector>, ConfigError> {
     Ok(Box::new(NvmlCollector::new(parsed)))
 }
 
-detect_workloads_core::inventory::submit! {
+detect_workloads_api::inventory::submit! {
     CollectorPlugin {
         name: "nvml",
         summary: "GPU processes (memory, GPU/MIG device, SM use) from the NVML library, loaded at run time",
@@ -566,8 +566,9 @@ detect_workloads_core::inventory::submit! {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use detect_workloads_api::plugin::Previous;
     use detect_workloads_core::config::Config;
-    use detect_workloads_core::plugin::Previous;
+    use detect_workloads_stages as _;
 
     fn info(pid: u32, used: UsedGpuMemory) -> ProcessInfo {
         ProcessInfo {
@@ -751,7 +752,7 @@ mod tests {
         });
         let previous = Previous::known(Default::default());
         let observed = Default::default();
-        let users = detect_workloads_core::users::UserNames::new();
+        let users = detect_workloads_api::users::UserNames::new();
         let ctx = CollectContext {
             previous: &previous,
             observed: &observed,

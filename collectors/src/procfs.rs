@@ -33,15 +33,15 @@ use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use detect_workloads_core::async_trait;
-use detect_workloads_core::config::{ConfigError, PluginConfig};
-use detect_workloads_core::model::{
+use detect_workloads_api::async_trait;
+use detect_workloads_api::config::{ConfigError, PluginConfig};
+use detect_workloads_api::model::{
     cgroup_segment_id, Argv, CgroupMembership, FactKind, Observations, ProcessFacts,
 };
-use detect_workloads_core::plugin::{
+use detect_workloads_api::plugin::{
     CollectContext, CollectError, Collected, Collector, CollectorPlugin,
 };
-use detect_workloads_core::users::UserNames;
+use detect_workloads_api::users::UserNames;
 use procfs::process::{Process, Stat, Status};
 use procfs::ProcessCGroups;
 use procfs::{FromBufRead, FromRead, ProcError, ProcResult};
@@ -409,7 +409,7 @@ fn build(config: PluginConfig<'_>) -> Result<Box<dyn Collector>, ConfigError> {
     }))
 }
 
-detect_workloads_core::inventory::submit! {
+detect_workloads_api::inventory::submit! {
     CollectorPlugin {
         name: "procfs",
         summary: "owner, command line, start time and cgroup of GPU processes; owner and cgroup of container main processes",
@@ -421,9 +421,9 @@ detect_workloads_core::inventory::submit! {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use detect_workloads_core::model::Inventory;
-    use detect_workloads_core::model::{ContainerFacts, GpuProcess, InspectFacts};
-    use detect_workloads_core::plugin::Previous;
+    use detect_workloads_api::model::Inventory;
+    use detect_workloads_api::model::{ContainerFacts, GpuProcess, InspectFacts};
+    use detect_workloads_api::plugin::Previous;
 
     const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
     const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/proc/447");

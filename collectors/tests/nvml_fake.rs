@@ -13,13 +13,14 @@ use std::process::Command;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use detect_workloads_api::model::GpuDevice;
+use detect_workloads_api::model::{GpuProcess, Inventory, Observations};
+use detect_workloads_api::plugin::{CollectContext, CollectError, Collected, Previous};
+use detect_workloads_api::users::UserNames;
 use detect_workloads_collectors as _;
 use detect_workloads_collectors::nvml::NvmlConfig;
 use detect_workloads_core::config::Config;
-use detect_workloads_core::model::GpuDevice;
-use detect_workloads_core::model::{GpuProcess, Inventory, Observations};
-use detect_workloads_core::plugin::{CollectContext, CollectError, Collected, Previous};
-use detect_workloads_core::users::UserNames;
+use detect_workloads_stages as _;
 
 /// The H100 capture in `tests/fixtures/gpu/h100-driver-580`.
 const H100_UUID: &str = "GPU-56c0b0b8-eb5c-605d-11d6-1bac317b478c";

@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 
 use serde_json::json;
 
-use crate::timefmt::parse_rfc3339;
+use detect_workloads_api::timefmt::parse_rfc3339;
 
-use crate::model::{
+use detect_workloads_api::model::{
     pid_map::in_text_order, short_id, ContainerEntry, Event, EventType, Inventory, ProcessEntry,
     ShortLivedContainer, UserGpuUse,
 };
@@ -311,7 +311,7 @@ fn process_events(previous: &Inventory, current: &Inventory, now: &str, events: 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ContainerEntry;
+    use detect_workloads_api::model::ContainerEntry;
 
     fn container(id: &str, status: &str) -> ContainerEntry {
         ContainerEntry {
@@ -453,7 +453,7 @@ mod tests {
 
     #[test]
     fn a_mismatch_is_told_once_when_it_appears() {
-        use crate::model::GpuMismatch;
+        use detect_workloads_api::model::GpuMismatch;
         let c = ContainerEntry {
             gpu_mismatch: Some(GpuMismatch::NotGranted),
             ..in_use(container("a", "running"), 1)

@@ -1,33 +1,16 @@
-//! The core of `detect-workloads`: the data model, the plugin traits and their
-//! compile-time registry, configuration loading, the scan cycle and the diff.
-//! The built-in stages live here too (`stages/`, one file each); collectors and
-//! sinks live in their own crates and register themselves.
+//! The engine of `detect-workloads`: configuration loading, the scan cycle,
+//! the diff and watch mode. It runs plugins written against
+//! `detect-workloads-api` (collectors, stages, sinks), names none of them,
+//! and has no command line: the `detect-workloads` crate is the front end
+//! and the one place that links the built-in plugins.
 //!
-//! A binary links the plugins it wants and calls [`cli::main`]:
-//!
-//! ```text
-//! use detect_workloads_collectors as _;
-//! use detect_workloads_sinks as _;
-//! fn main() -> std::process::ExitCode {
-//!     detect_workloads_core::cli::main()
-//! }
-//! ```
+//! A scan: [`config::Config::load_from`] builds the plugins of a file, then
+//! [`cycle::run_cycle`] collects, runs the stages, diffs against the previous
+//! inventory and delivers to the sinks; [`watch`] repeats that on engine
+//! events and timers.
 #![deny(missing_docs)]
 
-pub mod cli;
 pub mod config;
-mod config_check;
-pub mod config_file;
 pub mod cycle;
 pub mod diff;
-pub mod model;
-pub mod plugin;
-pub mod stages;
-pub mod timefmt;
-pub mod top;
-pub mod users;
-pub mod view;
 pub mod watch;
-
-pub use async_trait::async_trait;
-pub use inventory;

@@ -170,7 +170,7 @@ pub fn read_trusted(path: &Path, what: &str) -> Result<String, String> {
         .map_err(|e| fail(&format!("cannot read: {e}")))?;
     let euid = nix::unistd::geteuid().as_raw();
     if let Some(why) =
-        detect_workloads_core::config_file::untrusted_because(meta.uid(), meta.mode(), euid)
+        detect_workloads_api::config::untrusted_because(meta.uid(), meta.mode(), euid)
     {
         return Err(fail(&format!(
             "refusing it: it {why}; fix it with `chown root:root {p} && chmod go-w {p}`",

@@ -16,13 +16,13 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use detect_workloads_core::async_trait;
-use detect_workloads_core::config::{ConfigError, PluginConfig};
-use detect_workloads_core::model::Inventory;
-use detect_workloads_core::plugin::{
+use detect_workloads_api::async_trait;
+use detect_workloads_api::config::{ConfigError, PluginConfig};
+use detect_workloads_api::model::Inventory;
+use detect_workloads_api::plugin::{
     LockGuard, ScanOutput, Sink, SinkError, SinkPlugin, StateError, StateStore,
 };
-use detect_workloads_core::timefmt::rfc3339;
+use detect_workloads_api::timefmt::rfc3339;
 use serde::Deserialize;
 use tracing::warn;
 
@@ -366,7 +366,7 @@ fn build(config: PluginConfig<'_>) -> Result<Box<dyn Sink>, ConfigError> {
     Ok(Box::new(InventoryFile::new(parsed.path, mode)))
 }
 
-detect_workloads_core::inventory::submit! {
+detect_workloads_api::inventory::submit! {
     SinkPlugin {
         name: "inventory-file",
         summary: "writes the inventory JSON atomically; also the state read at the next scan",

@@ -7,11 +7,13 @@
 use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use detect_workloads_core::async_trait;
-use detect_workloads_core::config::{ConfigError, PluginConfig};
-use detect_workloads_core::model::Inventory;
-use detect_workloads_core::plugin::{ScanOutput, Sink, SinkError, SinkPlugin};
-use detect_workloads_core::view::{self, Filter, Layout};
+use detect_workloads_api::async_trait;
+use detect_workloads_api::config::{ConfigError, PluginConfig};
+use detect_workloads_api::model::Inventory;
+use detect_workloads_api::plugin::{ScanOutput, Sink, SinkError, SinkPlugin};
+use std::io::IsTerminal;
+
+use detect_workloads_api::view::{self, Filter, Layout};
 use serde::Deserialize;
 
 /// Output format.
@@ -71,7 +73,10 @@ impl Sink for Stdout {
             }
             Format::Table => table(
                 out.inventory,
-                detect_workloads_core::cli::term::stdout_layout(),
+                Layout::for_output(
+                    std::io::stdout().is_terminal(),
+                    crossterm::terminal::size().ok().map(|(w, _)| w),
+                ),
                 now(),
             ),
             Format::Wide => table(out.inventory, Layout::Wide, now()),
@@ -90,7 +95,7 @@ fn build(config: PluginConfig<'_>) -> Result<Box<dyn Sink>, ConfigError> {
     }))
 }
 
-detect_workloads_core::inventory::submit! {
+detect_workloads_api::inventory::submit! {
     SinkPlugin {
         name: "stdout",
         summary: "prints the inventory (json, or the ps table); --sink stdout is the dry run",
@@ -102,7 +107,7 @@ detect_workloads_core::inventory::submit! {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use detect_workloads_core::model::ContainerEntry;
+    use detect_workloads_api::model::ContainerEntry;
 
     #[test]
     fn the_table_is_the_ps_view_with_stopped_containers_and_no_control_characters() {

@@ -4,7 +4,7 @@
 //! not fit is shortened free text first (the facts kept), and only then
 //! `{"truncated":true}`.
 
-use detect_workloads_core::model::{Event, EventType};
+use detect_workloads_api::model::{Event, EventType};
 use detect_workloads_sinks::event_log::{event_line, MAX_LINE};
 use proptest::prelude::*;
 use serde_json::{json, Value};

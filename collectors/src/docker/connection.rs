@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use bollard::errors::Error as DockerError;
 use bollard::{BollardRequest, Docker, API_DEFAULT_VERSION};
-use detect_workloads_core::plugin::CollectError;
+use detect_workloads_api::plugin::CollectError;
 
 /// Where the engine listens and how to talk to it.
 #[derive(Debug, Clone, PartialEq, Eq)]

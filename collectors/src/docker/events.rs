@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bollard::models::EventMessage;
 use bollard::query_parameters::EventsOptions;
-use detect_workloads_core::plugin::{Change, ChangeFeed, CollectError};
+use detect_workloads_api::plugin::{Change, ChangeFeed, CollectError};
 use futures_util::stream::{self, StreamExt};
 
 use super::connection::{Calls, Endpoint};

@@ -42,13 +42,13 @@ use bollard::models::{
 use bollard::query_parameters::{EventsOptions, ListContainersOptions, ListImagesOptions};
 use bollard::Docker;
 use connection::{Calls, Endpoint, Settings};
-use detect_workloads_core::async_trait;
-use detect_workloads_core::config::{duration, ConfigError, PluginConfig};
-use detect_workloads_core::model::{
+use detect_workloads_api::async_trait;
+use detect_workloads_api::config::{duration, ConfigError, PluginConfig};
+use detect_workloads_api::model::{
     short_id, ContainerFacts, DeviceRequest, FactKind, Health, InspectFacts, Inventory,
     Observations, ShortLivedContainer,
 };
-use detect_workloads_core::plugin::{
+use detect_workloads_api::plugin::{
     Change, ChangeFeed, CollectContext, CollectError, Collected, Collector, CollectorPlugin,
     Previous,
 };
@@ -158,7 +158,7 @@ impl Collector for DockerCollector {
         };
         format!(
             "endpoint {endpoint}, timeout {}, max_concurrent_inspects {}",
-            detect_workloads_core::config::human_duration(self.config.timeout),
+            detect_workloads_api::config::human_duration(self.config.timeout),
             self.config.max_concurrent_inspects
         )
     }
@@ -238,7 +238,7 @@ pub(crate) async fn containers(
     let (list, changes) = fetch(docker, previous_state, events).await?;
     debug!(
         containers = list.len(),
-        elapsed_ms = detect_workloads_core::cycle::round_ms(started.elapsed()),
+        elapsed_ms = detect_workloads_api::timefmt::round_ms(started.elapsed()),
         "listed"
     );
     let previous = previous_state.get().await;
@@ -405,7 +405,7 @@ fn event_time(e: &EventMessage) -> String {
         .time
         .and_then(|t| u64::try_from(t).ok())
         .unwrap_or_default();
-    detect_workloads_core::timefmt::rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(secs))
+    detect_workloads_api::timefmt::rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(secs))
 }
 
 /// The calls of every scan, concurrently (each on its own connection, so a
@@ -559,7 +559,7 @@ fn summary_facts(
             .and_then(|t| u64::try_from(t).ok())
             .filter(|&t| t > 0)
             .map(|t| {
-                detect_workloads_core::timefmt::rfc3339(
+                detect_workloads_api::timefmt::rfc3339(
                     std::time::UNIX_EPOCH + Duration::from_secs(t),
                 )
             })
@@ -623,7 +623,7 @@ fn build(config: PluginConfig<'_>) -> Result<Box<dyn Collector>, ConfigError> {
     Ok(Box::new(DockerCollector::new(parsed)))
 }
 
-detect_workloads_core::inventory::submit! {
+detect_workloads_api::inventory::submit! {
     CollectorPlugin {
         name: "docker",
         summary: "every Docker container (running or not) with labels, state, image and GPU access",
@@ -663,7 +663,7 @@ mod tests {
 
     #[test]
     fn a_running_container_whose_cached_main_pid_is_zero_is_inspected_again() {
-        use detect_workloads_core::model::ContainerEntry;
+        use detect_workloads_api::model::ContainerEntry;
         let id = "0123456789abcdef".to_string();
         let cached = |status: &str, main_pid: u32| Inventory {
             containers: BTreeMap::from([(

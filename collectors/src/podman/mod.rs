@@ -47,10 +47,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use detect_workloads_core::async_trait;
-use detect_workloads_core::config::{duration, human_duration, ConfigError, PluginConfig};
-use detect_workloads_core::model::{ContainerFacts, FactKind, Observations};
-use detect_workloads_core::plugin::{
+use detect_workloads_api::async_trait;
+use detect_workloads_api::config::{duration, human_duration, ConfigError, PluginConfig};
+use detect_workloads_api::model::{ContainerFacts, FactKind, Observations};
+use detect_workloads_api::plugin::{
     CollectContext, CollectError, Collected, Collector, CollectorPlugin,
 };
 use futures_util::future::join_all;
@@ -375,7 +375,7 @@ fn build(config: PluginConfig<'_>) -> Result<Box<dyn Collector>, ConfigError> {
     Ok(Box::new(PodmanCollector { config: parsed }))
 }
 
-detect_workloads_core::inventory::submit! {
+detect_workloads_api::inventory::submit! {
     CollectorPlugin {
         name: "podman",
         summary: "every user's rootless Podman containers, owned by the socket's owner",

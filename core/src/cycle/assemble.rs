@@ -3,8 +3,8 @@
 
 use tracing::debug;
 
-use crate::model::{ContainerEntry, GpuDevice, Inventory};
-use crate::plugin::{Verdict, Workset};
+use detect_workloads_api::model::{ContainerEntry, GpuDevice, Inventory};
+use detect_workloads_api::plugin::{Verdict, Workset};
 
 use super::trust::Trust;
 

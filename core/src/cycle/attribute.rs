@@ -15,10 +15,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use tracing::debug;
 
-use crate::model::{
+use detect_workloads_api::model::{
     short_id, ContainerEntry, ContainerGpuProcess, GpuDevice, GpuMismatch, Inventory,
 };
-use crate::plugin::{ContainerProcessDraft, ProcessDraft, Verdict};
+use detect_workloads_api::plugin::{ContainerProcessDraft, ProcessDraft, Verdict};
 
 /// Fills the containers' GPU fields and `_pending_container_processes` of
 /// `inventory` from this cycle's drafts, or, when the GPU view is
@@ -177,8 +177,8 @@ fn granted_uuid(device: &str, index: &BTreeMap<u32, String>) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{GpuProcess, ProcessEntry, ProcessFacts};
-    use crate::plugin::ProcessDraft;
+    use detect_workloads_api::model::{GpuProcess, ProcessEntry, ProcessFacts};
+    use detect_workloads_api::plugin::ProcessDraft;
 
     const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 

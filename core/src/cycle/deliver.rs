@@ -8,7 +8,7 @@
 use tracing::{error, warn};
 
 use crate::config::Instance;
-use crate::plugin::{ScanOutput, Sink};
+use detect_workloads_api::plugin::{ScanOutput, Sink};
 
 use super::ScanError;
 

@@ -5,8 +5,8 @@
 
 use tracing::{info, warn};
 
-use crate::model::{CollectorReport, Inventory};
-use crate::plugin::CollectError;
+use detect_workloads_api::model::{CollectorReport, Inventory};
+use detect_workloads_api::plugin::CollectError;
 
 use super::schedule::{Outcome, Ran};
 

@@ -21,7 +21,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::model::{cgroup_segment_id, CgroupMembership, ContainerFacts, ProcessFacts};
+use detect_workloads_api::model::{
+    cgroup_segment_id, CgroupMembership, ContainerFacts, ProcessFacts,
+};
 
 /// The running containers the engines listed this cycle, with their main
 /// processes' `/proc` facts.
@@ -116,7 +118,7 @@ fn in_parent(path: &str, parent: &str, id: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::InspectFacts;
+    use detect_workloads_api::model::InspectFacts;
 
     const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 

@@ -40,10 +40,10 @@ use tracing::{debug, info};
 
 use crate::config::Config;
 use crate::diff::transitions;
-use crate::model::{Event, Inventory, ScanReport};
-use crate::plugin::{Previous, ScanOutput, SinkError, StageContext, StateError};
-use crate::timefmt::rfc3339;
-use crate::users::UserNames;
+use detect_workloads_api::model::{Event, Inventory, ScanReport};
+use detect_workloads_api::plugin::{Previous, ScanOutput, SinkError, StageContext, StateError};
+use detect_workloads_api::timefmt::{rfc3339, round_ms};
+use detect_workloads_api::users::UserNames;
 
 /// Why a cycle could not complete (exit status 1).
 #[derive(Debug, thiserror::Error)]
@@ -192,11 +192,6 @@ async fn cycle(
     Ok(ScanResult { inventory, events })
 }
 
-/// Milliseconds rounded to 0.1 ms, for log fields (`2.6`, not `2.6181360000000002`).
-pub fn round_ms(d: Duration) -> f64 {
-    (d.as_secs_f64() * 10_000.0).round() / 10.0
-}
-
 /// The scan's one INFO line. What no source could see is said as not seen,
 /// never as zero: with every container source failed the containers are
 /// those kept from the last scan; with the GPU view incomplete the GPU
@@ -225,50 +220,51 @@ fn log_summary(inventory: &Inventory, ran: &[schedule::Ran<'_>], trust: &trust::
             r.instance
                 .plugin
                 .provides()
-                .contains(&crate::model::FactKind::Containers)
+                .contains(&detect_workloads_api::model::FactKind::Containers)
         })
         .count();
-    let containers =
-        if container_sources > 0 && trust.failed_container_sources.len() == container_sources {
-            // Not installed is not broken: each source says which it was.
-            let why: Vec<String> = trust
-                .failed_container_sources
-                .iter()
-                .map(|name| {
-                    let absent = ran.iter().any(|r| {
-                        &r.instance.name == name
-                            && matches!(
-                                &r.outcome,
-                                schedule::Outcome::Failed {
-                                    error: crate::plugin::CollectError::Unavailable(_),
-                                    ..
-                                }
-                            )
-                    });
-                    if absent {
-                        format!("{name} unavailable")
-                    } else {
-                        format!("{name} failed")
-                    }
-                })
-                .collect();
-            format!(
-                "containers not seen ({}; {} kept from the last scan)",
-                why.join(", "),
-                inventory.containers.len()
-            )
-        } else {
-            format!(
-                "{} containers ({} with GPU)",
-                inventory.containers.len(),
-                with_gpu
-            )
-        };
+    let containers = if container_sources > 0
+        && trust.failed_container_sources.len() == container_sources
+    {
+        // Not installed is not broken: each source says which it was.
+        let why: Vec<String> = trust
+            .failed_container_sources
+            .iter()
+            .map(|name| {
+                let absent = ran.iter().any(|r| {
+                    &r.instance.name == name
+                        && matches!(
+                            &r.outcome,
+                            schedule::Outcome::Failed {
+                                error: detect_workloads_api::plugin::CollectError::Unavailable(_),
+                                ..
+                            }
+                        )
+                });
+                if absent {
+                    format!("{name} unavailable")
+                } else {
+                    format!("{name} failed")
+                }
+            })
+            .collect();
+        format!(
+            "containers not seen ({}; {} kept from the last scan)",
+            why.join(", "),
+            inventory.containers.len()
+        )
+    } else {
+        format!(
+            "{} containers ({} with GPU)",
+            inventory.containers.len(),
+            with_gpu
+        )
+    };
     let gpu_sources = ran.iter().any(|r| {
         r.instance
             .plugin
             .provides()
-            .contains(&crate::model::FactKind::GpuProcesses)
+            .contains(&detect_workloads_api::model::FactKind::GpuProcesses)
     });
     let processes = if gpu_sources && !trust.gpu_view_complete {
         format!(

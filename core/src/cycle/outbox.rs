@@ -1,12 +1,12 @@
 //! Exactly-once events: the transactional outbox.
 //!
 //! A cycle's events are written into the state it leads to
-//! ([`crate::model::Outbox`], the inventory's `_outbox`), in the same atomic
+//! ([`detect_workloads_api::model::Outbox`], the inventory's `_outbox`), in the same atomic
 //! rename, before any of them is appended. Then the event sinks append them,
 //! and once every one of them has, the state store records the outbox's id as
 //! delivered. A cycle that finds the previous state's outbox not recorded as
 //! delivered (the scanner was killed between the two, or an event sink
-//! failed) offers its events again ([`crate::plugin::ScanOutput::owed`]);
+//! failed) offers its events again ([`detect_workloads_api::plugin::ScanOutput::owed`]);
 //! each event sink appends only those whose `event_id` its log does not
 //! already hold. So whatever stops the scanner, and when:
 //!
@@ -20,8 +20,8 @@
 
 use tracing::{error, warn};
 
-use crate::model::{Event, Inventory, Outbox};
-use crate::plugin::StateStore;
+use detect_workloads_api::model::{Event, Inventory, Outbox};
+use detect_workloads_api::plugin::StateStore;
 
 /// At most this many events are owed; beyond, the oldest are dropped (an
 /// event log unwritable for that long has lost its readers anyway).
@@ -120,7 +120,7 @@ pub fn mark_delivered(store: &dyn StateStore, outbox: &Outbox) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::EventType;
+    use detect_workloads_api::model::EventType;
 
     fn event(kind: EventType, id: &str) -> Event {
         Event {
@@ -181,19 +181,20 @@ mod tests {
 
     struct Store(Option<String>);
     impl StateStore for Store {
-        fn load(&self) -> Result<Option<Inventory>, crate::plugin::StateError> {
+        fn load(&self) -> Result<Option<Inventory>, detect_workloads_api::plugin::StateError> {
             Ok(None)
         }
         fn lock(
             &self,
             _: std::time::Duration,
-        ) -> Result<crate::plugin::LockGuard, crate::plugin::StateError> {
-            Err(crate::plugin::StateError::Other("no".into()))
+        ) -> Result<detect_workloads_api::plugin::LockGuard, detect_workloads_api::plugin::StateError>
+        {
+            Err(detect_workloads_api::plugin::StateError::Other("no".into()))
         }
         fn delivered(&self) -> Option<String> {
             self.0.clone()
         }
-        fn set_delivered(&self, _: &str) -> Result<(), crate::plugin::StateError> {
+        fn set_delivered(&self, _: &str) -> Result<(), detect_workloads_api::plugin::StateError> {
             Ok(())
         }
     }

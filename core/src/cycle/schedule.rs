@@ -10,9 +10,9 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use tracing::{debug, warn};
 
 use crate::config::Instance;
-use crate::model::{ContainerFacts, Observations};
-use crate::plugin::{CollectContext, CollectError, Collected, Collector, Previous};
-use crate::users::UserNames;
+use detect_workloads_api::model::{ContainerFacts, Observations};
+use detect_workloads_api::plugin::{CollectContext, CollectError, Collected, Collector, Previous};
+use detect_workloads_api::users::UserNames;
 
 /// How one collector instance did this cycle.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -205,7 +205,7 @@ fn settle(
             for container in &mut observations.containers {
                 container.collector = c.name.clone();
             }
-            debug!(collector = %c.name, duration_ms = super::round_ms(duration), "collected");
+            debug!(collector = %c.name, duration_ms = detect_workloads_api::timefmt::round_ms(duration), "collected");
             let containers = std::mem::take(&mut observations.containers);
             admit(collectors, observed, containers);
             observed.merge(observations);

@@ -20,7 +20,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::model::{Inventory, UserGpuUse};
+use detect_workloads_api::model::{Inventory, UserGpuUse};
 
 use super::workset::first_seen;
 
@@ -97,7 +97,7 @@ pub fn track(inventory: &mut Inventory, previous: &Inventory, now: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ProcessEntry;
+    use detect_workloads_api::model::ProcessEntry;
 
     fn pending(inv: &mut Inventory, pid: u32, user: &str, mib: u64) {
         inv.pending_processes.insert(

@@ -5,7 +5,7 @@
 use tracing::warn;
 
 use crate::config::Instance;
-use crate::plugin::{Stage, StageContext, Workset};
+use detect_workloads_api::plugin::{Stage, StageContext, Workset};
 
 /// The stages in the order they run.
 pub fn order(stages: &[Instance<dyn Stage>]) -> Vec<&Instance<dyn Stage>> {

@@ -8,8 +8,8 @@ use std::time::Instant;
 use tracing::debug;
 
 use crate::config::{Config, Instance};
-use crate::model::Inventory;
-use crate::plugin::{LoadResult, LockGuard, Previous, Sink, StateError, StateStore};
+use detect_workloads_api::model::Inventory;
+use detect_workloads_api::plugin::{LoadResult, LockGuard, Previous, Sink, StateError, StateStore};
 
 use super::ScanError;
 
@@ -66,7 +66,7 @@ pub fn start_loading(config: &Config, deadline: Instant) -> Previous {
         let started = Instant::now();
         let result = load(&plugin);
         debug!(
-            elapsed_ms = super::round_ms(started.elapsed()),
+            elapsed_ms = detect_workloads_api::timefmt::round_ms(started.elapsed()),
             "previous state loaded"
         );
         // The cycle may have given up on it; nobody is left to tell.

@@ -11,10 +11,10 @@ use super::schedule::{run_collectors, Outcome, Ran};
 use super::trust::{gpu_view_complete, Trust};
 use super::*;
 use crate::config::{AgentConfig, Instance};
-use crate::model::{
+use detect_workloads_api::model::{
     ContainerEntry, ContainerFacts, FactKind, GpuProcess, Observations, ProcessEntry, ProcessFacts,
 };
-use crate::plugin::{
+use detect_workloads_api::plugin::{
     CollectContext, CollectError, Collected, Collector, LockGuard, Sink, Stage, StageError,
     StageType, StateError, StateStore, Workset,
 };

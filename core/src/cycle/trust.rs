@@ -4,8 +4,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::model::{CollectorReport, FactKind};
-use crate::plugin::CollectError;
+use detect_workloads_api::model::{CollectorReport, FactKind};
+use detect_workloads_api::plugin::CollectError;
 
 use super::schedule::{Outcome, Ran};
 

@@ -8,11 +8,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use tracing::debug;
 
 use super::membership::Membership;
-use crate::model::{
+use detect_workloads_api::model::{
     short_id, ContainerEntry, ContainerFacts, GpuProcess, Inventory, Observations, ProcessEntry,
     ProcessFacts, ShortLivedContainer,
 };
-use crate::plugin::{ContainerDraft, ContainerProcessDraft, ProcessDraft, Verdict, Workset};
+use detect_workloads_api::plugin::{
+    ContainerDraft, ContainerProcessDraft, ProcessDraft, Verdict, Workset,
+};
 
 /// When an entry was first seen: as recorded at an earlier sighting of the
 /// same container or process, else `now`.

@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, info, warn};
 
-use crate::plugin::{Change, Collector};
+use detect_workloads_api::plugin::{Change, Collector};
 
 use super::backoff::Backoff;
 use super::Notice;
@@ -67,9 +67,9 @@ pub async fn follow(name: String, collector: Arc<dyn Collector>, tx: UnboundedSe
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::FactKind;
-    use crate::plugin::{ChangeFeed, CollectContext, CollectError, Collected};
     use async_trait::async_trait;
+    use detect_workloads_api::model::FactKind;
+    use detect_workloads_api::plugin::{ChangeFeed, CollectContext, CollectError, Collected};
     use futures_util::stream;
     use std::time::Duration;
 

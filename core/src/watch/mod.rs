@@ -35,7 +35,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tracing::{error, info};
 
 use crate::config::Config;
-use crate::plugin::SinkError;
+use detect_workloads_api::plugin::SinkError;
 
 use backoff::Backoff;
 use schedule::{Job, Schedule};
@@ -245,9 +245,4 @@ fn schedule_of(config: &Config) -> Schedule {
         config.agent.interval,
         config.agent.gpu_interval,
     )
-}
-
-/// Runs `job` on `service` (for in-process tests and benchmarks).
-pub fn run_job(service: &Service, job: Job, runtime: &tokio::runtime::Runtime) {
-    service.run(job, runtime);
 }

@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::model::{FactKind, Inventory, Observations};
-use crate::plugin::{
+use detect_workloads_api::model::{FactKind, Inventory, Observations};
+use detect_workloads_api::plugin::{
     Change, ChangeFeed, CollectContext, CollectError, Collected, Collector, Previous,
 };
-use crate::users::UserNames;
+use detect_workloads_api::users::UserNames;
 
 type Answer = Result<Collected, CollectError>;
 

@@ -11,8 +11,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::model::{FactKind, Observations};
-use crate::plugin::{Change, ChangeFeed, CollectContext, CollectError, Collected, Collector};
+use detect_workloads_api::model::{FactKind, Observations};
+use detect_workloads_api::plugin::{
+    Change, ChangeFeed, CollectContext, CollectError, Collected, Collector,
+};
 
 /// What the last full scan's collection gave.
 type Record = Result<Observations, CollectError>;

@@ -11,13 +11,13 @@ use tracing::{error, warn};
 
 use crate::config::Config;
 use crate::cycle::{run_cycle, ScanResult};
-use crate::plugin::{Listeners, SinkError};
+use detect_workloads_api::plugin::{Listeners, SinkError};
 
 use super::probe::{lists_gpu_processes, Probed};
 use super::replay::{observes_containers, Replaying};
 use super::schedule::Job;
 use super::{feeds, Notice};
-use crate::plugin::Collector as _;
+use detect_workloads_api::plugin::Collector as _;
 
 /// A running configuration.
 pub struct Service {

@@ -2,6 +2,7 @@
 //! churning fake containers and GPU processes, through the real stages and
 //! an in-memory state; nothing may grow with dead entries.
 
+use detect_workloads_stages as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,8 +12,10 @@ use async_trait::async_trait;
 use super::schedule::{Job, Why};
 use super::service::{Outcome, Service};
 use crate::config::{Config, Instance};
-use crate::model::{ContainerFacts, FactKind, GpuProcess, Inventory, Observations, ProcessFacts};
-use crate::plugin::{
+use detect_workloads_api::model::{
+    ContainerFacts, FactKind, GpuProcess, Inventory, Observations, ProcessFacts,
+};
+use detect_workloads_api::plugin::{
     CollectContext, CollectError, Collected, Collector, LockGuard, ScanOutput, Sink, SinkError,
     StateError, StateStore,
 };

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 
-use detect_workloads_core::plugin::{find_collector, PluginKind};
+use detect_workloads_api::plugin::{find_collector, PluginKind};
 use detect_workloads_device_files as _;
 
 const BIN: &str = env!("CARGO_BIN_EXE_detect-workloads-custom");

@@ -35,9 +35,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use detect_workloads_core::config::{duration, ConfigError, PluginConfig};
-use detect_workloads_core::model::{FactKind, GpuProcess, Observations};
-use detect_workloads_core::plugin::{
+use detect_workloads_api::config::{duration, ConfigError, PluginConfig};
+use detect_workloads_api::model::{FactKind, GpuProcess, Observations};
+use detect_workloads_api::plugin::{
     CollectContext, CollectError, Collected, Collector, CollectorPlugin,
 };
 use procfs::process::FDTarget;
@@ -234,7 +234,7 @@ impl Drop for CancelOnDrop {
     }
 }
 
-#[detect_workloads_core::async_trait]
+#[detect_workloads_api::async_trait]
 impl Collector for DeviceFiles {
     fn provides(&self) -> &'static [FactKind] {
         &[FactKind::GpuProcesses]
@@ -303,7 +303,7 @@ fn build(config: PluginConfig<'_>) -> Result<Box<dyn Collector>, ConfigError> {
     Ok(Box::new(DeviceFiles::new(parsed)))
 }
 
-detect_workloads_core::inventory::submit! {
+detect_workloads_api::inventory::submit! {
     CollectorPlugin {
         name: "device-files",
         summary: "processes holding /dev/nvidiaN open (reads every /proc/<pid>/fd)",
@@ -317,10 +317,11 @@ mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
 
+    use detect_workloads_api::model::Inventory;
+    use detect_workloads_api::plugin::Previous;
+    use detect_workloads_api::users::UserNames;
     use detect_workloads_core::config::Config;
-    use detect_workloads_core::model::Inventory;
-    use detect_workloads_core::plugin::Previous;
-    use detect_workloads_core::users::UserNames;
+    use detect_workloads_stages as _;
 
     /// A crafted proc tree: `links` are (pid, fd, target).
     fn proc_tree(links: &[(&str, u32, &str)]) -> tempfile::TempDir {
@@ -488,7 +489,7 @@ mod tests {
         assert!(scan.processes > 1 && scan.fds > 1);
     }
 
-    fn parse(text: &str) -> Result<Config, detect_workloads_core::config::ConfigError> {
+    fn parse(text: &str) -> Result<Config, detect_workloads_api::config::ConfigError> {
         Config::parse("test.toml", text, &[])
     }
 

@@ -22,10 +22,10 @@ use std::io::{Seek, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
 
-use detect_workloads_core::async_trait;
-use detect_workloads_core::config::{ConfigError, PluginConfig};
-use detect_workloads_core::model::Event;
-use detect_workloads_core::plugin::{ScanOutput, Sink, SinkError, SinkPlugin};
+use detect_workloads_api::async_trait;
+use detect_workloads_api::config::{ConfigError, PluginConfig};
+use detect_workloads_api::model::Event;
+use detect_workloads_api::plugin::{ScanOutput, Sink, SinkError, SinkPlugin};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
@@ -337,7 +337,7 @@ fn build(config: PluginConfig<'_>) -> Result<Box<dyn Sink>, ConfigError> {
     }))
 }
 
-detect_workloads_core::inventory::submit! {
+detect_workloads_api::inventory::submit! {
     SinkPlugin {
         name: "event-log",
         summary: "appends each transition as one JSON line (lab event schema 1)",
@@ -349,7 +349,7 @@ detect_workloads_core::inventory::submit! {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use detect_workloads_core::model::EventType;
+    use detect_workloads_api::model::EventType;
 
     fn event(user: &str, cmdline: &str) -> Event {
         Event {

@@ -13,8 +13,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use detect_workloads_core::model::{Event, Inventory};
-use detect_workloads_core::timefmt::parse_rfc3339;
+use detect_workloads_api::model::{Event, Inventory};
+use detect_workloads_api::timefmt::parse_rfc3339;
 use serde::{Deserialize, Serialize};
 
 use crate::fsafe::{read_own_file, write_atomic};
@@ -102,7 +102,7 @@ impl StateFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use detect_workloads_core::model::{CollectorReport, EventType, ScanReport};
+    use detect_workloads_api::model::{CollectorReport, EventType, ScanReport};
     use std::os::unix::fs::PermissionsExt;
 
     fn report(ok: bool) -> CollectorReport {

@@ -116,7 +116,7 @@ impl Feed {
         let latest = self.lock().clone();
         let interval = latest
             .interval
-            .unwrap_or(detect_workloads_core::config::AgentConfig::default().interval);
+            .unwrap_or(detect_workloads_api::config::AgentConfig::default().interval);
         let limit = interval * 3;
         let fmt = |d: Duration| humantime::format_duration(Duration::from_secs(d.as_secs()));
         match latest.last_full_scan {

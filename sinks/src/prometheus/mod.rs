@@ -25,9 +25,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use detect_workloads_core::async_trait;
-use detect_workloads_core::config::{ConfigError, PluginConfig};
-use detect_workloads_core::plugin::{
+use detect_workloads_api::async_trait;
+use detect_workloads_api::config::{ConfigError, PluginConfig};
+use detect_workloads_api::plugin::{
     Listeners, ScanOutput, Sink, SinkError, SinkPlugin, SinkService,
 };
 use serde::{Deserialize, Deserializer};
@@ -255,7 +255,7 @@ fn build(config: PluginConfig<'_>) -> Result<Box<dyn Sink>, ConfigError> {
     ))
 }
 
-detect_workloads_core::inventory::submit! {
+detect_workloads_api::inventory::submit! {
     SinkPlugin {
         name: "prometheus",
         summary: "writes metrics for node_exporter's textfile collector (watch mode: serves /metrics)",

@@ -10,8 +10,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use detect_workloads_core::model::{CollectorReport, GpuMismatch, Inventory};
-use detect_workloads_core::timefmt::parse_rfc3339;
+use detect_workloads_api::model::{CollectorReport, GpuMismatch, Inventory};
+use detect_workloads_api::timefmt::parse_rfc3339;
 use prometheus::{Gauge, GaugeVec, IntCounterVec, Opts, Registry, TextEncoder};
 use tracing::debug;
 
@@ -414,7 +414,7 @@ pub fn process_metrics() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use detect_workloads_core::model::{
+    use detect_workloads_api::model::{
         ContainerEntry, ContainerGpuProcess, ProcessEntry, ScanReport,
     };
 

@@ -4,8 +4,8 @@
 
 use serde::Deserialize;
 
-use crate::config::{ConfigError, PluginConfig};
-use crate::plugin::{Stage, StageContext, StageError, StagePlugin, Workset};
+use detect_workloads_api::config::{ConfigError, PluginConfig};
+use detect_workloads_api::plugin::{Stage, StageContext, StageError, StagePlugin, Workset};
 
 /// One classification rule. Every condition given must hold.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -146,7 +146,7 @@ fn build(config: PluginConfig<'_>) -> Result<Box<dyn Stage>, ConfigError> {
         .map_err(|e| config.invalid("rules", e))
 }
 
-inventory::submit! {
+detect_workloads_api::inventory::submit! {
     StagePlugin {
         name: "classify",
         summary: "sets each container's origin from label and name rules (first match wins)",
@@ -158,7 +158,7 @@ inventory::submit! {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stages::testing::{container, with_context};
+    use crate::testing::{container, with_context};
 
     fn classify(name: &str, labels: &[(&str, &str)]) -> String {
         let stage = Classify::new(ClassifyConfig::default()).expect("default rules are valid");

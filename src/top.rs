@@ -12,8 +12,8 @@ use crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 use crossterm::terminal::{self, Clear, ClearType, EnterAlternateScreen, LeaveAlternateScreen};
 use crossterm::{execute, queue};
 
-use crate::model::Inventory;
-use crate::view::{self, Filter, Layout};
+use detect_workloads_api::model::Inventory;
+use detect_workloads_api::view::{self, Filter, Layout};
 
 /// How `top` refreshes.
 #[derive(Clone, Debug)]
@@ -53,7 +53,7 @@ pub fn screen(inv: &Inventory, filter: &Filter, width: usize, now: i64) -> Strin
     } else {
         gpus
     };
-    let failed = view::all_failed(inv, crate::model::FactKind::Containers);
+    let failed = view::all_failed(inv, detect_workloads_api::model::FactKind::Containers);
     let blind = if failed.is_empty() {
         String::new()
     } else {
@@ -68,7 +68,7 @@ pub fn screen(inv: &Inventory, filter: &Filter, width: usize, now: i64) -> Strin
         view::table(
             &rows,
             Layout::Fitted { width },
-            view::all_failed(inv, crate::model::FactKind::GpuProcesses).is_empty()
+            view::all_failed(inv, detect_workloads_api::model::FactKind::GpuProcesses).is_empty()
         ),
         view::footer(inv, now, Layout::Fitted { width })
     )
@@ -138,7 +138,7 @@ impl Drop for Terminal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::GpuDevice;
+    use detect_workloads_api::model::GpuDevice;
 
     #[test]
     fn the_screen_has_a_title_gpu_lines_the_table_and_the_footer() {

@@ -4,8 +4,8 @@ use std::process::ExitCode;
 
 use tracing::error;
 
-use crate::config::Config;
-use crate::cycle::{run_cycle, ScanResult};
+use detect_workloads_core::config::Config;
+use detect_workloads_core::cycle::{run_cycle, ScanResult};
 
 use super::Cli;
 

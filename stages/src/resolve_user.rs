@@ -23,12 +23,14 @@ use std::path::{Component, Path};
 
 use serde::Deserialize;
 
-use crate::config::{ConfigError, PluginConfig};
+use detect_workloads_api::config::{ConfigError, PluginConfig};
 use tracing::debug;
 
-use crate::model::{ContainerFacts, UserSource};
-use crate::plugin::{ContainerDraft, Stage, StageContext, StageError, StagePlugin, Workset};
-use crate::users;
+use detect_workloads_api::model::{ContainerFacts, UserSource};
+use detect_workloads_api::plugin::{
+    ContainerDraft, Stage, StageContext, StageError, StagePlugin, Workset,
+};
+use detect_workloads_api::users;
 
 /// The sample configuration of this plugin (`detect-workloads plugins
 /// --sample resolve-user`); `config/default.toml` holds the same table.
@@ -255,7 +257,7 @@ fn build(config: PluginConfig<'_>) -> Result<Box<dyn Stage>, ConfigError> {
     Ok(Box::new(ResolveUser::new(parsed)))
 }
 
-inventory::submit! {
+detect_workloads_api::inventory::submit! {
     StagePlugin {
         name: "resolve-user",
         summary: "attributes each container to a user (labels, home path, main process owner)",
@@ -267,9 +269,9 @@ inventory::submit! {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{ContainerEntry, Inventory, Observations, ProcessFacts};
-    use crate::stages::testing::container;
-    use crate::users::UserNames;
+    use crate::testing::container;
+    use detect_workloads_api::model::{ContainerEntry, Inventory, Observations, ProcessFacts};
+    use detect_workloads_api::users::UserNames;
 
     #[test]
     fn home_paths() {

@@ -7,7 +7,7 @@ use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use crate::config::ConfigError;
+use detect_workloads_api::config::{untrusted_because, ConfigError};
 
 /// Reads `path` after checking, on the opened file, who may change it.
 pub fn read_trusted(path: &Path) -> Result<String, ConfigError> {
@@ -44,26 +44,6 @@ pub fn read_trusted(path: &Path) -> Result<String, ConfigError> {
     file.read_to_string(&mut text)
         .map_err(|e| error(format!("cannot read: {e}")))?;
     Ok(text)
-}
-
-/// Why a file with this owner and mode must not configure a process run by
-/// `euid`, if it must not (only root's are checked): the one rule for every
-/// file that configures what root runs (this configuration, a sink's
-/// `web_config`).
-pub fn untrusted_because(owner: u32, mode: u32, euid: u32) -> Option<String> {
-    if euid != 0 {
-        return None;
-    }
-    if owner != 0 {
-        return Some(format!("is owned by uid {owner}, not root"));
-    }
-    if mode & 0o022 != 0 {
-        return Some(format!(
-            "is writable by its group or by everyone (mode {:04o})",
-            mode & 0o7777
-        ));
-    }
-    None
 }
 
 #[cfg(test)]

@@ -363,11 +363,6 @@ impl StageError {
 pub struct StageType(pub &'static str);
 
 impl StageType {
-    /// The stage type registered under `name`.
-    pub const fn named(name: &'static str) -> Self {
-        StageType(name)
-    }
-
     /// Its name.
     pub fn name(self) -> &'static str {
         self.0
@@ -598,6 +593,29 @@ inventory::collect!(CollectorPlugin);
 inventory::collect!(StagePlugin);
 inventory::collect!(SinkPlugin);
 
+/// A stage in force even when a configuration does not list it: the engine
+/// adds it, built from an empty table (its defaults), ahead of the others.
+/// `redact` registers one, so that no configuration stores command lines
+/// unredacted by forgetting a table (turning it off is an explicit
+/// `mode = "full"`).
+pub struct InForce {
+    /// The stage's type name.
+    pub stage: &'static str,
+}
+
+inventory::collect!(InForce);
+
+/// The stages registered as [`InForce`], sorted by name.
+pub fn in_force() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = inventory::iter::<InForce>
+        .into_iter()
+        .map(|f| f.stage)
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+}
+
 /// The registrations of one plugin kind (implemented for `dyn Collector`,
 /// `dyn Stage`, `dyn Sink`).
 pub trait Registered: 'static {
@@ -782,20 +800,40 @@ mod tests {
         );
     }
 
+    /// A stage registered by this test module only: the API crate links no
+    /// plugin of its own.
+    struct Noop;
+
+    impl Stage for Noop {
+        fn run(&self, _: &mut Workset, _: &StageContext<'_>) -> Result<(), StageError> {
+            Ok(())
+        }
+    }
+
+    fn build_noop(_: PluginConfig<'_>) -> Result<Box<dyn Stage>, ConfigError> {
+        Ok(Box::new(Noop))
+    }
+
+    inventory::submit! {
+        StagePlugin {
+            name: "test-noop",
+            summary: "does nothing",
+            sample: "[[stages.test-noop]]\n",
+            build: build_noop,
+        }
+    }
+
     #[test]
     fn the_registries_share_one_shape() {
         let names: Vec<&str> = PluginKind::Stage.listed().iter().map(|l| l.name).collect();
-        assert!(names.contains(&"transient-filter"), "{names:?}");
-        assert!(find::<dyn Stage>("transient-filter").is_some());
-        assert!(find::<dyn Collector>("transient-filter").is_none());
-        assert!(StageType("exclude-system").is_registered());
-        assert!(!StageType("exclude-sistem").is_registered());
-        let (kind, sample) = sample_of("transient-filter").expect("a sample");
+        assert!(names.contains(&"test-noop"), "{names:?}");
+        assert!(find::<dyn Stage>("test-noop").is_some());
+        assert!(find::<dyn Collector>("test-noop").is_none());
+        assert!(StageType("test-noop").is_registered());
+        assert!(!StageType("test-nope").is_registered());
+        let (kind, sample) = sample_of("test-noop").expect("a sample");
         assert_eq!(kind, PluginKind::Stage);
-        assert!(
-            sample.starts_with("[[stages.transient-filter]]\n"),
-            "{sample}"
-        );
+        assert_eq!(sample, "[[stages.test-noop]]\n");
         assert_eq!(sample_of("nope"), None);
     }
 

@@ -4,15 +4,15 @@
 
 use std::collections::BTreeMap;
 
-use detect_workloads_core::config::{Config, DEFAULT_CONFIG};
-use detect_workloads_core::model::{
+use detect_workloads_api::model::{
     ContainerEntry, ContainerFacts, DeviceRequest, InspectFacts, Inventory, Observations,
     ProcessEntry, ProcessFacts, UserSource,
 };
-use detect_workloads_core::plugin::{ContainerDraft, ProcessDraft, StageContext, Verdict, Workset};
-use detect_workloads_core::stages::{split_devices, ExcludeSystem, ExcludeSystemConfig};
-use detect_workloads_core::timefmt::looks_like_timestamp;
-use detect_workloads_core::users::UserNames;
+use detect_workloads_api::plugin::{ContainerDraft, ProcessDraft, StageContext, Verdict, Workset};
+use detect_workloads_api::timefmt::looks_like_timestamp;
+use detect_workloads_api::users::UserNames;
+use detect_workloads_core::config::{Config, DEFAULT_CONFIG};
+use detect_workloads_stages::{split_devices, ExcludeSystem, ExcludeSystemConfig};
 use proptest::prelude::*;
 
 fn config() -> ProptestConfig {

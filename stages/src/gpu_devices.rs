@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::config::{ConfigError, PluginConfig};
-use crate::model::{GpuAccess, InspectFacts};
-use crate::plugin::{Stage, StageContext, StageError, StagePlugin, Workset};
-use crate::timefmt::looks_like_timestamp;
+use detect_workloads_api::config::{ConfigError, PluginConfig};
+use detect_workloads_api::model::{GpuAccess, InspectFacts};
+use detect_workloads_api::plugin::{Stage, StageContext, StageError, StagePlugin, Workset};
+use detect_workloads_api::timefmt::looks_like_timestamp;
 
 /// The sample configuration of this plugin (`detect-workloads plugins
 /// --sample gpu-devices`); `config/default.toml` holds the same table.
@@ -109,7 +109,7 @@ fn build(config: PluginConfig<'_>) -> Result<Box<dyn Stage>, ConfigError> {
     }))
 }
 
-inventory::submit! {
+detect_workloads_api::inventory::submit! {
     StagePlugin {
         name: "gpu-devices",
         summary: "lists each container's GPUs from slot and UUID labels, then device requests",
@@ -121,8 +121,8 @@ inventory::submit! {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::DeviceRequest;
-    use crate::stages::testing::{container, with_context};
+    use crate::testing::{container, with_context};
+    use detect_workloads_api::model::DeviceRequest;
 
     fn devices(labels: &[(&str, &str)], ids: &[&str]) -> Vec<String> {
         let mut c = container("c", labels);

@@ -4,21 +4,15 @@
 
 use std::io::IsTerminal;
 
-use crate::view::Layout;
+use detect_workloads_api::view::Layout;
 
 /// The table layout for standard output: fitted to the terminal's width
 /// (its size, else `$COLUMNS`, else 80), or wide when not a terminal.
 pub fn stdout_layout() -> Layout {
-    if !std::io::stdout().is_terminal() {
-        return Layout::Wide;
-    }
-    let width = crossterm::terminal::size()
-        .ok()
-        .map(|(w, _)| usize::from(w))
-        .filter(|w| *w > 0)
-        .or_else(|| std::env::var("COLUMNS").ok()?.parse().ok())
-        .unwrap_or(80);
-    Layout::Fitted { width }
+    Layout::for_output(
+        std::io::stdout().is_terminal(),
+        crossterm::terminal::size().ok().map(|(w, _)| w),
+    )
 }
 
 /// Whether to colour standard output.

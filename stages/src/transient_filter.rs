@@ -7,8 +7,10 @@
 
 use serde::Deserialize;
 
-use crate::config::{ConfigError, PluginConfig};
-use crate::plugin::{Stage, StageContext, StageError, StagePlugin, StageType, Verdict, Workset};
+use detect_workloads_api::config::{ConfigError, PluginConfig};
+use detect_workloads_api::plugin::{
+    Stage, StageContext, StageError, StagePlugin, StageType, Verdict, Workset,
+};
 
 /// The sample configuration of this plugin (`detect-workloads plugins
 /// --sample transient-filter`); `config/default.toml` holds the same table.
@@ -62,7 +64,7 @@ fn build(config: PluginConfig<'_>) -> Result<Box<dyn Stage>, ConfigError> {
     Ok(Box::new(TransientFilter { config: parsed }))
 }
 
-inventory::submit! {
+detect_workloads_api::inventory::submit! {
     StagePlugin {
         name: "transient-filter",
         summary: "reports a host GPU process only after min_scans consecutive sightings",
@@ -74,9 +76,9 @@ inventory::submit! {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{ProcessEntry, ProcessFacts};
-    use crate::plugin::ProcessDraft;
-    use crate::stages::testing::with_context;
+    use crate::testing::with_context;
+    use detect_workloads_api::model::{ProcessEntry, ProcessFacts};
+    use detect_workloads_api::plugin::ProcessDraft;
 
     #[test]
     fn pending_until_min_scans_unless_confirmed_before() {

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use crate::config::{human_duration, Config, StageChoice};
+use detect_workloads_core::config::{human_duration, Config, StageChoice};
 
 use super::Cli;
 
@@ -44,7 +44,7 @@ pub fn describe(config: &Config) -> String {
             .unwrap_or_default();
         out += &format!("  {}: {}{fallback}\n", c.name, c.plugin.describe());
     }
-    let stages: Vec<&str> = crate::cycle::stages::order(&config.stages)
+    let stages: Vec<&str> = detect_workloads_core::cycle::stages::order(&config.stages)
         .iter()
         .map(|s| s.name.as_str())
         .collect();

@@ -20,7 +20,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing::{debug, error};
 
-use crate::config::{Config, ConfigSource, Overrides};
+use detect_workloads_core::config::{Config, ConfigSource, Overrides};
 
 pub use plugins::plugin_listing;
 pub use validate::describe;
@@ -145,14 +145,16 @@ pub fn main() -> ExitCode {
             cli.dry_run || args.dry_run,
             cli.format,
         ) {
-            Ok(overrides) => crate::watch::main(crate::watch::Source {
-                config: ConfigSource::choose(cli.config.as_deref()),
-                overrides,
-            }),
+            Ok(overrides) => {
+                detect_workloads_core::watch::main(detect_workloads_core::watch::Source {
+                    config: ConfigSource::choose(cli.config.as_deref()),
+                    overrides,
+                })
+            }
             Err(message) => usage_error(message),
         },
         Some(Command::Config) => {
-            print!("{}", crate::config::DEFAULT_CONFIG);
+            print!("{}", detect_workloads_core::config::DEFAULT_CONFIG);
             ExitCode::SUCCESS
         }
         Some(Command::GenerateAssets { dir }) => assets::run(dir),

@@ -8,9 +8,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use clap::Args;
 use tracing::error;
 
-use crate::config::Config;
-use crate::model::{FactKind, Inventory};
-use crate::view::{self, Column, Condition, Filter, Layout};
+use detect_workloads_api::model::{FactKind, Inventory};
+use detect_workloads_api::view::{self, Column, Condition, Filter, Layout};
+use detect_workloads_core::config::Config;
 
 use super::Cli;
 

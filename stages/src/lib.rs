@@ -1,5 +1,8 @@
-//! The built-in stages. Each file is one stage: its config, its code, its tests,
-//! and its registration.
+//! The built-in stages of `detect-workloads`. Each file is one stage: its
+//! config, its code, its tests, and its registration. They are plugins like
+//! the collectors and sinks: written against `detect-workloads-api` only, and
+//! in force where a binary links this crate (`use detect_workloads_stages as _;`).
+#![deny(missing_docs)]
 
 mod classify;
 mod exclude_system;
@@ -15,24 +18,13 @@ pub use redact::{cap, Redact, RedactConfig, RedactError, RedactMode};
 pub use resolve_user::{ResolveUser, ResolveUserConfig};
 pub use transient_filter::{TransientFilter, TransientFilterConfig};
 
-use crate::config::{ConfigError, Instance};
-use crate::plugin::Stage;
-
-/// Adds the stages that are in force even when a configuration does not list
-/// them (`redact`, with its defaults), ahead of the others.
-pub fn add_mandatory(file: &str, stages: &mut Vec<Instance<dyn Stage>>) -> Result<(), ConfigError> {
-    redact::add_if_missing(stages).map_err(|e| ConfigError {
-        file: file.to_string(),
-        line: None,
-        message: format!("[stages.{}] built-in defaults: {e}", redact::NAME),
-    })
-}
-
 #[cfg(test)]
-pub(crate) mod testing {
-    use crate::model::{ContainerEntry, ContainerFacts, InspectFacts, Inventory, Observations};
-    use crate::plugin::{ContainerDraft, StageContext};
-    use crate::users::UserNames;
+mod testing {
+    use detect_workloads_api::model::{
+        ContainerEntry, ContainerFacts, InspectFacts, Inventory, Observations,
+    };
+    use detect_workloads_api::plugin::{ContainerDraft, StageContext};
+    use detect_workloads_api::users::UserNames;
 
     pub fn container(name: &str, labels: &[(&str, &str)]) -> ContainerDraft {
         ContainerDraft {

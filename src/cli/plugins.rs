@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use crate::plugin::PluginKind;
+use detect_workloads_api::plugin::PluginKind;
 
 /// The text of `detect-workloads plugins`.
 pub fn plugin_listing() -> String {
@@ -18,7 +18,7 @@ pub fn plugin_listing() -> String {
 
 /// `detect-workloads plugins --sample NAME`: the plugin's sample configuration.
 pub fn print_sample(name: &str) -> ExitCode {
-    match crate::plugin::sample_of(name) {
+    match detect_workloads_api::plugin::sample_of(name) {
         Some((_, sample)) => {
             print!("{sample}");
             ExitCode::SUCCESS

@@ -5,8 +5,9 @@
 use toml::de::DeTable;
 use toml::Spanned;
 
-use crate::config::{plugin_tables, Config, ConfigError, Source, Tables};
-use crate::plugin::PluginKind;
+use super::{plugin_tables, Config, Tables};
+use detect_workloads_api::config::{ConfigError, Source};
+use detect_workloads_api::plugin::PluginKind;
 
 /// Refuses a configuration that cannot work.
 pub(crate) fn runnable(

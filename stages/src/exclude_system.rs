@@ -10,8 +10,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use tracing::{info, warn};
 
-use crate::config::{ConfigError, PluginConfig};
-use crate::plugin::{Stage, StageContext, StageError, StagePlugin, StageType, Verdict, Workset};
+use detect_workloads_api::config::{ConfigError, PluginConfig};
+use detect_workloads_api::plugin::{
+    Stage, StageContext, StageError, StagePlugin, StageType, Verdict, Workset,
+};
 
 /// The sample configuration of this plugin (`detect-workloads plugins
 /// --sample exclude-system`); `config/default.toml` holds the same table.
@@ -179,7 +181,7 @@ fn build(config: PluginConfig<'_>) -> Result<Box<dyn Stage>, ConfigError> {
     Ok(Box::new(ExcludeSystem::new(config.parse()?)))
 }
 
-inventory::submit! {
+detect_workloads_api::inventory::submit! {
     StagePlugin {
         name: "exclude-system",
         summary: "drops system GPU processes (persistenced, DCGM, nvidia-smi, X): a system owner and a listed name",

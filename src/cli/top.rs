@@ -8,8 +8,8 @@ use std::time::Duration;
 use clap::Args;
 use tracing::error;
 
-use crate::model::Inventory;
 use crate::top::TopOptions;
+use detect_workloads_api::model::Inventory;
 
 use super::Cli;
 
@@ -27,7 +27,7 @@ pub struct TopArgs {
 }
 
 fn interval(text: &str) -> Result<Duration, String> {
-    crate::config::parse_duration(text)
+    detect_workloads_core::config::parse_duration(text)
 }
 
 /// Runs until `q`.

@@ -165,6 +165,23 @@ pub enum Layout {
     Wide,
 }
 
+impl Layout {
+    /// The layout for an output that is a terminal of `terminal_width`
+    /// columns (when known, else `$COLUMNS`, else 80) or, when
+    /// `is_terminal` is false, a pipe or file: nothing cut, as `docker ps`.
+    pub fn for_output(is_terminal: bool, terminal_width: Option<u16>) -> Layout {
+        if !is_terminal {
+            return Layout::Wide;
+        }
+        let width = terminal_width
+            .map(usize::from)
+            .filter(|w| *w > 0)
+            .or_else(|| std::env::var("COLUMNS").ok()?.parse().ok())
+            .unwrap_or(80);
+        Layout::Fitted { width }
+    }
+}
+
 /// What a row shows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]

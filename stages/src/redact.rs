@@ -3,7 +3,7 @@
 //! before anything is stored or emitted, and caps their length.
 //!
 //! It is in force even when a configuration does not list it (see
-//! [`add_if_missing`]); turning it off is an explicit `mode = "full"`.
+//! [`InForce`]); turning it off is an explicit `mode = "full"`.
 //! In the default mode `redacted`, these become `***`, the rest staying
 //! readable:
 //! - the value of a flag whose name contains a secret word
@@ -19,9 +19,11 @@ use std::borrow::Cow;
 use regex::{Regex, RegexBuilder};
 use serde::Deserialize;
 
-use crate::config::{ConfigError, Instance, PluginConfig};
-use crate::model::Argv;
-use crate::plugin::{Stage, StageContext, StageError, StagePlugin, Workset};
+use detect_workloads_api::config::{ConfigError, PluginConfig};
+use detect_workloads_api::model::Argv;
+use detect_workloads_api::plugin::{
+    InForce, Stage, StageContext, StageError, StagePlugin, Workset,
+};
 
 /// The stage's type name.
 pub const NAME: &str = "redact";
@@ -408,24 +410,11 @@ fn build(config: PluginConfig<'_>) -> Result<Box<dyn Stage>, ConfigError> {
         .map_err(|e| config.invalid(e.key(), e))
 }
 
-/// Puts a `redact` stage with its defaults first when the configuration
-/// lists none: redaction is on unless a configuration turns it off.
-pub fn add_if_missing(stages: &mut Vec<Instance<dyn Stage>>) -> Result<(), RedactError> {
-    if stages.iter().any(|s| s.kind == NAME) {
-        return Ok(());
-    }
-    stages.insert(
-        0,
-        Instance {
-            name: NAME.to_string(),
-            kind: NAME,
-            plugin: std::sync::Arc::new(Redact::new(RedactConfig::default())?),
-        },
-    );
-    Ok(())
+detect_workloads_api::inventory::submit! {
+    InForce { stage: NAME }
 }
 
-inventory::submit! {
+detect_workloads_api::inventory::submit! {
     StagePlugin {
         name: NAME,
         summary: "hides secrets in command lines (flags, assignments, URL passwords) and caps their length",
@@ -618,7 +607,8 @@ mod tests {
     }
 
     fn stage_kinds(text: &str) -> Vec<&'static str> {
-        let config = crate::config::Config::parse("t.toml", text, &[]).expect("parses");
+        let config =
+            detect_workloads_core::config::Config::parse("t.toml", text, &[]).expect("parses");
         config.stages.iter().map(|s| s.kind).collect()
     }
 
@@ -648,9 +638,12 @@ mod tests {
             stage_kinds("[[stages.transient-filter]]\n[[stages.redact]]\nmode = \"full\"\n"),
             ["transient-filter", NAME]
         );
-        let err =
-            crate::config::Config::parse("t.toml", "[[stages.redact]]\nmax_length = 2\n", &[])
-                .expect_err("refused");
+        let err = detect_workloads_core::config::Config::parse(
+            "t.toml",
+            "[[stages.redact]]\nmax_length = 2\n",
+            &[],
+        )
+        .expect_err("refused");
         assert!(err.to_string().contains("max_length"), "{err}");
     }
 }

@@ -67,6 +67,11 @@ pub fn looks_like_timestamp(s: &str) -> bool {
         .is_ok()
 }
 
+/// Milliseconds rounded to 0.1 ms, for log fields (`2.6`, not `2.6181360000000002`).
+pub fn round_ms(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 10_000.0).round() / 10.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,259 +5,28 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
 
-use crate::plugin::{
-    check_unique_names, find, find_sink, Collector, PluginKind, Registered, Sink, Stage,
+use detect_workloads_api::config::Source;
+/// The plugin-facing half of the configuration, defined by the plugin API.
+pub use detect_workloads_api::config::{
+    duration, human_duration, parse_duration, AgentConfig, ConfigError, PluginConfig,
+};
+use detect_workloads_api::plugin::{
+    check_unique_names, find, find_sink, in_force, Collector, PluginKind, Registered, Sink, Stage,
 };
 
+mod check;
+pub mod file;
+
 /// The built-in default configuration (`config/default.toml`).
-pub const DEFAULT_CONFIG: &str = include_str!("../../config/default.toml");
+pub const DEFAULT_CONFIG: &str = include_str!("../../../config/default.toml");
 
 /// Where the configuration is looked for when none is named.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/ds01/detect-workloads.toml";
-
-/// An invalid configuration (exit status 2).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// The file, or `built-in default config`.
-    pub file: String,
-    /// 1-based line, when known.
-    pub line: Option<usize>,
-    /// What is wrong, naming the key or plugin.
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.line {
-            Some(line) => write!(f, "{}:{}: {}", self.file, line, self.message),
-            None => write!(f, "{}: {}", self.file, self.message),
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-/// The text being parsed, to turn byte offsets into lines.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Source<'i> {
-    file: &'i str,
-    text: &'i str,
-}
-
-pub(crate) type Span = std::ops::Range<usize>;
-
-impl Source<'_> {
-    fn line_of(&self, offset: usize) -> usize {
-        let end = offset.min(self.text.len());
-        self.text.as_bytes()[..end]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count()
-            + 1
-    }
-
-    /// A deserialization error of `table`, placed on the line of the key it
-    /// is about and naming that key. Both come from the error's own span
-    /// (the unknown key, or the bad value) and the parsed table's spans.
-    fn value_error(
-        &self,
-        label: &str,
-        table: &Spanned<DeValue<'_>>,
-        e: &toml::de::Error,
-    ) -> ConfigError {
-        let message = in_user_words(e.message());
-        let message = message.as_str();
-        let offset = e.span().map_or(table.span().start, |s| s.start);
-        let (line, message) = match key_containing(table, offset) {
-            Some((key, span)) if !message.contains(&format!("`{key}`")) => {
-                (span.start, format!("[{label}] key `{key}`: {message}"))
-            }
-            Some((_, span)) => (span.start, format!("[{label}] {message}")),
-            None => (offset, format!("[{label}] {message}")),
-        };
-        ConfigError {
-            file: self.file.to_string(),
-            line: Some(self.line_of(line)),
-            message,
-        }
-    }
-
-    pub(crate) fn error(&self, span: Option<Span>, message: impl Into<String>) -> ConfigError {
-        ConfigError {
-            file: self.file.to_string(),
-            line: span.map(|s| self.line_of(s.start)),
-            message: message.into(),
-        }
-    }
-
-    /// An error about `key` of `table`, on the key's line (the table's when
-    /// the key is not written).
-    pub(crate) fn key_error(
-        &self,
-        table: &Spanned<DeValue<'_>>,
-        key: &str,
-        message: String,
-    ) -> ConfigError {
-        let span = key_span(table, key).unwrap_or_else(|| table.span());
-        self.error(Some(span), message)
-    }
-}
-
-/// A deserializer's message with Rust's type names replaced by the words a
-/// person writing the file would use.
-fn in_user_words(message: &str) -> String {
-    const WHOLE: [&str; 10] = [
-        "u8", "u16", "u32", "u64", "usize", "i8", "i16", "i32", "i64", "isize",
-    ];
-    let mut out = message.to_string();
-    for t in WHOLE {
-        out = out.replace(&format!("expected {t}"), "expected a whole number");
-    }
-    out.replace("expected a boolean", "expected true or false")
-}
-
-/// The span of `key` as written in `table`.
-fn key_span(table: &Spanned<DeValue<'_>>, key: &str) -> Option<Span> {
-    let table = table.get_ref().as_table()?;
-    table
-        .iter()
-        .find(|(k, _)| k.get_ref().as_ref() == key)
-        .map(|(k, _)| k.span())
-}
-
-/// The key of `table` whose key or value spans `offset`, with its key's span.
-fn key_containing<'t>(table: &'t Spanned<DeValue<'_>>, offset: usize) -> Option<(&'t str, Span)> {
-    let table = table.get_ref().as_table()?;
-    table.iter().find_map(|(k, v)| {
-        let (ks, vs) = (k.span(), v.span());
-        (ks.contains(&offset) || vs.contains(&offset) || offset == vs.end)
-            .then(|| (k.get_ref().as_ref(), ks))
-    })
-}
-
-/// One plugin's configuration table, handed to its build function.
-pub struct PluginConfig<'i> {
-    value: Spanned<DeValue<'i>>,
-    source: Source<'i>,
-    label: String,
-}
-
-impl PluginConfig<'_> {
-    /// Deserializes the table into the plugin's config struct (which should use
-    /// `#[serde(default, deny_unknown_fields)]`).
-    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ConfigError> {
-        T::deserialize(ValueDeserializer::from(self.value.clone()))
-            .map_err(|e| self.source.value_error(&self.label, &self.value, &e))
-    }
-
-    /// An error about one key's value, found by the plugin after parsing,
-    /// placed on the key's line.
-    pub fn invalid(&self, key: &str, message: impl fmt::Display) -> ConfigError {
-        let message = format!("[{}] key `{}`: {}", self.label, key, message);
-        self.source.key_error(&self.value, key, message)
-    }
-}
-
-/// Deserializes a duration written as `"5s"`, `"250ms"`, `"1m 30s"`; zero
-/// and negative durations are refused (nothing can be done in no time).
-pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    d.deserialize_any(DurationVisitor)
-}
-
-/// How a duration is explained to the person writing one.
-const DURATION_HINT: &str =
-    "a duration is a positive number with a unit, such as \"10s\" or \"250ms\"";
-
-struct DurationVisitor;
-
-impl DurationVisitor {
-    fn not_a_string<E: serde::de::Error>(found: impl fmt::Display) -> E {
-        E::custom(format!(
-            "expected a duration such as \"10s\" (in quotes, with a unit), found {found}"
-        ))
-    }
-}
-
-impl serde::de::Visitor<'_> for DurationVisitor {
-    type Value = Duration;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a duration such as \"10s\"")
-    }
-
-    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Duration, E> {
-        parse_duration(text).map_err(E::custom)
-    }
-
-    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Duration, E> {
-        Err(Self::not_a_string(v))
-    }
-
-    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Duration, E> {
-        Err(Self::not_a_string(v))
-    }
-
-    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Duration, E> {
-        Err(Self::not_a_string(v))
-    }
-
-    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Duration, E> {
-        Err(Self::not_a_string(v))
-    }
-}
-
-/// A duration as the configuration writes it (`10s`, `1m 30s`).
-pub fn human_duration(d: Duration) -> String {
-    humantime::format_duration(d).to_string()
-}
-
-/// A positive duration from its text, or the message saying how to write one.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    match humantime::parse_duration(text.trim()) {
-        Ok(d) if !d.is_zero() => Ok(d),
-        _ => Err(format!("invalid duration {text:?}: {DURATION_HINT}")),
-    }
-}
-
-/// `[agent]`: settings of the cycle itself.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AgentConfig {
-    /// The whole cycle must end within this.
-    #[serde(deserialize_with = "duration")]
-    pub scan_timeout: Duration,
-    /// The `source` field of every event.
-    pub source: String,
-    /// How long a scan waits for another one holding the lock.
-    #[serde(deserialize_with = "duration")]
-    pub lock_timeout: Duration,
-    /// Watch mode: a full scan this often (and at each engine event).
-    #[serde(deserialize_with = "duration")]
-    pub interval: Duration,
-    /// Watch mode: a GPU poll this often (GPU collectors, `/proc` and the
-    /// stages; the containers of the last full scan are reused).
-    #[serde(deserialize_with = "duration")]
-    pub gpu_interval: Duration,
-}
-
-impl Default for AgentConfig {
-    fn default() -> Self {
-        Self {
-            scan_timeout: Duration::from_secs(25),
-            source: "detect-workloads".to_string(),
-            lock_timeout: Duration::from_secs(10),
-            interval: Duration::from_secs(30),
-            gpu_interval: Duration::from_secs(2),
-        }
-    }
-}
 
 /// A built plugin with its instance name (`docker`, `docker.2`).
 pub struct Instance<T: ?Sized> {
@@ -361,11 +130,6 @@ impl fmt::Display for ConfigSource {
     }
 }
 
-/// Which configuration file to use, if any (see [`ConfigSource::choose`]).
-pub fn choose_config(cli: Option<&Path>) -> Option<PathBuf> {
-    ConfigSource::choose(cli).path().map(Path::to_path_buf)
-}
-
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let names = |list: Vec<&str>| list.join(", ");
@@ -410,7 +174,7 @@ impl Config {
                     }
                     _ => path.display().to_string(),
                 };
-                let text = crate::config_file::read_trusted(path).map_err(|e| ConfigError {
+                let text = file::read_trusted(path).map_err(|e| ConfigError {
                     file: file.clone(),
                     ..e
                 })?;
@@ -451,7 +215,7 @@ impl Config {
             line: None,
             message,
         })?;
-        let source = Source { file, text };
+        let source = Source::new(file, text);
         let doc = DeTable::parse(text).map_err(|e| source.error(e.span(), e.message()))?;
         let mut config = Config {
             origin: file.to_string(),
@@ -496,12 +260,12 @@ impl Config {
             default_stages(&mut config.stages)?;
             config.stage_choice = StageChoice::BuiltInDefaults;
         }
-        crate::stages::add_mandatory(file, &mut config.stages)?;
+        add_in_force(file, &mut config.stages)?;
         if !overrides.sinks.is_empty() {
             config.sink_override = Some(build_sink_override(source, &doc, overrides)?);
         }
         if runnable {
-            crate::config_check::runnable(source, &doc, &config)?;
+            check::runnable(source, &doc, &config)?;
         }
         Ok(config)
     }
@@ -516,10 +280,7 @@ impl Config {
 /// force when a file lists none, so that a configuration naming only its
 /// collectors and sinks still classifies, attributes and filters.
 fn default_stages(stages: &mut Vec<Instance<dyn Stage>>) -> Result<(), ConfigError> {
-    let source = Source {
-        file: "built-in default config",
-        text: DEFAULT_CONFIG,
-    };
+    let source = Source::new("built-in default config", DEFAULT_CONFIG);
     let doc = DeTable::parse(DEFAULT_CONFIG).map_err(|e| source.error(e.span(), e.message()))?;
     match doc.get_ref().get("stages") {
         Some(section) => build_section(source, section, stages),
@@ -615,11 +376,49 @@ fn plugin_config<'i>(
     name: &str,
     value: Spanned<DeValue<'i>>,
 ) -> PluginConfig<'i> {
-    PluginConfig {
-        value,
-        source,
-        label: format!("{}.{}", kind.section(), name),
+    PluginConfig::new(source, format!("{}.{}", kind.section(), name), value)
+}
+
+/// An empty table for a plugin built with its defaults (`file` names who
+/// asked for it in errors).
+fn empty_table(
+    file: &'static str,
+    kind: PluginKind,
+    name: &str,
+) -> Result<PluginConfig<'static>, ConfigError> {
+    let source = Source::new(file, "{}");
+    let value = DeValue::parse("{}").map_err(|e| source.error(None, e.message()))?;
+    Ok(plugin_config(source, kind, name, value))
+}
+
+/// Adds the stages registered as in force ([`in_force`]: `redact`) that the
+/// configuration does not list, with their defaults, ahead of the others.
+fn add_in_force(file: &str, stages: &mut Vec<Instance<dyn Stage>>) -> Result<(), ConfigError> {
+    for name in in_force() {
+        if stages.iter().any(|s| s.kind == name) {
+            continue;
+        }
+        let plugin = find::<dyn Stage>(name).ok_or_else(|| ConfigError {
+            file: file.to_string(),
+            line: None,
+            message: unknown_plugin_message(PluginKind::Stage, name),
+        })?;
+        let built = (plugin.build)(empty_table("built-in defaults", PluginKind::Stage, name)?)
+            .map_err(|e| ConfigError {
+                file: file.to_string(),
+                line: None,
+                message: format!("[stages.{name}] built-in defaults: {}", e.message),
+            })?;
+        stages.insert(
+            0,
+            Instance {
+                name: name.to_string(),
+                kind: plugin.name,
+                plugin: built.into(),
+            },
+        );
     }
+    Ok(())
 }
 
 fn unknown_plugin(source: Source<'_>, kind: PluginKind, name: &Spanned<String>) -> ConfigError {
@@ -691,24 +490,14 @@ fn build_sink_override(
         let forced = overrides.tables.iter().find(|(n, _)| n == plugin.name);
         let built = match (forced, table) {
             (Some((_, text)), _) => {
-                let given = Source {
-                    file: "command line",
-                    text,
-                };
+                let given = Source::new("command line", text);
                 let value = DeValue::parse(text).map_err(|e| given.error(None, e.message()))?;
                 (plugin.build)(plugin_config(given, PluginKind::Sink, plugin.name, value))?
             }
             (None, Some(table)) => {
                 (plugin.build)(plugin_config(source, PluginKind::Sink, plugin.name, table))?
             }
-            (None, None) => {
-                let empty = Source {
-                    file: "--sink",
-                    text: "{}",
-                };
-                let value = DeValue::parse("{}").map_err(|e| empty.error(None, e.message()))?;
-                (plugin.build)(plugin_config(empty, PluginKind::Sink, plugin.name, value))?
-            }
+            (None, None) => (plugin.build)(empty_table("--sink", PluginKind::Sink, plugin.name)?)?,
         };
         push_instance(&mut out, plugin.name, built);
     }
