@@ -6,7 +6,7 @@
 mod common;
 
 use common::{
-    docker, docker_host, edit_config, test_image, unique, Containers, Scratch, BIN, UUID,
+    docker, docker_host, edit_config, fake_nvml, test_image, unique, Containers, Scratch, BIN, UUID,
 };
 use serde_json::Value;
 
@@ -212,26 +212,6 @@ fn a_container_between_two_scans_is_discovered_and_exited() {
     assert!(!s.inventory()["containers"]
         .as_object()
         .is_some_and(|m| m.contains_key(short)));
-}
-
-/// The fake NVML library (`tests/fake-nvml`), built once into this test's own
-/// target directory (as `collectors/tests/nvml_fake.rs` does).
-fn fake_nvml() -> &'static std::path::Path {
-    static LIBRARY: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    LIBRARY.get_or_init(|| {
-        let target_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("fake-nvml-e2e");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = std::process::Command::new(cargo)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args(["build", "--quiet", "-p", "fake-nvml", "--target-dir"])
-            .arg(&target_dir)
-            .status()
-            .unwrap_or_else(|e| panic!("cannot run cargo to build fake-nvml: {e}"));
-        assert!(status.success(), "building fake-nvml failed: {status}");
-        let library = target_dir.join("debug").join("libfake_nvml.so");
-        assert!(library.exists(), "{} was not built", library.display());
-        library
-    })
 }
 
 /// One scan that must succeed, with the fake NVML reading `scenario`;

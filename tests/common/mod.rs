@@ -449,3 +449,23 @@ pub fn seconds_pass(n: u64) {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// The fake NVML library (`tests/fake-nvml`), built once per test binary into
+/// its own target directory (as `collectors/tests/nvml_fake.rs` does).
+pub fn fake_nvml() -> &'static std::path::Path {
+    static LIBRARY: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    LIBRARY.get_or_init(|| {
+        let target_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("fake-nvml-e2e");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["build", "--quiet", "-p", "fake-nvml", "--target-dir"])
+            .arg(&target_dir)
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run cargo to build fake-nvml: {e}"));
+        assert!(status.success(), "building fake-nvml failed: {status}");
+        let library = target_dir.join("debug").join("libfake_nvml.so");
+        assert!(library.exists(), "{} was not built", library.display());
+        library
+    })
+}

@@ -97,6 +97,9 @@ dw_ensure_packages() {
 	command -v logrotate >/dev/null 2>&1 || missing+=(logrotate) # tests/e2e_durability.rs: rotation under churn
 	command -v podman >/dev/null 2>&1 || missing+=(podman)       # tests/e2e_podman.rs: a user's rootless Podman
 	command -v newuidmap >/dev/null 2>&1 || missing+=(uidmap)
+	# tests/e2e_schema.rs: tests/lib/check_schema.py (python3 on the PATH, else Debian's)
+	python3 -c 'import jsonschema' >/dev/null 2>&1 || /usr/bin/python3 -c 'import jsonschema' >/dev/null 2>&1 ||
+		missing+=(python3-jsonschema)
 	[ "${#missing[@]}" -eq 0 ] && return 0
 
 	# De-duplicate.
