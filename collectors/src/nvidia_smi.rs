@@ -8,6 +8,7 @@
 //! more than [`OUTPUT_CAP`], or the scan abandons it, so a hung `nvidia-smi`
 //! leaves nothing behind.
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -60,6 +61,13 @@ impl Default for NvidiaSmiConfig {
 /// The query it runs.
 pub const QUERY_ARGS: [&str; 2] = [
     "--query-compute-apps=pid,used_memory,gpu_uuid",
+    "--format=csv,noheader,nounits",
+];
+
+/// The query of each GPU's utilisation (issue 21), parsed by
+/// [`parse_gpu_utilization`]; the collector does not run it yet.
+pub const UTILIZATION_QUERY_ARGS: [&str; 2] = [
+    "--query-gpu=uuid,utilization.gpu",
     "--format=csv,noheader,nounits",
 ];
 
@@ -145,6 +153,38 @@ pub fn parse_compute_apps(text: &str) -> Result<Vec<GpuProcess>, String> {
             gpu_uuid: uuid.to_string(),
             ..Default::default()
         });
+    }
+    Ok(out)
+}
+
+/// Parses the CSV of [`UTILIZATION_QUERY_ARGS`]: `gpu_uuid, percent` per
+/// line, as the percent of time a kernel ran on each GPU over the driver's
+/// last sample period. A percent that is not a whole number from 0 to 100
+/// (`[N/A]`, as a MIG-enabled GPU says; `[Not Supported]`; anything else) is
+/// unknown. Empty output is no GPU; a line that is not two fields with a
+/// UUID, or a UUID listed twice, is an error.
+pub fn parse_gpu_utilization(text: &str) -> Result<BTreeMap<String, Option<u8>>, String> {
+    let mut out = BTreeMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+        let [uuid, percent] = fields.as_slice() else {
+            return Err(format!(
+                "line {}: expected 2 fields, got {:?}",
+                n + 1,
+                clip(line)
+            ));
+        };
+        if uuid.is_empty() {
+            return Err(format!("line {}: empty GPU UUID", n + 1));
+        }
+        let percent = percent.parse::<u8>().ok().filter(|p| *p <= 100);
+        if out.insert(uuid.to_string(), percent).is_some() {
+            return Err(format!("line {}: GPU {:?} listed twice", n + 1, clip(uuid)));
+        }
     }
     Ok(out)
 }
@@ -341,6 +381,64 @@ mod tests {
         ] {
             assert!(parse_compute_apps(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn parses_gpu_utilization() {
+        // The capture's GPU as its `nvidia-smi -q -x` has it (gpu_util 0 %),
+        // a busy one, and one of each unknown percent.
+        let text = format!(
+            "{}, 0\nGPU-b, 100\nGPU-c, 37\nGPU-mig, [N/A]\nGPU-old, [Not Supported]\n",
+            capture_uuid()
+        );
+        let parsed = parse_gpu_utilization(&text).expect("parses");
+        let expected: BTreeMap<String, Option<u8>> = [
+            (capture_uuid(), Some(0)),
+            ("GPU-b".to_string(), Some(100)),
+            ("GPU-c".to_string(), Some(37)),
+            ("GPU-mig".to_string(), None),
+            ("GPU-old".to_string(), None),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(parsed, expected);
+        assert!(fixture("nvidia-smi-q.xml").contains("<gpu_util>0 %</gpu_util>"));
+        assert!(fixture("nvidia-smi-q.xml").contains(&capture_uuid()));
+        // Not a whole percent from 0 to 100: unknown.
+        for bad in [
+            "101", "255", "256", "-1", "12.5", "50 %", "lots", "", "\u{0}",
+        ] {
+            let parsed = parse_gpu_utilization(&format!("GPU-x, {bad}\n")).expect("parses");
+            assert_eq!(parsed.get("GPU-x"), Some(&None), "{bad:?}");
+        }
+        // No GPU; blank lines and CRLF.
+        assert!(parse_gpu_utilization("").expect("empty").is_empty());
+        assert_eq!(
+            parse_gpu_utilization("\r\nGPU-x, 5\r\n\n").expect("parses"),
+            [("GPU-x".to_string(), Some(5))].into_iter().collect()
+        );
+    }
+
+    #[test]
+    fn malformed_gpu_utilization_is_an_error() {
+        for bad in [
+            // What the scripted nvidia-smi of the end-to-end tests prints
+            // in its `garbage` mode.
+            "garbage \u{1}\u{2} not csv\n",
+            "No devices were found\n",
+            "GPU-x\n",
+            "GPU-x, 5, 6\n",
+            ", 5\n",
+            "GPU-x, 5\nGPU-x, 6\n",
+        ] {
+            assert!(parse_gpu_utilization(bad).is_err(), "{bad:?}");
+        }
+        // The compute-apps output is not this query's.
+        assert!(parse_gpu_utilization(&fixture("query-compute-apps.csv")).is_err());
+    }
+
+    fn capture_uuid() -> String {
+        "GPU-56c0b0b8-eb5c-605d-11d6-1bac317b478c".to_string()
     }
 
     #[test]
