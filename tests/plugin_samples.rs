@@ -28,7 +28,7 @@ fn default_tables() -> Vec<(String, String)> {
 #[test]
 fn the_default_configuration_is_the_plugins_samples() {
     let tables = default_tables();
-    assert_eq!(tables.len(), 13, "{tables:?}");
+    assert_eq!(tables.len(), 14, "{tables:?}");
     for (name, table) in tables {
         let (_, sample) = sample_of(&name).unwrap_or_else(|| panic!("no plugin {name}"));
         assert_eq!(

@@ -219,6 +219,81 @@ pub struct ProcessFacts {
     /// still reported (its owner then comes from the owner of `/proc/<pid>`).
     #[serde(default)]
     pub read_error: Option<String>,
+    /// Its activity counters this cycle (GPU processes: their CPU time; a
+    /// container's main process: its cgroup's CPU time and its network
+    /// namespace's bytes). `None` when not read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counters: Option<Counters>,
+}
+
+/// Cumulative counters of a workload at one instant: the engine turns two
+/// readings into rates ([`Activity`]). Each says what it counts, so that a
+/// rate is only taken between two readings of the same counter (a restarted
+/// container has a new cgroup; a reused PID a new start time).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// When they were read: nanoseconds since the Unix epoch.
+    pub at_ns: u64,
+    /// CPU time used, nanoseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_ns: Option<u64>,
+    /// What `cpu_ns` counts: `process:<start time>` (the process's own
+    /// `utime + stime`) or `cgroup:<path>` (every process of that cgroup).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cpu_of: String,
+    /// Bytes received and sent on every interface but `lo` of its network
+    /// namespace. `None` in the host's namespace (see `host_network`) or
+    /// when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_bytes: Option<u64>,
+    /// The network namespace's inode, for `net_bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_ns: Option<u64>,
+    /// It shares the host's network namespace: its traffic is the host's,
+    /// so no rate is taken.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_network: bool,
+}
+
+/// What a running workload did since its previous reading (`activity` of a
+/// container or host process). Unknown is `None` (`null`), never 0; rates
+/// are `None` at a workload's first reading.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Activity {
+    /// Average cores used.
+    pub cpu_cores: Option<f64>,
+    /// Bytes received and sent per second on its network namespace's
+    /// interfaces but `lo` (containers only; `None` for host networking).
+    pub net_bytes_per_s: Option<f64>,
+    /// The highest SM utilisation of its GPU processes (percent), when it
+    /// holds GPU memory and it is known.
+    pub gpu_util_percent: Option<f64>,
+    /// The interval the rates cover, seconds.
+    pub sampled_s: Option<f64>,
+    /// Since when each of its known signals has been below its threshold
+    /// (RFC 3339; `None` while active), as the `idle` stage decides it.
+    pub idle_since: Option<String>,
+    /// It has been idle for at least the `idle` stage's `idle_after`: told
+    /// in a `detection.workload_idle` event.
+    #[serde(default)]
+    pub idle: bool,
+}
+
+/// GPU time a workload has held so far (GPUs on which it holds memory x
+/// seconds), and how much of it while idle.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    /// GPU-seconds held.
+    pub gpu_seconds_held: f64,
+    /// GPU-seconds held while idle.
+    pub gpu_seconds_idle: f64,
+}
+
+impl Usage {
+    /// Whether nothing was accounted yet.
+    pub fn is_zero(&self) -> bool {
+        self.gpu_seconds_held == 0.0 && self.gpu_seconds_idle == 0.0
+    }
 }
 
 /// A process's arguments, kept as `/proc/<pid>/cmdline` does: each followed
@@ -539,6 +614,16 @@ pub struct Inventory {
     /// The events this state owes to the event log (none once delivered).
     #[serde(default, rename = "_outbox", skip_serializing_if = "Option::is_none")]
     pub outbox: Option<Outbox>,
+    /// The activity counters of the last reading of each running workload
+    /// (`container:<short id>`, `process:<pid>`): the next reading's rates
+    /// are taken against them, whether it comes from the same process or
+    /// the next oneshot run.
+    #[serde(
+        default,
+        rename = "_activity_counters",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub activity_counters: BTreeMap<String, Counters>,
 }
 
 /// GPU memory one user's unconfirmed (pending) host processes hold on one
@@ -624,6 +709,12 @@ pub struct ContainerEntry {
     /// Why its GPU use does not match what it was granted, when it does not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_mismatch: Option<GpuMismatch>,
+    /// What it did since the previous reading (running containers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activity: Option<Activity>,
+    /// The GPU time it has held (omitted until it holds some).
+    #[serde(default, skip_serializing_if = "Usage::is_zero")]
+    pub usage: Usage,
 }
 
 /// A GPU process inside a container.
@@ -815,9 +906,24 @@ pub struct ProcessEntry {
     /// what is known).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_error: Option<String>,
+    /// What it did since the previous reading (confirmed host processes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activity: Option<Activity>,
+    /// The GPU time it has held (omitted until it holds some).
+    #[serde(default, skip_serializing_if = "Usage::is_zero")]
+    pub usage: Usage,
 }
 
 impl ProcessEntry {
+    /// The GPUs it uses: `gpu_uuids` when it uses more than one, else `gpu_uuid`.
+    pub fn gpus(&self) -> Vec<&str> {
+        if self.gpu_uuids.is_empty() {
+            vec![self.gpu_uuid.as_str()]
+        } else {
+            self.gpu_uuids.iter().map(String::as_str).collect()
+        }
+    }
+
     /// Whether this entry is the process `pid` started at `start_time`: the
     /// same PID and the same start time. An entry or observation without a
     /// start time (written by an older scanner) matches any start time.
@@ -974,11 +1080,17 @@ pub enum EventType {
     /// A user's confirmed GPU use through short-lived processes ended.
     #[serde(rename = "detection.user_gpu_use_stopped")]
     UserGpuUseStopped,
+    /// A workload has been idle for the `idle` stage's `idle_after`.
+    #[serde(rename = "detection.workload_idle")]
+    WorkloadIdle,
+    /// A workload told idle is active again.
+    #[serde(rename = "detection.workload_active")]
+    WorkloadActive,
 }
 
 impl EventType {
     /// Every event type.
-    pub const ALL: [EventType; 10] = [
+    pub const ALL: [EventType; 12] = [
         EventType::ContainerDiscovered,
         EventType::ContainerStatusChanged,
         EventType::ContainerExited,
@@ -989,6 +1101,8 @@ impl EventType {
         EventType::ContainerGpuMismatch,
         EventType::UserGpuUseStarted,
         EventType::UserGpuUseStopped,
+        EventType::WorkloadIdle,
+        EventType::WorkloadActive,
     ];
 
     /// Its `detection.*` name.
@@ -1004,6 +1118,8 @@ impl EventType {
             EventType::ContainerGpuMismatch => "detection.container_gpu_mismatch",
             EventType::UserGpuUseStarted => "detection.user_gpu_use_started",
             EventType::UserGpuUseStopped => "detection.user_gpu_use_stopped",
+            EventType::WorkloadIdle => "detection.workload_idle",
+            EventType::WorkloadActive => "detection.workload_active",
         }
     }
 }

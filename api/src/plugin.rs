@@ -389,6 +389,15 @@ pub trait Stage: Send + Sync {
     }
     /// Does its work on the entries.
     fn run(&self, work: &mut Workset, ctx: &StageContext<'_>) -> Result<(), StageError>;
+    /// Judges the assembled inventory, after every stage's `run`: the
+    /// containers hold their attributed GPU processes and every running
+    /// workload its `activity`. For decisions that need the whole picture
+    /// (the `idle` stage); changes only entries of `inventory`. Does nothing
+    /// unless a stage implements it.
+    fn review(&self, inventory: &mut Inventory, ctx: &StageContext<'_>) -> Result<(), StageError> {
+        let _ = (inventory, ctx);
+        Ok(())
+    }
 }
 
 /// What a sink is handed at the end of a cycle.

@@ -36,7 +36,7 @@ use std::path::{Path, PathBuf};
 use detect_workloads_api::async_trait;
 use detect_workloads_api::config::{ConfigError, PluginConfig};
 use detect_workloads_api::model::{
-    cgroup_segment_id, Argv, CgroupMembership, FactKind, Observations, ProcessFacts,
+    cgroup_segment_id, Argv, CgroupMembership, Counters, FactKind, Observations, ProcessFacts,
 };
 use detect_workloads_api::plugin::{
     CollectContext, CollectError, Collected, Collector, CollectorPlugin,
@@ -48,10 +48,13 @@ use procfs::{FromBufRead, FromRead, ProcError, ProcResult};
 use serde::Deserialize;
 use tracing::{debug, warn};
 
+use crate::activity::{self, Net};
+
 /// The sample configuration of this plugin (`detect-workloads plugins
 /// --sample procfs`); `config/default.toml` holds the same table.
 pub const SAMPLE: &str = r#"[[collectors.procfs]]
 root = "/proc"
+cgroup_root = "/sys/fs/cgroup"  # containers' CPU time is read from their cgroups here
 "#;
 
 /// `[[collectors.procfs]]`
@@ -60,12 +63,15 @@ root = "/proc"
 pub struct ProcfsConfig {
     /// Where `/proc` is.
     pub root: PathBuf,
+    /// Where the cgroup hierarchies are mounted.
+    pub cgroup_root: PathBuf,
 }
 
 impl Default for ProcfsConfig {
     fn default() -> Self {
         Self {
             root: PathBuf::from("/proc"),
+            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
         }
     }
 }
@@ -333,16 +339,107 @@ pub fn pids_to_read(observed: &Observations) -> Vec<(u32, Depth)> {
         .collect()
 }
 
+/// The main process of every running container.
+pub fn main_pids(observed: &Observations) -> BTreeSet<u32> {
+    observed
+        .containers
+        .iter()
+        .filter_map(|c| c.inspect.as_ref())
+        .map(|i| i.main_pid)
+        .filter(|pid| *pid > 0)
+        .collect()
+}
+
 /// What one read of `/proc` found.
 struct Found {
     processes: BTreeMap<u32, ProcessFacts>,
     /// Processes reported with a `read_error`.
     read_errors: u64,
+    /// Activity counters that could not be read.
+    activity_errors: u64,
 }
 
-/// Reads every PID under `root` and names its owner: blocking work, for the
-/// blocking pool.
-fn read_all(root: &Path, pids: &[(u32, Depth)], users: &UserNames) -> Result<Found, CollectError> {
+/// Nanoseconds since the Unix epoch, now.
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Where the activity counters are read.
+struct Roots<'a> {
+    proc: &'a Path,
+    cgroup: &'a Path,
+    /// The host's network namespace (traffic in it is the host's).
+    host_net: Option<u64>,
+}
+
+/// The counters of a container's main process: its cgroup's CPU time (every
+/// process of the container) and its network namespace's bytes. What cannot
+/// be read stays `None`; the number of such reads is added to `errors`.
+fn container_counters(roots: &Roots<'_>, pid: u32, errors: &mut u64) -> Counters {
+    let mut counters = Counters {
+        at_ns: now_ns(),
+        ..Counters::default()
+    };
+    match activity::cgroup_cpu(roots.proc, roots.cgroup, pid) {
+        Ok(Some(cpu)) => {
+            counters.cpu_ns = Some(cpu.usage_ns);
+            counters.cpu_of = format!("cgroup:{}", cpu.cgroup);
+        }
+        Ok(None) => {}
+        Err(e) => {
+            *errors += 1;
+            debug!(pid, "cgroup CPU time not read: {e}");
+        }
+    }
+    if let Some(host) = roots.host_net {
+        match activity::net_bytes(roots.proc, pid, host) {
+            Ok(Some(Net::Host)) => counters.host_network = true,
+            Ok(Some(Net::Own { ns, bytes })) => {
+                counters.net_bytes = Some(bytes);
+                counters.net_ns = Some(ns);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                *errors += 1;
+                debug!(pid, "network bytes not read: {e}");
+            }
+        }
+    }
+    counters
+}
+
+/// The counters of a host GPU process: its own `utime + stime`.
+fn process_counters(roots: &Roots<'_>, pid: u32, errors: &mut u64) -> Counters {
+    let mut counters = Counters {
+        at_ns: now_ns(),
+        ..Counters::default()
+    };
+    match activity::process_cpu_ns(roots.proc, pid) {
+        Ok(Some(cpu)) => {
+            counters.cpu_ns = Some(cpu.cpu_ns);
+            counters.cpu_of = format!("process:{}", cpu.start);
+        }
+        Ok(None) => {}
+        Err(e) => {
+            *errors += 1;
+            debug!(pid, "CPU time not read: {e}");
+        }
+    }
+    counters
+}
+
+/// Reads every PID under `root` and names its owner, with the activity
+/// counters of container main processes (`mains`) and GPU processes:
+/// blocking work, for the blocking pool.
+fn read_all(
+    config: &ProcfsConfig,
+    pids: &[(u32, Depth)],
+    mains: &BTreeSet<u32>,
+    users: &UserNames,
+) -> Result<Found, CollectError> {
+    let root = config.root.as_path();
     if let Err(e) = std::fs::read_dir(root) {
         return Err(CollectError::Unavailable(format!(
             "cannot read {}: {e}",
@@ -352,14 +449,25 @@ fn read_all(root: &Path, pids: &[(u32, Depth)], users: &UserNames) -> Result<Fou
     let host = Host {
         pid_namespace: host_pid_namespace(root),
     };
+    let roots = Roots {
+        proc: root,
+        cgroup: &config.cgroup_root,
+        host_net: activity::host_net_namespace(root).map(|h| h.ns),
+    };
     let mut read = Found {
         processes: BTreeMap::new(),
         read_errors: 0,
+        activity_errors: 0,
     };
     for &(pid, depth) in pids {
         if let Some(mut facts) = read_at_depth(root, pid, depth, host) {
             read.read_errors += u64::from(facts.read_error.is_some());
             facts.user = users.name(facts.uid);
+            facts.counters = Some(if mains.contains(&pid) {
+                container_counters(&roots, pid, &mut read.activity_errors)
+            } else {
+                process_counters(&roots, pid, &mut read.activity_errors)
+            });
             read.processes.insert(pid, facts);
         }
     }
@@ -381,17 +489,21 @@ impl Collector for Procfs {
     }
 
     async fn collect(&self, ctx: &CollectContext<'_>) -> Result<Collected, CollectError> {
-        let root = self.config.root.clone();
+        let config = self.config.clone();
         let pids = pids_to_read(ctx.observed);
+        let mains = main_pids(ctx.observed);
         let users = ctx.users.clone();
         // On the blocking pool: a timeout abandons the task (its thread ends
         // when the read returns, or with the process).
-        let read = tokio::task::spawn_blocking(move || read_all(&root, &pids, &users))
+        let read = tokio::task::spawn_blocking(move || read_all(&config, &pids, &mains, &users))
             .await
             .map_err(|e| CollectError::Unavailable(format!("reading /proc failed: {e}")))??;
         let mut stats = BTreeMap::new();
         if read.read_errors > 0 {
             stats.insert("read_errors".to_string(), read.read_errors);
+        }
+        if read.activity_errors > 0 {
+            stats.insert("activity_errors".to_string(), read.activity_errors);
         }
         Ok(Collected {
             observations: Observations {
@@ -616,6 +728,7 @@ mod tests {
         let collector = Procfs {
             config: ProcfsConfig {
                 root: dir.path().to_path_buf(),
+                ..ProcfsConfig::default()
             },
         };
         let previous = Previous::known(Inventory::default());
@@ -645,9 +758,12 @@ mod tests {
     #[test]
     fn a_missing_root_is_unavailable() {
         let users = UserNames::new();
-        let missing = Path::new("/nonexistent-proc-root-for-test");
+        let missing = ProcfsConfig {
+            root: PathBuf::from("/nonexistent-proc-root-for-test"),
+            ..ProcfsConfig::default()
+        };
         assert!(matches!(
-            read_all(missing, &[(1, Depth::Full)], &users),
+            read_all(&missing, &[(1, Depth::Full)], &BTreeSet::new(), &users),
             Err(CollectError::Unavailable(_))
         ));
     }

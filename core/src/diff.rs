@@ -7,8 +7,8 @@ use serde_json::json;
 use detect_workloads_api::timefmt::parse_rfc3339;
 
 use detect_workloads_api::model::{
-    pid_map::in_text_order, short_id, ContainerEntry, Event, EventType, Inventory, ProcessEntry,
-    ShortLivedContainer, UserGpuUse,
+    pid_map::in_text_order, short_id, Activity, ContainerEntry, Event, EventType, Inventory,
+    ProcessEntry, ShortLivedContainer, Usage, UserGpuUse,
 };
 
 fn event(now: &str, event_type: EventType, user: &str, details: serde_json::Value) -> Event {
@@ -43,7 +43,107 @@ pub fn transitions(
     container_gpu_events(previous, current, now, &mut events);
     process_events(previous, current, now, &mut events);
     user_gpu_use_events(previous, current, now, &mut events);
+    workload_events(previous, current, now, &mut events);
     events
+}
+
+/// Whether a workload's activity says it is reported idle.
+fn is_idle(activity: Option<&Activity>) -> bool {
+    activity.is_some_and(|a| a.idle)
+}
+
+/// What a workload idle event says of its signals.
+fn idle_details(mut details: serde_json::Value, activity: &Activity) -> serde_json::Value {
+    details["idle_since"] = json!(activity.idle_since);
+    details["signals"] = json!({
+        "cpu_cores": activity.cpu_cores,
+        "net_bytes_per_s": activity.net_bytes_per_s,
+        "gpu_util_percent": activity.gpu_util_percent,
+        "sampled_s": activity.sampled_s,
+    });
+    details
+}
+
+/// What a workload active event says: how long it was idle.
+fn active_details(mut details: serde_json::Value, old: &Activity, now: &str) -> serde_json::Value {
+    let idle_for = match (
+        old.idle_since.as_deref().and_then(parse_rfc3339),
+        parse_rfc3339(now),
+    ) {
+        (Some(since), Some(now)) => Some((now - since).max(0)),
+        _ => None,
+    };
+    details["idle_since"] = json!(old.idle_since);
+    details["idle_for_s"] = json!(idle_for);
+    details
+}
+
+/// A workload reported idle (the `idle` stage's `activity.idle` turned
+/// true) and one reported idle that is active again; once each, since the
+/// flag is in the state. A workload that stops or vanishes while idle is
+/// told by its own events.
+fn workload_events(previous: &Inventory, current: &Inventory, now: &str, events: &mut Vec<Event>) {
+    for (id, c) in &current.containers {
+        let old = previous
+            .containers
+            .get(id)
+            .and_then(|o| o.activity.as_ref());
+        let Some(activity) = c.activity.as_ref() else {
+            continue;
+        };
+        let details = json!({
+            "kind": "container",
+            "container_id": c.id,
+            "name": c.name,
+            "gpu_memory_mb": c.gpu_memory_mb,
+            "gpu_uuids": c.gpu_uuids,
+        });
+        if activity.idle && !is_idle(old) {
+            let details = idle_details(details, activity);
+            events.push(event(now, EventType::WorkloadIdle, &c.user, details));
+        } else if !activity.idle {
+            if let Some(old) = old.filter(|o| o.idle) {
+                let details = active_details(details, old, now);
+                events.push(event(now, EventType::WorkloadActive, &c.user, details));
+            }
+        }
+    }
+    for (_, p) in in_text_order(&current.host_processes) {
+        let old = previous
+            .host_processes
+            .get(&p.pid)
+            .filter(|o| o.is_process(p.pid, p.start_time))
+            .and_then(|o| o.activity.as_ref());
+        let Some(activity) = p.activity.as_ref() else {
+            continue;
+        };
+        let details = json!({
+            "kind": "host_process",
+            "pid": p.pid,
+            "cmdline": p.cmdline,
+            "gpu_memory_mb": p.gpu_memory_mb,
+            "gpu_uuids": p.gpus(),
+        });
+        if activity.idle && !is_idle(old) {
+            let details = idle_details(details, activity);
+            events.push(event(now, EventType::WorkloadIdle, &p.user, details));
+        } else if !activity.idle {
+            if let Some(old) = old.filter(|o| o.idle) {
+                let details = active_details(details, old, now);
+                events.push(event(now, EventType::WorkloadActive, &p.user, details));
+            }
+        }
+    }
+}
+
+/// The GPU time a workload held, for its exit event (`None` when it held none).
+fn usage_details(usage: &Usage) -> Option<serde_json::Value> {
+    (!usage.is_zero()).then(|| {
+        json!({
+            "gpu_seconds_held": usage.gpu_seconds_held,
+            "gpu_seconds_idle": usage.gpu_seconds_idle,
+        })
+    })
 }
 
 /// How long (seconds) a container told exited is remembered in
@@ -251,16 +351,15 @@ fn container_events(previous: &Inventory, current: &Inventory, now: &str, events
     }
     for (id, old) in &previous.containers {
         if !current.containers.contains_key(id) {
-            events.push(event(
-                now,
-                EventType::ContainerExited,
-                &old.user,
-                json!({
-                    "container_id": old.id,
-                    "name": old.name,
-                    "origin": old.origin,
-                }),
-            ));
+            let mut details = json!({
+                "container_id": old.id,
+                "name": old.name,
+                "origin": old.origin,
+            });
+            if let Some(usage) = usage_details(&old.usage) {
+                details["usage"] = usage;
+            }
+            events.push(event(now, EventType::ContainerExited, &old.user, details));
         }
     }
 }
@@ -288,11 +387,15 @@ fn process_events(previous: &Inventory, current: &Inventory, now: &str, events: 
     // Processes in the order of their PIDs as text: the order of the file.
     for (_, old) in in_text_order(&previous.host_processes) {
         if !holds(&current.host_processes, old) {
+            let mut details = json!({ "pid": old.pid, "cmdline": old.cmdline });
+            if let Some(usage) = usage_details(&old.usage) {
+                details["usage"] = usage;
+            }
             events.push(event(
                 now,
                 EventType::HostGpuProcessExited,
                 &old.user,
-                json!({ "pid": old.pid, "cmdline": old.cmdline }),
+                details,
             ));
         }
     }

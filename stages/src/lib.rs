@@ -7,6 +7,7 @@
 mod classify;
 mod exclude_system;
 mod gpu_devices;
+mod idle;
 mod redact;
 mod resolve_user;
 mod transient_filter;
@@ -14,6 +15,7 @@ mod transient_filter;
 pub use classify::{Classify, ClassifyConfig, ClassifyRule};
 pub use exclude_system::{ExcludeSystem, ExcludeSystemConfig};
 pub use gpu_devices::{split_devices, GpuDevices, GpuDevicesConfig};
+pub use idle::{Idle, IdleConfig};
 pub use redact::{cap, Redact, RedactConfig, RedactError, RedactMode};
 pub use resolve_user::{ResolveUser, ResolveUserConfig};
 pub use transient_filter::{TransientFilter, TransientFilterConfig};

@@ -10,13 +10,16 @@
 //!    fields carried over from the previous inventory).
 //! 5. [`stages`]: run the stages on the drafts, in dependency order.
 //! 6. [`assemble`]: the new inventory, carrying over what failed sources
-//!    owned, with GPU processes in containers [`attribute`]d to them.
+//!    owned, with GPU processes in containers [`attribute`]d to them; then
+//!    each running workload's [`activity`], and the stages' `review` of the
+//!    whole (the `idle` stage).
 //! 7. [`crate::diff`]: the events from the previous inventory to the new one.
 //! 8. [`outbox`]: name the events, and record them in the new state with
 //!    those an earlier cycle still owes.
 //! 9. [`deliver`]: hand both to the sinks, the state first; then record the
 //!    outbox as delivered.
 
+pub mod activity;
 pub mod assemble;
 pub mod attribute;
 pub mod deliver;
@@ -158,6 +161,8 @@ async fn cycle(
 
     let mut inventory = assemble::inventory(previous, work, &observed.gpus, &trust, &clock.now);
     inventory.last_scan = clock.now.clone();
+    activity::measure(previous, &mut inventory, &observed.processes);
+    stages::review(&config.stages, &mut inventory, &ctx);
     inventory.scan = Some(ScanReport {
         started_at: clock.now.clone(),
         duration_ms: clock.start.elapsed().as_millis() as u64,

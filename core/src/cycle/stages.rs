@@ -5,6 +5,7 @@
 use tracing::warn;
 
 use crate::config::Instance;
+use detect_workloads_api::model::Inventory;
 use detect_workloads_api::plugin::{Stage, StageContext, Workset};
 
 /// The stages in the order they run.
@@ -30,6 +31,16 @@ pub fn run(stages: &[Instance<dyn Stage>], work: &mut Workset, ctx: &StageContex
     for stage in order(stages) {
         if let Err(e) = stage.plugin.run(work, ctx) {
             warn!(stage = %stage.name, "stage failed, its work is skipped this cycle: {e}");
+        }
+    }
+}
+
+/// Runs the stages' [`Stage::review`] on the assembled `inventory`, in the
+/// same order.
+pub fn review(stages: &[Instance<dyn Stage>], inventory: &mut Inventory, ctx: &StageContext<'_>) {
+    for stage in order(stages) {
+        if let Err(e) = stage.plugin.review(inventory, ctx) {
+            warn!(stage = %stage.name, "stage failed to review the inventory this cycle: {e}");
         }
     }
 }

@@ -265,6 +265,8 @@ fn process_draft(
         seen_scans: seen_scans.saturating_add(1),
         cgroup: facts.cgroup_path().map(str::to_string),
         read_error: facts.read_error.clone(),
+        activity: None,
+        usage: Default::default(),
     };
     ProcessDraft {
         facts: facts.clone(),
