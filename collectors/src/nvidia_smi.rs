@@ -20,11 +20,12 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use detect_workloads_api::async_trait;
 use detect_workloads_api::config::{duration, ConfigError, PluginConfig};
-use detect_workloads_api::model::{FactKind, GpuProcess, Observations};
+use detect_workloads_api::model::{FactKind, GpuDevice, GpuProcess, Observations};
 use detect_workloads_api::plugin::{
     CollectContext, CollectError, Collected, Collector, CollectorPlugin,
 };
 use serde::Deserialize;
+use tracing::debug;
 
 /// The sample configuration of this plugin (`detect-workloads plugins
 /// --sample nvidia-smi`); `config/default.toml` holds the same table.
@@ -205,6 +206,60 @@ impl Drop for GroupGuard {
     }
 }
 
+/// Runs `program` with `args` in a process group of its own (killed with
+/// it when the collector is abandoned) and returns its standard output.
+async fn run_query(program: &Path, args: &[&str]) -> Result<String, CollectError> {
+    let mut command = tokio::process::Command::new(&program);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = command.spawn().map_err(|e| {
+        let what = format!("cannot run {}: {e}", program.display());
+        if e.kind() == std::io::ErrorKind::NotFound
+            || e.kind() == std::io::ErrorKind::PermissionDenied
+        {
+            CollectError::Unavailable(what)
+        } else {
+            CollectError::Failed(what)
+        }
+    })?;
+    let _group = GroupGuard(child.id().and_then(|id| i32::try_from(id).ok()));
+    let (stdout, stderr) = tokio::try_join!(
+        read_capped(child.stdout.take(), OUTPUT_CAP),
+        read_capped(child.stderr.take(), OUTPUT_CAP),
+    )
+    .map_err(|e| CollectError::Failed(format!("{}: {e}", program.display())))?;
+    let status = child
+        .wait()
+        .await
+        .map_err(|e| CollectError::Failed(format!("waiting for {}: {e}", program.display())))?;
+    let output = std::process::Output {
+        status,
+        stdout,
+        stderr,
+    };
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let said = if stderr.trim().is_empty() {
+            stdout
+        } else {
+            stderr
+        };
+        return Err(CollectError::Failed(format!(
+            "{} exited with {}: {}",
+            program.display(),
+            output.status,
+            clip(said.trim())
+        )));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
 #[async_trait]
 impl Collector for NvidiaSmi {
     fn provides(&self) -> &'static [FactKind] {
@@ -232,61 +287,36 @@ impl Collector for NvidiaSmi {
         let program = resolve(name).ok_or_else(|| {
             CollectError::Unavailable(format!("{name:?} not found in {SYSTEM_PATH}"))
         })?;
-        let mut command = tokio::process::Command::new(&program);
-        command
-            .args(QUERY_ARGS)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        let mut child = command.spawn().map_err(|e| {
-            let what = format!("cannot run {}: {e}", program.display());
-            if e.kind() == std::io::ErrorKind::NotFound
-                || e.kind() == std::io::ErrorKind::PermissionDenied
-            {
-                CollectError::Unavailable(what)
-            } else {
-                CollectError::Failed(what)
+        let text = run_query(&program, &QUERY_ARGS).await?;
+        // The GPUs' utilisation, for workloads alone on a GPU (no per-process
+        // samples here): a second query, whose failure costs only that.
+        let gpus = match run_query(&program, &UTILIZATION_QUERY_ARGS).await {
+            Ok(out) => match parse_gpu_utilization(&out) {
+                Ok(util) => util
+                    .into_iter()
+                    .map(|(uuid, pct)| GpuDevice {
+                        uuid,
+                        utilization_pct: pct.map(u32::from),
+                        ..GpuDevice::default()
+                    })
+                    .collect(),
+                Err(e) => {
+                    debug!("GPU utilisation unreadable: {e}");
+                    Vec::new()
+                }
+            },
+            Err(e) => {
+                debug!("GPU utilisation not read: {e}");
+                Vec::new()
             }
-        })?;
-        let _group = GroupGuard(child.id().and_then(|id| i32::try_from(id).ok()));
-        let (stdout, stderr) = tokio::try_join!(
-            read_capped(child.stdout.take(), OUTPUT_CAP),
-            read_capped(child.stderr.take(), OUTPUT_CAP),
-        )
-        .map_err(|e| CollectError::Failed(format!("{}: {e}", program.display())))?;
-        let status = child
-            .wait()
-            .await
-            .map_err(|e| CollectError::Failed(format!("waiting for {}: {e}", program.display())))?;
-        let output = std::process::Output {
-            status,
-            stdout,
-            stderr,
         };
-        if !output.status.success() {
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            let stdout = String::from_utf8_lossy(&output.stdout);
-            let said = if stderr.trim().is_empty() {
-                stdout
-            } else {
-                stderr
-            };
-            return Err(CollectError::Failed(format!(
-                "{} exited with {}: {}",
-                program.display(),
-                output.status,
-                clip(said.trim())
-            )));
-        }
-        let text = String::from_utf8_lossy(&output.stdout);
         let gpu_processes = parse_compute_apps(&text).map_err(|e| {
             CollectError::Failed(format!("unreadable output from {}: {e}", program.display()))
         })?;
         Ok(Collected {
             observations: Observations {
                 gpu_processes,
+                gpus,
                 ..Default::default()
             },
             ..Default::default()

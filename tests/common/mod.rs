@@ -55,7 +55,10 @@ case "$mode" in
   fail) echo "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver." >&2; exit 9 ;;
   hang) sleep 300 & echo $! > "$dir/child.pid"; wait ;;
   garbage) printf 'garbage \001\002 not csv\n' ;;
-  *) cat "$dir/apps.csv" ;;
+  *) case "$*" in
+       *--query-gpu=*) cat "$dir/gpus.csv" 2>/dev/null ;;
+       *) cat "$dir/apps.csv" ;;
+     esac ;;
 esac
 "#,
             dir = self.dir.path().display()
@@ -76,6 +79,12 @@ esac
         let p = sleeper();
         self.set_gpu_apps(&format!("{}, 10, {UUID}\n", p.pid()));
         p
+    }
+
+    /// What the scripted nvidia-smi says of the GPUs' utilisation:
+    /// `uuid, percent` lines (`--query-gpu=uuid,utilization.gpu`).
+    pub fn set_gpu_utilization(&self, csv: &str) {
+        std::fs::write(self.path("gpus.csv"), csv).expect("write gpus.csv");
     }
 
     pub fn set_smi_mode(&self, mode: &str) {
