@@ -49,7 +49,12 @@ fn of_type<'a>(events: &'a [Value], t: &str) -> Vec<&'a Value> {
 fn about<'a>(events: &'a [Value], t: &str, key: &str) -> Vec<&'a Value> {
     of_type(events, t)
         .into_iter()
-        .filter(|e| e["details"]["container_id"] == key || e["details"]["pid"].to_string() == key)
+        .filter(|e| {
+            e["details"]["container_id"] == key
+                || e["details"]["pid"]
+                    .as_u64()
+                    .is_some_and(|p| p.to_string() == key)
+        })
         .collect()
 }
 

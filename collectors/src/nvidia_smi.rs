@@ -209,7 +209,7 @@ impl Drop for GroupGuard {
 /// Runs `program` with `args` in a process group of its own (killed with
 /// it when the collector is abandoned) and returns its standard output.
 async fn run_query(program: &Path, args: &[&str]) -> Result<String, CollectError> {
-    let mut command = tokio::process::Command::new(&program);
+    let mut command = tokio::process::Command::new(program);
     command
         .args(args)
         .stdin(Stdio::null())
