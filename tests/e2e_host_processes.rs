@@ -176,11 +176,17 @@ fn host_processes_are_attributed_filtered_and_confirmed() {
     s.set_gpu_apps(&csv2.replace(&format!("{plain_pid}, 1542, {UUID}\n"), ""));
     s.scan(&config);
     let line = format!(
-        "\"event_type\":\"detection.host_gpu_process_exited\",\"schema_version\":\"1\",\"user\":\"root\",\"source\":\"detect-workloads-test\",\"details\":{{\"pid\":{plain_pid},\"cmdline\":\"sleep 600\"}}}}"
+        "\"event_type\":\"detection.host_gpu_process_exited\",\"schema_version\":\"1\",\"user\":\"root\",\"source\":\"detect-workloads-test\",\"details\":{{\"pid\":{plain_pid},\"cmdline\":\"sleep 600\",\"usage\":{{\"gpu_seconds_held\":"
     );
     let new_lines = &s.event_lines()[before..];
     assert_eq!(new_lines.len(), 1, "{new_lines:#?}");
-    assert!(new_lines[0].ends_with(&line), "{}", new_lines[0]);
+    assert!(new_lines[0].contains(&line), "{}", new_lines[0]);
+    // The usage it leaves behind: held from the first scan that saw it to
+    // its exit, none of it idle (the idle stage waits 30 minutes).
+    let exit: serde_json::Value = serde_json::from_str(&new_lines[0]).expect("json");
+    let usage = &exit["details"]["usage"];
+    assert!(usage["gpu_seconds_held"].as_f64().expect("held") > 0.0, "{usage}");
+    assert_eq!(usage["gpu_seconds_idle"], 0.0, "{usage}");
     assert!(!s.inventory()["host_processes"]
         .as_object()
         .expect("object")

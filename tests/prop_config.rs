@@ -225,7 +225,7 @@ fn mutate(text: &str, mutations: &[Mutation]) -> String {
 fn the_default_configuration_parses() {
     let config = Config::parse(FILE, DEFAULT_CONFIG, &[]).expect("the default parses");
     assert_eq!(config.collectors.len(), 5);
-    assert_eq!(config.stages.len(), 6);
+    assert_eq!(config.stages.len(), 7);
     assert_eq!(config.sinks.len(), 2);
 }
 

@@ -629,7 +629,8 @@ mod tests {
                 "resolve-user",
                 "gpu-devices",
                 "exclude-system",
-                "transient-filter"
+                "transient-filter",
+                "idle"
             ]
         );
         assert_eq!(stage_kinds("[stages]\n"), [NAME]);
