@@ -185,7 +185,10 @@ fn host_processes_are_attributed_filtered_and_confirmed() {
     // its exit, none of it idle (the idle stage waits 30 minutes).
     let exit: serde_json::Value = serde_json::from_str(&new_lines[0]).expect("json");
     let usage = &exit["details"]["usage"];
-    assert!(usage["gpu_seconds_held"].as_f64().expect("held") > 0.0, "{usage}");
+    assert!(
+        usage["gpu_seconds_held"].as_f64().expect("held") > 0.0,
+        "{usage}"
+    );
     assert_eq!(usage["gpu_seconds_idle"], 0.0, "{usage}");
     assert!(!s.inventory()["host_processes"]
         .as_object()
