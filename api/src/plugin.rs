@@ -497,6 +497,12 @@ pub trait Sink: Send + Sync {
     fn state_store(&self) -> Option<&dyn StateStore> {
         None
     }
+    /// The JSON-lines file this sink appends the events to, if it keeps
+    /// one, for the readers of the history (`report`); its rotated copies
+    /// (`NAME.1`, `NAME.2.gz`, `NAME-20261201`) lie beside it.
+    fn events_file(&self) -> Option<&std::path::Path> {
+        None
+    }
     /// Watch mode: a task this sink runs for as long as the service does
     /// (the Prometheus sink's `/metrics` listener). Made once per loaded
     /// configuration, inside the runtime; what it must have to run (a bound

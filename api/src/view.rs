@@ -459,7 +459,7 @@ pub fn display_width(text: &str) -> usize {
 }
 
 /// Cuts `text` to `width` terminal columns, ending in `…` when cut.
-fn fit(text: &str, width: usize) -> String {
+pub fn fit(text: &str, width: usize) -> String {
     if display_width(text) <= width {
         return text.to_string();
     }

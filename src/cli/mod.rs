@@ -9,6 +9,7 @@ mod assets;
 mod logging;
 mod plugins;
 mod ps;
+mod report;
 mod scan;
 pub mod term;
 mod top;
@@ -91,6 +92,9 @@ enum Command {
     Ps(ps::PsArgs),
     /// The `ps` table refreshed in the terminal, with one line per GPU; q quits
     Top(top::TopArgs),
+    /// Per user, the GPU-hours held and idle over a period, and the idle
+    /// workloads behind them (from the event log and the inventory)
+    Report(report::ReportArgs),
     /// Run as a service: a full scan at start, every `[agent] interval` and
     /// at each engine event, a GPU poll every `[agent] gpu_interval`
     Watch(WatchArgs),
@@ -138,6 +142,7 @@ pub fn main() -> ExitCode {
         Some(Command::Validate) => validate::run(&cli),
         Some(Command::Ps(args)) => ps::run(&cli, args),
         Some(Command::Top(args)) => top::run(&cli, args),
+        Some(Command::Report(args)) => report::run(&cli, args),
         // `--dry-run watch` prints every scan and writes nothing, as a
         // `--dry-run` scan does.
         Some(Command::Watch(args)) => match overrides(
@@ -185,19 +190,22 @@ fn overrides(
         }
         sinks = vec!["stdout".to_string()];
     }
-    let mut tables = Vec::new();
+    let mut sink_settings = std::collections::BTreeMap::new();
     if let Some(format) = format {
         if !sinks.iter().any(|s| s == "stdout") {
             return Err(
                 "--format sets the stdout sink's format: add --sink stdout or --dry-run".into(),
             );
         }
-        tables.push((
+        sink_settings.insert(
             "stdout".to_string(),
-            format!("{{ format = \"{}\" }}", format.name()),
-        ));
+            [("format".to_string(), format.name().to_string())].into(),
+        );
     }
-    Ok(Overrides { sinks, tables })
+    Ok(Overrides {
+        sinks,
+        sink_settings,
+    })
 }
 
 /// The configuration this command runs with (exit 2 when it cannot work).

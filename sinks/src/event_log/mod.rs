@@ -242,6 +242,10 @@ impl Sink for EventLog {
         format!("appends to {}", self.path.display())
     }
 
+    fn events_file(&self) -> Option<&std::path::Path> {
+        Some(&self.path)
+    }
+
     async fn deliver(&self, out: &ScanOutput<'_>) -> Result<(), SinkError> {
         // Opened (so created, empty) even with no event: a `tail -F` started
         // before the first transition finds the file.
