@@ -3,6 +3,8 @@
 //! error names the file, the line and the key (or the unknown plugin and the
 //! known ones), and turned into built plugin instances.
 
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -379,6 +381,18 @@ fn plugin_config<'i>(
     PluginConfig::new(source, format!("{}.{}", kind.section(), name), value)
 }
 
+/// Settings given on the command line as the table a file would hold.
+fn settings_table(settings: &BTreeMap<String, String>) -> Spanned<DeValue<'_>> {
+    let mut table = DeTable::new();
+    for (key, value) in settings {
+        table.insert(
+            Spanned::new(0..0, Cow::Borrowed(key.as_str())),
+            Spanned::new(0..0, DeValue::String(Cow::Borrowed(value.as_str()))),
+        );
+    }
+    Spanned::new(0..0, DeValue::Table(table))
+}
+
 /// An empty table for a plugin built with its defaults (`file` names who
 /// asked for it in errors).
 fn empty_table(
@@ -444,9 +458,10 @@ pub fn unknown_plugin_message(kind: PluginKind, name: &str) -> String {
 pub struct Overrides {
     /// `--sink NAME`: deliver to these instead of the configured sinks.
     pub sinks: Vec<String>,
-    /// A sink's table given on the command line (`--format table` gives
-    /// `("stdout", "format = \"table\"")`), used instead of the file's.
-    pub tables: Vec<(String, String)>,
+    /// Sink type -> its settings given on the command line, each a string
+    /// (`--format table` sets the `stdout` sink's `format` to `"table"`),
+    /// used instead of the file's table.
+    pub sink_settings: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 impl Overrides {
@@ -454,7 +469,7 @@ impl Overrides {
     pub fn sinks(names: &[String]) -> Overrides {
         Overrides {
             sinks: names.to_vec(),
-            tables: Vec::new(),
+            sink_settings: BTreeMap::new(),
         }
     }
 }
@@ -487,11 +502,11 @@ fn build_sink_override(
             .iter()
             .find(|(name, _)| name.get_ref() == plugin.name)
             .map(|(_, table)| table.clone());
-        let forced = overrides.tables.iter().find(|(n, _)| n == plugin.name);
+        let forced = overrides.sink_settings.get(plugin.name);
         let built = match (forced, table) {
-            (Some((_, text)), _) => {
-                let given = Source::new("command line", text);
-                let value = DeValue::parse(text).map_err(|e| given.error(None, e.message()))?;
+            (Some(settings), _) => {
+                let given = Source::new("command line", "");
+                let value = settings_table(settings);
                 (plugin.build)(plugin_config(given, PluginKind::Sink, plugin.name, value))?
             }
             (None, Some(table)) => {
