@@ -12,13 +12,28 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use detect_workloads_api::model::{FactKind, Inventory, Observations};
+use detect_workloads_api::model::{FactKind, GpuDevice, GpuProcess, Inventory, Observations};
 use detect_workloads_api::plugin::{
     Change, ChangeFeed, CollectContext, CollectError, Collected, Collector, Previous,
 };
 use detect_workloads_api::users::UserNames;
 
 type Answer = Result<Collected, CollectError>;
+
+/// What a probed collector answered, compared by value with the previous
+/// poll's answer.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Listed {
+    /// The processes and GPUs it listed.
+    Ok {
+        /// The GPU processes.
+        processes: Vec<GpuProcess>,
+        /// The GPUs.
+        gpus: Vec<GpuDevice>,
+    },
+    /// Why it failed.
+    Failed(String),
+}
 
 /// Wraps a GPU collector; see the module's documentation.
 pub struct Probed {
@@ -36,9 +51,8 @@ impl Probed {
     }
 
     /// Asks the collector now (bounded by its timeout); keeps the answer for
-    /// the cycle and returns what it listed, or why it failed, and whether
-    /// it answered.
-    pub async fn probe(&self) -> (String, bool) {
+    /// the cycle and returns what it listed, or why it failed.
+    pub async fn probe(&self) -> Listed {
         let previous = Previous::known(Inventory::default());
         let (observed, users) = (Observations::default(), UserNames::new());
         let ctx = CollectContext {
@@ -50,15 +64,14 @@ impl Probed {
             .await
             .unwrap_or_else(|_| Err(CollectError::Failed("probe timed out".into())));
         let listed = match &answer {
-            Ok(c) => format!(
-                "ok {:?} {:?}",
-                c.observations.gpu_processes, c.observations.gpus
-            ),
-            Err(e) => format!("error {e}"),
+            Ok(c) => Listed::Ok {
+                processes: c.observations.gpu_processes.clone(),
+                gpus: c.observations.gpus.clone(),
+            },
+            Err(e) => Listed::Failed(e.to_string()),
         };
-        let ok = answer.is_ok();
         self.keep(Some(answer));
-        (listed, ok)
+        listed
     }
 
     /// Forgets a kept answer (after the cycle, or when it is skipped).

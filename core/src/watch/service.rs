@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::cycle::{run_cycle, ScanResult};
 use detect_workloads_api::plugin::{Listeners, SinkError};
 
-use super::probe::{lists_gpu_processes, Probed};
+use super::probe::{lists_gpu_processes, Listed, Probed};
 use super::replay::{observes_containers, Replaying};
 use super::schedule::Job;
 use super::{feeds, Notice};
@@ -27,7 +27,7 @@ pub struct Service {
     probes: Vec<(&'static str, Arc<Probed>)>,
     /// What the probes listed before the last GPU poll's cycle, when that
     /// cycle succeeded with nothing pending; `None` forces the next cycle.
-    settled: std::sync::Mutex<Option<Vec<String>>>,
+    settled: std::sync::Mutex<Option<Vec<Listed>>>,
     tasks: Vec<JoinHandle<()>>,
     /// The sinks' listening sockets (handed to the next configuration).
     listeners: Listeners,
@@ -143,7 +143,7 @@ impl Service {
     /// Asks the GPU collectors the cycle would ask: every primary (at once),
     /// then each fallback unless every instance of the type it stands in
     /// for answered (as the cycle skips it). What each listed, in order.
-    async fn probe_all(&self) -> Vec<String> {
+    async fn probe_all(&self) -> Vec<Listed> {
         let primaries: Vec<&(&'static str, Arc<Probed>)> = self
             .probes
             .iter()
@@ -153,9 +153,9 @@ impl Service {
             futures_util::future::join_all(primaries.iter().map(|(_, p)| p.probe())).await;
         let mut listed = Vec::with_capacity(self.probes.len());
         let mut answered: Vec<(&str, bool)> = Vec::new();
-        for ((kind, _), (text, ok)) in primaries.iter().zip(answers) {
-            answered.push((kind, ok));
-            listed.push(text);
+        for ((kind, _), answer) in primaries.iter().zip(answers) {
+            answered.push((kind, matches!(answer, Listed::Ok { .. })));
+            listed.push(answer);
         }
         for (_, fallback) in &self.probes {
             let Some(primary) = fallback.fallback_for() else {
@@ -164,7 +164,7 @@ impl Service {
             let mut of_type = answered.iter().filter(|(k, _)| *k == primary).peekable();
             let skipped = of_type.peek().is_some() && of_type.all(|(_, ok)| *ok);
             if !skipped {
-                listed.push(fallback.probe().await.0);
+                listed.push(fallback.probe().await);
             }
         }
         listed
@@ -174,7 +174,7 @@ impl Service {
         self.probes.iter().for_each(|(_, p)| p.forget());
     }
 
-    fn lock_settled(&self) -> std::sync::MutexGuard<'_, Option<Vec<String>>> {
+    fn lock_settled(&self) -> std::sync::MutexGuard<'_, Option<Vec<Listed>>> {
         self.settled
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
