@@ -92,8 +92,11 @@ fn busy_and_sleeping_workloads_are_told_apart_and_idle_is_told_once() {
     events.extend(s.scan_events(&config));
     let inv = s.inventory();
     let a = activity(&inv, "containers", &busy);
+    // A busy loop takes what the machine gives it: on two cores shared
+    // with the rest of the suite, a quarter of one or less; well above the
+    // idle threshold (0.05) and the sleeper, whatever the load.
     let cores = a["cpu_cores"].as_f64().expect("busy cores");
-    assert!(cores > 0.3, "a busy loop uses a core: {a}");
+    assert!(cores > 0.1, "a busy loop uses a core: {a}");
     assert!(a["sampled_s"].as_f64().is_some_and(|s| s >= 1.0), "{a}");
     assert!(a["idle_since"].is_null(), "{a}");
     let z = activity(&inv, "containers", &asleep);
@@ -111,7 +114,7 @@ fn busy_and_sleeping_workloads_are_told_apart_and_idle_is_told_once() {
     events.extend(s.scan_events(&config));
     let inv = s.inventory();
     let p = activity(&inv, "host_processes", &busy_pid);
-    assert!(p["cpu_cores"].as_f64().is_some_and(|c| c > 0.3), "{p}");
+    assert!(p["cpu_cores"].as_f64().is_some_and(|c| c > 0.1), "{p}");
     assert_eq!(p["gpu_util_percent"], 90.0, "alone on its GPU: {p}");
     let q = activity(&inv, "host_processes", &sleeping_pid);
     assert_eq!(q["gpu_util_percent"], 0.0, "{q}");
