@@ -8,28 +8,13 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-
 use common::{
-    docker, docker_host, seconds_pass, test_image, test_user, Containers, Proc, Scratch, UUID,
+    as_test_user, docker, docker_host, seconds_pass, test_image, test_user, Containers, Scratch,
+    UUID,
 };
 use serde_json::Value;
 
 const UUID2: &str = "GPU-0a1b2c3d-0000-1111-2222-333344445555";
-
-fn as_test_user(script: &str) -> Proc {
-    let (_, uid) = test_user();
-    Proc(
-        Command::new("setpriv")
-            .arg(format!("--reuid={uid}"))
-            .arg(format!("--regid={uid}"))
-            .args(["--clear-groups", "--", "sh", "-c", script])
-            .current_dir("/")
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("setpriv (util-linux)"),
-    )
-}
 
 fn activity<'a>(inv: &'a Value, section: &str, key: &str) -> &'a Value {
     let a = &inv[section][key]["activity"];

@@ -343,6 +343,22 @@ pub fn test_user() -> (String, u32) {
     }
 }
 
+/// `sh -c script` as the test user (its own uid and gid, no other group),
+/// killed when dropped.
+pub fn as_test_user(script: &str) -> Proc {
+    let (_, uid) = test_user();
+    Proc(
+        Command::new("setpriv")
+            .arg(format!("--reuid={uid}"))
+            .arg(format!("--regid={uid}"))
+            .args(["--clear-groups", "--", "sh", "-c", script])
+            .current_dir("/")
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("setpriv (util-linux)"),
+    )
+}
+
 /// The binary with this config and arguments, in an environment that
 /// names no other config and no Docker host.
 pub fn binary(config: &Path, args: &[&str]) -> Command {

@@ -260,7 +260,13 @@ fn process_draft(
         mig_uuid: first.mig_uuid.clone(),
         gpu_instance_id: first.gpu_instance_id,
         compute_instance_id: first.compute_instance_id,
-        sm_util: gpus.iter().filter_map(|g| g.sm_util).max(),
+        // Known only when known on each GPU it uses: a process computing on
+        // a MIG device (no samples) is not idle for being at 0 % elsewhere.
+        sm_util: gpus
+            .iter()
+            .map(|g| g.sm_util)
+            .collect::<Option<Vec<u32>>>()
+            .and_then(|known| known.into_iter().max()),
         start_time: Some(facts.start_time),
         seen_scans: seen_scans.saturating_add(1),
         cgroup: facts.cgroup_path().map(str::to_string),

@@ -50,10 +50,13 @@ impl Probed {
         }
     }
 
-    /// Asks the collector now (bounded by its timeout); keeps the answer for
-    /// the cycle and returns what it listed, or why it failed.
-    pub async fn probe(&self) -> Listed {
-        let previous = Previous::known(Inventory::default());
+    /// Asks the collector now (bounded by its timeout), with `previous` as
+    /// the previous reading (the cycle hands its answer on as its own, so it
+    /// must be what the cycle would have asked: NVML reads the samples after
+    /// the previous reading's); keeps the answer for the cycle and returns
+    /// what it listed, or why it failed.
+    pub async fn probe(&self, previous: &Inventory) -> Listed {
+        let previous = Previous::known(previous.clone());
         let (observed, users) = (Observations::default(), UserNames::new());
         let ctx = CollectContext {
             previous: &previous,

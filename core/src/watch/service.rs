@@ -11,6 +11,7 @@ use tracing::{error, warn};
 
 use crate::config::Config;
 use crate::cycle::{run_cycle, ScanResult};
+use detect_workloads_api::model::Inventory;
 use detect_workloads_api::plugin::{Listeners, SinkError};
 
 use super::probe::{lists_gpu_processes, Listed, Probed};
@@ -28,6 +29,10 @@ pub struct Service {
     /// What the probes listed before the last GPU poll's cycle, when that
     /// cycle succeeded with nothing pending; `None` forces the next cycle.
     settled: std::sync::Mutex<Option<Vec<Listed>>>,
+    /// What the probes are told of the previous reading: the GPUs of the
+    /// last cycle's inventory, where its readings of per-process samples
+    /// ended (as the cycle would read them from the state it wrote).
+    previous: std::sync::Mutex<Inventory>,
     tasks: Vec<JoinHandle<()>>,
     /// The sinks' listening sockets (handed to the next configuration).
     listeners: Listeners,
@@ -53,6 +58,7 @@ impl Service {
             replays,
             probes,
             settled: std::sync::Mutex::new(None),
+            previous: std::sync::Mutex::new(Inventory::default()),
             tasks: Vec::new(),
             listeners: Listeners::default(),
         }
@@ -131,6 +137,12 @@ impl Service {
             _ => None,
         };
         *self.lock_settled() = settled;
+        if let Ok(r) = &result {
+            *self.lock_previous() = Inventory {
+                gpus: r.inventory.gpus.clone(),
+                ..Inventory::default()
+            };
+        }
         match result {
             Ok(result) => Outcome::Ran(Box::new(result)),
             Err(e) => {
@@ -144,13 +156,14 @@ impl Service {
     /// then each fallback unless every instance of the type it stands in
     /// for answered (as the cycle skips it). What each listed, in order.
     async fn probe_all(&self) -> Vec<Listed> {
+        let previous = self.lock_previous().clone();
         let primaries: Vec<&(&'static str, Arc<Probed>)> = self
             .probes
             .iter()
             .filter(|(_, p)| p.fallback_for().is_none())
             .collect();
         let answers =
-            futures_util::future::join_all(primaries.iter().map(|(_, p)| p.probe())).await;
+            futures_util::future::join_all(primaries.iter().map(|(_, p)| p.probe(&previous))).await;
         let mut listed = Vec::with_capacity(self.probes.len());
         let mut answered: Vec<(&str, bool)> = Vec::new();
         for ((kind, _), answer) in primaries.iter().zip(answers) {
@@ -164,7 +177,7 @@ impl Service {
             let mut of_type = answered.iter().filter(|(k, _)| *k == primary).peekable();
             let skipped = of_type.peek().is_some() && of_type.all(|(_, ok)| *ok);
             if !skipped {
-                listed.push(fallback.probe().await);
+                listed.push(fallback.probe(&previous).await);
             }
         }
         listed
@@ -172,6 +185,12 @@ impl Service {
 
     fn forget_all(&self) {
         self.probes.iter().for_each(|(_, p)| p.forget());
+    }
+
+    fn lock_previous(&self) -> std::sync::MutexGuard<'_, Inventory> {
+        self.previous
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn lock_settled(&self) -> std::sync::MutexGuard<'_, Option<Vec<Listed>>> {

@@ -20,7 +20,7 @@
 //! mig MIG-1a2b... gi=1 ci=0              # a MIG device of the last GPU (index = rank on that GPU)
 //! compute 441 1616904192 [gi=N] [ci=N]   # a compute process of the last `gpu` or `mig` line
 //! graphics 500 unavailable               # a graphics process; memory in bytes or `unavailable`
-//! util 447 1 [ts=N]                      # a process utilisation sample (pid, SM %) of the last GPU
+//! util 447 1 [ts=N|ts=now]              # a process utilisation sample (pid, SM %) of the last GPU
 //! fail nvmlInit_v2 9                     # that function returns this NVML return code
 //! hang nvmlDeviceGetUUID                 # that function never returns
 //! ```
@@ -33,10 +33,22 @@
 //! - In MIG mode the physical GPU's handle lists the processes of all its MIG
 //!   devices (as NVML does for a privileged caller), with their instance ids.
 //! - Process `gi`/`ci` default to "not set" (0xFFFFFFFF).
-//! - No utilisation sample answers NOT_FOUND, as NVML does.
+//! - A sample's timestamp is NVML's CPU timestamp (microseconds): `ts=N`
+//!   (default 1) is fixed, so once read it is never newer than a later
+//!   reading's `lastSeenTimeStamp` (a process that stopped computing, its
+//!   last sample still in the buffer); `ts=now` is the time of each call, so
+//!   every reading finds it newer (a process that keeps computing).
+//! - No utilisation sample newer than `lastSeenTimeStamp` answers NOT_FOUND,
+//!   as NVML does (`fail nvmlDeviceGetProcessUtilization 6` answers it
+//!   whatever the samples).
+//! - In MIG mode the GPU answers NOT_SUPPORTED to
+//!   `nvmlDeviceGetUtilizationRates` and `nvmlDeviceGetProcessUtilization`,
+//!   as NVML does ("On MIG-enabled GPUs, querying ... is not currently
+//!   supported"): its `busy=` and `util` lines are not served then.
 //! - With `FAKE_NVML_FOLLOW=1` the scenario file is also read again by every
-//!   `nvmlDeviceGetComputeRunningProcesses_v3` (a kept session sees processes
-//!   come and go, as watch mode's polls do; `tests/bench/watch.sh`).
+//!   `nvmlDeviceGetCount_v2`, with which each collection starts (a kept
+//!   session sees processes and samples come and go, as watch mode's polls
+//!   do; `tests/bench/watch.sh`).
 //! - A missing or invalid scenario makes `nvmlInit_v2` print why on standard
 //!   error and return NVML_ERROR_UNKNOWN (999).
 //!
@@ -165,7 +177,32 @@ impl Process {
 struct Sample {
     pid: c_uint,
     sm: c_uint,
-    ts: c_ulonglong,
+    ts: Timestamp,
+}
+
+/// When a sample was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timestamp {
+    /// Fixed, microseconds.
+    At(c_ulonglong),
+    /// The time of each call that reads it (`ts=now`).
+    Now,
+}
+
+impl Timestamp {
+    fn at(self, now_us: c_ulonglong) -> c_ulonglong {
+        match self {
+            Timestamp::At(ts) => ts,
+            Timestamp::Now => now_us,
+        }
+    }
+}
+
+/// The time now as NVML's CPU timestamp: microseconds since the epoch.
+fn now_us() -> c_ulonglong {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as c_ulonglong)
 }
 
 /// `key=value` options after the positional words of a line.
@@ -310,16 +347,17 @@ impl Scenario {
                         .last_mut()
                         .ok_or_else(|| at("`util` before any `gpu`".into()))?;
                     let [pid, sm, rest @ ..] = args else {
-                        return Err(at("expected: util <pid> <sm%> [ts=N]".into()));
+                        return Err(at("expected: util <pid> <sm%> [ts=N|ts=now]".into()));
                     };
                     let mut sample = Sample {
                         pid: number(pid, "pid").map_err(at)?,
                         sm: number(sm, "sm").map_err(at)?,
-                        ts: 1,
+                        ts: Timestamp::At(1),
                     };
                     for (key, value) in options(rest).map_err(at)? {
-                        match key {
-                            "ts" => sample.ts = number(value, "ts").map_err(at)?,
+                        match (key, value) {
+                            ("ts", "now") => sample.ts = Timestamp::Now,
+                            ("ts", v) => sample.ts = Timestamp::At(number(v, "ts").map_err(at)?),
                             _ => return Err(at(format!("unknown option {key:?}"))),
                         }
                     }
@@ -567,6 +605,7 @@ pub unsafe extern "C" fn nvmlSystemGetDriverVersion(version: *mut c_char, length
 /// `nvmlDeviceGetCount_v2`.
 #[no_mangle]
 pub unsafe extern "C" fn nvmlDeviceGetCount_v2(count: *mut c_uint) -> Ret {
+    follow_scenario();
     call("nvmlDeviceGetCount_v2", |s| {
         put(count, s.gpus.len() as c_uint)
     })
@@ -658,13 +697,15 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(device: Handle, memory: *mut
     })
 }
 
-/// `nvmlDeviceGetUtilizationRates`: the scenario's `busy=`.
+/// `nvmlDeviceGetUtilizationRates`: the scenario's `busy=`; NOT_SUPPORTED in
+/// MIG mode.
 #[no_mangle]
 pub unsafe extern "C" fn nvmlDeviceGetUtilizationRates(
     device: Handle,
     util: *mut Utilization,
 ) -> Ret {
     on_device("nvmlDeviceGetUtilizationRates", device, |t| match t {
+        Target::Gpu(g) if g.mig_mode == MigMode::On => NOT_SUPPORTED,
         Target::Gpu(g) => put(
             util,
             Utilization {
@@ -684,7 +725,6 @@ pub unsafe extern "C" fn nvmlDeviceGetComputeRunningProcesses_v3(
     info_count: *mut c_uint,
     infos: *mut ProcessInfo,
 ) -> Ret {
-    follow_scenario();
     on_device("nvmlDeviceGetComputeRunningProcesses_v3", device, |t| {
         put_list(&processes(t, false), info_count, infos)
     })
@@ -796,6 +836,35 @@ pub unsafe extern "C" fn nvmlDeviceGetComputeInstanceId(device: Handle, id: *mut
     })
 }
 
+/// The samples of a GPU newer than `last_seen`, as `now_us` finds them;
+/// NOT_SUPPORTED in MIG mode, NOT_FOUND when there are none.
+fn samples_after(
+    gpu: &Gpu,
+    last_seen: c_ulonglong,
+    now_us: c_ulonglong,
+) -> Result<Vec<ProcessUtilizationSample>, Ret> {
+    if gpu.mig_mode == MigMode::On {
+        return Err(NOT_SUPPORTED);
+    }
+    let samples: Vec<ProcessUtilizationSample> = gpu
+        .util
+        .iter()
+        .map(|u| ProcessUtilizationSample {
+            pid: u.pid,
+            time_stamp: u.ts.at(now_us),
+            sm_util: u.sm,
+            mem_util: 0,
+            enc_util: 0,
+            dec_util: 0,
+        })
+        .filter(|u| u.time_stamp > last_seen)
+        .collect();
+    if samples.is_empty() {
+        return Err(NOT_FOUND);
+    }
+    Ok(samples)
+}
+
 /// `nvmlDeviceGetProcessUtilization`: the samples newer than `last_seen`.
 #[no_mangle]
 pub unsafe extern "C" fn nvmlDeviceGetProcessUtilization(
@@ -808,23 +877,10 @@ pub unsafe extern "C" fn nvmlDeviceGetProcessUtilization(
         let Target::Gpu(g) = t else {
             return NOT_SUPPORTED;
         };
-        let samples: Vec<ProcessUtilizationSample> = g
-            .util
-            .iter()
-            .filter(|u| u.ts > last_seen)
-            .map(|u| ProcessUtilizationSample {
-                pid: u.pid,
-                time_stamp: u.ts,
-                sm_util: u.sm,
-                mem_util: 0,
-                enc_util: 0,
-                dec_util: 0,
-            })
-            .collect();
-        if samples.is_empty() {
-            return NOT_FOUND;
+        match samples_after(g, last_seen, now_us()) {
+            Ok(samples) => put_list(&samples, samples_count, utilization),
+            Err(code) => code,
         }
-        put_list(&samples, samples_count, utilization)
     })
 }
 
@@ -852,7 +908,7 @@ mod tests {
         assert_eq!(s.gpus[0].compute[0].bytes, Some(1616904192));
         assert_eq!(s.gpus[0].graphics[0].bytes, None);
         assert_eq!(s.gpus[0].graphics[0].gi, Some(1));
-        assert_eq!(s.gpus[0].util[0].ts, 7);
+        assert_eq!(s.gpus[0].util[0].ts, Timestamp::At(7));
         assert_eq!(s.gpus[1].mig_mode, MigMode::On);
         assert_eq!(s.gpus[1].migs[0].compute[0].pid, 10);
         assert!(s.gpus[1].compute.is_empty());
@@ -867,6 +923,85 @@ mod tests {
         assert!(Scenario::parse("compute 1 1\n").is_err());
         assert!(Scenario::parse("gpu A mig=maybe\n").is_err());
         assert!(Scenario::parse("frobnicate\n").is_err());
+    }
+
+    fn sample_pids(samples: &[ProcessUtilizationSample]) -> Vec<(c_uint, c_ulonglong, c_uint)> {
+        samples
+            .iter()
+            .map(|s| (s.pid, s.time_stamp, s.sm_util))
+            .collect()
+    }
+
+    #[test]
+    fn samples_are_those_newer_than_last_seen_and_now_is_always_newer() {
+        let s = Scenario::parse(
+            "gpu A
+             util 10 90 ts=now
+             util 11 80 ts=100
+             util 12 70
+",
+        )
+        .expect("valid");
+        assert_eq!(s.gpus[0].util[0].ts, Timestamp::Now);
+        assert_eq!(s.gpus[0].util[2].ts, Timestamp::At(1));
+        let gpu = &s.gpus[0];
+        // The first reading (0): the whole buffer, `now` as the time of the call.
+        let all = samples_after(gpu, 0, 5_000).expect("samples");
+        assert_eq!(
+            sample_pids(&all),
+            [(10, 5_000, 90), (11, 100, 80), (12, 1, 70)]
+        );
+        // After it: only the one still computing, at the new call's time.
+        let later = samples_after(gpu, 5_000, 6_000).expect("samples");
+        assert_eq!(sample_pids(&later), [(10, 6_000, 90)]);
+        assert_eq!(
+            sample_pids(&samples_after(gpu, 1, 2).expect("samples"))[1],
+            (11, 100, 80)
+        );
+        // Nothing newer: NOT_FOUND, as NVML.
+        let quiet = Scenario::parse(
+            "gpu A
+util 11 80 ts=100
+",
+        )
+        .expect("valid");
+        assert_eq!(
+            samples_after(&quiet.gpus[0], 100, 6_000).err(),
+            Some(NOT_FOUND)
+        );
+        assert_eq!(
+            samples_after(&quiet.gpus[0], 0, 6_000).map(|v| v.len()),
+            Ok(1)
+        );
+        assert!(Scenario::parse(
+            "gpu A
+util 1 2 ts=soon
+"
+        )
+        .is_err());
+        assert!(Scenario::parse(
+            "gpu A
+util 1 2 at=3
+"
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn a_gpu_in_mig_mode_has_no_utilisation_to_give() {
+        let s = Scenario::parse(
+            "gpu A mig=on busy=40
+util 1 50 ts=now
+mig M gi=1 ci=0
+",
+        )
+        .expect("valid");
+        assert_eq!(samples_after(&s.gpus[0], 0, 10).err(), Some(NOT_SUPPORTED));
+        let mut util = Utilization { gpu: 7, memory: 7 };
+        *state() = Some(s);
+        // SAFETY: a handle this scenario gives, and a live out-pointer.
+        let code = unsafe { nvmlDeviceGetUtilizationRates(gpu_handle(0), &mut util) };
+        assert_eq!((code, util.gpu), (NOT_SUPPORTED, 7));
     }
 
     #[test]
