@@ -115,7 +115,9 @@ def measure(a):
         return w, c, r
 
     def reset_state():
-        for p in (a.inventory, a.events):
+        for p in (a.inventory, a.events, a.baseline_inventory, a.baseline_events):
+            if p is None:
+                continue
             try:
                 os.unlink(p)
             except FileNotFoundError:
@@ -134,20 +136,23 @@ def measure(a):
         cold.append(dict(wall=w, cpu=c, rss=r, calls=calls, inspects=inspects, logged=logged))
     out["containers_seen"] = n_cont
     # The same cold scans with the baseline binary, if any (same engine, same run).
-    base_scan = [a.baseline, "--config", a.config] if a.baseline else None
+    base_scan = [a.baseline, "--config", a.baseline_config or a.config] if a.baseline else None
+    base_inventory = a.baseline_inventory or a.inventory
     base_cold = []
     for _ in range(a.cold_runs if base_scan else 0):
         reset_state()
         w, c, r = scan_once(base_scan)
-        base_cold.append(dict(wall=w, cpu=c, rss=r, calls=docker_stats(a.inventory)[0]))
+        base_cold.append(dict(wall=w, cpu=c, rss=r, calls=docker_stats(base_inventory)[0]))
 
     # Steady: seed the state twice (second scan confirms the GPU processes),
     # then alternate bare list calls and steady scans. The collector asks for
     # the events since one second before the previous scan (whole seconds), so
     # wait until the creations are out of that window first.
     time.sleep(2.5)
-    scan_once()
-    scan_once()
+    for _ in range(2):
+        scan_once()
+        if base_scan:
+            scan_once(base_scan)
     spawn(bare, err, env)  # warm-up
     steady, bares = [], []
     base_steady, base_bares = [], []
@@ -166,7 +171,7 @@ def measure(a):
             w, c, r, rc = spawn(bare, err, env)
             base_bares.append(dict(wall=w, cpu=c))
             w, c, r = scan_once(base_scan)
-            calls = docker_stats(a.inventory)[0]
+            calls = docker_stats(base_inventory)[0]
             base_steady.append(dict(wall=w, cpu=c, rss=r, calls=calls))
     out["host_processes"] = n_host
     out["pending_processes"] = n_pend
@@ -336,6 +341,9 @@ def main():
     m.add_argument("--runs", type=int, default=21)
     m.add_argument("--cold-runs", type=int, default=5)
     m.add_argument("--baseline", help="a second binary measured the same way, interleaved")
+    m.add_argument("--baseline-config", help="its configuration (default: --config)")
+    m.add_argument("--baseline-inventory", help="the inventory its configuration writes")
+    m.add_argument("--baseline-events", help="the event log its configuration writes")
     c = sub.add_parser("create")
     c.add_argument("--sock", required=True)
     c.add_argument("--image", required=True)

@@ -112,10 +112,25 @@ for ((i = 0; i < P; i++)); do
 	sleep_pids+=($!)
 	printf '%s, %s, GPU-00000000-0000-0000-0000-00000000000%s\n' "$!" $((100 + i)) $((i % 4)) >>"$WORK/apps.csv"
 done
-printf '#!/bin/sh\nexec cat %s\n' "$WORK/apps.csv" >"$WORK/nvidia-smi"
+# The GPUs' utilisation query (issue 21: the device figure where no
+# per-process sample exists) gets the four GPUs at 0 %.
+: >"$WORK/gpus.csv"
+for ((i = 0; i < 4; i++)); do
+	printf 'GPU-00000000-0000-0000-0000-00000000000%s, 0\n' "$i" >>"$WORK/gpus.csv"
+done
+printf '#!/bin/sh\ncase "$*" in *--query-gpu=*) exec cat %s ;; esac\nexec cat %s\n' \
+	"$WORK/gpus.csv" "$WORK/apps.csv" >"$WORK/nvidia-smi"
 chmod 755 "$WORK/nvidia-smi"
 
-cat >"$WORK/config.toml" <<EOF
+# One scan configuration per binary ($1: binary, $2: its state directory,
+# $3: the file to write): each binary keeps its own state, so that each
+# steady scan reads the state its own previous scan wrote (a build with the
+# idle stage rates activity against its own counters). The idle stage (issue
+# 21) runs where the binary has it, as the default configuration has it.
+scan_config() {
+	local idle=""
+	"$1" plugins 2>/dev/null | grep -qw idle && idle="[[stages.idle]]"
+	cat >"$3" <<EOF
 # detect-workloads scale benchmark (tests/bench/scale.sh)
 [agent]
 scan_timeout = "25s"
@@ -136,15 +151,22 @@ timeout = "5s"
 [[stages.gpu-devices]]
 [[stages.exclude-system]]
 [[stages.transient-filter]]
+$idle
 
 [[sinks.inventory-file]]
-path = "$WORK/state/inventory.json"
+path = "$2/state/inventory.json"
 mode = "0644"
 
 [[sinks.event-log]]
-path = "$WORK/log/events.jsonl"
+path = "$2/log/events.jsonl"
 EOF
-"$BIN" validate --config "$WORK/config.toml" >/dev/null || dw_die "benchmark config invalid"
+	"$1" validate --config "$3" >/dev/null || dw_die "benchmark config $3 invalid for $1"
+}
+scan_config "$BIN" "$WORK" "$WORK/config.toml"
+if [ -n "${DW_BENCH_BASELINE:-}" ]; then
+	mkdir -p "$WORK/base"
+	scan_config "$DW_BENCH_BASELINE" "$WORK/base" "$WORK/base/config.toml"
+fi
 
 # --- per N --------------------------------------------------------------------
 results="$WORK/results.jsonl"
@@ -165,7 +187,7 @@ for n in $NS; do
 	python3 tests/bench/scale.py measure --n "$n" --runs "$RUNS" --cold-runs "$COLD_RUNS" \
 		--bin "$BIN" --rusage "$WORK/rusage" --config "$WORK/config.toml" --sock "$SOCK" --log "$ENGINE/dockerd.log" \
 		--inventory "$WORK/state/inventory.json" --events "$WORK/log/events.jsonl" \
-		--smi "$WORK/nvidia-smi" --work "$WORK" ${DW_BENCH_BASELINE:+--baseline "$DW_BENCH_BASELINE"} |
+		--smi "$WORK/nvidia-smi" --work "$WORK" ${DW_BENCH_BASELINE:+--baseline "$DW_BENCH_BASELINE" --baseline-config "$WORK/base/config.toml" --baseline-inventory "$WORK/base/state/inventory.json" --baseline-events "$WORK/base/log/events.jsonl"} |
 		tee -a "$results" >&2
 	[ -n "${DW_BENCH_RESULTS:-}" ] && tail -n 1 "$results" >>"$DW_BENCH_RESULTS"
 done

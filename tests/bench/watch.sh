@@ -27,7 +27,7 @@
 # Needs root (private dockerd) and python3. Prints one JSON line per measure.
 # Settings: DW_BENCH_DIR (default /tmp/dw-watchbench-$$), DW_BENCH_BIN (default:
 # cargo build --release, target/release), DW_BENCH_CONTAINERS (1000),
-# DW_BENCH_GPU_PROCS (100), DW_BENCH_IDLE_S (60), DW_BENCH_ONLY_IDLE=1 (skip the
+# DW_BENCH_GPU_PROCS (100), DW_BENCH_RUNNING (running containers, 10), DW_BENCH_IDLE_S (60), DW_BENCH_ONLY_IDLE=1 (skip the
 # latencies), DW_BENCH_PERF=FILE (also `perf record -g` the idle window into FILE).
 # Everything it creates (engine, containers, sleeps, DIR) is removed on exit.
 
@@ -39,6 +39,7 @@ source tests/lib/engine.sh
 
 N=${DW_BENCH_CONTAINERS:-1000}
 P=${DW_BENCH_GPU_PROCS:-100}
+RUNNING=${DW_BENCH_RUNNING:-10}
 IDLE_S=${DW_BENCH_IDLE_S:-60}
 DIR=${DW_BENCH_DIR:-/tmp/dw-watchbench-$$}
 ENGINE="$DIR/engine"
@@ -86,6 +87,10 @@ dw_engine_start "$ENGINE" || dw_die "the benchmark engine did not start"
 dw_build_test_image "$ENGINE" || dw_die "could not import the test image"
 SOCK="$ENGINE/docker.sock"
 HOST="unix://$SOCK"
+# The idle stage (issue 21) where the binary has it, as the default
+# configuration runs it.
+IDLE_STAGE=""
+"$BIN" plugins 2>/dev/null | grep -qw idle && IDLE_STAGE="[[stages.idle]]"
 
 # One watch configuration; $1 names it, $2 is its GPU collector's table.
 config() {
@@ -108,6 +113,7 @@ $2
 [[stages.gpu-devices]]
 [[stages.exclude-system]]
 [[stages.transient-filter]]
+$IDLE_STAGE
 
 [[sinks.inventory-file]]
 path = "$WORK/$1/inventory.json"
@@ -138,8 +144,10 @@ stop_watch() {
 	wait "$WATCH" || dw_die "watch did not exit 0 on SIGTERM"
 }
 
-smi() { # $1: the CSV it prints
-	printf '#!/bin/sh\nexec cat %s\n' "$1" >"$WORK/nvidia-smi-$2"
+smi() { # $1: the CSV it prints (the GPU utilisation query: one GPU at 0 %)
+	printf '%s, 0\n' "$UUID" >"$WORK/gpus.csv"
+	printf '#!/bin/sh\ncase "$*" in *--query-gpu=*) exec cat %s ;; esac\nexec cat %s\n' \
+		"$WORK/gpus.csv" "$1" >"$WORK/nvidia-smi-$2"
 	chmod 755 "$WORK/nvidia-smi-$2"
 	echo "$WORK/nvidia-smi-$2"
 }
@@ -187,7 +195,7 @@ fi
 # --- idle cost: N containers, P GPU processes, nothing changing ----------------
 t0=$(dw_now)
 python3 tests/bench/scale.py create --sock "$SOCK" --image "$DW_TEST_IMAGE" \
-	--first 0 --count "$N" --start 10 --jobs 4 >/dev/null
+	--first 0 --count "$N" --start "$RUNNING" --jobs 4 >/dev/null
 dw_log "created $N containers in $(dw_elapsed "$t0")s"
 : >"$WORK/idle.csv"
 for ((i = 0; i < P; i++)); do
