@@ -3,6 +3,7 @@
 //!
 //! - [`model`]: the facts collectors report and the inventory and events
 //!   the engine makes of them;
+//! - [`details`]: the `details` of each event type, typed;
 //! - [`plugin`]: the three traits, their contexts and errors, and the
 //!   compile-time registry (`inventory::submit!` a [`plugin::Registration`]);
 //! - [`config`]: what a plugin's build function is handed and returns;
@@ -15,6 +16,7 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod details;
 pub mod model;
 pub mod plugin;
 pub mod timefmt;

@@ -2,10 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::json;
-
 use detect_workloads_api::timefmt::parse_rfc3339;
 
+use detect_workloads_api::details::{self, to_json, Signals, WorkloadKind};
 use detect_workloads_api::model::{
     pid_map::in_text_order, short_id, Activity, ContainerEntry, Event, EventType, Inventory,
     ProcessEntry, ShortLivedContainer, Usage, UserGpuUse,
@@ -53,29 +52,49 @@ fn is_idle(activity: Option<&Activity>) -> bool {
 }
 
 /// What a workload idle event says of its signals.
-fn idle_details(mut details: serde_json::Value, activity: &Activity) -> serde_json::Value {
-    details["idle_since"] = json!(activity.idle_since);
-    details["signals"] = json!({
-        "cpu_cores": activity.cpu_cores,
-        "net_bytes_per_s": activity.net_bytes_per_s,
-        "gpu_util_percent": activity.gpu_util_percent,
-        "sampled_s": activity.sampled_s,
-    });
-    details
+fn signals(activity: &Activity) -> Signals {
+    Signals {
+        cpu_cores: activity.cpu_cores,
+        net_bytes_per_s: activity.net_bytes_per_s,
+        gpu_util_percent: activity.gpu_util_percent,
+        sampled_s: activity.sampled_s,
+    }
 }
 
-/// What a workload active event says: how long it was idle.
-fn active_details(mut details: serde_json::Value, old: &Activity, now: &str) -> serde_json::Value {
-    let idle_for = match (
+/// How long a workload told idle was idle, when its `idle_since` is known.
+fn idle_for(old: &Activity, now: &str) -> Option<i64> {
+    match (
         old.idle_since.as_deref().and_then(parse_rfc3339),
         parse_rfc3339(now),
     ) {
         (Some(since), Some(now)) => Some((now - since).max(0)),
         _ => None,
-    };
-    details["idle_since"] = json!(old.idle_since);
-    details["idle_for_s"] = json!(idle_for);
-    details
+    }
+}
+
+/// The idle or active event of a workload whose reading is `activity`
+/// (the previous one `old`), if it changed.
+fn workload_event<'a>(
+    mut details: details::Workload<'a>,
+    user: &str,
+    activity: &'a Activity,
+    old: Option<&'a Activity>,
+    now: &str,
+) -> Option<Event> {
+    if activity.idle && !is_idle(old) {
+        details.idle_since = activity.idle_since.as_deref();
+        details.signals = Some(signals(activity));
+        return Some(event(now, EventType::WorkloadIdle, user, to_json(&details)));
+    }
+    let old = old.filter(|o| o.idle && !activity.idle)?;
+    details.idle_since = old.idle_since.as_deref();
+    details.idle_for_s = Some(idle_for(old, now));
+    Some(event(
+        now,
+        EventType::WorkloadActive,
+        user,
+        to_json(&details),
+    ))
 }
 
 /// A workload reported idle (the `idle` stage's `activity.idle` turned
@@ -91,22 +110,19 @@ fn workload_events(previous: &Inventory, current: &Inventory, now: &str, events:
         let Some(activity) = c.activity.as_ref() else {
             continue;
         };
-        let details = json!({
-            "kind": "container",
-            "container_id": c.id,
-            "name": c.name,
-            "gpu_memory_mb": c.gpu_memory_mb,
-            "gpu_uuids": c.gpu_uuids,
-        });
-        if activity.idle && !is_idle(old) {
-            let details = idle_details(details, activity);
-            events.push(event(now, EventType::WorkloadIdle, &c.user, details));
-        } else if !activity.idle {
-            if let Some(old) = old.filter(|o| o.idle) {
-                let details = active_details(details, old, now);
-                events.push(event(now, EventType::WorkloadActive, &c.user, details));
-            }
-        }
+        let details = details::Workload {
+            kind: WorkloadKind::Container,
+            container_id: Some(&c.id),
+            name: Some(&c.name),
+            pid: None,
+            cmdline: None,
+            gpu_memory_mb: c.gpu_memory_mb,
+            gpu_uuids: c.gpu_uuids.iter().map(String::as_str).collect(),
+            idle_since: None,
+            signals: None,
+            idle_for_s: None,
+        };
+        events.extend(workload_event(details, &c.user, activity, old, now));
     }
     for (_, p) in in_text_order(&current.host_processes) {
         let old = previous
@@ -117,33 +133,25 @@ fn workload_events(previous: &Inventory, current: &Inventory, now: &str, events:
         let Some(activity) = p.activity.as_ref() else {
             continue;
         };
-        let details = json!({
-            "kind": "host_process",
-            "pid": p.pid,
-            "cmdline": p.cmdline,
-            "gpu_memory_mb": p.gpu_memory_mb,
-            "gpu_uuids": p.gpus(),
-        });
-        if activity.idle && !is_idle(old) {
-            let details = idle_details(details, activity);
-            events.push(event(now, EventType::WorkloadIdle, &p.user, details));
-        } else if !activity.idle {
-            if let Some(old) = old.filter(|o| o.idle) {
-                let details = active_details(details, old, now);
-                events.push(event(now, EventType::WorkloadActive, &p.user, details));
-            }
-        }
+        let details = details::Workload {
+            kind: WorkloadKind::HostProcess,
+            container_id: None,
+            name: None,
+            pid: Some(p.pid),
+            cmdline: Some(&p.cmdline),
+            gpu_memory_mb: p.gpu_memory_mb,
+            gpu_uuids: p.gpus(),
+            idle_since: None,
+            signals: None,
+            idle_for_s: None,
+        };
+        events.extend(workload_event(details, &p.user, activity, old, now));
     }
 }
 
 /// The GPU time a workload held, for its exit event (`None` when it held none).
-fn usage_details(usage: &Usage) -> Option<serde_json::Value> {
-    (!usage.is_zero()).then(|| {
-        json!({
-            "gpu_seconds_held": usage.gpu_seconds_held,
-            "gpu_seconds_idle": usage.gpu_seconds_idle,
-        })
-    })
+fn usage_details(usage: &Usage) -> Option<&Usage> {
+    (!usage.is_zero()).then_some(usage)
 }
 
 /// How long (seconds) a container told exited is remembered in
@@ -188,11 +196,12 @@ fn user_gpu_use_events(
                 now,
                 EventType::UserGpuUseStopped,
                 &old.user,
-                json!({
-                    "gpu_uuid": old.gpu_uuid,
-                    "gpu_memory_mb": old.gpu_memory_mb,
-                    "processes_seen": old.processes_seen,
-                    "detected_at": old.detected_at,
+                to_json(&details::UserGpuUse {
+                    gpu_uuid: &old.gpu_uuid,
+                    gpu_memory_mb: old.gpu_memory_mb,
+                    pids: None,
+                    processes_seen: old.processes_seen,
+                    detected_at: &old.detected_at,
                 }),
             ));
         }
@@ -203,12 +212,12 @@ fn user_gpu_use_events(
                 now,
                 EventType::UserGpuUseStarted,
                 &new.user,
-                json!({
-                    "gpu_uuid": new.gpu_uuid,
-                    "gpu_memory_mb": new.gpu_memory_mb,
-                    "pids": new.pids,
-                    "processes_seen": new.processes_seen,
-                    "detected_at": new.detected_at,
+                to_json(&details::UserGpuUse {
+                    gpu_uuid: &new.gpu_uuid,
+                    gpu_memory_mb: new.gpu_memory_mb,
+                    pids: Some(&new.pids),
+                    processes_seen: new.processes_seen,
+                    detected_at: &new.detected_at,
                 }),
             ));
         }
@@ -238,40 +247,44 @@ fn short_lived_events(
             now,
             EventType::ContainerDiscovered,
             &c.user,
-            json!({
-                "container_id": id,
-                "name": c.name,
-                "origin": c.origin,
-                "has_gpu": false,
-                "image": c.image,
-                "short_lived": true,
-                "created_at": c.created_at,
+            to_json(&details::ContainerDiscovered {
+                container_id: &id,
+                name: &c.name,
+                origin: &c.origin,
+                has_gpu: false,
+                image: &c.image,
+                short_lived: Some(true),
+                created_at: Some(&c.created_at),
             }),
         ));
         events.push(event(
             now,
             EventType::ContainerExited,
             &c.user,
-            json!({
-                "container_id": id,
-                "name": c.name,
-                "origin": c.origin,
-                "short_lived": true,
-                "created_at": c.created_at,
-                "removed_at": c.removed_at,
+            to_json(&details::ContainerExited {
+                container_id: &id,
+                name: &c.name,
+                origin: &c.origin,
+                usage: None,
+                short_lived: Some(true),
+                created_at: Some(&c.created_at),
+                removed_at: Some(&c.removed_at),
             }),
         ));
     }
 }
 
-fn gpu_details(c: &ContainerEntry) -> serde_json::Value {
-    json!({
-        "container_id": c.id,
-        "name": c.name,
-        "user": c.user,
-        "gpu_memory_mb": c.gpu_memory_mb,
-        "gpu_uuids": c.gpu_uuids,
-    })
+fn gpu_details(c: &ContainerEntry) -> details::ContainerGpu<'_> {
+    details::ContainerGpu {
+        container_id: &c.id,
+        name: &c.name,
+        user: &c.user,
+        gpu_memory_mb: c.gpu_memory_mb,
+        gpu_uuids: &c.gpu_uuids,
+        mismatch: None,
+        has_gpu: None,
+        gpu_devices: None,
+    }
 }
 
 /// GPU use starting and stopping in containers, and mismatches appearing.
@@ -289,20 +302,22 @@ fn container_gpu_events(
                 now,
                 EventType::ContainerGpuStarted,
                 &c.user,
-                gpu_details(c),
+                to_json(&gpu_details(c)),
             ));
         }
         if let Some(mismatch) = c.gpu_mismatch {
             if before.and_then(|b| b.gpu_mismatch) != Some(mismatch) {
-                let mut details = gpu_details(c);
-                details["mismatch"] = json!(mismatch);
-                details["has_gpu"] = json!(c.has_gpu);
-                details["gpu_devices"] = json!(c.gpu_devices);
+                let details = details::ContainerGpu {
+                    mismatch: Some(mismatch),
+                    has_gpu: Some(c.has_gpu),
+                    gpu_devices: Some(&c.gpu_devices),
+                    ..gpu_details(c)
+                };
                 events.push(event(
                     now,
                     EventType::ContainerGpuMismatch,
                     &c.user,
-                    details,
+                    to_json(&details),
                 ));
             }
         }
@@ -314,7 +329,7 @@ fn container_gpu_events(
                 now,
                 EventType::ContainerGpuStopped,
                 &old.user,
-                gpu_details(old),
+                to_json(&gpu_details(old)),
             ));
         }
     }
@@ -327,23 +342,25 @@ fn container_events(previous: &Inventory, current: &Inventory, now: &str, events
                 now,
                 EventType::ContainerDiscovered,
                 &c.user,
-                json!({
-                    "container_id": c.id,
-                    "name": c.name,
-                    "origin": c.origin,
-                    "has_gpu": c.has_gpu,
-                    "image": c.image,
+                to_json(&details::ContainerDiscovered {
+                    container_id: &c.id,
+                    name: &c.name,
+                    origin: &c.origin,
+                    has_gpu: c.has_gpu,
+                    image: &c.image,
+                    short_lived: None,
+                    created_at: None,
                 }),
             )),
             Some(old) if old.status != c.status => events.push(event(
                 now,
                 EventType::ContainerStatusChanged,
                 &c.user,
-                json!({
-                    "container_id": c.id,
-                    "name": c.name,
-                    "old_status": old.status,
-                    "new_status": c.status,
+                to_json(&details::ContainerStatusChanged {
+                    container_id: &c.id,
+                    name: &c.name,
+                    old_status: &old.status,
+                    new_status: &c.status,
                 }),
             )),
             Some(_) => {}
@@ -351,15 +368,21 @@ fn container_events(previous: &Inventory, current: &Inventory, now: &str, events
     }
     for (id, old) in &previous.containers {
         if !current.containers.contains_key(id) {
-            let mut details = json!({
-                "container_id": old.id,
-                "name": old.name,
-                "origin": old.origin,
-            });
-            if let Some(usage) = usage_details(&old.usage) {
-                details["usage"] = usage;
-            }
-            events.push(event(now, EventType::ContainerExited, &old.user, details));
+            let details = details::ContainerExited {
+                container_id: &old.id,
+                name: &old.name,
+                origin: &old.origin,
+                usage: usage_details(&old.usage),
+                short_lived: None,
+                created_at: None,
+                removed_at: None,
+            };
+            events.push(event(
+                now,
+                EventType::ContainerExited,
+                &old.user,
+                to_json(&details),
+            ));
         }
     }
 }
@@ -368,34 +391,30 @@ fn container_events(previous: &Inventory, current: &Inventory, now: &str, events
 /// memory and GPU, and, when known, its cgroup (where it really runs) and
 /// why some of its `/proc` files could not be read.
 fn discovered_details(p: &ProcessEntry) -> serde_json::Value {
-    let mut details = json!({
-        "pid": p.pid,
-        "cmdline": p.cmdline,
-        "gpu_memory_mb": p.gpu_memory_mb,
-        "gpu_uuid": p.gpu_uuid,
-    });
-    if let Some(cgroup) = &p.cgroup {
-        details["cgroup"] = json!(cgroup);
-    }
-    if let Some(why) = &p.read_error {
-        details["read_error"] = json!(why);
-    }
-    details
+    to_json(&details::HostGpuProcessDiscovered {
+        pid: p.pid,
+        cmdline: &p.cmdline,
+        gpu_memory_mb: p.gpu_memory_mb,
+        gpu_uuid: &p.gpu_uuid,
+        cgroup: p.cgroup.as_deref(),
+        read_error: p.read_error.as_deref(),
+    })
 }
 
 fn process_events(previous: &Inventory, current: &Inventory, now: &str, events: &mut Vec<Event>) {
     // Processes in the order of their PIDs as text: the order of the file.
     for (_, old) in in_text_order(&previous.host_processes) {
         if !holds(&current.host_processes, old) {
-            let mut details = json!({ "pid": old.pid, "cmdline": old.cmdline });
-            if let Some(usage) = usage_details(&old.usage) {
-                details["usage"] = usage;
-            }
+            let details = details::HostGpuProcessExited {
+                pid: old.pid,
+                cmdline: &old.cmdline,
+                usage: usage_details(&old.usage),
+            };
             events.push(event(
                 now,
                 EventType::HostGpuProcessExited,
                 &old.user,
-                details,
+                to_json(&details),
             ));
         }
     }
