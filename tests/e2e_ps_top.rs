@@ -344,6 +344,120 @@ fn ps_scan_and_the_stdout_table_write_nothing() {
     assert!(!s.events_path().exists(), "ps --scan wrote events");
 }
 
+/// The rows of `ps --format json` with these extra arguments.
+fn ps_json(s: &Scratch, config: &std::path::Path, args: &[&str]) -> Vec<serde_json::Value> {
+    let mut full = vec!["ps", "--format", "json"];
+    full.extend_from_slice(args);
+    let out = text(&s.run(config, &full));
+    match serde_json::from_str(&out) {
+        Ok(serde_json::Value::Array(rows)) => rows,
+        _ => panic!("not a JSON array: {out}"),
+    }
+}
+
+/// A sleeping container and a busy one on the private engine, scanned with
+/// a short `idle_after` until the sleeper is idle: `ps --idle` lists it and
+/// not the busy one (in JSON, ids and the table), and `ps --format json`
+/// has the activity fields of both.
+#[test]
+#[ignore = "needs the private Docker engine: run by tests/run.sh"]
+fn ps_idle_lists_the_sleeping_container_and_not_the_busy_one() {
+    let host = common::docker_host();
+    let image = common::test_image();
+    let s = Scratch::new();
+    // Only this test's containers: the engine may run others'.
+    let mark = common::unique("dw-ps-idle");
+    let label = format!("dw-ps-idle={mark}");
+    let only_ours = format!("label={label}");
+    let mut c = common::Containers::new(&host);
+    let run = |c: &mut common::Containers, name: &str, command: &[&str]| {
+        let name = format!("{mark}-{name}");
+        let mut args = vec![
+            "--network",
+            "none",
+            "--label",
+            &label,
+            "--name",
+            &name,
+            &image,
+        ];
+        args.extend_from_slice(command);
+        (c.run(&args), name)
+    };
+    let (asleep, asleep_name) = run(&mut c, "asleep", &["sleep", "600"]);
+    let (busy, busy_name) = run(&mut c, "busy", &["sh", "-c", "while :; do :; done"]);
+    let config = s.config(
+        Some(&host),
+        "[[stages.idle]]\ngrace = \"1s\"\nidle_after = \"2s\"\ncpu_cores_below = 0.05\n",
+    );
+    // Scan until the sleeper is idle (two readings to rate, then
+    // idle_after), a loaded machine given two minutes.
+    let start = Instant::now();
+    let rows = loop {
+        s.scan(&config);
+        let rows = ps_json(&s, &config, &["-f", &only_ours]);
+        let idle = |id: &str| rows.iter().any(|r| r["id"] == id && r["idle"] == true);
+        if idle(&asleep) {
+            break rows;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the sleeper never became idle: {rows:#?}"
+        );
+        common::seconds_pass(1);
+    };
+    let row = |id: &str| {
+        rows.iter()
+            .find(|r| r["id"] == id)
+            .unwrap_or_else(|| panic!("{id} not in {rows:#?}"))
+    };
+    // Both have the activity fields: the sleeper idle for a while, the busy
+    // one using a core and never idle.
+    let z = row(&asleep);
+    assert!(z["cpu_cores"].as_f64().is_some_and(|c| c < 0.05), "{z}");
+    assert!(z["idle_s"].as_i64().is_some_and(|s| s >= 2), "{z}");
+    assert!(z["gpu_util_percent"].is_null(), "no GPU held: {z}");
+    let b = row(&busy);
+    assert!(b["cpu_cores"].as_f64().is_some_and(|c| c > 0.05), "{b}");
+    assert_eq!(b["idle"], false, "{b}");
+    assert!(b["idle_s"].is_null(), "{b}");
+    for field in ["cpu_cores", "gpu_util_percent", "idle_s", "idle"] {
+        assert!(b.get(field).is_some(), "{field} missing: {b}");
+    }
+    // --idle: only the sleeper, in every format.
+    let idle = ps_json(&s, &config, &["--idle", "-f", &only_ours]);
+    let ids: Vec<&str> = idle.iter().filter_map(|r| r["id"].as_str()).collect();
+    assert_eq!(ids, [asleep.as_str()], "{idle:#?}");
+    let quiet = text(&s.run(&config, &["ps", "--idle", "-q", "-f", &only_ours]));
+    assert_eq!(quiet, format!("{asleep}\n"));
+    let table = text(&s.run(&config, &["ps", "--idle", "-f", &only_ours]));
+    assert!(table.starts_with("ID "), "{table}");
+    assert!(table.contains(&asleep_name), "{table}");
+    assert!(!table.contains(&busy_name), "{table}");
+    // Its IDLE cell says for how long (seconds here), not `-`.
+    let columns = text(&s.run(
+        &config,
+        &["ps", "--idle", "--format", "name,idle", "-f", &only_ours],
+    ));
+    let idle_for = columns
+        .lines()
+        .find_map(|l| l.strip_prefix(asleep_name.as_str()))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("{asleep_name} not in:\n{columns}"));
+    assert!(
+        idle_for.ends_with('s') && idle_for.starts_with(|c: char| c.is_ascii_digit()),
+        "{columns}"
+    );
+    assert!(
+        table.contains("total: 1 idle workload, 0 MiB GPU memory held idle"),
+        "{table}"
+    );
+    // Without the label filter too, the busy one is never listed as idle.
+    let everyone = text(&s.run(&config, &["ps", "--idle", "-q"]));
+    assert!(everyone.lines().any(|l| l == asleep), "{everyone}");
+    assert!(!everyone.lines().any(|l| l == busy), "{everyone}");
+}
+
 /// A tmux server of this test's own, on a socket in the scratch directory.
 struct Tmux {
     socket: std::path::PathBuf,
