@@ -3,6 +3,9 @@
 //!
 //! Drawn with plain redraws through `crossterm` (alternate screen, raw mode
 //! for single key presses); the terminal is restored however the loop ends.
+//! Lines are cut to the terminal's width in terminal columns (a CJK
+//! character or an emoji takes two), and coloured from the data as `ps`
+//! colours them, unless `NO_COLOR` is set.
 
 use std::io::{self, Write};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -12,8 +15,8 @@ use crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 use crossterm::terminal::{self, Clear, ClearType, EnterAlternateScreen, LeaveAlternateScreen};
 use crossterm::{execute, queue};
 
-use detect_workloads_api::model::Inventory;
-use detect_workloads_api::view::{self, Filter, Layout};
+use detect_workloads_api::model::{FactKind, Inventory};
+use detect_workloads_api::view::{self, Filter, Layout, Line, Style, Styled};
 
 /// How `top` refreshes.
 #[derive(Clone, Debug)]
@@ -31,47 +34,61 @@ where
     F: FnMut() -> Result<Inventory, String>,
 {
     let _terminal = Terminal::enter()?;
+    let colour = std::env::var_os("NO_COLOR").is_none();
     loop {
         let (width, height) = terminal::size()?;
         let text = match snapshot() {
             Ok(inv) => screen(&inv, &options.filter, width.into(), now()),
-            Err(e) => format!("cannot read the inventory: {}\n", view::printable(&e)),
+            Err(e) => {
+                let mut text = Styled::default();
+                text.push(Line::new(
+                    format!("cannot read the inventory: {}", view::printable(&e)),
+                    Style::Failed,
+                ));
+                text
+            }
         };
-        draw(&text, width.into(), height.into())?;
+        draw(&text, width.into(), height.into(), colour)?;
         if quit_requested(options.interval)? {
             return Ok(());
         }
     }
 }
 
-/// What one refresh shows, before it is cut to the terminal's height.
-pub fn screen(inv: &Inventory, filter: &Filter, width: usize, now: i64) -> String {
+/// What one refresh shows, before it is cut to the terminal's height: a
+/// title, one line per GPU, the `ps` table (with its CPU, GPU% and IDLE
+/// columns) and its footer.
+pub fn screen(inv: &Inventory, filter: &Filter, width: usize, now: i64) -> Styled {
+    let layout = Layout::Fitted { width };
     let rows = view::rows(inv, filter, now);
+    let mut out = Styled::default();
+    let idle = if filter.idle_only { "idle " } else { "" };
+    out.push(Line::plain(format!(
+        "detect-workloads top: {} {idle}workloads  (q to quit)",
+        rows.len()
+    )));
+    let failed = view::all_failed(inv, FactKind::Containers);
+    if !failed.is_empty() {
+        out.push(Line::new(
+            format!(
+                "NO CONTAINER SOURCE ANSWERED ({}): containers as last reported, if any",
+                failed.join(", ")
+            ),
+            Style::Failed,
+        ));
+    }
     let gpus = view::gpu_lines(inv);
-    let gpus = if gpus.is_empty() {
-        "no GPU details (they come from NVML)\n".to_string()
+    if gpus.lines.is_empty() {
+        out.push(Line::plain("no GPU details (they come from NVML)"));
     } else {
-        gpus
-    };
-    let failed = view::all_failed(inv, detect_workloads_api::model::FactKind::Containers);
-    let blind = if failed.is_empty() {
-        String::new()
-    } else {
-        format!(
-            "NO CONTAINER SOURCE ANSWERED ({}): containers as last reported, if any\n",
-            failed.join(", ")
-        )
-    };
-    format!(
-        "detect-workloads top: {} workloads  (q to quit)\n{blind}{gpus}\n{}\n{}",
-        rows.len(),
-        view::table(
-            &rows,
-            Layout::Fitted { width },
-            view::all_failed(inv, detect_workloads_api::model::FactKind::GpuProcesses).is_empty()
-        ),
-        view::footer(inv, now, Layout::Fitted { width })
-    )
+        out.append(gpus);
+    }
+    out.push(Line::default());
+    let gpu_known = view::all_failed(inv, FactKind::GpuProcesses).is_empty();
+    out.append(view::table(&rows, layout, gpu_known, filter.order()));
+    out.push(Line::default());
+    out.push(view::footer(inv, now, layout));
+    out
 }
 
 fn now() -> i64 {
@@ -80,15 +97,25 @@ fn now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
+/// The text of one screen line: cut to `width` terminal columns, in
+/// colour when `colour`.
+fn screen_line(line: &Line, width: usize, colour: bool) -> String {
+    let line = line.clone().fit(width);
+    if colour {
+        crate::cli::term::paint_line(&line)
+    } else {
+        line.text()
+    }
+}
+
 /// Writes the screen line by line (raw mode: no implicit carriage return),
 /// clearing what the previous refresh left.
-fn draw(text: &str, width: usize, height: usize) -> io::Result<()> {
+fn draw(text: &Styled, width: usize, height: usize, colour: bool) -> io::Result<()> {
     let mut out = io::stdout().lock();
     let mut row = 0u16;
-    for line in text.lines().take(height) {
-        let line: String = line.chars().take(width).collect();
+    for line in text.lines.iter().take(height) {
         queue!(out, MoveTo(0, row), Clear(ClearType::UntilNewLine))?;
-        out.write_all(line.as_bytes())?;
+        out.write_all(screen_line(line, width, colour).as_bytes())?;
         row += 1;
     }
     queue!(out, MoveTo(0, row), Clear(ClearType::FromCursorDown))?;
@@ -152,7 +179,7 @@ mod tests {
             ..GpuDevice::default()
         };
         inv.gpus.insert(gpu.uuid.clone(), gpu);
-        let text = screen(&inv, &Filter::default(), 80, 0);
+        let text = screen(&inv, &Filter::default(), 80, 0).plain();
         assert_eq!(
             text,
             "detect-workloads top: 0 workloads  (q to quit)\n\
@@ -166,7 +193,67 @@ mod tests {
 
     #[test]
     fn without_nvml_the_screen_says_where_gpu_details_come_from() {
-        let text = screen(&Inventory::default(), &Filter::default(), 80, 0);
+        let text = screen(&Inventory::default(), &Filter::default(), 80, 0).plain();
         assert!(text.contains("no GPU details (they come from NVML)"));
+    }
+
+    #[test]
+    fn screen_lines_are_cut_by_terminal_columns_and_coloured_from_the_data() {
+        let line = Line(vec![
+            view::Span {
+                text: "名前".to_string(),
+                style: Style::Plain,
+            },
+            view::Span {
+                text: "🚀idle".to_string(),
+                style: Style::Idle,
+            },
+        ]);
+        // 5 columns: 名前 takes 4, the cut mark 1; no character split.
+        assert_eq!(screen_line(&line, 5, false), "名前…");
+        assert_eq!(screen_line(&line, 7, false), "名前🚀…");
+        assert_eq!(screen_line(&line, 20, true), "名前\x1b[33m🚀idle\x1b[0m");
+    }
+
+    #[test]
+    fn the_screen_has_the_activity_columns_and_idle_rows_in_their_style() {
+        let mut inv = Inventory::default();
+        let container = detect_workloads_api::model::ContainerEntry {
+            id: "0000000idle1".to_string(),
+            name: "idle1".to_string(),
+            user: "alice".to_string(),
+            status: "running".to_string(),
+            activity: Some(detect_workloads_api::model::Activity {
+                cpu_cores: Some(0.01),
+                idle_since: Some("1970-01-01T00:00:00Z".to_string()),
+                idle: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        inv.containers.insert(container.id.clone(), container);
+        let filter = Filter {
+            idle_only: true,
+            ..Filter::default()
+        };
+        let text = screen(&inv, &filter, 120, 7500);
+        let plain = text.plain();
+        assert!(
+            plain.starts_with("detect-workloads top: 1 idle workloads"),
+            "{plain}"
+        );
+        let header = text
+            .lines
+            .iter()
+            .find(|l| l.text().starts_with("ID "))
+            .unwrap_or_else(|| panic!("{plain}"));
+        assert!(header.text().contains("GPU%   CPU   IDLE"), "{plain}");
+        let row = text
+            .lines
+            .iter()
+            .find(|l| l.text().contains("idle1"))
+            .unwrap_or_else(|| panic!("{plain}"));
+        assert!(row.text().contains("0.01  2h05m"), "{plain}");
+        assert!(row.0.iter().all(|s| s.style == Style::Idle), "{row:?}");
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::{Scratch, BIN, UUID};
 use detect_workloads_api::model::{
-    CollectorReport, ContainerEntry, GpuDevice, Inventory, ProcessEntry, ScanReport,
+    Activity, CollectorReport, ContainerEntry, GpuDevice, Inventory, ProcessEntry, ScanReport,
 };
 use detect_workloads_api::timefmt::rfc3339;
 
@@ -18,8 +18,24 @@ fn ago(secs: u64) -> String {
     rfc3339(SystemTime::now() - Duration::from_secs(secs))
 }
 
+/// What the engine measured of a running workload; `idle_for`: seconds
+/// since it has been idle (and long enough for `activity.idle`).
+fn activity(cpu: f64, gpu: Option<f64>, idle_for: Option<u64>) -> Option<Activity> {
+    Some(Activity {
+        cpu_cores: Some(cpu),
+        gpu_util_percent: gpu,
+        sampled_s: Some(30.0),
+        idle_since: idle_for.map(ago),
+        idle: idle_for.is_some(),
+        ..Activity::default()
+    })
+}
+
 /// An inventory with two users' workloads, a stopped container, a host GPU
 /// process, one GPU, and a failed collector; ages far from a unit's edge.
+/// train-alice is busy with 20 GiB and an unknown GPU activity; bob's
+/// notebook (no GPU) has been idle for 2h05m, his GPU process (812 MiB, 0%)
+/// for 1h05m.
 fn inventory() -> Inventory {
     let mut inv = Inventory::default();
     let day = 86_400;
@@ -41,11 +57,11 @@ fn inventory() -> Inventory {
         gpu_memory_mb: (!gpus.is_empty()).then_some(20_480),
         ..Default::default()
     };
-    for c in [
-        container("train-alice", "alice", "running", &["0:0"]),
-        container("notebook-bob", "bob", "running", &[]),
-        container("old-bob", "bob", "exited", &[]),
-    ] {
+    let mut train = container("train-alice", "alice", "running", &["0:0"]);
+    train.activity = activity(3.2, None, None);
+    let mut notebook = container("notebook-bob", "bob", "running", &[]);
+    notebook.activity = activity(0.01, None, Some(2 * 3600 + 300));
+    for c in [train, notebook, container("old-bob", "bob", "exited", &[])] {
         inv.containers.insert(c.id.clone(), c);
     }
     inv.host_processes.insert(
@@ -57,6 +73,7 @@ fn inventory() -> Inventory {
             gpu_memory_mb: Some(812),
             gpu_uuid: UUID.to_string(),
             detected_at: ago(2 * 3600 + 1800),
+            activity: activity(0.0, Some(0.0), Some(3600 + 300)),
             ..Default::default()
         },
     );
@@ -129,11 +146,11 @@ fn ps_shows_the_inventory_file_as_docker_ps_does() {
     // Piped: nothing cut, no escape sequences.
     let out = text(&s.run(&config, &["ps"]));
     let expected = format!(
-        "ID            NAME          USER   ORIGIN        STATUS   GPUS           GPU MEM  IMAGE/CMD                    CREATED\n\
-         0train-alice  train-alice   alice  ds01-managed  Up 3d    0:0           20.0 GiB  pytorch/pytorch:2.4          5d ago\n\
+        "ID            NAME          USER   ORIGIN        STATUS   GPUS           GPU MEM  GPU%   CPU   IDLE  IMAGE/CMD                    CREATED\n\
+         0train-alice  train-alice   alice  ds01-managed  Up 3d    0:0           20.0 GiB     ?   3.2      -  pytorch/pytorch:2.4          5d ago\n\
          \x20 total alice: 1 workload, 20.0 GiB GPU memory\n\
-         notebook-bob  notebook-bob  bob    ds01-managed  Up 3d    -                    -  pytorch/pytorch:2.4          5d ago\n\
-         4242          4242          bob    host          running  GPU-56c0b0b8   812 MiB  python train.py --epochs 10  2h ago\n\
+         notebook-bob  notebook-bob  bob    ds01-managed  Up 3d    -                    -     -  0.01  2h05m  pytorch/pytorch:2.4          5d ago\n\
+         4242          4242          bob    host          running  GPU-56c0b0b8   812 MiB    0%  0.00  1h05m  python train.py --epochs 10  2h ago\n\
          \x20 total bob: 2 workloads, 812 MiB GPU memory\n\
          \n{FOOTER}"
     );
@@ -164,6 +181,52 @@ fn ps_shows_the_inventory_file_as_docker_ps_does() {
     assert!(json[0]["created_s"].as_i64() > Some(5 * 86_400), "{json}");
     assert_eq!(json[2]["kind"], "process");
     assert_eq!(json[2]["id"], "4242");
+    // The activity fields, unknown as null.
+    assert_eq!(json[0]["cpu_cores"], 3.2);
+    assert!(json[0]["gpu_util_percent"].is_null(), "{json}");
+    assert!(json[0]["idle_s"].is_null(), "{json}");
+    assert_eq!(json[0]["idle"], false);
+    assert_eq!(json[2]["gpu_util_percent"], 0.0);
+    assert!(
+        json[2]["idle_s"].as_i64().is_some_and(|s| s >= 3900),
+        "{json}"
+    );
+    assert_eq!(json[2]["idle"], true);
+    // --idle: only the idle ones, the largest waste first in every format
+    // (812 MiB for 1h05m before no GPU for 2h05m).
+    let idle = text(&s.run(&config, &["ps", "--idle", "-q"]));
+    assert_eq!(idle, "4242\nnotebook-bob\n");
+    let idle_json: serde_json::Value = serde_json::from_str(&text(
+        &s.run(&config, &["ps", "--idle", "--format", "json"]),
+    ))
+    .expect("JSON");
+    let names: Vec<&str> = idle_json
+        .as_array()
+        .map(|rows| rows.iter().filter_map(|r| r["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(names, ["4242", "notebook-bob"], "{idle_json}");
+    let idle_table = text(&s.run(&config, &["ps", "--idle"]));
+    let lines: Vec<&str> = idle_table.lines().collect();
+    assert!(
+        lines[1].starts_with("4242 ") && lines[1].contains(" 1h05m "),
+        "{idle_table}"
+    );
+    assert!(lines[2].starts_with("notebook-bob "), "{idle_table}");
+    assert_eq!(
+        lines[3], "  total: 2 idle workloads, 812 MiB GPU memory held idle",
+        "{idle_table}"
+    );
+    assert!(!idle_table.contains("train-alice"), "{idle_table}");
+    let idle_columns = text(&s.run(
+        &config,
+        &["ps", "--idle", "--format", "name,gpu_util,cpu,idle"],
+    ));
+    assert_eq!(
+        idle_columns,
+        "NAME          GPU%   CPU   IDLE\n\
+         4242            0%  0.00  1h05m\n\
+         notebook-bob     -  0.01  2h05m\n"
+    );
     // docker ps habits: ids only, filters, templates, columns, no-trunc.
     let ids = text(&s.run(&config, &["ps", "-q"]));
     assert_eq!(ids, "0train-alice\nnotebook-bob\n4242\n");
@@ -179,11 +242,17 @@ fn ps_shows_the_inventory_file_as_docker_ps_does() {
     assert_eq!(two, "4242\n");
     let template = text(&s.run(
         &config,
-        &["ps", "--format", "{{.Name}}\t{{.User}} {{.GPUMem}}"],
+        &[
+            "ps",
+            "--format",
+            "{{.Name}}\t{{.User}} {{.GPUMem}} {{.GPU_Util}} {{.CPU}} {{.Idle}}",
+        ],
     ));
     assert_eq!(
         template,
-        "train-alice\talice 20.0 GiB\nnotebook-bob\tbob -\n4242\tbob 812 MiB\n"
+        "train-alice\talice 20.0 GiB ? 3.2 -\n\
+         notebook-bob\tbob - - 0.01 2h05m\n\
+         4242\tbob 812 MiB 0% 0.00 1h05m\n"
     );
     let columns = text(&s.run(&config, &["ps", "--format", "name,user,gpu_mem"]));
     assert_eq!(
@@ -273,6 +342,120 @@ fn ps_scan_and_the_stdout_table_write_nothing() {
         "ps --scan wrote the inventory"
     );
     assert!(!s.events_path().exists(), "ps --scan wrote events");
+}
+
+/// The rows of `ps --format json` with these extra arguments.
+fn ps_json(s: &Scratch, config: &std::path::Path, args: &[&str]) -> Vec<serde_json::Value> {
+    let mut full = vec!["ps", "--format", "json"];
+    full.extend_from_slice(args);
+    let out = text(&s.run(config, &full));
+    match serde_json::from_str(&out) {
+        Ok(serde_json::Value::Array(rows)) => rows,
+        _ => panic!("not a JSON array: {out}"),
+    }
+}
+
+/// A sleeping container and a busy one on the private engine, scanned with
+/// a short `idle_after` until the sleeper is idle: `ps --idle` lists it and
+/// not the busy one (in JSON, ids and the table), and `ps --format json`
+/// has the activity fields of both.
+#[test]
+#[ignore = "needs the private Docker engine: run by tests/run.sh"]
+fn ps_idle_lists_the_sleeping_container_and_not_the_busy_one() {
+    let host = common::docker_host();
+    let image = common::test_image();
+    let s = Scratch::new();
+    // Only this test's containers: the engine may run others'.
+    let mark = common::unique("dw-ps-idle");
+    let label = format!("dw-ps-idle={mark}");
+    let only_ours = format!("label={label}");
+    let mut c = common::Containers::new(&host);
+    let run = |c: &mut common::Containers, name: &str, command: &[&str]| {
+        let name = format!("{mark}-{name}");
+        let mut args = vec![
+            "--network",
+            "none",
+            "--label",
+            &label,
+            "--name",
+            &name,
+            &image,
+        ];
+        args.extend_from_slice(command);
+        (c.run(&args), name)
+    };
+    let (asleep, asleep_name) = run(&mut c, "asleep", &["sleep", "600"]);
+    let (busy, busy_name) = run(&mut c, "busy", &["sh", "-c", "while :; do :; done"]);
+    let config = s.config(
+        Some(&host),
+        "[[stages.idle]]\ngrace = \"1s\"\nidle_after = \"2s\"\ncpu_cores_below = 0.05\n",
+    );
+    // Scan until the sleeper is idle (two readings to rate, then
+    // idle_after), a loaded machine given two minutes.
+    let start = Instant::now();
+    let rows = loop {
+        s.scan(&config);
+        let rows = ps_json(&s, &config, &["-f", &only_ours]);
+        let idle = |id: &str| rows.iter().any(|r| r["id"] == id && r["idle"] == true);
+        if idle(&asleep) {
+            break rows;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the sleeper never became idle: {rows:#?}"
+        );
+        common::seconds_pass(1);
+    };
+    let row = |id: &str| {
+        rows.iter()
+            .find(|r| r["id"] == id)
+            .unwrap_or_else(|| panic!("{id} not in {rows:#?}"))
+    };
+    // Both have the activity fields: the sleeper idle for a while, the busy
+    // one using a core and never idle.
+    let z = row(&asleep);
+    assert!(z["cpu_cores"].as_f64().is_some_and(|c| c < 0.05), "{z}");
+    assert!(z["idle_s"].as_i64().is_some_and(|s| s >= 2), "{z}");
+    assert!(z["gpu_util_percent"].is_null(), "no GPU held: {z}");
+    let b = row(&busy);
+    assert!(b["cpu_cores"].as_f64().is_some_and(|c| c > 0.05), "{b}");
+    assert_eq!(b["idle"], false, "{b}");
+    assert!(b["idle_s"].is_null(), "{b}");
+    for field in ["cpu_cores", "gpu_util_percent", "idle_s", "idle"] {
+        assert!(b.get(field).is_some(), "{field} missing: {b}");
+    }
+    // --idle: only the sleeper, in every format.
+    let idle = ps_json(&s, &config, &["--idle", "-f", &only_ours]);
+    let ids: Vec<&str> = idle.iter().filter_map(|r| r["id"].as_str()).collect();
+    assert_eq!(ids, [asleep.as_str()], "{idle:#?}");
+    let quiet = text(&s.run(&config, &["ps", "--idle", "-q", "-f", &only_ours]));
+    assert_eq!(quiet, format!("{asleep}\n"));
+    let table = text(&s.run(&config, &["ps", "--idle", "-f", &only_ours]));
+    assert!(table.starts_with("ID "), "{table}");
+    assert!(table.contains(&asleep_name), "{table}");
+    assert!(!table.contains(&busy_name), "{table}");
+    // Its IDLE cell says for how long (seconds here), not `-`.
+    let columns = text(&s.run(
+        &config,
+        &["ps", "--idle", "--format", "name,idle", "-f", &only_ours],
+    ));
+    let idle_for = columns
+        .lines()
+        .find_map(|l| l.strip_prefix(asleep_name.as_str()))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("{asleep_name} not in:\n{columns}"));
+    assert!(
+        idle_for.ends_with('s') && idle_for.starts_with(|c: char| c.is_ascii_digit()),
+        "{columns}"
+    );
+    assert!(
+        table.contains("total: 1 idle workload, 0 MiB GPU memory held idle"),
+        "{table}"
+    );
+    // Without the label filter too, the busy one is never listed as idle.
+    let everyone = text(&s.run(&config, &["ps", "--idle", "-q"]));
+    assert!(everyone.lines().any(|l| l == asleep), "{everyone}");
+    assert!(!everyone.lines().any(|l| l == busy), "{everyone}");
 }
 
 /// A tmux server of this test's own, on a socket in the scratch directory.
@@ -446,7 +629,7 @@ fn at_80_columns_ps_and_top_fit_and_keep_created() {
         }
         let row = screen
             .lines()
-            .find(|l| l.contains("train-al"))
+            .find(|l| l.contains("train-a"))
             .unwrap_or_else(|| panic!("{what}: {screen}"));
         assert!(
             row.trim_end().ends_with("5d ago"),

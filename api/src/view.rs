@@ -2,19 +2,27 @@
 //! processes, as `detect-workloads ps`, `top` and the stdout sink's `table`
 //! format print it. Pure functions over an [`Inventory`]: no I/O here.
 //!
-//! Rows are sorted by user, each user followed by a total line, and a footer
-//! says how old the scan is and how each collector did. Every value that comes
-//! from outside (names, labels, command lines) has its control characters
-//! replaced, so the table is safe to print on a terminal.
+//! Rows are sorted by user, each user followed by a total line (with
+//! `--idle`: the largest waste first, GPU memory held x time idle), and a
+//! footer says how old the scan is and how each collector did. Every value
+//! that comes from outside (names, labels, command lines) has its control
+//! characters replaced, so the table is safe to print on a terminal.
+//!
+//! The table and footer come as [`Styled`] lines: each piece carries the
+//! [`Style`] that what it shows calls for (a failed collector, an idle
+//! workload, an unknown GPU activity), so that a terminal can colour them
+//! without reading the text back. Widths are terminal columns
+//! (`unicode-width`): a CJK character or an emoji takes two, in padding and
+//! in cutting alike.
 
+use std::cmp::Reverse;
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 
 use serde::Serialize;
 
 use crate::model::{
-    CollectorReport, ContainerEntry, FactKind, GpuAccess, GpuDevice, Inventory, ProcessEntry,
-    UserGpuUse,
+    Activity, CollectorReport, ContainerEntry, FactKind, GpuAccess, GpuDevice, Inventory,
+    ProcessEntry, UserGpuUse,
 };
 
 /// Which workloads to show.
@@ -29,6 +37,20 @@ pub struct Filter {
     /// `--filter KEY=VALUE` conditions: a row must match one value of each
     /// key given (as `docker ps --filter` combines them).
     pub conditions: Vec<Condition>,
+    /// Only idle workloads (`activity.idle`), the largest waste first
+    /// (`--idle`, [`Order::ByWaste`]).
+    pub idle_only: bool,
+}
+
+/// How the rows are ordered, and so how the table totals them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Order {
+    /// By user, then kind, then name; a total line after each user's rows.
+    #[default]
+    ByUser,
+    /// The largest waste first: GPU memory held x seconds idle, then the
+    /// longest idle, then user, kind and name; one total line at the end.
+    ByWaste,
 }
 
 /// One `--filter KEY=VALUE` of `ps` and `top`.
@@ -142,6 +164,15 @@ impl Filter {
         })
     }
 
+    /// How the rows are ordered: by waste with `--idle`, else by user.
+    pub fn order(&self) -> Order {
+        if self.idle_only {
+            Order::ByWaste
+        } else {
+            Order::ByUser
+        }
+    }
+
     /// Whether stopped containers are shown: `-a`, or a status asked for.
     fn shows_stopped(&self) -> bool {
         self.all
@@ -232,9 +263,25 @@ pub struct Row {
     /// Seconds since a running container started.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub up_s: Option<i64>,
+    /// Average cores used over the last reading (`activity.cpu_cores`);
+    /// `None` when unknown (not running, a first reading, a pending process).
+    pub cpu_cores: Option<f64>,
+    /// GPU utilisation of its processes, percent
+    /// (`activity.gpu_util_percent`); `None` when unknown, or when it holds
+    /// no GPU memory.
+    pub gpu_util_percent: Option<f64>,
+    /// Seconds since it has been below every idle threshold
+    /// (`activity.idle_since`); `None` while active or when unknown.
+    pub idle_s: Option<i64>,
+    /// Idle for at least the `idle` stage's `idle_after` (`activity.idle`).
+    pub idle: bool,
     /// Whether it has GPU access or uses a GPU.
     #[serde(skip)]
     pub gpu: bool,
+    /// Whether it holds GPU memory (a GPU process, a container whose
+    /// processes use a GPU): then an unknown GPU activity matters.
+    #[serde(skip)]
+    gpu_held: bool,
     /// Full GPU UUIDs, for `gpu=` filters.
     #[serde(skip)]
     gpu_uuids: Vec<String>,
@@ -270,9 +317,61 @@ pub fn rows(inv: &Inventory, filter: &Filter, now: i64) -> Vec<Row> {
         .filter(|r| filter.user.as_ref().is_none_or(|u| &r.user == u))
         .filter(|r| !filter.gpu_only || r.gpu)
         .filter(|r| filter.keeps(r))
+        .filter(|r| !filter.idle_only || r.idle)
         .collect();
-    rows.sort_by(|a, b| (&a.user, a.kind, &a.name).cmp(&(&b.user, b.kind, &b.name)));
+    match filter.order() {
+        Order::ByUser => {
+            rows.sort_by(|a, b| (&a.user, a.kind, &a.name).cmp(&(&b.user, b.kind, &b.name)));
+        }
+        Order::ByWaste => rows.sort_by(|a, b| {
+            let key = |r: &Row| (Reverse(r.waste()), Reverse(r.idle_s.unwrap_or(0)));
+            key(a)
+                .cmp(&key(b))
+                .then_with(|| (&a.user, a.kind, &a.name).cmp(&(&b.user, b.kind, &b.name)))
+        }),
+    }
     rows
+}
+
+impl Row {
+    /// What its idleness wastes: MiB of GPU memory held x seconds idle (0
+    /// when it holds none, or is not idle).
+    pub fn waste(&self) -> u128 {
+        let idle = u128::try_from(self.idle_s.unwrap_or(0)).unwrap_or(0);
+        u128::from(self.gpu_memory_mb.unwrap_or(0)) * idle
+    }
+
+    /// How the whole row looks, from what it is: an idle workload, a
+    /// failing container (unhealthy, restarting, dead), or plain.
+    pub fn style(&self) -> Style {
+        if self.idle {
+            Style::Idle
+        } else if self.health.as_deref() == Some("unhealthy")
+            || matches!(self.status.as_str(), "restarting" | "dead")
+        {
+            Style::Failed
+        } else {
+            Style::Plain
+        }
+    }
+}
+
+/// The activity columns of a row: (cpu_cores, gpu_util_percent, idle_s,
+/// idle) from `activity`, when it has one.
+fn activity_of(
+    activity: Option<&Activity>,
+    now: i64,
+) -> (Option<f64>, Option<f64>, Option<i64>, bool) {
+    let Some(a) = activity else {
+        return (None, None, None, false);
+    };
+    let finite = |v: Option<f64>| v.filter(|v| v.is_finite() && *v >= 0.0);
+    (
+        finite(a.cpu_cores),
+        finite(a.gpu_util_percent),
+        a.idle_since.as_deref().and_then(|t| age(t, now)),
+        a.idle,
+    )
 }
 
 /// A user's GPU use by short-lived processes: its PIDs of now as the name.
@@ -297,7 +396,12 @@ fn use_row(u: &UserGpuUse, now: i64) -> Row {
         age_s,
         created_s: age_s,
         up_s: None,
+        cpu_cores: None,
+        gpu_util_percent: None,
+        idle_s: None,
+        idle: false,
         gpu: true,
+        gpu_held: true,
         gpu_uuids: vec![u.gpu_uuid.clone()],
         labels: BTreeMap::new(),
     }
@@ -305,6 +409,7 @@ fn use_row(u: &UserGpuUse, now: i64) -> Row {
 
 fn container_row(c: &ContainerEntry, now: i64) -> Row {
     let started = c.inspect.as_ref().map(|i| i.started_at.as_str());
+    let (cpu_cores, gpu_util_percent, idle_s, idle) = activity_of(c.activity.as_ref(), now);
     Row {
         kind: Kind::Container,
         id: c.id.clone(),
@@ -330,7 +435,12 @@ fn container_row(c: &ContainerEntry, now: i64) -> Row {
         up_s: started
             .filter(|_| c.status == "running" || c.status == "paused")
             .and_then(|t| age(t, now)),
+        cpu_cores,
+        gpu_util_percent,
+        idle_s,
+        idle,
         gpu: c.has_gpu || !c.gpu_devices.is_empty() || c.gpu_in_use,
+        gpu_held: c.gpu_in_use || c.gpu_memory_mb.is_some_and(|m| m > 0),
         gpu_uuids: c.gpu_uuids.clone(),
         labels: c.labels.clone(),
     }
@@ -377,6 +487,7 @@ fn process_row(p: &ProcessEntry, status: &str, now: i64) -> Row {
         &p.gpu_uuids[..]
     };
     let age_s = age(&p.detected_at, now);
+    let (cpu_cores, gpu_util_percent, idle_s, idle) = activity_of(p.activity.as_ref(), now);
     Row {
         kind: Kind::Process,
         id: p.pid.to_string(),
@@ -392,7 +503,12 @@ fn process_row(p: &ProcessEntry, status: &str, now: i64) -> Row {
         age_s,
         created_s: age_s,
         up_s: None,
+        cpu_cores,
+        gpu_util_percent,
+        idle_s,
+        idle,
         gpu: true,
+        gpu_held: true,
         gpu_uuids: uuids.to_vec(),
         labels: BTreeMap::new(),
     }
@@ -417,6 +533,30 @@ pub fn human_age(secs: i64) -> String {
         s if s < 3600 => format!("{}m", s / 60),
         s if s < 86_400 => format!("{}h", s / 3600),
         s => format!("{}d", s / 86_400),
+    }
+}
+
+/// How long, in two units: `45s`, `12m05s`, `2h05m`, `3d04h` (the IDLE
+/// column).
+pub fn human_duration(secs: i64) -> String {
+    let s = secs.max(0);
+    match s {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
+        s if s < 86_400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        s => format!("{}d{:02}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+/// Cores used, as precise as it matters: `0.03`, `3.2`, `112` (the CPU
+/// column).
+pub fn human_cores(cores: f64) -> String {
+    if cores < 0.995 {
+        format!("{cores:.2}")
+    } else if cores < 99.95 {
+        format!("{cores:.1}")
+    } else {
+        format!("{cores:.0}")
     }
 }
 
@@ -458,15 +598,25 @@ pub fn display_width(text: &str) -> usize {
     unicode_width::UnicodeWidthStr::width(text)
 }
 
-/// Cuts `text` to `width` terminal columns, ending in `…` when cut.
+/// The columns a terminal gives one character (0 for a control character,
+/// which [`printable`] has replaced anyway).
+fn char_width(c: char) -> usize {
+    unicode_width::UnicodeWidthChar::width(c).unwrap_or(0)
+}
+
+/// Cuts `text` to `width` terminal columns, ending in `…` when cut (a wide
+/// character that would cross the edge goes whole).
 pub fn fit(text: &str, width: usize) -> String {
     if display_width(text) <= width {
         return text.to_string();
     }
+    if width == 0 {
+        return String::new();
+    }
     let mut kept = String::new();
     let mut used = 0;
     for c in text.chars() {
-        let w = unicode_width::UnicodeWidthChar::width(c).unwrap_or(0);
+        let w = char_width(c);
         if used + w + 1 > width {
             break;
         }
@@ -483,6 +633,144 @@ fn pad(text: &str, width: usize, right: bool) -> String {
         format!("{fill}{text}")
     } else {
         format!("{text}{fill}")
+    }
+}
+
+/// How a piece of the output should look on a terminal, chosen from what it
+/// shows (never from its text). Plain text ignores it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Style {
+    /// Nothing special.
+    #[default]
+    Plain,
+    /// The table's header.
+    Header,
+    /// Something failing: a collector that failed, an unhealthy, restarting
+    /// or dead container, a scan that saw no container source.
+    Failed,
+    /// An idle workload (`activity.idle`).
+    Idle,
+    /// A value unknown where it matters: the GPU activity of a workload that
+    /// holds GPU memory (`?`).
+    Unknown,
+}
+
+/// A run of text in one style.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Span {
+    /// The text (printable, no new line).
+    pub text: String,
+    /// How it looks.
+    pub style: Style,
+}
+
+/// One line of output, as spans.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Line(pub Vec<Span>);
+
+impl Line {
+    /// A line of one style.
+    pub fn new(text: impl Into<String>, style: Style) -> Line {
+        let mut line = Line::default();
+        line.push(text, style);
+        line
+    }
+
+    /// A plain line.
+    pub fn plain(text: impl Into<String>) -> Line {
+        Line::new(text, Style::Plain)
+    }
+
+    /// Adds `text` in `style` at the end.
+    pub fn push(&mut self, text: impl Into<String>, style: Style) {
+        let text = text.into();
+        match self.0.last_mut() {
+            Some(last) if last.style == style => last.text.push_str(&text),
+            _ if text.is_empty() => {}
+            _ => self.0.push(Span { text, style }),
+        }
+    }
+
+    /// The text, without styles.
+    pub fn text(&self) -> String {
+        self.0.iter().map(|s| s.text.as_str()).collect()
+    }
+
+    /// The terminal columns it takes.
+    pub fn width(&self) -> usize {
+        self.0.iter().map(|s| display_width(&s.text)).sum()
+    }
+
+    /// Cut to `width` terminal columns, ending in `…` (in the style of the
+    /// span it cuts) when cut.
+    pub fn fit(self, width: usize) -> Line {
+        if self.width() <= width {
+            return self;
+        }
+        let mut out = Line::default();
+        let mut used = 0;
+        for span in self.0 {
+            let mut kept = String::new();
+            for c in span.text.chars() {
+                let w = char_width(c);
+                if used + w + 1 > width {
+                    if width > 0 {
+                        kept.push('…');
+                    }
+                    out.push(kept, span.style);
+                    return out;
+                }
+                used += w;
+                kept.push(c);
+            }
+            out.push(kept, span.style);
+        }
+        out
+    }
+
+    /// Without the spaces it ends in.
+    fn trim_end(mut self) -> Line {
+        while let Some(last) = self.0.last_mut() {
+            let kept = last.text.trim_end().len();
+            last.text.truncate(kept);
+            if !last.text.is_empty() {
+                break;
+            }
+            self.0.pop();
+        }
+        self
+    }
+}
+
+/// Lines of output with their styles: [`Styled::plain`] for a pipe, or
+/// coloured by the terminal's front end.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Styled {
+    /// The lines, without their new lines.
+    pub lines: Vec<Line>,
+}
+
+impl Styled {
+    /// Plain text, each line of it a plain line.
+    pub fn plain_lines(text: &str) -> Styled {
+        Styled {
+            lines: text.lines().map(Line::plain).collect(),
+        }
+    }
+
+    /// Adds a line.
+    pub fn push(&mut self, line: Line) {
+        self.lines.push(line);
+    }
+
+    /// Adds the lines of `other`.
+    pub fn append(&mut self, other: Styled) {
+        self.lines.extend(other.lines);
+    }
+
+    /// The text without styles, each line ending in a new line.
+    pub fn plain(&self) -> String {
+        self.lines.iter().map(|l| l.text() + "\n").collect()
     }
 }
 
@@ -503,6 +791,13 @@ pub enum Column {
     Gpus,
     /// GPU memory held.
     GpuMem,
+    /// GPU utilisation: `37%`, `?` (holds GPU memory, activity unknown),
+    /// `-` (none held, or unknown).
+    GpuUtil,
+    /// Cores used: `0.03`, `3.2`; `-` unknown.
+    Cpu,
+    /// For how long it has been idle: `2h05m`; `-` while active.
+    Idle,
     /// Image or command line.
     Image,
     /// Age as the engine says (a process: since first seen).
@@ -513,7 +808,7 @@ pub enum Column {
 
 impl Column {
     /// The table's columns, in order.
-    pub const TABLE: [Column; 9] = [
+    pub const TABLE: [Column; 12] = [
         Column::Id,
         Column::Name,
         Column::User,
@@ -521,13 +816,16 @@ impl Column {
         Column::Status,
         Column::Gpus,
         Column::GpuMem,
+        Column::GpuUtil,
+        Column::Cpu,
+        Column::Idle,
         Column::Image,
         Column::Created,
     ];
 
     /// Every column, with the names `--format` takes for it (lower case,
     /// `_` and `.` ignored: `gpu_mem`, `{{.GPUMem}}`).
-    pub const NAMES: [(Column, &'static [&'static str]); 10] = [
+    pub const NAMES: [(Column, &'static [&'static str]); 13] = [
         (Column::Id, &["id"]),
         (Column::Name, &["name", "names", "pid"]),
         (Column::User, &["user"]),
@@ -535,6 +833,9 @@ impl Column {
         (Column::Status, &["status", "state"]),
         (Column::Gpus, &["gpus", "gpu"]),
         (Column::GpuMem, &["gpumem", "gpumemory"]),
+        (Column::GpuUtil, &["gpuutil", "gpu%", "gpuutilpercent"]),
+        (Column::Cpu, &["cpu", "cpucores"]),
+        (Column::Idle, &["idle", "idles", "idlefor"]),
         (Column::Image, &["image", "command", "what"]),
         (Column::Created, &["created", "createdat", "age"]),
         (Column::Kind, &["kind"]),
@@ -564,6 +865,9 @@ impl Column {
             Column::Status => "STATUS",
             Column::Gpus => "GPUS",
             Column::GpuMem => "GPU MEM",
+            Column::GpuUtil => "GPU%",
+            Column::Cpu => "CPU",
+            Column::Idle => "IDLE",
             Column::Image => "IMAGE/CMD",
             Column::Created => "CREATED",
             Column::Kind => "KIND",
@@ -587,6 +891,13 @@ impl Column {
                 }
             }
             Column::GpuMem => r.gpu_memory_mb.map_or_else(|| "-".to_string(), human_mib),
+            Column::GpuUtil => match (r.gpu_util_percent, r.gpu_held) {
+                (Some(p), _) => format!("{p:.0}%"),
+                (None, true) => "?".to_string(),
+                (None, false) => "-".to_string(),
+            },
+            Column::Cpu => r.cpu_cores.map_or_else(|| "-".to_string(), human_cores),
+            Column::Idle => r.idle_s.map_or_else(|| "-".to_string(), human_duration),
             Column::Image => printable(&r.what),
             Column::Created => r
                 .created_s
@@ -597,6 +908,23 @@ impl Column {
                 Kind::GpuUse => "gpu-use".to_string(),
             },
         }
+    }
+
+    /// How this row's cell looks: [`Style::Unknown`] for the `?` of a GPU
+    /// activity unknown while it holds GPU memory, else the row's style.
+    pub fn style(self, r: &Row) -> Style {
+        match self {
+            Column::GpuUtil if r.gpu_util_percent.is_none() && r.gpu_held => Style::Unknown,
+            _ => r.style(),
+        }
+    }
+
+    /// Whether its cells are numbers, aligned right.
+    fn right_aligned(self) -> bool {
+        matches!(
+            self,
+            Column::GpuMem | Column::GpuUtil | Column::Cpu | Column::Idle
+        )
     }
 }
 
@@ -631,18 +959,23 @@ fn status_cell(r: &Row) -> String {
     printable(&text)
 }
 
-/// The widths of `columns`: each as wide as its widest cell; when fitted,
-/// NAME, IMAGE/COMMAND, GPUS, USER and ORIGIN give up space until the line
-/// fits, and ORIGIN is left out (width 0) when that is not enough.
+/// The widths of `columns`: each as wide as its widest cell (in terminal
+/// columns); when fitted, IMAGE/CMD, NAME, GPUS, ORIGIN, USER and STATUS give
+/// up space until the line fits; when that is not enough ORIGIN is left out
+/// (width 0), then ID (NAME still tells a workload), and the rest give up
+/// more, NAME last. The activity columns (GPU%, CPU, IDLE) and CREATED are
+/// never cut.
 fn widths(columns: &[Column], table: &[Vec<String>], layout: Layout) -> Vec<usize> {
-    let mut w: Vec<usize> = columns.iter().map(|c| display_width(c.header())).collect();
+    let mut natural: Vec<usize> = columns.iter().map(|c| display_width(c.header())).collect();
     for row in table {
         for (i, cell) in row.iter().enumerate() {
-            w[i] = w[i].max(display_width(cell));
+            if let Some(w) = natural.get_mut(i) {
+                *w = (*w).max(display_width(cell));
+            }
         }
     }
     let Layout::Fitted { width } = layout else {
-        return w;
+        return natural;
     };
     let total = |w: &[usize]| {
         let shown = w.iter().filter(|x| **x > 0).count();
@@ -658,48 +991,85 @@ fn widths(columns: &[Column], table: &[Vec<String>], layout: Layout) -> Vec<usiz
             }
         }
     };
-    shrink(
-        &mut w,
-        &[
-            (Column::Image, 16),
-            (Column::Name, 12),
-            (Column::Gpus, 8),
-            (Column::Origin, 8),
-            (Column::User, 8),
-            (Column::Status, 12),
-            (Column::Name, 8),
-            (Column::Image, 10),
-        ],
-    );
-    // Then ORIGIN goes (`docker ps` has none), and the rest give up more.
-    if total(&w) > width {
-        if let Some(i) = at(Column::Origin) {
-            w[i] = 0;
+    let first = [
+        (Column::Image, 16),
+        (Column::Name, 12),
+        (Column::Gpus, 8),
+        (Column::Origin, 8),
+        (Column::User, 8),
+        (Column::Status, 12),
+        (Column::Name, 8),
+        (Column::Image, 10),
+    ];
+    // NAME last: at 80 columns it keeps 8.
+    let more = [
+        (Column::Image, 6),
+        (Column::Gpus, 5),
+        (Column::Status, 8),
+        (Column::User, 6),
+        (Column::Name, 6),
+    ];
+    let mut w = natural.clone();
+    for left_out in [&[][..], &[Column::Origin], &[Column::Origin, Column::Id]] {
+        w = natural.clone();
+        for column in left_out {
+            if let Some(i) = at(*column) {
+                w[i] = 0;
+            }
+        }
+        shrink(&mut w, &first);
+        if total(&w) <= width {
+            return w;
         }
     }
-    shrink(
-        &mut w,
-        &[
-            (Column::Status, 8),
-            (Column::Gpus, 6),
-            (Column::User, 6),
-            (Column::Name, 6),
-            (Column::Image, 6),
-        ],
-    );
+    shrink(&mut w, &more);
     w
 }
 
-fn write_line(out: &mut String, columns: &[Column], cells: &[String], w: &[usize]) {
-    let mut parts = Vec::with_capacity(cells.len());
-    for ((column, cell), &width) in columns.iter().zip(cells).zip(w) {
+/// One line of the table: each cell cut and padded to its column's width
+/// (a column of width 0 left out), in `style` unless the cell has its own;
+/// fitted to `fitted` columns when given.
+fn table_line(
+    columns: &[Column],
+    cells: &[(String, Style)],
+    w: &[usize],
+    style: Style,
+    fitted: Option<usize>,
+) -> Line {
+    let mut line = Line::default();
+    let mut first = true;
+    for ((column, (cell, cell_style)), &width) in columns.iter().zip(cells).zip(w) {
         if width == 0 {
             continue;
         }
-        parts.push(pad(&fit(cell, width), width, *column == Column::GpuMem));
+        if !first {
+            line.push("  ", style);
+        }
+        first = false;
+        line.push(
+            pad(&fit(cell, width), width, column.right_aligned()),
+            *cell_style,
+        );
     }
-    out.push_str(parts.join("  ").trim_end());
-    out.push('\n');
+    let line = line.trim_end();
+    match fitted {
+        Some(width) => line.fit(width),
+        None => line,
+    }
+}
+
+/// The cells of `rows` in `columns`, each with its style.
+fn cells(rows: &[Row], columns: &[Column]) -> Vec<Vec<(String, Style)>> {
+    rows.iter()
+        .map(|r| columns.iter().map(|c| (c.cell(r), c.style(r))).collect())
+        .collect()
+}
+
+fn headers(columns: &[Column]) -> Vec<(String, Style)> {
+    columns
+        .iter()
+        .map(|c| (c.header().to_string(), Style::Header))
+        .collect()
 }
 
 /// Per user: workloads, GPU memory they are known to hold.
@@ -733,45 +1103,69 @@ pub fn all_failed(inv: &Inventory, kind: FactKind) -> Vec<&str> {
     }
 }
 
-/// The table: header, rows grouped by user with a total line after each
-/// user's rows, or a one-line note when nothing matches. `gpu_known`:
-/// whether any GPU source answered (else the totals say the GPU memory is
-/// unknown, not 0).
-pub fn table(rows: &[Row], layout: Layout, gpu_known: bool) -> String {
+/// The table: header, rows, and total lines, or a one-line note when
+/// nothing matches. In [`Order::ByUser`] a total line follows each user's
+/// rows; in [`Order::ByWaste`] (`--idle`) one total line ends the table.
+/// `gpu_known`: whether any GPU source answered (else the totals say the
+/// GPU memory is unknown, not 0).
+pub fn table(rows: &[Row], layout: Layout, gpu_known: bool, order: Order) -> Styled {
+    let mut out = Styled::default();
     if rows.is_empty() {
-        return "no workloads match\n".to_string();
+        out.push(Line::plain("no workloads match"));
+        return out;
     }
+    let fitted = match layout {
+        Layout::Fitted { width } => Some(width),
+        Layout::Wide => None,
+    };
     let columns = Column::TABLE;
-    let table: Vec<Vec<String>> = rows
+    let table = cells(rows, &columns);
+    let plain: Vec<Vec<String>> = table
         .iter()
-        .map(|r| columns.iter().map(|c| c.cell(r)).collect())
+        .map(|row| row.iter().map(|(text, _)| text.clone()).collect())
         .collect();
-    let w = widths(&columns, &table, layout);
-    let mut out = String::new();
-    let headers: Vec<String> = columns.iter().map(|c| c.header().to_string()).collect();
-    write_line(&mut out, &columns, &headers, &w);
+    let w = widths(&columns, &plain, layout);
+    out.push(table_line(
+        &columns,
+        &headers(&columns),
+        &w,
+        Style::Header,
+        fitted,
+    ));
+    let memory = |mib: u64| {
+        if gpu_known {
+            format!("{} GPU memory", human_mib(mib))
+        } else {
+            "GPU memory unknown".to_string()
+        }
+    };
+    let plural = |count: usize| if count == 1 { "" } else { "s" };
+    let total_line = |text: String| match fitted {
+        Some(width) => Line::plain(fit(&text, width)),
+        None => Line::plain(text),
+    };
     let totals = totals(rows);
     for (i, (row, cells)) in rows.iter().zip(&table).enumerate() {
-        write_line(&mut out, &columns, cells, &w);
+        out.push(table_line(&columns, cells, &w, row.style(), fitted));
         let last_of_user = rows.get(i + 1).is_none_or(|next| next.user != row.user);
-        if last_of_user {
+        if order == Order::ByUser && last_of_user {
             let (count, mib) = totals.get(row.user.as_str()).copied().unwrap_or_default();
-            let memory = if gpu_known {
-                format!("{} GPU memory", human_mib(mib))
-            } else {
-                "GPU memory unknown".to_string()
-            };
-            let line = format!(
-                "  total {}: {count} workload{}, {memory}",
+            out.push(total_line(format!(
+                "  total {}: {count} workload{}, {}",
                 printable(&row.user),
-                if count == 1 { "" } else { "s" },
-            );
-            out.push_str(&match layout {
-                Layout::Fitted { width } => fit(&line, width),
-                Layout::Wide => line,
-            });
-            out.push('\n');
+                plural(count),
+                memory(mib),
+            )));
         }
+    }
+    if order == Order::ByWaste {
+        let mib: u64 = rows.iter().filter_map(|r| r.gpu_memory_mb).sum();
+        out.push(total_line(format!(
+            "  total: {} idle workload{}, {} held idle",
+            rows.len(),
+            plural(rows.len()),
+            memory(mib),
+        )));
     }
     out
 }
@@ -779,26 +1173,33 @@ pub fn table(rows: &[Row], layout: Layout, gpu_known: bool) -> String {
 /// The rows in `columns` only, as `--format name,user,gpu_mem` prints
 /// them: a header, then aligned cells, nothing cut.
 pub fn columns_table(rows: &[Row], columns: &[Column]) -> String {
-    let table: Vec<Vec<String>> = rows
+    let table = cells(rows, columns);
+    let plain: Vec<Vec<String>> = table
         .iter()
-        .map(|r| columns.iter().map(|c| c.cell(r)).collect())
+        .map(|row| row.iter().map(|(text, _)| text.clone()).collect())
         .collect();
-    let w = widths(columns, &table, Layout::Wide);
-    let mut out = String::new();
-    let headers: Vec<String> = columns.iter().map(|c| c.header().to_string()).collect();
-    write_line(&mut out, columns, &headers, &w);
+    let w = widths(columns, &plain, Layout::Wide);
+    let mut out = Styled::default();
+    out.push(table_line(
+        columns,
+        &headers(columns),
+        &w,
+        Style::Header,
+        None,
+    ));
     for cells in &table {
-        write_line(&mut out, columns, cells, &w);
+        out.push(table_line(columns, cells, &w, Style::Plain, None));
     }
-    out
+    out.plain()
 }
 
 /// The footer: how old the scan is, how long it took, and each collector's
-/// health (`ok`, `skipped`, `unavailable`, or `FAILED: why`). Fitted to a
-/// terminal, the reasons are shortened (down to none) until it fits.
-pub fn footer(inv: &Inventory, now: i64, layout: Layout) -> String {
+/// health (`ok`, `skipped`, `unavailable`, or `FAILED: why`, the last
+/// [`Style::Failed`]). Fitted to a terminal, the reasons are shortened
+/// (down to none) until it fits.
+pub fn footer(inv: &Inventory, now: i64, layout: Layout) -> Line {
     let Some(scan) = &inv.scan else {
-        return "no scan recorded yet\n".to_string();
+        return Line::plain("no scan recorded yet");
     };
     let when = age(&scan.started_at, now).map_or_else(|| "?".to_string(), human_age);
     let head = format!("scan {when} ago, took {} ms; ", scan.duration_ms);
@@ -816,37 +1217,45 @@ pub fn footer(inv: &Inventory, now: i64, layout: Layout) -> String {
         })
         .collect();
     let line = |budget: Option<usize>| {
-        let health: Vec<String> = parts
-            .iter()
-            .map(|(part, why)| match (why, budget) {
+        let mut line = Line::plain(head.clone());
+        for (i, (part, why)) in parts.iter().enumerate() {
+            if i > 0 {
+                line.push(", ", Style::Plain);
+            }
+            let style = if why.is_some() {
+                Style::Failed
+            } else {
+                Style::Plain
+            };
+            let text = match (why, budget) {
                 (Some(why), None) => format!("{part}: {why}"),
                 (Some(why), Some(b)) if b >= 8 => format!("{part}: {}", fit(why, b)),
                 _ => part.clone(),
-            })
-            .collect();
-        format!("{head}{}", health.join(", "))
+            };
+            line.push(text, style);
+        }
+        line
     };
     let full = line(None);
     let Layout::Fitted { width } = layout else {
-        return full + "\n";
+        return full;
     };
-    if display_width(&full) <= width {
-        return full + "\n";
+    if full.width() <= width {
+        return full;
     }
     let failures = parts.iter().filter(|(_, why)| why.is_some()).count().max(1);
-    let bare = display_width(&line(Some(0)));
+    let bare = line(Some(0)).width();
     let budget = width.saturating_sub(bare) / failures;
     // ": " before each reason.
-    let shortened = line(Some(budget.saturating_sub(2)));
-    fit(&shortened, width) + "\n"
+    line(Some(budget.saturating_sub(2))).fit(width)
 }
 
 /// One summary line per GPU, as `top` shows them above the table: index,
 /// name, memory used of total, utilisation (`-` where NVML did not say).
-pub fn gpu_lines(inv: &Inventory) -> String {
+pub fn gpu_lines(inv: &Inventory) -> Styled {
     let mut gpus: Vec<&GpuDevice> = inv.gpus.values().collect();
     gpus.sort_by_key(|g| g.index);
-    let mut out = String::new();
+    let mut out = Styled::default();
     for g in gpus {
         let memory = match (g.memory_used_mb, g.memory_total_mb) {
             (Some(used), Some(total)) => format!("{} / {}", human_mib(used), human_mib(total)),
@@ -855,26 +1264,29 @@ pub fn gpu_lines(inv: &Inventory) -> String {
         let util = g
             .utilization_pct
             .map_or_else(|| "-".to_string(), |u| format!("{u}%"));
-        let _ = writeln!(
-            out,
+        out.push(Line::plain(format!(
             "GPU {}  {}  {}  mem {memory}  util {util}",
             g.index,
             short_uuid(&g.uuid),
             printable(&g.name),
-        );
+        )));
     }
     out
 }
 
-/// Table and footer, as `ps` prints them.
-pub fn render(inv: &Inventory, filter: &Filter, layout: Layout, now: i64) -> String {
+/// Table and footer, as `ps` prints them, with their styles.
+pub fn render_styled(inv: &Inventory, filter: &Filter, layout: Layout, now: i64) -> Styled {
     let rows = rows(inv, filter, now);
     let gpu_known = all_failed(inv, FactKind::GpuProcesses).is_empty();
-    format!(
-        "{}\n{}",
-        table(&rows, layout, gpu_known),
-        footer(inv, now, layout)
-    )
+    let mut out = table(&rows, layout, gpu_known, filter.order());
+    out.push(Line::default());
+    out.push(footer(inv, now, layout));
+    out
+}
+
+/// Table and footer, as `ps` prints them in a pipe.
+pub fn render(inv: &Inventory, filter: &Filter, layout: Layout, now: i64) -> String {
+    render_styled(inv, filter, layout, now).plain()
 }
 
 #[cfg(test)]
@@ -903,11 +1315,23 @@ mod tests {
             }),
             ..ContainerEntry::default()
         };
-        for e in [
-            c("alice-jupyter", "alice", "running", true),
-            c("bob-old", "bob", "exited", false),
-            c("bob-web", "bob", "running", false),
-        ] {
+        let mut jupyter = c("alice-jupyter", "alice", "running", true);
+        jupyter.activity = Some(Activity {
+            cpu_cores: Some(3.2),
+            sampled_s: Some(30.0),
+            ..Activity::default()
+        });
+        // Idle for 2h05m.
+        let mut web = c("bob-web", "bob", "running", false);
+        web.activity = Some(Activity {
+            cpu_cores: Some(0.01),
+            net_bytes_per_s: Some(0.0),
+            sampled_s: Some(30.0),
+            idle_since: Some("2026-11-26T04:35:00Z".to_string()),
+            idle: true,
+            ..Activity::default()
+        });
+        for e in [jupyter, c("bob-old", "bob", "exited", false), web] {
             inv.containers.insert(e.id.clone(), e);
         }
         let p = ProcessEntry {
@@ -917,6 +1341,12 @@ mod tests {
             gpu_memory_mb: Some(40_960),
             gpu_uuid: "GPU-56c0b0b8-eb5c-605d-11d6-1bac317b478c".to_string(),
             detected_at: "2026-11-26T06:39:00Z".to_string(),
+            // Busy on a shared GPU: its GPU activity is unknown.
+            activity: Some(Activity {
+                cpu_cores: Some(0.98),
+                sampled_s: Some(30.0),
+                ..Activity::default()
+            }),
             ..ProcessEntry::default()
         };
         inv.host_processes.insert(447, p);
@@ -945,11 +1375,11 @@ mod tests {
     fn the_table_groups_by_user_with_totals_and_a_footer() {
         let text = render(&inventory(), &Filter::default(), Layout::Wide, NOW);
         let expected = "\
-ID             NAME           USER   ORIGIN        STATUS   GPUS           GPU MEM  IMAGE/CMD                     CREATED
-alice-jupyter  alice-jupyter  alice  ds01-managed  Up 30m   0:1                  -  ds01/pytorch:latest           2d ago
-447            447            alice  host          running  GPU-56c0b0b8  40.0 GiB  python3 train.py --epochs 10  1m ago
+ID             NAME           USER   ORIGIN        STATUS   GPUS           GPU MEM  GPU%   CPU   IDLE  IMAGE/CMD                     CREATED
+alice-jupyter  alice-jupyter  alice  ds01-managed  Up 30m   0:1                  -     -   3.2      -  ds01/pytorch:latest           2d ago
+447            447            alice  host          running  GPU-56c0b0b8  40.0 GiB     ?  0.98      -  python3 train.py --epochs 10  1m ago
   total alice: 2 workloads, 40.0 GiB GPU memory
-00000bob-web   bob-web        bob    ds01-managed  Up 30m   -                    -  ds01/pytorch:latest           2d ago
+00000bob-web   bob-web        bob    ds01-managed  Up 30m   -                    -     -  0.01  2h05m  ds01/pytorch:latest           2d ago
   total bob: 1 workload, 0 MiB GPU memory
 
 scan 12s ago, took 14 ms; docker ok, nvml FAILED: unavailable: no libnvidia-ml
@@ -1003,12 +1433,14 @@ scan 12s ago, took 14 ms; docker ok, nvml FAILED: unavailable: no libnvidia-ml
         if let Some(p) = inv.host_processes.get_mut(&447) {
             p.cmdline = format!("python3 {}", "x".repeat(200));
         }
-        for width in [80, 100] {
+        for width in [80, 100, 110] {
             let text = table(
                 &rows(&inv, &Filter::default(), NOW),
                 Layout::Fitted { width },
                 true,
-            );
+                Order::ByUser,
+            )
+            .plain();
             for line in text.lines() {
                 assert!(
                     display_width(line) <= width,
@@ -1020,8 +1452,10 @@ scan 12s ago, took 14 ms; docker ok, nvml FAILED: unavailable: no libnvidia-ml
             &rows(&inv, &Filter::default(), NOW),
             Layout::Fitted { width: 100 },
             true,
-        );
-        assert!(text.contains("python3 xxx"));
+            Order::ByUser,
+        )
+        .plain();
+        assert!(text.contains("python3 x"), "{text}");
         assert!(text.contains('…'));
     }
 
@@ -1166,7 +1600,7 @@ scan 12s ago, took 14 ms; docker ok, nvml FAILED: unavailable: no libnvidia-ml
             inv.gpus.insert(g.uuid.clone(), g);
         }
         assert_eq!(
-            gpu_lines(&inv),
+            gpu_lines(&inv).plain(),
             "GPU 0  GPU-56c0b0b8  NVIDIA H100 80GB HBM3  mem 2.5 GiB / 79.6 GiB  util 37%\n\
              GPU 1  GPU-bbbbbbbb  NVIDIA H100 80GB HBM3  mem -  util -\n"
         );
@@ -1191,5 +1625,231 @@ scan 12s ago, took 14 ms; docker ok, nvml FAILED: unavailable: no libnvidia-ml
         assert_eq!(human_mib(40_000), "39.1 GiB");
         assert_eq!(short_uuid("GPU-56c0b0b8-eb5c-605d"), "GPU-56c0b0b8");
         assert_eq!(short_uuid("weird"), "weird");
+    }
+
+    #[test]
+    fn durations_cores_and_unknowns_read_as_an_admin_expects() {
+        assert_eq!(human_duration(-5), "0s");
+        assert_eq!(human_duration(45), "45s");
+        assert_eq!(human_duration(725), "12m05s");
+        assert_eq!(human_duration(7500), "2h05m");
+        assert_eq!(human_duration(3 * 86_400 + 4 * 3600 + 59), "3d04h");
+        assert_eq!(human_cores(0.0), "0.00");
+        assert_eq!(human_cores(0.03), "0.03");
+        assert_eq!(human_cores(0.999), "1.0");
+        assert_eq!(human_cores(3.21), "3.2");
+        assert_eq!(human_cores(112.4), "112");
+        let mut inv = inventory();
+        // Unknown is not 0: a NaN from a broken reading is unknown too.
+        if let Some(a) = inv
+            .containers
+            .get_mut("alice-jupyter")
+            .and_then(|c| c.activity.as_mut())
+        {
+            a.cpu_cores = Some(f64::NAN);
+            a.gpu_util_percent = Some(37.4);
+        }
+        let rows = rows(&inv, &Filter::default(), NOW);
+        let row = |name: &str| rows.iter().find(|r| r.name == name).expect("row");
+        let cells = |name: &str| -> Vec<String> {
+            [Column::GpuUtil, Column::Cpu, Column::Idle]
+                .iter()
+                .map(|c| c.cell(row(name)))
+                .collect()
+        };
+        assert_eq!(cells("alice-jupyter"), ["37%", "-", "-"]);
+        // Holds 40 GiB, GPU activity unknown: `?`, styled unknown.
+        assert_eq!(cells("447"), ["?", "0.98", "-"]);
+        assert_eq!(Column::GpuUtil.style(row("447")), Style::Unknown);
+        assert_eq!(Column::Cpu.style(row("447")), Style::Plain);
+        // Holds none: nothing to know.
+        assert_eq!(cells("bob-web"), ["-", "0.01", "2h05m"]);
+        assert_eq!(row("bob-web").idle_s, Some(7500));
+        // JSON: the values, unknown as null.
+        let json = serde_json::to_value(&rows).expect("JSON");
+        assert!(json[0]["cpu_cores"].is_null(), "{json}");
+        assert_eq!(json[0]["gpu_util_percent"], 37.4);
+        assert!(json[1]["gpu_util_percent"].is_null(), "{json}");
+        assert_eq!(json[2]["idle_s"], 7500);
+        assert_eq!(json[2]["idle"], true);
+        assert_eq!(json[1]["idle"], false);
+        assert!(json[1]["idle_s"].is_null(), "{json}");
+        assert!(json[0].get("gpu_held").is_none(), "{json}");
+    }
+
+    #[test]
+    fn idle_lists_only_idle_workloads_the_largest_waste_first() {
+        let mut inv = inventory();
+        let idle = |since: &str| Activity {
+            cpu_cores: Some(0.0),
+            gpu_util_percent: Some(0.0),
+            idle_since: Some(since.to_string()),
+            idle: true,
+            ..Activity::default()
+        };
+        // 40 GiB for 10 minutes (24.6 M MiB-seconds) wastes more than 1 GiB
+        // for 5 hours (18.4 M), which wastes more than no GPU for 2 hours.
+        if let Some(p) = inv.host_processes.get_mut(&447) {
+            p.activity = Some(idle("2026-11-26T06:30:00Z"));
+        }
+        let mut small = inv.containers["alice-jupyter"].clone();
+        small.id = "000000small1".to_string();
+        small.name = "small".to_string();
+        small.user = "carol".to_string();
+        small.gpu_in_use = true;
+        small.gpu_memory_mb = Some(1024);
+        small.activity = Some(idle("2026-11-26T01:40:00Z"));
+        inv.containers.insert(small.id.clone(), small);
+        let filter = Filter {
+            idle_only: true,
+            ..Filter::default()
+        };
+        let listed = rows(&inv, &filter, NOW);
+        let names: Vec<&str> = listed.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["447", "small", "bob-web"]);
+        assert_eq!(listed[0].waste(), 40_960 * 600);
+        assert_eq!(listed[1].waste(), 1024 * 18_000);
+        assert_eq!(listed[2].waste(), 0);
+        assert!(listed.iter().all(|r| r.style() == Style::Idle));
+        // The table keeps that order: no per-user totals, one at the end.
+        let text = render(&inv, &filter, Layout::Wide, NOW);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[1].starts_with("447 "), "{text}");
+        assert!(lines[2].starts_with("000000small1 "), "{text}");
+        assert!(lines[3].starts_with("00000bob-web "), "{text}");
+        assert_eq!(
+            lines[4], "  total: 3 idle workloads, 41.0 GiB GPU memory held idle",
+            "{text}"
+        );
+        assert!(!text.contains("total bob"), "{text}");
+        // Nothing idle: the one-line note.
+        let none = Inventory::default();
+        assert!(render(&none, &filter, Layout::Wide, NOW).starts_with("no workloads match\n"));
+    }
+
+    /// The display column at which `marker` starts in `line`.
+    fn column_of(line: &str, marker: &str) -> usize {
+        let at = line
+            .find(marker)
+            .unwrap_or_else(|| panic!("no {marker:?} in {line:?}"));
+        display_width(&line[..at])
+    }
+
+    /// Where the USER column starts (its cells and header after two spaces).
+    fn user_column(line: &str, user: &str) -> usize {
+        column_of(line, &format!("  {user}  ")) + 2
+    }
+
+    #[test]
+    fn cjk_and_emoji_names_line_up_whole_and_cut() {
+        let mut inv = inventory();
+        if let Some(c) = inv.containers.get_mut("alice-jupyter") {
+            c.name = "名前テスト".to_string();
+        }
+        if let Some(c) = inv.containers.get_mut("00000bob-web") {
+            c.name = "🚀rocket🚀".to_string();
+        }
+        let text = render(&inv, &Filter::default(), Layout::Wide, NOW);
+        let rows: Vec<&str> = text.lines().filter(|l| l.ends_with(" ago")).collect();
+        assert_eq!(rows.len(), 3, "{text}");
+        let header = text.lines().next().expect("header");
+        for (line, user) in rows.iter().zip(["alice", "alice", "bob"]) {
+            assert_eq!(
+                user_column(line, user),
+                user_column(header, "USER"),
+                "{text}"
+            );
+        }
+        let want = column_of(header, "IMAGE/CMD");
+        for (line, image) in rows.iter().zip(["ds01/", "python3", "ds01/"]) {
+            assert_eq!(column_of(line, image), want, "{text}");
+        }
+        // Cut to the terminal: long wide names end in `…`, every line fits
+        // and the columns still line up (the cut never splits a character
+        // or leaves the column short).
+        if let Some(c) = inv.containers.get_mut("alice-jupyter") {
+            c.name = "長い名前".repeat(6);
+        }
+        if let Some(c) = inv.containers.get_mut("00000bob-web") {
+            c.name = "🚀".repeat(20);
+        }
+        for width in [80, 81, 97, 120] {
+            let text = render(&inv, &Filter::default(), Layout::Fitted { width }, NOW);
+            for line in text.lines() {
+                assert!(display_width(line) <= width, "{width}: {line:?}");
+            }
+            let header = text.lines().next().expect("header");
+            let want = user_column(header, "USER");
+            let rows: Vec<&str> = text.lines().filter(|l| l.ends_with(" ago")).collect();
+            assert_eq!(rows.len(), 3, "{width}:\n{text}");
+            for (line, user) in rows.iter().zip(["alice", "alice", "bob"]) {
+                assert_eq!(user_column(line, user), want, "{width}:\n{text}");
+            }
+            assert!(text.contains('…'), "{width}:\n{text}");
+        }
+        // A line cut by styles keeps its widths too.
+        let line = Line(vec![
+            Span {
+                text: "ab".into(),
+                style: Style::Header,
+            },
+            Span {
+                text: "名前名前".into(),
+                style: Style::Idle,
+            },
+        ]);
+        let cut = line.fit(7);
+        assert_eq!(cut.text(), "ab名前…");
+        assert_eq!(cut.width(), 7);
+        assert_eq!(cut.0[1].style, Style::Idle);
+        assert_eq!(Line::plain("🚀🚀🚀").fit(4).text(), "🚀…");
+        assert_eq!(Line::plain("abc").fit(0).text(), "");
+    }
+
+    #[test]
+    fn styles_come_from_the_data_not_the_text() {
+        let mut inv = inventory();
+        // Names that look like what is coloured are not coloured for it.
+        if let Some(c) = inv.containers.get_mut("alice-jupyter") {
+            c.name = "docker FAILED: x".to_string();
+            c.health = Some(crate::model::Health::Unhealthy);
+        }
+        if let Some(p) = inv.host_processes.get_mut(&447) {
+            p.cmdline = "echo nvml FAILED".to_string();
+        }
+        let styled = render_styled(&inv, &Filter::default(), Layout::Wide, NOW);
+        let line = |text: &str| {
+            styled
+                .lines
+                .iter()
+                .find(|l| l.text().contains(text))
+                .unwrap_or_else(|| panic!("{text}: {styled:?}"))
+        };
+        let styles = |l: &Line| -> Vec<Style> { l.0.iter().map(|s| s.style).collect() };
+        assert_eq!(styles(&styled.lines[0]), [Style::Header]);
+        // Unhealthy: the whole row failed, for what it is.
+        assert_eq!(styles(line("docker FAILED: x")), [Style::Failed]);
+        // A process whose command says FAILED is plain but its unknown GPU%.
+        let process = line("echo nvml FAILED");
+        assert_eq!(
+            styles(process),
+            [Style::Plain, Style::Unknown, Style::Plain]
+        );
+        assert_eq!(process.0[1].text.trim(), "?");
+        // Idle: the whole row.
+        assert_eq!(styles(line("bob-web")), [Style::Idle]);
+        // Totals plain; the footer's failed collector, and only it, failed.
+        assert_eq!(styles(line("total bob")), [Style::Plain]);
+        let footer = styled.lines.last().expect("footer");
+        assert_eq!(styles(footer), [Style::Plain, Style::Failed]);
+        assert_eq!(
+            footer.0[1].text,
+            "nvml FAILED: unavailable: no libnvidia-ml"
+        );
+        // The plain text is the same whatever the styles.
+        assert_eq!(
+            styled.plain(),
+            render(&inv, &Filter::default(), Layout::Wide, NOW)
+        );
     }
 }

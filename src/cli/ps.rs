@@ -31,7 +31,7 @@ pub struct PsArgs {
     /// table (fitted to the terminal), wide (nothing cut), json (the rows),
     /// a list of columns (`name,user,gpu_mem`) or a template
     /// (`{{.Name}} {{.User}}`); columns: id, name, user, origin, status,
-    /// gpus, gpu_mem, image, created, kind
+    /// gpus, gpu_mem, gpu_util, cpu, idle, image, created, kind
     #[arg(long, default_value = "table", value_parser = PsFormat::parse)]
     pub format: PsFormat,
 }
@@ -127,6 +127,10 @@ pub struct SelectArgs {
     /// (part of it), id (its start), gpu (yes, no, a slot or a UUID's start)
     #[arg(short, long = "filter", value_name = "KEY=VALUE", value_parser = Condition::parse)]
     pub filters: Vec<Condition>,
+    /// Only idle workloads (idle for the idle stage's idle_after), the
+    /// largest waste first: GPU memory held x time idle
+    #[arg(long)]
+    pub idle: bool,
 }
 
 impl SelectArgs {
@@ -137,6 +141,7 @@ impl SelectArgs {
             user: self.user.clone(),
             gpu_only: self.gpu,
             conditions: self.filters.clone(),
+            idle_only: self.idle,
         }
     }
 }
@@ -231,11 +236,11 @@ fn render(inv: &Inventory, args: &PsArgs, now: i64) -> String {
         PsFormat::Table if args.no_trunc => Layout::Wide,
         PsFormat::Table => super::term::stdout_layout(),
     };
-    let text = view::render(inv, &filter, layout, now);
+    let styled = view::render_styled(inv, &filter, layout, now);
     if super::term::stdout_colour() {
-        super::term::paint(&text)
+        super::term::paint(&styled)
     } else {
-        text
+        styled.plain()
     }
 }
 

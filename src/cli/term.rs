@@ -4,7 +4,7 @@
 
 use std::io::IsTerminal;
 
-use detect_workloads_api::view::Layout;
+use detect_workloads_api::view::{Layout, Line, Style, Styled};
 
 /// The table layout for standard output: fitted to the terminal's width
 /// (its size, else `$COLUMNS`, else 80), or wide when not a terminal.
@@ -22,53 +22,75 @@ pub fn stdout_colour() -> bool {
 
 const BOLD: &str = "\x1b[1m";
 const RED: &str = "\x1b[31m";
+const YELLOW: &str = "\x1b[33m";
+const MAGENTA: &str = "\x1b[35m";
 const RESET: &str = "\x1b[0m";
 
-/// `ps` text with the header line bold and failed collectors red.
-pub fn paint(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 32);
-    for (i, line) in text.split_inclusive('\n').enumerate() {
-        let (body, end) = line.strip_suffix('\n').map_or((line, ""), |b| (b, "\n"));
-        if i == 0 {
-            out += &format!("{BOLD}{body}{RESET}{end}");
-        } else {
-            out += &paint_failures(body);
-            out += end;
+/// The escape sequence that starts `style` (none for plain text).
+fn sgr(style: Style) -> Option<&'static str> {
+    match style {
+        Style::Plain => None,
+        Style::Header => Some(BOLD),
+        Style::Failed => Some(RED),
+        Style::Idle => Some(YELLOW),
+        Style::Unknown => Some(MAGENTA),
+    }
+}
+
+/// One line in colour, each span as its style says (the header bold, a
+/// failure red, an idle workload yellow, an unknown GPU activity magenta),
+/// without its new line. The styles come from the data ([`Style`]);
+/// the text is never read back.
+pub fn paint_line(line: &Line) -> String {
+    let mut out = String::new();
+    for span in &line.0 {
+        match sgr(span.style) {
+            Some(code) if !span.text.is_empty() => {
+                out += code;
+                out += &span.text;
+                out += RESET;
+            }
+            _ => out += &span.text,
         }
     }
     out
 }
 
-/// In the footer (`scan ...; docker FAILED: why, procfs ok`), each failed
-/// collector's part in red.
-fn paint_failures(line: &str) -> String {
-    let Some((head, health)) = line.split_once("; ").filter(|_| line.contains(" FAILED")) else {
-        return line.to_string();
-    };
-    let parts: Vec<String> = health
-        .split(", ")
-        .map(|part| {
-            if part.contains(" FAILED") {
-                format!("{RED}{part}{RESET}")
-            } else {
-                part.to_string()
-            }
-        })
-        .collect();
-    format!("{head}; {}", parts.join(", "))
+/// `ps` output in colour, a new line after each line.
+pub fn paint(text: &Styled) -> String {
+    text.lines.iter().map(|l| paint_line(l) + "\n").collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use detect_workloads_api::view::Span;
 
     #[test]
-    fn the_header_is_bold_and_failures_red() {
-        let text =
-            "KIND  NAME\nrow\n\nscan 1s ago, took 3 ms; docker FAILED: unavailable: x, procfs ok\n";
+    fn each_span_is_coloured_as_its_style_says() {
+        let span = |text: &str, style| Span {
+            text: text.to_string(),
+            style,
+        };
+        let text = Styled {
+            lines: vec![
+                Line::new("KIND  NAME", Style::Header),
+                Line(vec![span("row ", Style::Plain), span("?", Style::Unknown)]),
+                Line::new("idle row", Style::Idle),
+                Line::default(),
+                Line(vec![
+                    span("scan 1s ago, took 3 ms; ", Style::Plain),
+                    span("docker FAILED: unavailable: x", Style::Failed),
+                    span(", procfs ok", Style::Plain),
+                ]),
+            ],
+        };
         assert_eq!(
-            paint(text),
-            "\x1b[1mKIND  NAME\x1b[0m\nrow\n\nscan 1s ago, took 3 ms; \x1b[31mdocker FAILED: unavailable: x\x1b[0m, procfs ok\n"
+            paint(&text),
+            "\x1b[1mKIND  NAME\x1b[0m\nrow \x1b[35m?\x1b[0m\n\x1b[33midle row\x1b[0m\n\n\
+             scan 1s ago, took 3 ms; \x1b[31mdocker FAILED: unavailable: x\x1b[0m, procfs ok\n"
         );
+        // A plain line that says FAILED stays plain: nothing is re-read.
+        assert_eq!(paint(&Styled::plain_lines("x FAILED: y")), "x FAILED: y\n");
     }
 }
