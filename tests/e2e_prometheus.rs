@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use common::{Proc, Scratch};
 use detect_workloads_api::model::{
-    CollectorReport, ContainerEntry, ContainerGpuProcess, GpuMismatch, Inventory, ProcessEntry,
-    ScanReport, UserGpuUse,
+    Activity, CollectorReport, ContainerEntry, ContainerGpuProcess, GpuMismatch, Inventory,
+    ProcessEntry, ScanReport, Usage, UserGpuUse,
 };
 use detect_workloads_sinks::prometheus::carried::STATE_FILE;
 use detect_workloads_sinks::prometheus::{render, Carried, FILE_NAME};
@@ -117,8 +117,11 @@ fn textfile_passes_promtool_and_counters_stay_monotonic() {
     let promtool = promtool();
     let (s, config, dir) = scratch_with_sink();
     let gpu = s.gpu_process();
+    // Alone on its GPU: the device's utilisation is the process's.
+    s.set_gpu_utilization(&format!("{}, 40\n", common::UUID));
     s.scan(&config);
-    s.scan(&config); // confirms the host GPU process
+    s.scan(&config); // confirms the host GPU process (its first reading)
+    s.scan(&config); // its rates, and the GPU time it held since
     let text = read_metrics(&dir);
     let mode = std::fs::metadata(dir.join(FILE_NAME))
         .expect("metadata")
@@ -143,6 +146,31 @@ fn textfile_passes_promtool_and_counters_stay_monotonic() {
             .any(|l| l.starts_with("ds01_workload_host_gpu_processes{user=") && l.ends_with(" 1")),
         "{text}"
     );
+    // Its activity, by user and GPU; its user's GPU-seconds.
+    let inv = s.inventory();
+    let user = inv["host_processes"][gpu.pid().to_string()]["user"]
+        .as_str()
+        .expect("the process's user")
+        .to_string();
+    let by_gpu = format!("{{UUID=\"{}\",user=\"{user}\"}}", common::UUID);
+    let util = format!("ds01_workload_host_gpu_process_utilization_ratio{by_gpu}");
+    assert_eq!(sample(&text, &util), Some(0.4), "{text}");
+    let cores = format!("ds01_workload_host_gpu_process_cpu_cores{by_gpu}");
+    assert!(sample(&text, &cores).is_some_and(|c| c >= 0.0), "{text}");
+    // Not judged within the idle stage's grace: active.
+    let idle = format!("ds01_workload_host_gpu_process_idle_seconds{by_gpu}");
+    assert_eq!(sample(&text, &idle), Some(0.0), "{text}");
+    let held_series = format!("ds01_workload_user_gpu_seconds_held_total{{user=\"{user}\"}}");
+    let idle_series = format!("ds01_workload_user_gpu_seconds_idle_total{{user=\"{user}\"}}");
+    let held = sample(&text, &held_series).expect("held counter");
+    assert!(held > 0.0, "one GPU held between two readings: {text}");
+    assert_eq!(sample(&text, &idle_series), Some(0.0), "{text}");
+    for name in [
+        "ds01_workload_user_gpu_seconds_held_total",
+        "ds01_workload_user_gpu_seconds_idle_total",
+    ] {
+        assert!(text.contains(&format!("# TYPE {name} counter")), "{text}");
+    }
     let discovered =
         "ds01_workload_events_total{event_type=\"detection.host_gpu_process_discovered\"}";
     let exited = "ds01_workload_events_total{event_type=\"detection.host_gpu_process_exited\"}";
@@ -173,6 +201,11 @@ fn textfile_passes_promtool_and_counters_stay_monotonic() {
         !text.contains("ds01_workload_host_gpu_processes{"),
         "{text}"
     );
+    // Its activity goes with it; its GPU-seconds stay with its user.
+    assert!(!text.contains(&util) && !text.contains(&idle), "{text}");
+    assert_eq!(sample(&text, &held_series), Some(held), "{text}");
+    assert_eq!(sample(&text, &idle_series), Some(0.0), "{text}");
+    promtool_ok(&promtool, &dir, &["check", "metrics"], Some(&text));
 }
 
 #[test]
@@ -354,6 +387,19 @@ fn full_inventory() -> Inventory {
         gpu_memory_mb: Some(1),
         ..Default::default()
     });
+    let activity = Activity {
+        cpu_cores: Some(0.5),
+        net_bytes_per_s: Some(0.0),
+        gpu_util_percent: Some(1.0),
+        sampled_s: Some(30.0),
+        idle_since: Some("2025-12-31T23:00:00Z".into()),
+        idle: true,
+    };
+    c.activity = Some(activity.clone());
+    c.usage = Usage {
+        gpu_seconds_held: 7200.0,
+        gpu_seconds_idle: 3600.0,
+    };
     let mut inv = Inventory {
         last_scan: "2026-01-01T00:00:00Z".into(),
         ..Default::default()
@@ -365,6 +411,7 @@ fn full_inventory() -> Inventory {
             user: "carol".into(),
             gpu_uuid: "GPU-0".into(),
             detected_at: "2026-01-01T00:00:00Z".into(),
+            activity: Some(activity),
             ..Default::default()
         },
     );
