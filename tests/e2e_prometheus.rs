@@ -338,7 +338,7 @@ fn rules_pass_promtool_check_and_test() {
         &["check", "rules", "detect-workloads.rules.yml"],
         None,
     );
-    assert!(checked.contains("SUCCESS: 11 rules found"), "{checked}");
+    assert!(checked.contains("SUCCESS: 14 rules found"), "{checked}");
     promtool_ok(
         &promtool,
         &dir,
@@ -358,13 +358,25 @@ fn every_rule_has_its_own_test() {
         .lines()
         .filter_map(|l| l.trim().strip_prefix("- alert: "))
         .collect();
-    assert_eq!(alerts.len(), 5, "{alerts:?}");
+    assert_eq!(alerts.len(), 6, "{alerts:?}");
     for alert in alerts {
         assert!(
             tests.contains(&format!(
                 "alertname: {alert}\n        exp_alerts:\n          - exp_labels:"
             )),
             "no firing test for {alert}"
+        );
+    }
+    let records: Vec<&str> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- record: "))
+        .collect();
+    assert_eq!(records.len(), 8, "{records:?}");
+    for record in records {
+        assert!(
+            tests.contains(&format!("- expr: {record}"))
+                && tests.contains(&format!("- labels: '{record}{{")),
+            "no test of the values of {record}"
         );
     }
 }
