@@ -536,6 +536,13 @@ fn dashboard_and_rules_use_only_emitted_metrics() {
             .as_str()
             .is_some_and(|e| e.contains("by (user)") && e.contains("gpu_memory_bytes"))));
     assert!(panels.iter().any(|p| p["type"] == "table"));
+    let idle = idle_memory_panel(&dashboard);
+    assert!(
+        idle.contains("by (user)")
+            && idle.contains("ds01_workload_container_idle_seconds")
+            && idle.contains("ds01_workload_host_gpu_process_idle_seconds"),
+        "{idle}"
+    );
 
     let rules = std::fs::read_to_string(prometheus_config_dir().join("detect-workloads.rules.yml"))
         .expect("rules");
@@ -544,4 +551,84 @@ fn dashboard_and_rules_use_only_emitted_metrics() {
         .filter(|m| !emitted.contains(m))
         .collect();
     assert!(unknown.is_empty(), "the rules ask for {unknown:?}");
+}
+
+/// The query of the dashboard's "Idle GPU memory by user" panel.
+fn idle_memory_panel(dashboard: &serde_json::Value) -> String {
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let panel = panels
+        .iter()
+        .find(|p| p["title"] == "Idle GPU memory by user")
+        .expect("an idle GPU memory panel");
+    assert_eq!(panel["type"], "timeseries");
+    panel["targets"][0]["expr"]
+        .as_str()
+        .expect("its query")
+        .to_string()
+}
+
+/// The idle GPU memory panel's query, evaluated by promtool over series of
+/// idle and active containers and host processes: only the memory of idle
+/// ones counts, summed by user.
+#[test]
+#[ignore = "needs promtool: run by tests/run.sh"]
+fn idle_memory_panel_sums_the_memory_of_idle_workloads_by_user() {
+    let promtool = promtool();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/grafana/detect-workloads.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("dashboard")).expect("JSON");
+    let expr = idle_memory_panel(&dashboard).replace("$instance", ".*");
+    let scratch = Scratch::new();
+    let dir = scratch.path("promtool");
+    std::fs::create_dir(&dir).expect("dir");
+    std::fs::write(dir.join("none.rules.yml"), "groups: []\n").expect("rules");
+    let series = [
+        // alice: an idle container on two GPUs, an active one.
+        r#"ds01_workload_container_idle_seconds{instance="gpu1",container="nb",container_id="a1",user="alice"}"#,
+        "600x3",
+        r#"ds01_workload_container_gpu_memory_bytes{instance="gpu1",container="nb",container_id="a1",user="alice",UUID="GPU-0"}"#,
+        "100x3",
+        r#"ds01_workload_container_gpu_memory_bytes{instance="gpu1",container="nb",container_id="a1",user="alice",UUID="GPU-1"}"#,
+        "20x3",
+        r#"ds01_workload_container_idle_seconds{instance="gpu1",container="train",container_id="a2",user="alice"}"#,
+        "0x3",
+        r#"ds01_workload_container_gpu_memory_bytes{instance="gpu1",container="train",container_id="a2",user="alice",UUID="GPU-0"}"#,
+        "5000x3",
+        // The same container id on another server, active.
+        r#"ds01_workload_container_idle_seconds{instance="gpu2",container="nb",container_id="a1",user="alice"}"#,
+        "0x3",
+        r#"ds01_workload_container_gpu_memory_bytes{instance="gpu2",container="nb",container_id="a1",user="alice",UUID="GPU-0"}"#,
+        "7000x3",
+        // carol: idle host processes on GPU-2, active ones on GPU-3.
+        r#"ds01_workload_host_gpu_process_idle_seconds{instance="gpu1",user="carol",UUID="GPU-2"}"#,
+        "60x3",
+        r#"ds01_workload_host_gpu_memory_bytes{instance="gpu1",user="carol",UUID="GPU-2"}"#,
+        "300x3",
+        r#"ds01_workload_host_gpu_process_idle_seconds{instance="gpu1",user="carol",UUID="GPU-3"}"#,
+        "0x3",
+        r#"ds01_workload_host_gpu_memory_bytes{instance="gpu1",user="carol",UUID="GPU-3"}"#,
+        "900x3",
+        // bob: active only, so no series.
+        r#"ds01_workload_host_gpu_process_idle_seconds{instance="gpu1",user="bob",UUID="GPU-2"}"#,
+        "0x3",
+        r#"ds01_workload_host_gpu_memory_bytes{instance="gpu1",user="bob",UUID="GPU-2"}"#,
+        "40x3",
+    ];
+    let mut test = String::from(
+        "rule_files:\n  - none.rules.yml\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:\n",
+    );
+    for pair in series.chunks(2) {
+        test.push_str(&format!(
+            "      - series: '{}'\n        values: '{}'\n",
+            pair[0], pair[1]
+        ));
+    }
+    let quoted = serde_json::to_string(&expr).expect("quote");
+    test.push_str(&format!(
+        "    promql_expr_test:\n      - expr: {quoted}\n        eval_time: 2m\n        exp_samples:\n\
+         \x20         - labels: '{{user=\"alice\"}}'\n            value: 120\n\
+         \x20         - labels: '{{user=\"carol\"}}'\n            value: 300\n"
+    ));
+    std::fs::write(dir.join("panel.test.yml"), &test).expect("test file");
+    promtool_ok(&promtool, &dir, &["test", "rules", "panel.test.yml"], None);
 }
