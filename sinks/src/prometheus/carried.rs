@@ -1,7 +1,17 @@
 //! What the metrics carry from one run to the next: the running totals of
-//! `ds01_workload_events_total` (which must stay monotonic) and the last
-//! success time of each collector (which must survive a cycle in which it
-//! fails).
+//! `ds01_workload_events_total` and of the GPU-seconds of each user
+//! (`ds01_workload_user_gpu_seconds_{held,idle}_total`), which must stay
+//! monotonic, and the last success time of each collector (which must
+//! survive a cycle in which it fails).
+//!
+//! The GPU-seconds are accumulated, not recomputed: each delivery adds, per
+//! user, what each running workload's `usage` grew by since the previous
+//! delivery (`workload_usage` remembers it, for the running workloads that
+//! hold or held a GPU). So a workload that exits keeps its seconds in its
+//! user's total; one whose usage goes back (a state started afresh, a PID
+//! reused) adds nothing and counts on from its new value; one that changes
+//! user adds its growth to its new user. The totals of a user are kept while
+//! the state is (a user with none of them running keeps a flat counter).
 //!
 //! A long-lived process keeps them in memory. A oneshot run has no memory, so
 //! with a `textfile_dir` they are kept in a small JSON state beside the
@@ -13,7 +23,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use detect_workloads_api::model::{Event, Inventory};
+use detect_workloads_api::model::{Event, Inventory, Usage};
 use detect_workloads_api::timefmt::parse_rfc3339;
 use serde::{Deserialize, Serialize};
 
@@ -22,7 +32,8 @@ use crate::fsafe::{read_own_file, write_atomic};
 /// The state file's name in `textfile_dir`.
 pub const STATE_FILE: &str = ".detect_workloads.state.json";
 
-/// The largest state file read back (it holds a few dozen numbers).
+/// The largest state file read back (a few numbers per collector, event
+/// type, user and GPU workload).
 const MAX_STATE_BYTES: u64 = 1 << 20;
 
 /// The carried values.
@@ -33,10 +44,51 @@ pub struct Carried {
     pub events_total: BTreeMap<String, u64>,
     /// When each collector last succeeded, seconds since the epoch.
     pub last_success: BTreeMap<String, f64>,
+    /// Running totals of the GPU-seconds held and held idle by each user's
+    /// workloads, exited ones included.
+    pub gpu_seconds: BTreeMap<String, Usage>,
+    /// The `usage` of each running workload that holds or held a GPU, as
+    /// the previous delivery saw it ([`workload_key`]): what its growth is
+    /// measured from.
+    pub workload_usage: BTreeMap<String, Usage>,
+}
+
+/// The key of a workload in [`Carried::workload_usage`]: `container:<short
+/// id>`, or `process:<pid>:<start time>` (a reused PID is another process;
+/// the start time is empty when unknown).
+pub fn workload_key(kind: WorkloadKind, id: &str, start_time: Option<u64>) -> String {
+    match kind {
+        WorkloadKind::Container => format!("container:{id}"),
+        WorkloadKind::HostProcess => {
+            let start = start_time.map(|t| t.to_string()).unwrap_or_default();
+            format!("process:{id}:{start}")
+        }
+    }
+}
+
+/// What a workload is, for [`workload_key`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkloadKind {
+    /// A container.
+    Container,
+    /// A confirmed host GPU process.
+    HostProcess,
+}
+
+/// How much `now` grew over `before`: nothing when it went back (or is not
+/// a number).
+fn growth(now: f64, before: f64) -> f64 {
+    let d = now - before;
+    if d.is_finite() && d > 0.0 {
+        d
+    } else {
+        0.0
+    }
 }
 
 impl Carried {
-    /// Adds this cycle: its events to the totals, and the scan's start as the
+    /// Adds this cycle: its events to the totals, its workloads' GPU-seconds
+    /// to their users' totals (see the module), and the scan's start as the
     /// last success of every collector that ran and succeeded. A failed or
     /// skipped collector keeps its earlier time; one no longer configured is
     /// forgotten.
@@ -45,6 +97,7 @@ impl Carried {
             let name = event.event_type.as_str().to_string();
             *self.events_total.entry(name).or_default() += 1;
         }
+        self.add_usage(inventory);
         let Some(scan) = &inventory.scan else {
             return;
         };
@@ -58,6 +111,45 @@ impl Carried {
                 self.last_success.insert(name.clone(), started as f64);
             }
         }
+    }
+}
+
+impl Carried {
+    /// Adds to each user's GPU-seconds what the usage of their running
+    /// workloads grew by since the previous delivery, and remembers that
+    /// usage for the next. A user gets a total (at 0) as soon as one of
+    /// their workloads holds GPU memory, so that `increase()` sees its first
+    /// seconds too. Workloads gone from the inventory are forgotten: their
+    /// seconds stay in the totals.
+    fn add_usage(&mut self, inventory: &Inventory) {
+        let containers = inventory.containers.values().map(|c| {
+            (
+                workload_key(WorkloadKind::Container, &c.id, None),
+                &c.user,
+                &c.usage,
+                !c.gpu_processes.is_empty(),
+            )
+        });
+        let processes = inventory.host_processes.values().map(|p| {
+            (
+                workload_key(WorkloadKind::HostProcess, &p.pid.to_string(), p.start_time),
+                &p.user,
+                &p.usage,
+                true,
+            )
+        });
+        let mut seen = BTreeMap::new();
+        for (key, user, usage, holds_gpu) in containers.chain(processes) {
+            if !holds_gpu && usage.is_zero() {
+                continue;
+            }
+            let before = self.workload_usage.get(&key).cloned().unwrap_or_default();
+            let total = self.gpu_seconds.entry(user.clone()).or_default();
+            total.gpu_seconds_held += growth(usage.gpu_seconds_held, before.gpu_seconds_held);
+            total.gpu_seconds_idle += growth(usage.gpu_seconds_idle, before.gpu_seconds_idle);
+            seen.insert(key, usage.clone());
+        }
+        self.workload_usage = seen;
     }
 }
 

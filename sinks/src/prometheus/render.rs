@@ -10,9 +10,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use detect_workloads_api::model::{CollectorReport, GpuMismatch, Inventory};
+use detect_workloads_api::model::{Activity, CollectorReport, GpuMismatch, Inventory};
 use detect_workloads_api::timefmt::parse_rfc3339;
-use prometheus::{Gauge, GaugeVec, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{CounterVec, Gauge, GaugeVec, IntCounterVec, Opts, Registry, TextEncoder};
 use tracing::debug;
 
 use super::carried::Carried;
@@ -31,6 +31,10 @@ pub const KNOWN_EVENT_TYPES: &[&str] = &[
     "detection.container_gpu_started",
     "detection.container_gpu_stopped",
     "detection.container_gpu_mismatch",
+    "detection.user_gpu_use_started",
+    "detection.user_gpu_use_stopped",
+    "detection.workload_idle",
+    "detection.workload_active",
 ];
 
 /// The program's version, as `detect_workloads_build_info{version}` says it.
@@ -103,6 +107,12 @@ impl CollectorState {
 /// - `ds01_workload_short_lived_gpu_use{user,UUID}`: 1 while a user's GPU
 ///   use by short-lived processes is confirmed (`user_gpu_use`; its memory
 ///   counts in the host and user memory gauges);
+/// - `ds01_workload_container_gpu_utilization_ratio{container,container_id,user}`,
+///   `ds01_workload_container_cpu_cores{...}`, `ds01_workload_container_idle_seconds{...}`:
+///   a running container's `activity` (see [`container_activity`]);
+/// - `ds01_workload_host_gpu_process_utilization_ratio{user,UUID}`,
+///   `..._cpu_cores{user,UUID}`, `..._idle_seconds{user,UUID}`: the same for
+///   the host GPU processes of a user on a GPU (see [`host_activity`]);
 /// - `ds01_workload_user_gpu_memory_bytes{user}`: GPU memory by user
 ///   (a container's processes count for the container's user);
 /// - `ds01_workload_gpu_memory_bytes{UUID}`: attributed GPU memory by GPU;
@@ -114,14 +124,19 @@ impl CollectorState {
 /// - `detect_workloads_build_info{version}`: 1;
 /// - `ds01_workload_scan_duration_seconds`, `ds01_workload_scan_timestamp_seconds`.
 ///
-/// Counter: `ds01_workload_events_total{event_type}` (carried).
+/// Counters (carried, [`Carried`]): `ds01_workload_events_total{event_type}`,
+/// `ds01_workload_user_gpu_seconds_held_total{user}` and
+/// `ds01_workload_user_gpu_seconds_idle_total{user}`.
 pub fn render(inventory: &Inventory, carried: &Carried) -> Result<String, prometheus::Error> {
     let registry = Registry::new();
     containers(&registry, inventory)?;
     gpu_memory(&registry, inventory)?;
     host_processes(&registry, inventory)?;
+    container_activity(&registry, inventory)?;
+    host_activity(&registry, inventory)?;
     scan_health(&registry, inventory, carried)?;
     events(&registry, carried)?;
+    gpu_seconds(&registry, carried)?;
     build_info(&registry)?;
     let mut text = String::new();
     TextEncoder::new().encode_utf8(&registry.gather(), &mut text)?;
@@ -298,6 +313,173 @@ fn host_processes(registry: &Registry, inv: &Inventory) -> Result<(), prometheus
     Ok(())
 }
 
+/// A number fit for a sample: finite, else none.
+fn finite(v: Option<f64>) -> Option<f64> {
+    v.filter(|v| v.is_finite())
+}
+
+/// GPU utilisation as a ratio (0..1) from a percentage.
+fn ratio(percent: Option<f64>) -> Option<f64> {
+    finite(percent).map(|p| (p / 100.0).clamp(0.0, 1.0))
+}
+
+/// How long a workload has been idle at `now` (the scan's start): 0 while
+/// active (no `idle_since`), none when `idle_since` or `now` cannot be read.
+fn idle_seconds(activity: &Activity, now: Option<i64>) -> Option<f64> {
+    match &activity.idle_since {
+        None => Some(0.0),
+        Some(since) => {
+            let since = parse_rfc3339(since)?;
+            Some(now?.saturating_sub(since).max(0) as f64)
+        }
+    }
+}
+
+/// The activity of each running container (one with `activity`), labelled
+/// as its other series: GPU utilisation as a ratio (no series while it
+/// holds no GPU memory or its utilisation is unknown, never 0 for unknown),
+/// CPU cores (none at its first reading), and for how long it has been idle
+/// (0 while active).
+fn container_activity(registry: &Registry, inv: &Inventory) -> Result<(), prometheus::Error> {
+    let labels = &["container", "container_id", "user"];
+    let util = gauge_vec(
+        registry,
+        "ds01_workload_container_gpu_utilization_ratio",
+        "GPU utilisation (0-1) of a running container holding GPU memory, when known.",
+        labels,
+    )?;
+    let cores = gauge_vec(
+        registry,
+        "ds01_workload_container_cpu_cores",
+        "Average CPU cores a running container used since the previous scan.",
+        labels,
+    )?;
+    let idle = gauge_vec(
+        registry,
+        "ds01_workload_container_idle_seconds",
+        "For how long a running container has been idle at the scan's start (0 while active).",
+        labels,
+    )?;
+    let now = parse_rfc3339(&inv.last_scan);
+    for c in inv.containers.values() {
+        let Some(a) = &c.activity else { continue };
+        let values = [&c.name, &c.id, &c.user];
+        if let Some(r) = ratio(a.gpu_util_percent) {
+            util.with_label_values(&values).set(r);
+        }
+        if let Some(n) = finite(a.cpu_cores) {
+            cores.with_label_values(&values).set(n);
+        }
+        if let Some(s) = idle_seconds(a, now) {
+            idle.with_label_values(&values).set(s);
+        }
+    }
+    Ok(())
+}
+
+/// What the host GPU processes of one user on one GPU did, together.
+#[derive(Default)]
+struct HostGroup {
+    /// The highest utilisation, while every one is known.
+    util: Option<Option<f64>>,
+    /// The sum of their cores, while every one is known.
+    cores: Option<Option<f64>>,
+    /// The shortest idle time of those with a known one.
+    idle: Option<f64>,
+}
+
+/// Folds one more known-or-unknown value into "every one known" `acc`.
+fn every(
+    acc: Option<Option<f64>>,
+    v: Option<f64>,
+    fold: fn(f64, f64) -> f64,
+) -> Option<Option<f64>> {
+    Some(match (acc, v) {
+        (None, v) => v,
+        (Some(Some(a)), Some(v)) => Some(fold(a, v)),
+        (Some(_), _) => None,
+    })
+}
+
+/// The activity of the host GPU processes of each user on each GPU, labelled
+/// as their memory (no PIDs as labels): the highest GPU utilisation as a
+/// ratio and the sum of their CPU cores, each only when every one of them
+/// is known; for how long they have been idle, the shortest (0 while one of
+/// them is active). A process without `activity` is left out.
+fn host_activity(registry: &Registry, inv: &Inventory) -> Result<(), prometheus::Error> {
+    let labels = &["user", "UUID"];
+    let util = gauge_vec(
+        registry,
+        "ds01_workload_host_gpu_process_utilization_ratio",
+        "Highest GPU utilisation (0-1) of a user's host GPU processes on a GPU, when each is known.",
+        labels,
+    )?;
+    let cores = gauge_vec(
+        registry,
+        "ds01_workload_host_gpu_process_cpu_cores",
+        "CPU cores a user's host GPU processes on a GPU used since the previous scan, when each is known.",
+        labels,
+    )?;
+    let idle = gauge_vec(
+        registry,
+        "ds01_workload_host_gpu_process_idle_seconds",
+        "For how long all of a user's host GPU processes on a GPU have been idle at the scan's start (0 while one is active).",
+        labels,
+    )?;
+    let now = parse_rfc3339(&inv.last_scan);
+    let mut groups: BTreeMap<(&str, &str), HostGroup> = BTreeMap::new();
+    for p in inv.host_processes.values() {
+        let Some(a) = &p.activity else { continue };
+        let g = groups.entry((&p.user, &p.gpu_uuid)).or_default();
+        g.util = every(g.util, ratio(a.gpu_util_percent), f64::max);
+        g.cores = every(g.cores, finite(a.cpu_cores), |x, y| x + y);
+        if let Some(s) = idle_seconds(a, now) {
+            g.idle = Some(g.idle.map_or(s, |i| i.min(s)));
+        }
+    }
+    for ((user, uuid), g) in groups {
+        let values = [user, uuid];
+        if let Some(Some(r)) = g.util {
+            util.with_label_values(&values).set(r);
+        }
+        if let Some(Some(n)) = g.cores {
+            cores.with_label_values(&values).set(n);
+        }
+        if let Some(s) = g.idle {
+            idle.with_label_values(&values).set(s);
+        }
+    }
+    Ok(())
+}
+
+/// Each user's GPU-seconds held and held idle, exited workloads included
+/// (carried: see [`Carried`]).
+fn gpu_seconds(registry: &Registry, carried: &Carried) -> Result<(), prometheus::Error> {
+    let held = CounterVec::new(
+        Opts::new(
+            "ds01_workload_user_gpu_seconds_held_total",
+            "GPU-seconds held by a user's workloads (GPUs on which they hold memory x seconds), exited ones included.",
+        ),
+        &["user"],
+    )?;
+    registry.register(Box::new(held.clone()))?;
+    let idle = CounterVec::new(
+        Opts::new(
+            "ds01_workload_user_gpu_seconds_idle_total",
+            "GPU-seconds held by a user's workloads while idle, exited ones included.",
+        ),
+        &["user"],
+    )?;
+    registry.register(Box::new(idle.clone()))?;
+    for (user, usage) in &carried.gpu_seconds {
+        held.with_label_values(&[user])
+            .inc_by(finite(Some(usage.gpu_seconds_held)).unwrap_or(0.0).max(0.0));
+        idle.with_label_values(&[user])
+            .inc_by(finite(Some(usage.gpu_seconds_idle)).unwrap_or(0.0).max(0.0));
+    }
+    Ok(())
+}
+
 fn scan_health(
     registry: &Registry,
     inv: &Inventory,
@@ -415,7 +597,7 @@ pub fn process_metrics() -> String {
 mod tests {
     use super::*;
     use detect_workloads_api::model::{
-        ContainerEntry, ContainerGpuProcess, ProcessEntry, ScanReport,
+        ContainerEntry, ContainerGpuProcess, ProcessEntry, ScanReport, Usage,
     };
 
     const GPU0: &str = "GPU-0000";
@@ -549,6 +731,10 @@ ds01_workload_events_total{event_type="detection.container_gpu_stopped"} 0
 ds01_workload_events_total{event_type="detection.container_status_changed"} 0
 ds01_workload_events_total{event_type="detection.host_gpu_process_discovered"} 0
 ds01_workload_events_total{event_type="detection.host_gpu_process_exited"} 0
+ds01_workload_events_total{event_type="detection.user_gpu_use_started"} 0
+ds01_workload_events_total{event_type="detection.user_gpu_use_stopped"} 0
+ds01_workload_events_total{event_type="detection.workload_active"} 0
+ds01_workload_events_total{event_type="detection.workload_idle"} 0
 # HELP ds01_workload_gpu_memory_bytes GPU memory attributed to containers and host processes, by GPU.
 # TYPE ds01_workload_gpu_memory_bytes gauge
 ds01_workload_gpu_memory_bytes{UUID="GPU-0000"} 1073741824
@@ -576,6 +762,16 @@ ds01_workload_scan_timestamp_seconds 1767225610
 ds01_workload_user_gpu_memory_bytes{user="alice"} 1073741824
 ds01_workload_user_gpu_memory_bytes{user="bob"} 2097152
 ds01_workload_user_gpu_memory_bytes{user="carol"} 157286400
+# HELP ds01_workload_user_gpu_seconds_held_total GPU-seconds held by a user's workloads (GPUs on which they hold memory x seconds), exited ones included.
+# TYPE ds01_workload_user_gpu_seconds_held_total counter
+ds01_workload_user_gpu_seconds_held_total{user="alice"} 0
+ds01_workload_user_gpu_seconds_held_total{user="bob"} 0
+ds01_workload_user_gpu_seconds_held_total{user="carol"} 0
+# HELP ds01_workload_user_gpu_seconds_idle_total GPU-seconds held by a user's workloads while idle, exited ones included.
+# TYPE ds01_workload_user_gpu_seconds_idle_total counter
+ds01_workload_user_gpu_seconds_idle_total{user="alice"} 0
+ds01_workload_user_gpu_seconds_idle_total{user="bob"} 0
+ds01_workload_user_gpu_seconds_idle_total{user="carol"} 0
 "#;
 
     #[test]
@@ -610,6 +806,346 @@ ds01_workload_user_gpu_memory_bytes{user="carol"} 157286400
             !text.contains("4242") && !text.contains("burn"),
             "PID or command line leaked: {text}"
         );
+    }
+
+    /// The value of the sample line starting with `series` (name and labels).
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    /// Whether any sample line of `name` is in `text`.
+    fn has_series(text: &str, name: &str) -> bool {
+        text.lines()
+            .any(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+    }
+
+    fn activity(util: Option<f64>, cores: Option<f64>, idle_since: Option<&str>) -> Activity {
+        Activity {
+            cpu_cores: cores,
+            net_bytes_per_s: None,
+            gpu_util_percent: util,
+            sampled_s: Some(30.0),
+            idle_since: idle_since.map(str::to_string),
+            idle: false,
+        }
+    }
+
+    fn usage(held: f64, idle: f64) -> Usage {
+        Usage {
+            gpu_seconds_held: held,
+            gpu_seconds_idle: idle,
+        }
+    }
+
+    /// `small_inventory` with activity: `train` (alice) busy on the GPU, `sneaky`
+    /// (bob) with its GPU utilisation unknown, carol's two host processes on
+    /// GPU1 (the scan starts at 00:00:10).
+    fn active_inventory() -> Inventory {
+        let mut inv = small_inventory();
+        let train = inv.containers.get_mut("aaaaaaaaaaaa").expect("train");
+        train.activity = Some(activity(Some(87.5), Some(1.5), None));
+        let sneaky = inv.containers.get_mut("bbbbbbbbbbbb").expect("sneaky");
+        sneaky.activity = Some(activity(None, Some(0.25), None));
+        for p in inv.host_processes.values_mut() {
+            p.activity = Some(activity(Some(3.0), Some(0.5), None));
+        }
+        inv
+    }
+
+    const TRAIN: &str = r#"{container="train",container_id="aaaaaaaaaaaa",user="alice"}"#;
+    const SNEAKY: &str = r#"{container="sneaky",container_id="bbbbbbbbbbbb",user="bob"}"#;
+    const CAROL: &str = r#"{UUID="GPU-1111",user="carol"}"#;
+
+    #[test]
+    fn unknown_gpu_utilisation_has_no_series_never_zero() {
+        let mut inv = active_inventory();
+        let text = render(&inv, &Carried::default()).expect("render");
+        let util = "ds01_workload_container_gpu_utilization_ratio";
+        assert_eq!(
+            sample(&text, &format!("{util}{TRAIN}")),
+            Some(0.875),
+            "{text}"
+        );
+        assert!(!text.contains(&format!("{util}{SNEAKY}")), "{text}");
+        assert_eq!(
+            sample(&text, &format!("ds01_workload_container_cpu_cores{SNEAKY}")),
+            Some(0.25),
+            "{text}"
+        );
+        let host_util = "ds01_workload_host_gpu_process_utilization_ratio";
+        assert_eq!(sample(&text, &format!("{host_util}{CAROL}")), Some(0.03));
+        assert_eq!(
+            sample(
+                &text,
+                &format!("ds01_workload_host_gpu_process_cpu_cores{CAROL}")
+            ),
+            Some(1.0),
+            "the sum of both processes' cores: {text}"
+        );
+        // One of carol's processes unknown: the group is unknown, not the
+        // other one's value; likewise its cores at a first reading.
+        let p = inv.host_processes.get_mut(&8).expect("8");
+        p.activity = Some(activity(None, None, None));
+        let text = render(&inv, &Carried::default()).expect("render");
+        assert!(!has_series(&text, host_util), "{text}");
+        assert!(
+            !has_series(&text, "ds01_workload_host_gpu_process_cpu_cores"),
+            "{text}"
+        );
+        // No activity at all (a container not running, an older state):
+        // none of the activity series.
+        for c in inv.containers.values_mut() {
+            c.activity = None;
+        }
+        for p in inv.host_processes.values_mut() {
+            p.activity = None;
+        }
+        let text = render(&inv, &Carried::default()).expect("render");
+        for name in [
+            util,
+            "ds01_workload_container_cpu_cores",
+            "ds01_workload_container_idle_seconds",
+            host_util,
+            "ds01_workload_host_gpu_process_cpu_cores",
+            "ds01_workload_host_gpu_process_idle_seconds",
+        ] {
+            assert!(!has_series(&text, name), "{name} in {text}");
+        }
+        assert!(!text.contains("NaN"), "{text}");
+    }
+
+    #[test]
+    fn idle_seconds_are_zero_while_active_and_count_from_idle_since() {
+        let mut inv = active_inventory();
+        let text = render(&inv, &Carried::default()).expect("render");
+        let idle = "ds01_workload_container_idle_seconds";
+        let host_idle = "ds01_workload_host_gpu_process_idle_seconds";
+        assert_eq!(
+            sample(&text, &format!("{idle}{TRAIN}")),
+            Some(0.0),
+            "{text}"
+        );
+        assert_eq!(
+            sample(&text, &format!("{idle}{SNEAKY}")),
+            Some(0.0),
+            "{text}"
+        );
+        assert_eq!(sample(&text, &format!("{host_idle}{CAROL}")), Some(0.0));
+
+        // The scan starts at 00:00:10: idle for 70 s and 10 s.
+        let sneaky = inv.containers.get_mut("bbbbbbbbbbbb").expect("sneaky");
+        sneaky.activity = Some(activity(Some(0.0), Some(0.0), Some("2025-12-31T23:59:00Z")));
+        let p = inv.host_processes.get_mut(&7).expect("7");
+        p.activity = Some(activity(Some(0.0), Some(0.0), Some("2025-12-31T23:59:00Z")));
+        let text = render(&inv, &Carried::default()).expect("render");
+        assert_eq!(
+            sample(&text, &format!("{idle}{SNEAKY}")),
+            Some(70.0),
+            "{text}"
+        );
+        assert_eq!(
+            sample(&text, &format!("{idle}{TRAIN}")),
+            Some(0.0),
+            "{text}"
+        );
+        // Carol's other process is active: her processes on GPU1 are not idle.
+        assert_eq!(
+            sample(&text, &format!("{host_idle}{CAROL}")),
+            Some(0.0),
+            "{text}"
+        );
+        let p = inv.host_processes.get_mut(&8).expect("8");
+        p.activity = Some(activity(Some(0.0), Some(0.0), Some("2026-01-01T00:00:00Z")));
+        let text = render(&inv, &Carried::default()).expect("render");
+        assert_eq!(
+            sample(&text, &format!("{host_idle}{CAROL}")),
+            Some(10.0),
+            "the shorter idle of the two: {text}"
+        );
+        // An idle_since after the scan's start (clocks): 0, never negative.
+        let sneaky = inv.containers.get_mut("bbbbbbbbbbbb").expect("sneaky");
+        sneaky.activity = Some(activity(Some(0.0), Some(0.0), Some("2026-01-01T00:01:00Z")));
+        let text = render(&inv, &Carried::default()).expect("render");
+        assert_eq!(
+            sample(&text, &format!("{idle}{SNEAKY}")),
+            Some(0.0),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn hostile_names_are_escaped_in_the_activity_and_usage_series() {
+        let user = "ev\"il\\us\ner} 1\n# HELP x";
+        let escaped = r#"ev\"il\\us\ner} 1\n# HELP x"#;
+        let mut inv = Inventory {
+            last_scan: "2026-01-01T00:00:10Z".to_string(),
+            ..Default::default()
+        };
+        let mut c = container("cccccccccccc", "na\"me\n", user);
+        c.gpu_processes = vec![gpu_process(GPU0, Some(1))];
+        c.gpu_uuids = vec![GPU0.to_string()];
+        c.activity = Some(activity(
+            Some(50.0),
+            Some(1.0),
+            Some("2026-01-01T00:00:00Z"),
+        ));
+        c.usage = usage(30.0, 30.0);
+        inv.containers.insert(c.id.clone(), c);
+        let mut p = host_process(7, user, 1, "2026-01-01T00:00:05Z");
+        p.activity = Some(activity(Some(50.0), Some(1.0), None));
+        inv.host_processes.insert(7, p);
+        let mut carried = Carried::default();
+        carried.advance(&inv, &[]);
+        let text = render(&inv, &carried).expect("render");
+        let labels =
+            format!(r#"{{container="na\"me\n",container_id="cccccccccccc",user="{escaped}"}}"#);
+        for (series, value) in [
+            (
+                format!("ds01_workload_container_gpu_utilization_ratio{labels}"),
+                0.5,
+            ),
+            (format!("ds01_workload_container_cpu_cores{labels}"), 1.0),
+            (
+                format!("ds01_workload_container_idle_seconds{labels}"),
+                10.0,
+            ),
+            (
+                format!(
+                    r#"ds01_workload_host_gpu_process_utilization_ratio{{UUID="GPU-1111",user="{escaped}"}}"#
+                ),
+                0.5,
+            ),
+            (
+                format!(
+                    r#"ds01_workload_host_gpu_process_idle_seconds{{UUID="GPU-1111",user="{escaped}"}}"#
+                ),
+                0.0,
+            ),
+            (
+                format!(r#"ds01_workload_user_gpu_seconds_held_total{{user="{escaped}"}}"#),
+                30.0,
+            ),
+            (
+                format!(r#"ds01_workload_user_gpu_seconds_idle_total{{user="{escaped}"}}"#),
+                30.0,
+            ),
+        ] {
+            assert_eq!(sample(&text, &series), Some(value), "{series} in\n{text}");
+        }
+        // Nothing the user wrote starts a line of its own.
+        assert!(
+            text.lines()
+                .all(|l| !l.starts_with("# HELP x") && !l.starts_with("er}")),
+            "{text}"
+        );
+    }
+
+    /// The held and idle totals of `user` in an exposition.
+    fn totals(text: &str, user: &str) -> (Option<f64>, Option<f64>) {
+        (
+            sample(
+                text,
+                &format!("ds01_workload_user_gpu_seconds_held_total{{user=\"{user}\"}}"),
+            ),
+            sample(
+                text,
+                &format!("ds01_workload_user_gpu_seconds_idle_total{{user=\"{user}\"}}"),
+            ),
+        )
+    }
+
+    /// One oneshot run: the carried values read back as from the state file,
+    /// advanced by `inv`, rendered, and written back.
+    fn oneshot(stored: &[u8], inv: &Inventory) -> (Vec<u8>, String) {
+        let mut carried: Carried = serde_json::from_slice(stored).expect("state");
+        carried.advance(inv, &[]);
+        let text = render(inv, &carried).expect("render");
+        (serde_json::to_vec(&carried).expect("encode"), text)
+    }
+
+    #[test]
+    fn gpu_seconds_never_go_down_when_workloads_exit() {
+        let mut inv = small_inventory();
+        let train = inv.containers.get_mut("aaaaaaaaaaaa").expect("train");
+        train.usage = usage(100.0, 40.0);
+        let p = inv.host_processes.get_mut(&7).expect("7");
+        p.user = "alice".to_string();
+        p.start_time = Some(555);
+        p.usage = usage(50.0, 0.0);
+        // Watch mode: one Carried, in memory.
+        let mut live = Carried::default();
+        live.advance(&inv, &[]);
+        let first = render(&inv, &live).expect("render");
+        assert_eq!(
+            totals(&first, "alice"),
+            (Some(150.0), Some(40.0)),
+            "{first}"
+        );
+        // Bob's container holds a GPU but has no usage yet: his counters
+        // exist, at 0, so that increase() sees his first seconds.
+        assert_eq!(totals(&first, "bob"), (Some(0.0), Some(0.0)), "{first}");
+
+        // `train` exits; alice's host process holds its GPU 30 s longer.
+        let mut later = inv.clone();
+        later.containers.remove("aaaaaaaaaaaa");
+        let p = later.host_processes.get_mut(&7).expect("7");
+        p.usage = usage(80.0, 0.0);
+        live.advance(&later, &[]);
+        let second = render(&later, &live).expect("render");
+        assert_eq!(
+            totals(&second, "alice"),
+            (Some(180.0), Some(40.0)),
+            "{second}"
+        );
+
+        // Oneshot mode: a new process each run, the same values through the
+        // state file.
+        let (state, text) = oneshot(b"{}", &inv);
+        assert_eq!(totals(&text, "alice"), (Some(150.0), Some(40.0)), "{text}");
+        let (state, text) = oneshot(&state, &later);
+        assert_eq!(totals(&text, "alice"), (Some(180.0), Some(40.0)), "{text}");
+
+        // The process exits too, and its PID is reused by another of alice's
+        // with less usage so far: nothing is taken away, its growth adds.
+        let mut reused = later.clone();
+        let p = reused.host_processes.get_mut(&7).expect("7");
+        p.start_time = Some(999);
+        p.usage = usage(10.0, 10.0);
+        let (state, text) = oneshot(&state, &reused);
+        assert_eq!(totals(&text, "alice"), (Some(190.0), Some(50.0)), "{text}");
+        // The inventory's state started afresh (usage back to 0, same
+        // process): flat, then counting on.
+        let p = reused.host_processes.get_mut(&7).expect("7");
+        p.usage = Usage::default();
+        let (state, text) = oneshot(&state, &reused);
+        assert_eq!(totals(&text, "alice"), (Some(190.0), Some(50.0)), "{text}");
+        let p = reused.host_processes.get_mut(&7).expect("7");
+        p.usage = usage(5.0, 0.0);
+        let (state, text) = oneshot(&state, &reused);
+        assert_eq!(totals(&text, "alice"), (Some(195.0), Some(50.0)), "{text}");
+        // Nothing runs any more: the totals stay.
+        reused.host_processes.clear();
+        reused.containers.clear();
+        let (_, text) = oneshot(&state, &reused);
+        assert_eq!(totals(&text, "alice"), (Some(195.0), Some(50.0)), "{text}");
+        assert_eq!(totals(&text, "bob"), (Some(0.0), Some(0.0)), "{text}");
+    }
+
+    #[test]
+    fn a_workload_that_changes_user_keeps_what_it_gave_the_first() {
+        let mut inv = small_inventory();
+        let train = inv.containers.get_mut("aaaaaaaaaaaa").expect("train");
+        train.usage = usage(100.0, 0.0);
+        let mut carried = Carried::default();
+        carried.advance(&inv, &[]);
+        let train = inv.containers.get_mut("aaaaaaaaaaaa").expect("train");
+        train.user = "dave".to_string();
+        train.usage = usage(130.0, 0.0);
+        carried.advance(&inv, &[]);
+        let text = render(&inv, &carried).expect("render");
+        assert_eq!(totals(&text, "alice").0, Some(100.0), "{text}");
+        assert_eq!(totals(&text, "dave").0, Some(30.0), "{text}");
     }
 
     #[test]
