@@ -15,14 +15,12 @@
 //!   the process's network namespace, or [`Net::Host`] when that is the
 //!   host's own (a host-network container's traffic is the host's, so it has
 //!   none of its own to report); [`host_net_namespace`] finds the host's.
-//! - [`Sample`], [`per_second`] and [`cores`]: a rate between two readings of
-//!   one counter, `None` when it cannot be told (no previous reading, no time
-//!   elapsed, a counter that went backwards because it was reset).
 //!
 //! The readings are plain serde structures, meant to be kept between scans
 //! (a oneshot run stores them in the inventory's private part); their field
-//! names are short and stable. A counter is only comparable with an earlier
-//! reading of the same counter: see the `same_counter` methods.
+//! names are short and stable. The engine rates two readings of the same
+//! counter (same cgroup, same process start, same namespace) against each
+//! other.
 //!
 //! Every reader returns `Ok(None)` when the process is gone (`ENOENT`,
 //! `ESRCH`), and an [`ActivityError`] when a file is there but cannot be
@@ -260,15 +258,6 @@ pub struct CpuReading {
     /// CPU time used by every process the cgroup held, in nanoseconds
     /// since the cgroup was made.
     pub usage_ns: u64,
-}
-
-impl CpuReading {
-    /// Whether `earlier` is a reading of the same counter (same cgroup in
-    /// the same hierarchy): only then is a rate between them meaningful. A
-    /// container restarted into a new cgroup is a new counter.
-    pub fn same_counter(&self, earlier: &CpuReading) -> bool {
-        self.cgroup == earlier.cgroup && self.version == earlier.version
-    }
 }
 
 /// One line of `/proc/<pid>/cgroup`, checked.
@@ -560,14 +549,6 @@ pub struct ProcessCpu {
     pub cpu_ns: u64,
 }
 
-impl ProcessCpu {
-    /// Whether `earlier` is a reading of the same process (same start
-    /// time): only then is a rate between them meaningful.
-    pub fn same_counter(&self, earlier: &ProcessCpu) -> bool {
-        self.start == earlier.start
-    }
-}
-
 /// Clock ticks as nanoseconds.
 fn ticks_to_ns(ticks: u64, per_second: u64) -> Option<u64> {
     if per_second == 0 {
@@ -634,12 +615,6 @@ impl Net {
             Self::Host => None,
             Self::Own { bytes, .. } => Some(*bytes),
         }
-    }
-
-    /// Whether `earlier` is a reading of the same counter (the same
-    /// namespace of its own): only then is a rate between them meaningful.
-    pub fn same_counter(&self, earlier: &Net) -> bool {
-        matches!((self, earlier), (Self::Own { ns: a, .. }, Self::Own { ns: b, .. }) if a == b)
     }
 }
 
@@ -745,39 +720,6 @@ fn try_net_bytes(proc_root: &Path, pid: u32, host_ns: u64) -> Result<Net, Fail> 
 /// `proc_root` is normally `/proc`. `Ok(None)` when the process is gone.
 pub fn net_bytes(proc_root: &Path, pid: u32, host_ns: u64) -> Result<Option<Net>, ActivityError> {
     finish(try_net_bytes(proc_root, pid, host_ns))
-}
-
-// ---------------------------------------------------------------------------
-// Rates
-
-/// One reading of a cumulative counter, and when it was taken.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Sample {
-    /// The counter.
-    pub value: u64,
-    /// When, in nanoseconds of a clock that both readings of a rate share
-    /// (wall-clock time since the epoch survives a restart of the reader
-    /// and a reboot; a step of the clock skews one rate, or makes it
-    /// unknown when it goes back).
-    pub at_ns: u64,
-}
-
-/// The counter's increase per second from `previous` to `now`; `None`
-/// without a previous reading, when no time elapsed (or the clock went
-/// back), or when the counter went backwards (it was reset: the container
-/// restarted).
-pub fn per_second(previous: Option<Sample>, now: Sample) -> Option<f64> {
-    let previous = previous?;
-    let elapsed_ns = now.at_ns.checked_sub(previous.at_ns).filter(|d| *d > 0)?;
-    let increase = now.value.checked_sub(previous.value)?;
-    Some(increase as f64 * 1e9 / elapsed_ns as f64)
-}
-
-/// CPU cores used from `previous` to `now`, two readings of a counter in
-/// nanoseconds of CPU time (CPU nanoseconds per elapsed nanosecond); `None`
-/// as for [`per_second`].
-pub fn cores(previous: Option<Sample>, now: Sample) -> Option<f64> {
-    per_second(previous, now).map(|ns_per_s| ns_per_s / 1e9)
 }
 
 #[cfg(test)]
@@ -1367,51 +1309,9 @@ mod tests {
     }
 
     #[test]
-    fn rates() {
-        let at = |value, at_ns| Sample { value, at_ns };
-        assert_eq!(per_second(None, at(10, 10)), None);
-        // 1000 bytes in half a second.
-        assert_eq!(
-            per_second(Some(at(500, 1_000_000_000)), at(1500, 1_500_000_000)),
-            Some(2000.0)
-        );
-        // 3 s of CPU in 2 s: 1.5 cores; none used: 0.
-        assert_eq!(
-            cores(Some(at(1_000_000_000, 0)), at(4_000_000_000, 2_000_000_000)),
-            Some(1.5)
-        );
-        assert_eq!(cores(Some(at(7, 0)), at(7, 1_000_000_000)), Some(0.0));
-        // No time elapsed, the clock went back, the counter was reset.
-        assert_eq!(per_second(Some(at(1, 5)), at(2, 5)), None);
-        assert_eq!(per_second(Some(at(1, 6)), at(2, 5)), None);
-        assert_eq!(per_second(Some(at(9, 0)), at(2, 5)), None);
-        assert_eq!(cores(Some(at(9, 0)), at(2, 5)), None);
-        // The whole range of both.
-        assert_eq!(
-            per_second(Some(at(0, 0)), at(u64::MAX, 1_000_000_000)),
-            Some(u64::MAX as f64)
-        );
-    }
-
-    #[test]
-    fn counters_are_compared_only_with_themselves() {
-        let cpu = |cgroup: &str, version| CpuReading {
-            cgroup: cgroup.to_string(),
-            version,
-            usage_ns: 1,
-        };
-        assert!(cpu("/a", CgroupVersion::V1).same_counter(&cpu("/a", CgroupVersion::V1)));
-        assert!(!cpu("/a", CgroupVersion::V1).same_counter(&cpu("/b", CgroupVersion::V1)));
-        assert!(!cpu("/a", CgroupVersion::V1).same_counter(&cpu("/a", CgroupVersion::V2)));
-        let p = |start| ProcessCpu { start, cpu_ns: 5 };
-        assert!(p(1).same_counter(&p(1)));
-        assert!(!p(1).same_counter(&p(2)));
-        let own = |ns| Net::Own { ns, bytes: 3 };
-        assert!(own(1).same_counter(&own(1)));
-        assert!(!own(1).same_counter(&own(2)));
-        assert!(!Net::Host.same_counter(&Net::Host));
-        assert!(!own(1).same_counter(&Net::Host));
-        assert_eq!((own(1).bytes(), Net::Host.bytes()), (Some(3), None));
+    fn a_host_network_has_no_bytes_of_its_own() {
+        let own = Net::Own { ns: 1, bytes: 3 };
+        assert_eq!((own.bytes(), Net::Host.bytes()), (Some(3), None));
     }
 
     #[test]
@@ -1448,11 +1348,6 @@ mod tests {
             assert_eq!(serde_json::to_string(&net).expect("json"), text);
             assert_eq!(serde_json::from_str::<Net>(text).expect("back"), net);
         }
-        let s = Sample { value: 1, at_ns: 2 };
-        assert_eq!(
-            serde_json::to_string(&s).expect("json"),
-            r#"{"value":1,"at_ns":2}"#
-        );
     }
 
     // --- The real /proc and cgroup filesystem of this test process -------------
@@ -1498,8 +1393,7 @@ mod tests {
         let before = read();
         let after = burn_until_grown(before.cpu_ns, || read().cpu_ns);
         assert!(after > before.cpu_ns, "{after} after {}", before.cpu_ns);
-        let again = read();
-        assert!(again.same_counter(&before));
+        assert_eq!(read().start, before.start, "the same process");
         // The same as `/proc/self/stat` read by hand, between two readings.
         let low = own_cpu_ns_by_hand();
         let read_now = read().cpu_ns;
@@ -1550,7 +1444,11 @@ mod tests {
         // It counts this process's CPU time.
         let after = burn_until_grown(before.usage_ns, || read().usage_ns);
         assert!(after > before.usage_ns, "{after} after {before:?}");
-        assert!(read().same_counter(&before));
+        let again = read();
+        assert_eq!(
+            (again.cgroup, again.version),
+            (before.cgroup, before.version)
+        );
     }
 
     /// Bytes on every interface but lo, as `/proc/self/net/dev` has them,
