@@ -460,15 +460,70 @@ fn parse_cpu_stat(bytes: &[u8], path: &Path) -> Result<u64, Fail> {
         .ok_or_else(|| garbled(path, "usage_usec is not a number of microseconds"))
 }
 
-fn try_cgroup_cpu(proc_root: &Path, cgroup_root: &Path, pid: u32) -> Result<CpuReading, Fail> {
-    let memberships = read_memberships(proc_root, pid)?;
-    let root_real = std::fs::canonicalize(cgroup_root).map_err(|e| {
-        Fail::Error(ActivityError::Read {
-            path: cgroup_root.to_path_buf(),
-            source: e,
+/// Where the cgroup hierarchies are mounted under a root, found once and
+/// kept for a scan: every container's reading asks the same mounts, and
+/// finding them is most of a reading's system calls.
+pub struct CgroupMounts {
+    root: PathBuf,
+    /// The root, resolved (or the OS error that stopped it).
+    real: Result<PathBuf, Option<i32>>,
+    /// The cgroup v2 mount, and whether it is the root itself.
+    v2: Option<(PathBuf, bool)>,
+    /// v1 hierarchies by their controllers (`cpu,cpuacct`), as found.
+    v1: std::sync::Mutex<Vec<(String, Option<PathBuf>)>>,
+}
+
+impl CgroupMounts {
+    /// The mounts under `cgroup_root` (normally `/sys/fs/cgroup`).
+    pub fn new(cgroup_root: &Path) -> Self {
+        let real = std::fs::canonicalize(cgroup_root).map_err(|e| e.raw_os_error());
+        let v2 = real.as_ref().ok().and_then(|r| v2_mount(r));
+        CgroupMounts {
+            root: cgroup_root.to_path_buf(),
+            real,
+            v2,
+            v1: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    fn real(&self) -> Result<&Path, Fail> {
+        self.real.as_deref().map_err(|code| {
+            Fail::Error(ActivityError::Read {
+                path: self.root.clone(),
+                source: code.map_or_else(
+                    || std::io::ErrorKind::Other.into(),
+                    std::io::Error::from_raw_os_error,
+                ),
+            })
         })
-    })?;
-    let v2 = v2_mount(&root_real);
+    }
+
+    /// The v1 hierarchy holding `controllers`, found once per set.
+    fn v1_for(&self, root_real: &Path, controllers: &[String]) -> Option<PathBuf> {
+        let key = controllers.join(",");
+        let mut known = self
+            .v1
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((_, mount)) = known.iter().find(|(k, _)| *k == key) {
+            return mount.clone();
+        }
+        let mount = v1_cpuacct_mount(root_real, controllers);
+        known.push((key, mount.clone()));
+        mount
+    }
+
+    /// The CPU time charged to the cgroup of process `pid`: see
+    /// [`cgroup_cpu`].
+    pub fn cpu(&self, proc_root: &Path, pid: u32) -> Result<Option<CpuReading>, ActivityError> {
+        finish(try_cgroup_cpu(proc_root, self, pid))
+    }
+}
+
+fn try_cgroup_cpu(proc_root: &Path, mounts: &CgroupMounts, pid: u32) -> Result<CpuReading, Fail> {
+    let memberships = read_memberships(proc_root, pid)?;
+    let root_real = mounts.real()?;
+    let v2 = mounts.v2.clone();
     // On a v2-only host no v1 cpuacct hierarchy lies under the root: a
     // `cpuacct` line there is not to be looked for in it.
     let v1 = match v2 {
@@ -476,7 +531,7 @@ fn try_cgroup_cpu(proc_root: &Path, cgroup_root: &Path, pid: u32) -> Result<CpuR
         _ => memberships
             .iter()
             .find(|m| m.hierarchy != 0 && m.controllers.iter().any(|c| c == "cpuacct"))
-            .and_then(|m| Some((m, v1_cpuacct_mount(&root_real, &m.controllers)?))),
+            .and_then(|m| Some((m, mounts.v1_for(root_real, &m.controllers)?))),
     };
     let v2 = v2.and_then(|(mount, _)| {
         memberships
@@ -531,7 +586,7 @@ pub fn cgroup_cpu(
     cgroup_root: &Path,
     pid: u32,
 ) -> Result<Option<CpuReading>, ActivityError> {
-    finish(try_cgroup_cpu(proc_root, cgroup_root, pid))
+    CgroupMounts::new(cgroup_root).cpu(proc_root, pid)
 }
 
 // ---------------------------------------------------------------------------
@@ -826,6 +881,34 @@ mod tests {
                 usage_ns: 123_456_789_012,
             })
         );
+    }
+
+    #[test]
+    fn mounts_found_once_serve_every_container_of_a_scan() {
+        let fake = Fake::new();
+        fake.hybrid_cpu_cpuacct();
+        let mounts = CgroupMounts::new(&fake.cgroup_root());
+        for (pid, n) in [(PID, 1u64), (PID + 1, 2)] {
+            let id = format!("{ID:.63}{n}");
+            fake.write(
+                &format!("cgroup/cpu,cpuacct/docker/{id}/cpuacct.usage"),
+                format!("{n}\n"),
+            );
+            fake.cgroup_file(pid, format!("5:cpu,cpuacct:/docker/{id}\n0::/\n"));
+            let read = mounts.cpu(&fake.proc_root(), pid).expect("reads");
+            assert_eq!(
+                read,
+                fake.cpu(pid).expect("reads"),
+                "as a reading of its own"
+            );
+            assert_eq!(read.map(|r| r.usage_ns), Some(n));
+        }
+        // One hierarchy looked for, once.
+        assert_eq!(mounts.v1.lock().expect("lock").len(), 1);
+        // A root that cannot be resolved fails each reading, saying which.
+        let none = CgroupMounts::new(&fake.dir.path().join("nowhere"));
+        let err = none.cpu(&fake.proc_root(), PID).expect_err("no root");
+        assert!(err.to_string().contains("nowhere"), "{err}");
     }
 
     #[test]

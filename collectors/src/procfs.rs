@@ -369,7 +369,7 @@ fn now_ns() -> u64 {
 /// Where the activity counters are read.
 struct Roots<'a> {
     proc: &'a Path,
-    cgroup: &'a Path,
+    cgroup: activity::CgroupMounts,
     /// The host's network namespace (traffic in it is the host's).
     host_net: Option<u64>,
 }
@@ -382,7 +382,7 @@ fn container_counters(roots: &Roots<'_>, pid: u32, errors: &mut u64) -> Counters
         at_ns: now_ns(),
         ..Counters::default()
     };
-    match activity::cgroup_cpu(roots.proc, roots.cgroup, pid) {
+    match roots.cgroup.cpu(roots.proc, pid) {
         Ok(Some(cpu)) => {
             counters.cpu_ns = Some(cpu.usage_ns);
             counters.cpu_of = format!("cgroup:{}", cpu.cgroup);
@@ -451,7 +451,7 @@ fn read_all(
     };
     let roots = Roots {
         proc: root,
-        cgroup: &config.cgroup_root,
+        cgroup: activity::CgroupMounts::new(&config.cgroup_root),
         host_net: activity::host_net_namespace(root).map(|h| h.ns),
     };
     let mut read = Found {
