@@ -52,6 +52,8 @@ cd "$(dirname "$0")/../.."
 repo=$(pwd)
 # shellcheck source=tests/lib/engine.sh
 source tests/lib/engine.sh
+# shellcheck source=tests/lib/podman.sh
+source tests/lib/podman.sh # dw_engine_remove stops a podman service it finds
 
 NS=${DW_BENCH_NS:-1000}
 RUNNING=${DW_BENCH_RUNNING:-10}

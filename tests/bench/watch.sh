@@ -36,6 +36,8 @@ cd "$(dirname "$0")/../.."
 repo=$(pwd)
 # shellcheck source=tests/lib/engine.sh
 source tests/lib/engine.sh
+# shellcheck source=tests/lib/podman.sh
+source tests/lib/podman.sh # dw_engine_remove stops a podman service it finds
 
 N=${DW_BENCH_CONTAINERS:-1000}
 P=${DW_BENCH_GPU_PROCS:-100}
