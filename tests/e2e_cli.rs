@@ -1,4 +1,4 @@
-//! The command line and configuration contract of README "Command line" and "Configuration", through the binary.
+//! The command line and configuration contract of README "Command line" (docs/cli.md) and "Configuration", through the binary.
 
 mod common;
 
