@@ -502,10 +502,9 @@ fn dashboard_and_rules_use_only_emitted_metrics() {
     assert!(emitted.len() >= 15, "{emitted:?}");
     // The table of metrics of docs/prometheus.md names every one of them in
     // its first column.
-    let doc = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/prometheus.md"),
-    )
-    .expect("docs/prometheus.md");
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/prometheus.md"))
+            .expect("docs/prometheus.md");
     let table: BTreeSet<String> = doc
         .split("| metric | type | labels |")
         .nth(1)
