@@ -1,4 +1,4 @@
-//! The command line and configuration contract of README "Command line" and "Configuration", through the binary.
+//! The command line and configuration contract of README "Command line" (docs/cli.md) and "Configuration", through the binary.
 
 mod common;
 
@@ -625,4 +625,67 @@ fn the_readme_synopsis_is_the_command_line() {
             "README synopsis {line:?}: missing {missing:?}, not taken {unknown:?}"
         );
     }
+}
+
+/// GitHub's anchor for a heading: lower case, punctuation but `-` and `_`
+/// dropped, spaces as `-`.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+#[test]
+fn the_readme_and_docs_links_resolve() {
+    let root = std::path::Path::new(ROOT);
+    let mut files = vec![root.join("README.md"), root.join("SECURITY.md")];
+    let mut docs: Vec<_> = std::fs::read_dir(root.join("docs"))
+        .expect("docs/")
+        .map(|e| e.expect("docs/ entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        .collect();
+    docs.sort();
+    files.extend(docs);
+    let mut broken = Vec::new();
+    let mut links = 0;
+    for file in &files {
+        let text = std::fs::read_to_string(file).expect("markdown file");
+        let dir = file.parent().expect("a folder");
+        for part in text.split("](").skip(1) {
+            let Some(target) = part.split(')').next() else {
+                continue;
+            };
+            if target.contains("://") || target.starts_with("mailto:") {
+                continue;
+            }
+            links += 1;
+            let (path, fragment) = target.split_once('#').unwrap_or((target, ""));
+            let linked = if path.is_empty() {
+                file.clone()
+            } else {
+                dir.join(path)
+            };
+            if !linked.exists() {
+                broken.push(format!("{}: {target}", file.display()));
+                continue;
+            }
+            if !fragment.is_empty() {
+                let headings: Vec<String> = std::fs::read_to_string(&linked)
+                    .expect("linked markdown")
+                    .lines()
+                    .filter(|l| l.starts_with('#'))
+                    .map(|l| anchor(l.trim_start_matches('#')))
+                    .collect();
+                if !headings.iter().any(|h| h == fragment) {
+                    broken.push(format!("{}: {target} (no such heading)", file.display()));
+                }
+            }
+        }
+    }
+    assert!(links >= 20, "only {links} relative links found");
+    assert!(broken.is_empty(), "broken links: {broken:#?}");
 }

@@ -315,14 +315,14 @@ dw_log "ok: systemd units verified"
 command -v cargo-machete >/dev/null 2>&1 || cargo install --locked --quiet cargo-machete
 dw_log "cargo machete (unused dependencies)"
 cargo machete
-dw_log "duplicate crate versions (cargo tree -d; see README, Dependencies):"
+dw_log "duplicate crate versions (cargo tree -d; see README, Architecture):"
 cargo tree -d -e normal --depth 0 2>/dev/null | grep -E '^[a-z]' | sort -u >&2 || true
 
 # --- 10. the Debian package (issue 15, point 4; issue 23, point 13) -----------------
 # Built from the release binary the tests just used, with the man pages and
 # shell completions that binary generates from its command-line definition;
 # its contents are checked, lintian must report no error and no warning
-# (README, "Deploying on a GPU server", explains the one override), and
+# (docs/deploying.md, "lintian", explains the two overrides), and
 # tests/e2e_package.rs runs its maintainer scripts, completions, man pages and
 # logrotate file for real (about 5 s; lintian about 25 s).
 dw_log "Debian package: cargo deb, dpkg-deb --contents, lintian, tests/e2e_package.rs"
@@ -354,6 +354,10 @@ for path in usr/bin/detect-workloads etc/ds01/detect-workloads.toml \
 	usr/share/doc/detect-workloads/examples/prometheus/detect-workloads.rules.yml \
 	usr/share/doc/detect-workloads/examples/grafana/detect-workloads.json; do
 	grep -q " \./$path\$" <<<"$contents" || dw_die "the package lacks /$path"
+done
+for doc in docs/*.md; do
+	grep -q " \./usr/share/doc/detect-workloads/$doc\$" <<<"$contents" ||
+		dw_die "the package lacks /usr/share/doc/detect-workloads/$doc"
 done
 dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles | grep -qx /etc/ds01/detect-workloads.toml ||
 	dw_die "the default configuration is not a conffile"

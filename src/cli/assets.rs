@@ -1,8 +1,8 @@
 //! `detect-workloads generate-assets DIR` (hidden): the manual pages and the
 //! shell completions, generated from the command-line definition itself
 //! (clap_mangen, clap_complete), so they can never drift from `--help`. The
-//! package build runs it before `cargo deb` (tests/run.sh; README,
-//! "Deploying on a GPU server"); the package ships what it writes.
+//! package build runs it before `cargo deb` (tests/run.sh;
+//! docs/deploying.md); the package ships what it writes.
 //!
 //! Layout under DIR: `man/detect-workloads.1` and one page per subcommand
 //! (`man/detect-workloads-ps.1`, ...), `completions/detect-workloads.bash`,
@@ -57,7 +57,7 @@ the Docker engine, as for the Docker CLI, when the configuration names none
 NO_COLOR
 no colour in ps and top
 .SH "SEE ALSO"
-/usr/share/doc/detect-workloads/README.md, /usr/share/doc/detect-workloads/docs/formats.md
+/usr/share/doc/detect-workloads/README.md, /usr/share/doc/detect-workloads/docs/cli.md, /usr/share/doc/detect-workloads/docs/formats.md
 "#;
 
 /// Writes the pages and completions under `dir` (exit 1 when it cannot).

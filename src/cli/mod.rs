@@ -1,4 +1,4 @@
-//! The command line (README, "Command line"). A binary is
+//! The command line (README, "Command line"; docs/cli.md). A binary is
 //! `fn main() { cli::main() }` after
 //! `use`-ing the plugin crates it wants linked in.
 //!

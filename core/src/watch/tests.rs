@@ -212,7 +212,7 @@ fn ten_thousand_churning_cycles_leave_no_dead_entries_behind() {
     assert!(baseline.0 > 0 && baseline.1 > 0, "{baseline:?}");
     run(9_900);
     let (after, rss_10k) = (sizes(&state, &service), rss_kib());
-    // The figures tests/bench/watch.sh and the README quote (--nocapture).
+    // The figures tests/bench/watch.sh and docs/watch.md quote (--nocapture).
     eprintln!(
         "VmRSS after 100 cycles: {rss_100} kB, after 10 000: {rss_10k} kB; map sizes {baseline:?} -> {after:?}"
     );

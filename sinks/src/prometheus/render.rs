@@ -6,7 +6,7 @@
 //! Only gauges and counters, names prefixed `ds01_workload_` (and the
 //! exporter-style `detect_workloads_build_info`), no PIDs or command lines as
 //! labels, GPUs labelled `UUID` as dcgm-exporter labels them (see [`render`]
-//! for the list; README "Prometheus" documents each with its labels).
+//! for the list; docs/prometheus.md documents each with its labels).
 
 use std::collections::{BTreeMap, BTreeSet};
 
