@@ -47,7 +47,7 @@ use connection::{Calls, Endpoint, Settings};
 use detect_workloads_api::async_trait;
 use detect_workloads_api::config::{duration, ConfigError, PluginConfig};
 use detect_workloads_api::model::{
-    short_id, ContainerFacts, DeviceRequest, FactKind, Health, InspectFacts, Inventory,
+    short_id, short_key, ContainerFacts, DeviceRequest, FactKind, Health, InspectFacts, Inventory,
     Observations, ShortLivedContainer,
 };
 use detect_workloads_api::plugin::{
@@ -492,14 +492,6 @@ fn decode_list(body: &[u8]) -> Result<Vec<Listed<'_>>, DockerError> {
             e.into()
         }
     })
-}
-
-/// The key of a container in the inventory ([`short_id`]) without a copy.
-fn short_key(id: &str) -> &str {
-    match id.char_indices().nth(12) {
-        Some((end, _)) => &id[..end],
-        None => id,
-    }
 }
 
 /// Image id -> first tag, for every tagged image.
