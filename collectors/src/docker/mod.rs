@@ -16,7 +16,8 @@
 //! previous scan, or that run while their cached main PID is 0 (another stage
 //! zeroes it when `/proc` shows that PID is no longer in the container: a
 //! restart whose events were missed); those inspects run concurrently, at
-//! most `max_concurrent_inspects` at a time.
+//! most `max_concurrent_inspects` at a time. The list's answer is decoded
+//! into the eight fields read (`Listed`), not into bollard's whole model.
 //!
 //! Workloads between scans: a container created and removed since the
 //! previous scan is never listed; the events tell it (`create` then
