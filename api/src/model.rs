@@ -109,7 +109,19 @@ impl ContainerFacts {
 
 /// The key of a container in the inventory: the first 12 hex digits of its id.
 pub fn short_id(id: &str) -> String {
-    id.chars().take(12).collect()
+    short_key(id).to_string()
+}
+
+/// [`short_id`] without a copy: the first 12 characters of `id` (all of it
+/// when shorter).
+pub fn short_key(id: &str) -> &str {
+    match id.as_bytes().get(..12) {
+        // Twelve ASCII bytes are twelve characters (a container id is hex).
+        Some(head) if head.is_ascii() => &id[..12],
+        Some(_) => id.char_indices().nth(12).map_or(id, |(end, _)| &id[..end]),
+        // Fewer than 12 bytes: fewer than 12 characters.
+        None => id,
+    }
 }
 
 impl ContainerFacts {
@@ -1230,5 +1242,18 @@ mod tests {
     fn the_container_key_is_the_short_id() {
         assert_eq!(short_id(&"ab".repeat(32)), "abababababab");
         assert_eq!(short_id("abc"), "abc");
+        // Characters, not bytes, as `chars().take(12)` counts them.
+        for id in [
+            "",
+            "é",
+            "0123456789aé",
+            "0123456789abé",
+            "éééééééééééééé",
+            "日本語の名前だけのとても長いもの",
+        ] {
+            let chars: String = id.chars().take(12).collect();
+            assert_eq!(short_id(id), chars, "{id}");
+            assert_eq!(short_key(id), chars, "{id}");
+        }
     }
 }

@@ -147,6 +147,15 @@ impl InventoryFile {
     }
 }
 
+/// The inventory in `bytes`, with the errors of `serde_json::from_slice`,
+/// the text checked to be UTF-8 once rather than string by string.
+fn decode(bytes: &[u8]) -> Result<Inventory, serde_json::Error> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => serde_json::from_str(text),
+        Err(_) => serde_json::from_slice(bytes),
+    }
+}
+
 /// An exclusive `flock` on the lock file, released when dropped (the file closes).
 struct HeldLock(#[allow(dead_code)] File);
 
@@ -158,11 +167,9 @@ impl StateStore for InventoryFile {
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(StateError::io(self.path.display().to_string(), e)),
         };
-        serde_json::from_slice::<Inventory>(&bytes)
-            .map(Some)
-            .map_err(|e| {
-                StateError::Other(format!("{}: not an inventory: {e}", self.path.display()))
-            })
+        decode(&bytes).map(Some).map_err(|e| {
+            StateError::Other(format!("{}: not an inventory: {e}", self.path.display()))
+        })
     }
 
     fn load(&self) -> Result<Option<Inventory>, StateError> {
@@ -186,7 +193,7 @@ impl StateStore for InventoryFile {
             }
             Err(e) => return Err(StateError::io(self.path.display().to_string(), e)),
         };
-        match serde_json::from_slice::<Inventory>(&bytes) {
+        match decode(&bytes) {
             Ok(inventory) => Ok(Some(inventory)),
             Err(e) => {
                 self.move_aside(&e.to_string()).map_err(StateError::Other)?;
@@ -383,6 +390,28 @@ mod tests {
 
     fn parse_mode(text: &str) -> Option<u32> {
         crate::fsafe::parse_file_mode(text).ok()
+    }
+
+    #[test]
+    fn the_state_decodes_as_from_slice_does() {
+        let slice =
+            |bytes: &[u8]| serde_json::from_slice::<Inventory>(bytes).map_err(|e| e.to_string());
+        for bytes in [
+            r#"{"last_scan":"2026-11-26T06:11:49Z","containers":{"abc":{"id":"abc","name":"caf\u00e9 \"x\"","origin":"o","user":"u","has_gpu":false,"status":"running","image":"i","detected_at":"d","labels":{"k":"日"}}}}"#.as_bytes(),
+            b"{\"last_scan\":\"\xff\"}",
+            b"{\"last_scan\":\"\xe6\x97\"}",
+            b"{\"last_scan\":1}",
+            b"{\"containers\":{\"a\":{}}}",
+            b"[]",
+            b"",
+            b"{} x",
+        ] {
+            assert_eq!(decode(bytes).map_err(|e| e.to_string()), slice(bytes));
+        }
+        let text = r#"{"containers":{"abc":{"id":"abc","name":"caf\u00e9","origin":"o","user":"u","has_gpu":false,"status":"s","image":"日","detected_at":"d"}}}"#;
+        let inventory = decode(text.as_bytes()).expect("an inventory");
+        assert_eq!(inventory.containers["abc"].name, "café");
+        assert_eq!(inventory.containers["abc"].image, "日");
     }
 
     #[test]

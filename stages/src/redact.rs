@@ -15,6 +15,7 @@
 //! - what configured extra patterns match (their first group when they have one).
 
 use std::borrow::Cow;
+use std::sync::OnceLock;
 
 use regex::{Regex, RegexBuilder};
 use serde::Deserialize;
@@ -79,15 +80,17 @@ impl Default for RedactConfig {
     fn default() -> Self {
         Self {
             mode: RedactMode::Redacted,
-            secret_words: ["password", "passwd", "token", "secret", "key", "credential"]
-                .map(String::from)
-                .to_vec(),
+            secret_words: DEFAULT_SECRET_WORDS.map(String::from).to_vec(),
             short_flags: Vec::new(),
             patterns: Vec::new(),
             max_length: 4096,
         }
     }
 }
+
+/// The default `secret_words`.
+const DEFAULT_SECRET_WORDS: [&str; 6] =
+    ["password", "passwd", "token", "secret", "key", "credential"];
 
 /// Shortest `max_length` accepted: room for a program name and the `…`.
 const MIN_LENGTH: usize = 16;
@@ -132,10 +135,42 @@ pub struct Redact {
     mode: RedactMode,
     words: Vec<String>,
     short_flags: Vec<String>,
-    url_userinfo: Regex,
-    query: Option<Regex>,
+    /// Compiled when a line is first redacted (most scans have no GPU
+    /// process, and compiling them costs more than the rest of a scan's
+    /// stages), except for secret words other than the defaults, compiled
+    /// when the configuration is loaded so that it is refused then if they
+    /// do not compile. `None` if they failed to compile at first use,
+    /// which the defaults never do (tested).
+    line_rules: OnceLock<Option<LineRules>>,
     patterns: Vec<Regex>,
     max_length: usize,
+}
+
+/// The line-wide rules built in: URL passwords, and query secrets named by
+/// the secret words.
+#[derive(Debug)]
+struct LineRules {
+    url_userinfo: Regex,
+    query: Option<Regex>,
+}
+
+impl LineRules {
+    /// `words` are the secret words, lowercased.
+    fn compile(words: &[String]) -> Result<LineRules, RedactError> {
+        let query = if words.is_empty() {
+            None
+        } else {
+            let alternatives: Vec<String> = words.iter().map(|w| regex::escape(w)).collect();
+            Some(compile(&format!(
+                r"(?i)([?&;][\w.\-]*(?:{})[\w.\-]*=)[^\s&#;]+",
+                alternatives.join("|")
+            ))?)
+        };
+        Ok(LineRules {
+            url_userinfo: compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^\s:/?#@]*):[^\s/?#]*@")?,
+            query,
+        })
+    }
 }
 
 fn compile(pattern: &str) -> Result<Regex, RedactError> {
@@ -165,21 +200,15 @@ impl Redact {
             .iter()
             .map(|w| w.to_lowercase())
             .collect();
-        let query = if words.is_empty() {
-            None
-        } else {
-            let alternatives: Vec<String> = words.iter().map(|w| regex::escape(w)).collect();
-            Some(compile(&format!(
-                r"(?i)([?&;][\w.\-]*(?:{})[\w.\-]*=)[^\s&#;]+",
-                alternatives.join("|")
-            ))?)
-        };
+        let line_rules = OnceLock::new();
+        if words != DEFAULT_SECRET_WORDS {
+            let _ = line_rules.set(Some(LineRules::compile(&words)?));
+        }
         Ok(Self {
             mode: config.mode,
             words,
             short_flags: config.short_flags,
-            url_userinfo: compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^\s:/?#@]*):[^\s/?#]*@")?,
-            query,
+            line_rules,
             patterns: config
                 .patterns
                 .iter()
@@ -233,11 +262,19 @@ impl Redact {
     /// What the line-wide rules hide: URL passwords, query secrets, the
     /// configured patterns.
     fn redact(&self, line: &str) -> String {
-        let line = self
+        let rules = self.line_rules.get_or_init(|| {
+            LineRules::compile(&self.words)
+                .inspect_err(|e| tracing::error!("redact: {e}; whole command lines are hidden"))
+                .ok()
+        });
+        let Some(rules) = rules else {
+            return MASK.to_string();
+        };
+        let line = rules
             .url_userinfo
             .replace_all(line, format!("${{1}}:{MASK}@"));
         let mut line = line.into_owned();
-        if let Some(query) = &self.query {
+        if let Some(query) = &rules.query {
             line = query
                 .replace_all(&line, format!("${{1}}{MASK}"))
                 .into_owned();
@@ -604,6 +641,34 @@ mod tests {
             secret_words: vec![String::new()],
             ..RedactConfig::default()
         }));
+    }
+
+    #[test]
+    fn line_rules_are_compiled_at_first_use_unless_the_words_are_custom() {
+        let lazy = Redact::new(RedactConfig::default()).expect("default");
+        assert!(lazy.line_rules.get().is_none(), "nothing compiled yet");
+        assert_eq!(lazy.apply("x --token=v"), "x --token=***");
+        assert!(matches!(lazy.line_rules.get(), Some(Some(_))));
+        assert_eq!(
+            lazy.apply("psql postgres://u:pw@db/x"),
+            "psql postgres://u:***@db/x"
+        );
+        let upper = Redact::new(RedactConfig {
+            secret_words: DEFAULT_SECRET_WORDS.map(str::to_uppercase).to_vec(),
+            ..RedactConfig::default()
+        })
+        .expect("same words");
+        assert!(upper.line_rules.get().is_none(), "the defaults, any case");
+        let custom = Redact::new(RedactConfig {
+            secret_words: vec!["pin".into()],
+            ..RedactConfig::default()
+        })
+        .expect("custom");
+        assert!(
+            matches!(custom.line_rules.get(), Some(Some(_))),
+            "checked at load"
+        );
+        assert_eq!(custom.apply("x ?pin=1234"), "x ?pin=***");
     }
 
     fn stage_kinds(text: &str) -> Vec<&'static str> {

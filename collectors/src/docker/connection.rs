@@ -153,7 +153,35 @@ pub(crate) fn through(calls: &Calls, mut request: BollardRequest) -> BollardRequ
     if let Some(uri) = unversioned(request.uri()) {
         *request.uri_mut() = uri;
     }
+    if let Some(uri) = listing(request.uri()) {
+        *request.uri_mut() = uri;
+        // As `list_containers` sends it: no body, so no content type.
+        request.headers_mut().remove(http::header::CONTENT_TYPE);
+    }
     request
+}
+
+/// The container whose export stands for the list of every container: the
+/// collector asks bollard for `export_container(LIST_ALL)`, a call whose
+/// answer bollard hands over as bytes, and [`through`] sends it as
+/// `GET /containers/json?all=true`, the request of bollard's
+/// `list_containers`. bollard's typed list decodes every field of every
+/// container (ports, mounts, networks); the collector reads a few
+/// (`docker::Listed`). No export is ever asked for otherwise.
+pub(crate) const LIST_ALL: &str = "detect-workloads.list-all";
+
+/// The path of the export call standing for the list, rewritten to the
+/// list's; None for any other.
+fn listing(uri: &http::Uri) -> Option<http::Uri> {
+    let path = uri.path().strip_prefix("/containers/")?;
+    if path.strip_suffix("/export")? != LIST_ALL {
+        return None;
+    }
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(http::uri::PathAndQuery::from_static(
+        "/containers/json?all=true",
+    ));
+    http::Uri::from_parts(parts).ok()
 }
 
 /// `.../v1.53/containers/json?all=true` -> `.../containers/json?all=true`;
@@ -419,5 +447,35 @@ mod tests {
         assert_eq!(sent("http://h:1/version"), None);
         assert_eq!(sent("http://h:1/volumes/x"), None);
         assert_eq!(sent("http://h:1/v1.x/info"), None);
+    }
+
+    #[test]
+    fn the_list_export_is_sent_as_the_list_call() {
+        let calls = Calls::default();
+        let sent = |uri: &str| {
+            let request = http::Request::builder()
+                .uri(uri)
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(bollard::body_full(Default::default()))
+                .expect("request");
+            let request = through(&calls, request);
+            (
+                request.uri().to_string(),
+                request.headers().contains_key(http::header::CONTENT_TYPE),
+            )
+        };
+        let export = format!("http://h:1/v1.53/containers/{LIST_ALL}/export");
+        assert_eq!(
+            sent(&export),
+            ("http://h:1/containers/json?all=true".to_string(), false)
+        );
+        let other = "http://h:1/v1.53/containers/abc/export";
+        assert_eq!(
+            sent(other),
+            ("http://h:1/containers/abc/export".to_string(), true)
+        );
+        let named = format!("http://h:1/containers/{LIST_ALL}/json");
+        assert_eq!(sent(&named), (named.clone(), true));
+        assert_eq!(calls.total(), 3);
     }
 }

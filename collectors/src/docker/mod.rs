@@ -16,7 +16,8 @@
 //! previous scan, or that run while their cached main PID is 0 (another stage
 //! zeroes it when `/proc` shows that PID is no longer in the container: a
 //! restart whose events were missed); those inspects run concurrently, at
-//! most `max_concurrent_inspects` at a time.
+//! most `max_concurrent_inspects` at a time. The list's answer is decoded
+//! into the eight fields read (`Listed`), not into bollard's whole model.
 //!
 //! Workloads between scans: a container created and removed since the
 //! previous scan is never listed; the events tell it (`create` then
@@ -36,16 +37,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::errors::Error as DockerError;
+use std::borrow::Cow;
+
 use bollard::models::{
-    ContainerInspectResponse, ContainerSummary, EventMessage, EventMessageTypeEnum,
+    ContainerInspectResponse, ContainerSummaryStateEnum, EventMessage, EventMessageTypeEnum,
 };
-use bollard::query_parameters::{EventsOptions, ListContainersOptions, ListImagesOptions};
+use bollard::query_parameters::{EventsOptions, ListImagesOptions};
 use bollard::Docker;
 use connection::{Calls, Endpoint, Settings};
 use detect_workloads_api::async_trait;
 use detect_workloads_api::config::{duration, ConfigError, PluginConfig};
 use detect_workloads_api::model::{
-    short_id, ContainerFacts, DeviceRequest, FactKind, Health, InspectFacts, Inventory,
+    short_id, short_key, ContainerFacts, DeviceRequest, FactKind, Health, InspectFacts, Inventory,
     Observations, ShortLivedContainer,
 };
 use detect_workloads_api::plugin::{
@@ -235,7 +238,8 @@ pub(crate) async fn containers(
     at_once: usize,
 ) -> Result<Found, DockerError> {
     let started = std::time::Instant::now();
-    let (list, changes) = fetch(docker, previous_state, events).await?;
+    let (body, changes) = fetch(docker, previous_state, events).await?;
+    let list = decode_list(&body)?;
     debug!(
         containers = list.len(),
         elapsed_ms = detect_workloads_api::timefmt::round_ms(started.elapsed()),
@@ -244,9 +248,9 @@ pub(crate) async fn containers(
     let previous = previous_state.get().await;
     // Image names are looked up again only when an image changed or a
     // container is new; otherwise each keeps the name it had.
-    let known = |s: &ContainerSummary| {
+    let known = |s: &Listed<'_>| {
         s.id.as_deref()
-            .and_then(|id| previous.containers.get(&short_id(id)))
+            .and_then(|id| previous.containers.get(short_key(id)))
             .is_some_and(|e| !e.image.is_empty())
     };
     let tags = match &changes {
@@ -267,7 +271,7 @@ pub(crate) async fn containers(
             continue;
         };
         if tags.is_none() {
-            if let Some(before) = previous.containers.get(&short_id(&c.id)) {
+            if let Some(before) = previous.containers.get(short_key(&c.id)) {
                 c.image.clone_from(&before.image);
             }
         }
@@ -409,18 +413,16 @@ fn event_time(e: &EventMessage) -> String {
 }
 
 /// The calls of every scan, concurrently (each on its own connection, so a
-/// steady scan takes about as long as the list call alone): the containers,
-/// and, when there is a previous scan, what changed since. The list is asked
-/// for first; the previous state may still be loading meanwhile.
+/// steady scan takes about as long as the list call alone): the containers
+/// (the list's body, [`decode_list`] reads it), and, when there is a
+/// previous scan, what changed since. The list is asked for first; the
+/// previous state may still be loading meanwhile.
 async fn fetch(
     docker: &Docker,
     previous: &Previous,
     events: Events,
-) -> Result<(Vec<ContainerSummary>, Option<Changes>), DockerError> {
-    let list = docker.list_containers(Some(ListContainersOptions {
-        all: true,
-        ..Default::default()
-    }));
+) -> Result<(Vec<u8>, Option<Changes>), DockerError> {
+    let list = list_body(docker);
     let changes = async {
         // Containers with events since the previous scan need a fresh
         // inspect; containers that came and went are told by them.
@@ -434,6 +436,63 @@ async fn fetch(
         }
     };
     futures_util::future::try_join(list, changes).await
+}
+
+/// `GET /containers/json?all=true` through bollard, as `list_containers`
+/// sends it, its answer as bytes (see [`connection::LIST_ALL`]).
+async fn list_body(docker: &Docker) -> Result<Vec<u8>, DockerError> {
+    let mut chunks = docker.export_container(connection::LIST_ALL);
+    let mut body = Vec::new();
+    while let Some(chunk) = chunks.try_next().await? {
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// One container of the list, with only the fields the collector reads
+/// (bollard's `ContainerSummary` has the same names and types, the state
+/// is its very type: a state it does not know fails the list as it would);
+/// the others are skipped unread. Strings without escapes are borrowed from
+/// the answer.
+#[derive(Debug, Deserialize)]
+struct Listed<'a> {
+    #[serde(rename = "Id", borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(rename = "Names", borrow, default)]
+    names: Option<Vec<Cow<'a, str>>>,
+    #[serde(rename = "Image", borrow, default)]
+    image: Option<Cow<'a, str>>,
+    #[serde(rename = "ImageID", borrow, default)]
+    image_id: Option<Cow<'a, str>>,
+    #[serde(rename = "Created", default)]
+    created: Option<i64>,
+    #[serde(rename = "Labels", default)]
+    labels: Option<BTreeMap<String, String>>,
+    #[serde(rename = "State", default)]
+    state: Option<ContainerSummaryStateEnum>,
+    #[serde(rename = "Status", borrow, default)]
+    status: Option<Cow<'a, str>>,
+}
+
+/// The list's answer decoded as bollard's `list_containers` decodes it
+/// (the same errors), into the fields read. The text is checked to be
+/// UTF-8 once, not string by string.
+fn decode_list(body: &[u8]) -> Result<Vec<Listed<'_>>, DockerError> {
+    let decoded = match std::str::from_utf8(body) {
+        Ok(text) => serde_json::from_str(text),
+        // Not UTF-8: the error bollard would give.
+        Err(_) => serde_json::from_slice(body),
+    };
+    decoded.map_err(|e| {
+        if e.is_data() || e.is_syntax() {
+            DockerError::JsonDataError {
+                message: e.to_string(),
+                column: e.column(),
+            }
+        } else {
+            e.into()
+        }
+    })
 }
 
 /// Image id -> first tag, for every tagged image.
@@ -497,11 +556,11 @@ fn cached_inspect(
     c: &ContainerFacts,
     touched: &BTreeSet<String>,
 ) -> Option<InspectFacts> {
-    let key = short_id(&c.id);
-    if touched.contains(&key) {
+    let key = short_key(&c.id);
+    if touched.contains(key) {
         return None;
     }
-    let entry = previous.containers.get(&key)?;
+    let entry = previous.containers.get(key)?;
     if entry.status != c.state {
         return None;
     }
@@ -537,11 +596,8 @@ fn image_name(
 
 /// The facts of one listed container; its image name is resolved when the
 /// image tags were fetched (else the caller keeps the previous one).
-fn summary_facts(
-    s: ContainerSummary,
-    tags: Option<&HashMap<String, String>>,
-) -> Option<ContainerFacts> {
-    let id = s.id.filter(|id| !id.is_empty())?;
+fn summary_facts(s: Listed<'_>, tags: Option<&HashMap<String, String>>) -> Option<ContainerFacts> {
+    let id = s.id.filter(|id| !id.is_empty())?.into_owned();
     let name = s
         .names
         .and_then(|n| n.into_iter().next())
@@ -549,8 +605,8 @@ fn summary_facts(
         .unwrap_or_default();
     Some(ContainerFacts {
         name,
-        labels: s.labels.unwrap_or_default().into_iter().collect(),
-        state: s.state.map(|st| st.to_string()).unwrap_or_default(),
+        labels: s.labels.unwrap_or_default(),
+        state: s.state.map(state_name).unwrap_or_default(),
         image: tags
             .map(|tags| image_name(s.image.as_deref(), s.image_id.as_deref(), tags))
             .unwrap_or_default(),
@@ -568,6 +624,23 @@ fn summary_facts(
         id,
         ..Default::default()
     })
+}
+
+/// A state as bollard writes it (its `Display`), without the formatter.
+fn state_name(state: ContainerSummaryStateEnum) -> String {
+    use ContainerSummaryStateEnum as S;
+    match state {
+        S::EMPTY => "",
+        S::CREATED => "created",
+        S::RUNNING => "running",
+        S::PAUSED => "paused",
+        S::RESTARTING => "restarting",
+        S::EXITED => "exited",
+        S::REMOVING => "removing",
+        S::DEAD => "dead",
+        S::STOPPING => "stopping",
+    }
+    .to_string()
 }
 
 fn inspect_facts(r: ContainerInspectResponse) -> InspectFacts {
@@ -635,6 +708,7 @@ detect_workloads_api::inventory::submit! {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bollard::models::ContainerSummary;
 
     #[test]
     fn image_is_first_tag_else_short_id() {
@@ -710,11 +784,138 @@ mod tests {
         let list: Result<Vec<ContainerSummary>, _> =
             serde_json::from_str(r#"[{"Id":"abc","State":"hibernating"}]"#);
         assert!(list.is_err());
-        let list: Vec<ContainerSummary> =
-            serde_json::from_str(r#"[{"Id":"abc","Names":null,"State":"exited","Labels":null}]"#)
-                .expect("list");
+        let list = decode_list(br#"[{"Id":"abc","State":"hibernating"}]"#);
+        assert!(matches!(list, Err(DockerError::JsonDataError { .. })));
+        let list = decode_list(br#"[{"Id":"abc","Names":null,"State":"exited","Labels":null}]"#)
+            .expect("list");
         let facts = summary_facts(list.into_iter().next().expect("one"), None).expect("facts");
         assert_eq!((facts.state.as_str(), facts.labels.len()), ("exited", 0));
+    }
+
+    /// The facts of a listed container as they were taken from bollard's
+    /// own model before the list was decoded into [`Listed`].
+    fn facts_from_bollard(
+        s: ContainerSummary,
+        tags: Option<&HashMap<String, String>>,
+    ) -> Option<ContainerFacts> {
+        let id = s.id.filter(|id| !id.is_empty())?;
+        let name = s
+            .names
+            .and_then(|n| n.into_iter().next())
+            .map(|n| n.trim_start_matches('/').to_string())
+            .unwrap_or_default();
+        Some(ContainerFacts {
+            name,
+            labels: s.labels.unwrap_or_default().into_iter().collect(),
+            state: s.state.map(|st| st.to_string()).unwrap_or_default(),
+            image: tags
+                .map(|tags| image_name(s.image.as_deref(), s.image_id.as_deref(), tags))
+                .unwrap_or_default(),
+            created_at: s
+                .created
+                .and_then(|t| u64::try_from(t).ok())
+                .filter(|&t| t > 0)
+                .map(|t| {
+                    detect_workloads_api::timefmt::rfc3339(
+                        std::time::UNIX_EPOCH + Duration::from_secs(t),
+                    )
+                })
+                .unwrap_or_default(),
+            health: s.status.as_deref().and_then(Health::from_status),
+            id,
+            ..Default::default()
+        })
+    }
+
+    /// Both decodings of one answer, with and without the image tags.
+    fn both(body: &[u8]) -> (Vec<Option<ContainerFacts>>, Vec<Option<ContainerFacts>>) {
+        let tags = HashMap::from([(
+            "sha256:b8b15010d70e2e9e74ddcb854d823b3ce69464f7cfea27708ae6a7f96fe0a584".to_string(),
+            "dw-test/busybox:latest".to_string(),
+        )]);
+        let mut ours = Vec::new();
+        let mut theirs = Vec::new();
+        for tags in [None, Some(&tags)] {
+            let bollard: Vec<ContainerSummary> = serde_json::from_slice(body).expect("bollard");
+            theirs.extend(bollard.into_iter().map(|s| facts_from_bollard(s, tags)));
+            let listed = decode_list(body).expect("ours");
+            ours.extend(listed.into_iter().map(|s| summary_facts(s, tags)));
+        }
+        (ours, theirs)
+    }
+
+    #[test]
+    fn the_list_reads_as_bollards_model_does() {
+        // A real answer (dockerd 20.10): created, running with a port and a
+        // mount, healthy, unhealthy, exited and paused containers; labels
+        // with escapes and non-ASCII text.
+        let (ours, theirs) = both(include_bytes!("testdata/list.json"));
+        assert_eq!(ours.len(), 12);
+        assert!(ours.iter().all(Option::is_some));
+        assert_eq!(ours, theirs);
+        let states: BTreeSet<&str> = ours.iter().flatten().map(|c| c.state.as_str()).collect();
+        assert_eq!(
+            states,
+            BTreeSet::from(["created", "exited", "paused", "running"])
+        );
+        assert!(ours
+            .iter()
+            .flatten()
+            .any(|c| c.health == Some(Health::Healthy)));
+        assert!(ours
+            .iter()
+            .flatten()
+            .any(|c| c.health == Some(Health::Unhealthy)));
+        assert!(ours
+            .iter()
+            .flatten()
+            .any(|c| c.labels.get("note").is_some_and(|n| n.contains('"'))));
+
+        // What a newer engine adds, nulls, escapes, a missing or empty id,
+        // an image known by its id only, every state bollard knows.
+        let odd = r#"[
+            {"Id":"\u0061bc","Names":["/w\u00e9ird\"name","/second"],"Image":"sha256:0123456789abcdef0123","ImageID":"","Created":0,
+             "Labels":{"k":"v","k":"w","\u2028":"\/"},"State":"","Status":"Up 1 second (health: starting)",
+             "ImageManifestDescriptor":{"mediaType":"x","digest":"sha256:1","size":3,"annotations":{"a":"b"}},
+             "Health":{"Status":"starting","FailingStreak":0},"Ports":[{"IP":"::","PrivatePort":80,"PublicPort":8080,"Type":"tcp"}],
+             "Mounts":[{"Type":"bind","Source":"/a","Destination":"/b","Mode":"","RW":true,"Propagation":"rprivate"}],
+             "HostConfig":{"NetworkMode":"host","Annotations":{"x":"y"}},"SizeRw":12,"SizeRootFs":34,"Command":"sh -c \"x\""},
+            {"Names":["/no-id"],"State":"running"},
+            {"Id":"","State":"dead"},
+            {"Id":"e1","Names":null,"Image":null,"ImageID":"sha256:b8b15010d70e2e9e74ddcb854d823b3ce69464f7cfea27708ae6a7f96fe0a584","Created":-5,"Labels":null,"State":"restarting","Status":null},
+            {"Id":"e2","Names":[],"Image":"busybox","Created":1714557601,"State":"removing"},
+            {"Id":"e3","State":"stopping","Status":"Up (unhealthy)"},
+            {"Id":"e4","State":"created","Unknown":[1,{"deep":[null,true,1.5e3]}]}
+        ]"#;
+        let (ours, theirs) = both(odd.as_bytes());
+        assert_eq!(ours, theirs);
+        assert_eq!(ours.iter().filter(|c| c.is_none()).count(), 4);
+        let first = ours[0].as_ref().expect("first");
+        assert_eq!(
+            (first.id.as_str(), first.name.as_str()),
+            ("abc", "wéird\"name")
+        );
+
+        // Whatever fails bollard's decoding of a field we read fails ours.
+        for bad in [
+            r#"[{"Id":"a","State":"hibernating"}]"#,
+            r#"[{"Id":"a","Labels":{"k":null}}]"#,
+            r#"[{"Id":1}]"#,
+            r#"[{"Id":"a","Created":"yesterday"}]"#,
+            r#"[{"Id":"a","Names":"/one"}]"#,
+            r#"[{"Id":"a","Id":"b"}]"#,
+            r#"{"Id":"a"}"#,
+            r#"[{"Id":"a"}"#,
+            "",
+        ] {
+            let theirs: Result<Vec<ContainerSummary>, _> = serde_json::from_str(bad);
+            assert!(theirs.is_err(), "{bad}");
+            assert!(decode_list(bad.as_bytes()).is_err(), "{bad}");
+        }
+        assert!(matches!(
+            decode_list(b"[{\"Id\":\"\xff\"}]"),
+            Err(DockerError::JsonDataError { .. })
+        ));
     }
 
     fn ev(typ: EventMessageTypeEnum, action: &str, id: &str, time: i64) -> EventMessage {

@@ -4,13 +4,14 @@
 //! deadline, and returns one [`Outcome`] per collector instance.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tracing::{debug, warn};
 
 use crate::config::Instance;
-use detect_workloads_api::model::{ContainerFacts, Observations};
+use detect_workloads_api::model::{ContainerFacts, FactKind, Observations};
 use detect_workloads_api::plugin::{CollectContext, CollectError, Collected, Collector, Previous};
 use detect_workloads_api::users::UserNames;
 
@@ -149,7 +150,9 @@ pub async fn run_collectors<'c>(
         started: vec![false; collectors.len()],
         outcomes: vec![None; collectors.len()],
     };
-    let mut observed = Observations::default();
+    // Shared with the views of the collectors running: copied only when
+    // one settles while another still looks at it.
+    let mut observed = Arc::new(Observations::default());
     let mut running = FuturesUnordered::new();
     loop {
         for i in board.ready(running.is_empty()) {
@@ -160,7 +163,7 @@ pub async fn run_collectors<'c>(
                 board.outcomes[i] = Some(Outcome::SkippedAsFallback { primary });
                 continue;
             }
-            let view = observed.only(c.plugin.needs());
+            let view = view(&observed, c.plugin.needs());
             running.push(async move {
                 let ctx = CollectContext {
                     previous,
@@ -180,11 +183,33 @@ pub async fn run_collectors<'c>(
         let Some((i, (result, duration))) = running.next().await else {
             continue;
         };
-        board.outcomes[i] = Some(settle(collectors, i, result, duration, &mut observed));
+        let observed = Arc::make_mut(&mut observed);
+        board.outcomes[i] = Some(settle(collectors, i, result, duration, observed));
     }
     Collection {
         ran: board.into_ran(),
-        observed,
+        // Every view is gone with its collector.
+        observed: Arc::try_unwrap(observed).unwrap_or_else(|shared| (*shared).clone()),
+    }
+}
+
+/// What a collector that needs these kinds of facts sees of them:
+/// [`Observations::only`], which is everything observed so far when
+/// nothing else is (then shared, not copied).
+fn view(observed: &Arc<Observations>, needs: &[FactKind]) -> Arc<Observations> {
+    // Nothing of a kind it does not need is there to hide.
+    let empty_unless_needed = |kind: FactKind, empty: bool| empty || needs.contains(&kind);
+    let all_seen = observed.short_lived.is_empty()
+        && empty_unless_needed(FactKind::Containers, observed.containers.is_empty())
+        && empty_unless_needed(
+            FactKind::GpuProcesses,
+            observed.gpu_processes.is_empty() && observed.gpus.is_empty(),
+        )
+        && empty_unless_needed(FactKind::Processes, observed.processes.is_empty());
+    if all_seen {
+        Arc::clone(observed)
+    } else {
+        Arc::new(observed.only(needs))
     }
 }
 
@@ -278,4 +303,80 @@ async fn run_one(
         Err(_) => Err(CollectError::TimedOut(limit)),
     };
     (result, start.elapsed())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use detect_workloads_api::model::{GpuProcess, ProcessFacts, ShortLivedContainer};
+
+    #[test]
+    fn a_view_is_what_only_gives_shared_or_not() {
+        let kinds = [
+            FactKind::Containers,
+            FactKind::GpuProcesses,
+            FactKind::Processes,
+        ];
+        let container = ContainerFacts {
+            id: "a".repeat(64),
+            ..Default::default()
+        };
+        let gpu = GpuProcess {
+            pid: 7,
+            ..Default::default()
+        };
+        let process = ProcessFacts {
+            pid: 7,
+            ..Default::default()
+        };
+        let short = ShortLivedContainer {
+            id: "b".repeat(64),
+            ..Default::default()
+        };
+        for bits in 0..16u8 {
+            let observed = Arc::new(Observations {
+                containers: if bits & 1 != 0 {
+                    vec![container.clone()]
+                } else {
+                    Vec::new()
+                },
+                gpu_processes: if bits & 2 != 0 {
+                    vec![gpu.clone()]
+                } else {
+                    Vec::new()
+                },
+                processes: if bits & 4 != 0 {
+                    BTreeMap::from([(7, process.clone())])
+                } else {
+                    BTreeMap::new()
+                },
+                short_lived: if bits & 8 != 0 {
+                    vec![short.clone()]
+                } else {
+                    Vec::new()
+                },
+                ..Default::default()
+            });
+            for needed in 0..8u8 {
+                let needs: Vec<FactKind> = kinds
+                    .iter()
+                    .enumerate()
+                    .filter(|(n, _)| needed & (1 << n) != 0)
+                    .map(|(_, k)| *k)
+                    .collect();
+                let seen = view(&observed, &needs);
+                assert_eq!(
+                    format!("{:?}", *seen),
+                    format!("{:?}", observed.only(&needs)),
+                    "observed {bits:04b}, needs {needs:?}"
+                );
+            }
+        }
+        // Nothing hidden: shared.
+        let all = Arc::new(Observations {
+            containers: vec![container],
+            ..Default::default()
+        });
+        assert!(Arc::ptr_eq(&view(&all, &[FactKind::Containers]), &all));
+    }
 }

@@ -258,8 +258,8 @@ impl Sink for EventLog {
         let mut file = self
             .open()
             .map_err(|e| SinkError::new(format!("event log: {e}")))?;
-        let receipt = Receipt::load(&self.path);
-        let cut = receipt.as_ref().is_some_and(|r| r.was_cut(&file));
+        let receipt = Receipt::load_if_cut(&self.path, &file);
+        let cut = receipt.is_some();
         let held = if out.owed.is_empty() && !cut {
             HashSet::new()
         } else {

@@ -39,6 +39,12 @@ pub fn path_of(log: &Path) -> PathBuf {
     log.with_file_name(name)
 }
 
+/// Whether `file` is the file `(dev, ino)`, now shorter than `end`.
+fn cut(file: &File, (dev, ino, end): (u64, u64, u64)) -> bool {
+    file.metadata()
+        .is_ok_and(|meta| (meta.dev(), meta.ino()) == (dev, ino) && meta.len() < end)
+}
+
 /// `<name>.1` beside `log`: where copytruncate leaves its copy.
 fn copy_of(log: &Path) -> PathBuf {
     let mut name = log.file_name().unwrap_or_default().to_os_string();
@@ -46,12 +52,50 @@ fn copy_of(log: &Path) -> PathBuf {
     log.with_file_name(name)
 }
 
+/// `dev`, `ino` and `end` from the start of a receipt as [`Receipt::save`]
+/// writes it (`{"dev":N,"ino":N,"end":N,"lines":[`, field order kept by
+/// serde); None for any other text. Enough to tell that the log was not
+/// cut without reading the lines (up to a megabyte of escaped JSON).
+fn head(bytes: &[u8]) -> Option<(u64, u64, u64)> {
+    let rest = bytes.strip_prefix(br#"{"dev":"#)?;
+    let (dev, rest) = number_then(rest, br#","ino":"#)?;
+    let (ino, rest) = number_then(rest, br#","end":"#)?;
+    let (end, _) = number_then(rest, br#","lines":["#)?;
+    Some((dev, ino, end))
+}
+
+/// The decimal number `bytes` start with, and what follows `then` after it.
+fn number_then<'a>(bytes: &'a [u8], then: &[u8]) -> Option<(u64, &'a [u8])> {
+    let digits = bytes.iter().take_while(|b| b.is_ascii_digit()).count();
+    let n = std::str::from_utf8(&bytes[..digits]).ok()?.parse().ok()?;
+    Some((n, bytes[digits..].strip_prefix(then)?))
+}
+
 impl Receipt {
     /// The receipt of the last delivery to `log`, if there is a readable one.
     pub fn load(log: &Path) -> Option<Receipt> {
+        let bytes = Self::read(log)?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// The receipt of the last delivery to `log` when there is a readable
+    /// one and `file` (open on the log) was cut since ([`Receipt::was_cut`]):
+    /// [`Receipt::load`] filtered by it, but decoded only when its start
+    /// ([`head`]) does not already tell that the log was not cut.
+    pub fn load_if_cut(log: &Path, file: &File) -> Option<Receipt> {
+        let bytes = Self::read(log)?;
+        // Not cut by what it starts with: whatever follows, no receipt
+        // would say it was (a valid one holds these very fields once).
+        if head(&bytes).is_some_and(|h| !cut(file, h)) {
+            return None;
+        }
+        let receipt: Receipt = serde_json::from_slice(&bytes).ok()?;
+        receipt.was_cut(file).then_some(receipt)
+    }
+
+    fn read(log: &Path) -> Option<Vec<u8>> {
         match read_own_file(&path_of(log), (KEPT as u64) * 2 + 4096) {
-            Ok(Some(bytes)) => serde_json::from_slice(&bytes).ok(),
-            Ok(None) => None,
+            Ok(bytes) => bytes,
             Err(e) => {
                 warn!("{e}");
                 None
@@ -62,9 +106,7 @@ impl Receipt {
     /// Whether `file` (open on the log) is the file of the last delivery,
     /// now shorter than where its lines ended: emptied in place since.
     pub fn was_cut(&self, file: &File) -> bool {
-        file.metadata().is_ok_and(|meta| {
-            (meta.dev(), meta.ino()) == (self.dev, self.ino) && meta.len() < self.end
-        })
+        cut(file, (self.dev, self.ino, self.end))
     }
 
     /// The lines of the last delivery that neither the log (`in_file`: the
@@ -124,5 +166,95 @@ impl Receipt {
         };
         let bytes = serde_json::to_vec(&receipt).map_err(|e| e.to_string())?;
         write_atomic_unsynced(&path_of(log), &bytes, 0o600)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_receipt_is_decoded_whole_only_when_the_log_was_cut() {
+        let dir = tempfile::tempdir().expect("dir");
+        let log = dir.path().join("events.jsonl");
+        std::fs::write(&log, "0123456789\n").expect("log");
+        let file = File::open(&log).expect("open");
+        let meta = file.metadata().expect("stat");
+        let write = |text: String| {
+            write_atomic_unsynced(&path_of(&log), text.as_bytes(), 0o600).expect("receipt")
+        };
+        let (dev, ino) = (meta.dev(), meta.ino());
+        for (text, cut) in [
+            (
+                format!(r#"{{"dev":{dev},"ino":{ino},"end":11,"lines":["a"]}}"#),
+                false,
+            ),
+            (
+                format!(r#"{{"dev":{dev},"ino":{ino},"end":12,"lines":["a"]}}"#),
+                true,
+            ),
+            (
+                format!(
+                    r#"{{"dev":{dev},"ino":{},"end":12,"lines":["a"]}}"#,
+                    ino + 1
+                ),
+                false,
+            ),
+            (
+                format!(r#"{{"dev":{dev},"ino":{ino},"end":12,"lines":[1]}}"#),
+                false,
+            ),
+            (format!(r#"{{"dev":{dev},"ino":{ino},"end":12}}"#), false),
+            (
+                format!(r#"{{"lines":["a","b"],"end":99,"ino":{ino},"dev":{dev}}}"#),
+                true,
+            ),
+            ("not json".to_string(), false),
+            // Not as `save` writes it: decoded whole.
+            (
+                format!(r#"{{ "dev": {dev}, "ino": {ino}, "end": 12, "lines": ["a"] }}"#),
+                true,
+            ),
+            (
+                format!(r#"{{"dev":{dev},"ino":{ino},"end":1.2e1,"lines":["a"]}}"#),
+                false,
+            ),
+            (
+                format!(r#"{{"dev":0{dev},"ino":{ino},"end":12,"lines":["a"]}}"#),
+                false,
+            ),
+            (
+                format!(r#"{{"dev":{dev},"ino":{ino},"end":99999999999999999999,"lines":[]}}"#),
+                false,
+            ),
+            // As `save` writes it, but broken after the start.
+            (
+                format!(r#"{{"dev":{dev},"ino":{ino},"end":12,"lines":["a",]}}"#),
+                false,
+            ),
+            (
+                format!(r#"{{"dev":{dev},"ino":{ino},"end":11,"lines":["a"],"end":12}}"#),
+                false,
+            ),
+            (
+                format!(r#"{{"dev":{dev},"ino":{ino},"end":12,"lines":["a"],"end":11}}"#),
+                false,
+            ),
+        ] {
+            write(text.clone());
+            let whole = Receipt::load(&log).filter(|r| r.was_cut(&file));
+            let lazy = Receipt::load_if_cut(&log, &file);
+            assert_eq!(whole.is_some(), cut, "{text}");
+            assert_eq!(
+                lazy.map(|r| (r.end, r.lines)),
+                whole.map(|r| (r.end, r.lines)),
+                "{text}"
+            );
+        }
+        // What `save` writes starts as `head` reads it.
+        Receipt::save(&log, &file, 7, &[b"{\"a\":\"\\\"\"}\n".to_vec()]).expect("save");
+        let saved = std::fs::read(path_of(&log)).expect("read");
+        assert_eq!(head(&saved), Some((dev, ino, 7)));
+        assert_eq!(head(br#"{ "dev":1,"ino":2,"end":3,"lines":[]}"#), None);
     }
 }
