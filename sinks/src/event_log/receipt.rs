@@ -81,7 +81,7 @@ impl Receipt {
     /// The receipt of the last delivery to `log` when there is a readable
     /// one and `file` (open on the log) was cut since ([`Receipt::was_cut`]):
     /// [`Receipt::load`] filtered by it, but decoded only when its start
-    /// ([`head`]) does not already tell that the log was not cut.
+    /// (`head`) does not already tell that the log was not cut.
     pub fn load_if_cut(log: &Path, file: &File) -> Option<Receipt> {
         let bytes = Self::read(log)?;
         // Not cut by what it starts with: whatever follows, no receipt

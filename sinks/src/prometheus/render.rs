@@ -109,10 +109,10 @@ impl CollectorState {
 ///   counts in the host and user memory gauges);
 /// - `ds01_workload_container_gpu_utilization_ratio{container,container_id,user}`,
 ///   `ds01_workload_container_cpu_cores{...}`, `ds01_workload_container_idle_seconds{...}`:
-///   a running container's `activity` (see [`container_activity`]);
+///   a running container's `activity` (see `container_activity`);
 /// - `ds01_workload_host_gpu_process_utilization_ratio{user,UUID}`,
 ///   `..._cpu_cores{user,UUID}`, `..._idle_seconds{user,UUID}`: the same for
-///   the host GPU processes of a user on a GPU (see [`host_activity`]);
+///   the host GPU processes of a user on a GPU (see `host_activity`);
 /// - `ds01_workload_user_gpu_memory_bytes{user}`: GPU memory by user
 ///   (a container's processes count for the container's user);
 /// - `ds01_workload_gpu_memory_bytes{UUID}`: attributed GPU memory by GPU;
