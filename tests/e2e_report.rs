@@ -8,26 +8,11 @@
 mod common;
 
 use std::io::Write;
-use std::process::{Command, Stdio};
 
-use common::{seconds_pass, test_user, Proc, Scratch, UUID};
+use common::{as_test_user, seconds_pass, test_user, Scratch, UUID};
 use serde_json::Value;
 
 const UUID2: &str = "GPU-0a1b2c3d-0000-1111-2222-333344445555";
-
-fn as_test_user(script: &str) -> Proc {
-    let (_, uid) = test_user();
-    Proc(
-        Command::new("setpriv")
-            .arg(format!("--reuid={uid}"))
-            .arg(format!("--regid={uid}"))
-            .args(["--clear-groups", "--", "sh", "-c", script])
-            .current_dir("/")
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("setpriv (util-linux)"),
-    )
-}
 
 fn report(s: &Scratch, config: &std::path::Path, args: &[&str]) -> String {
     let mut all = vec!["report"];

@@ -23,21 +23,6 @@ fn of_type<'a>(events: &'a [Value], t: &str) -> Vec<&'a Value> {
         .collect()
 }
 
-/// `sh -c script` as the test user (uid and gid, no supplementary groups):
-/// the PID is the shell's own (setpriv execs, it does not fork).
-fn as_test_user(script: &str) -> Proc {
-    let (_, uid) = test_user();
-    Proc(
-        Command::new("setpriv")
-            .arg(format!("--reuid={uid}"))
-            .arg(format!("--regid={uid}"))
-            .args(["--clear-groups", "--", "sh", "-c", script])
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("setpriv (util-linux)"),
-    )
-}
-
 /// Waits (a generous bound) until `done` holds.
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
