@@ -107,6 +107,11 @@ impl Churn {
         if let Some(t) = self.thread.take() {
             t.join().expect("churn thread");
         }
+        self.so_far()
+    }
+
+    /// The short ids of the containers created so far.
+    fn so_far(&self) -> BTreeSet<String> {
         self.all
             .lock()
             .expect("ids")
@@ -805,7 +810,18 @@ fn rotation_during_churn_loses_nothing_in_either_mode() {
             let mut in_state = BTreeSet::new();
             let stderr = s.path("watch.log");
             let mut watch = watch_mode.then(|| spawn_logged(&config, &["watch"], &stderr));
-            for _ in 0..15 {
+            // Fifteen rotations at least, and more until five of the churned
+            // containers were seen in a state (a loaded machine creates
+            // fewer in the same time), within a deadline.
+            let start = Instant::now();
+            for round in 0.. {
+                if round >= 15 && in_state.intersection(&churn.so_far()).count() >= 5 {
+                    break;
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(180),
+                    "five churned containers never seen in a state: {in_state:?}"
+                );
                 if watch.is_none() {
                     s.scan(&config);
                     s.scan(&config);
