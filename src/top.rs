@@ -102,7 +102,7 @@ fn now() -> i64 {
 fn screen_line(line: &Line, width: usize, colour: bool) -> String {
     let line = line.clone().fit(width);
     if colour {
-        crate::cli::term::paint_line(&line)
+        crate::term::paint_line(&line)
     } else {
         line.text()
     }

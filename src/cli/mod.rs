@@ -11,7 +11,6 @@ mod plugins;
 mod ps;
 mod report;
 mod scan;
-pub mod term;
 mod top;
 mod validate;
 

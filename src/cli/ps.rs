@@ -234,11 +234,11 @@ fn render(inv: &Inventory, args: &PsArgs, now: i64) -> String {
         }
         PsFormat::Wide => Layout::Wide,
         PsFormat::Table if args.no_trunc => Layout::Wide,
-        PsFormat::Table => super::term::stdout_layout(),
+        PsFormat::Table => crate::term::stdout_layout(),
     };
     let styled = view::render_styled(inv, &filter, layout, now);
-    if super::term::stdout_colour() {
-        super::term::paint(&styled)
+    if crate::term::stdout_colour() {
+        crate::term::paint(&styled)
     } else {
         styled.plain()
     }
