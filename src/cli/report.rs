@@ -298,15 +298,79 @@ fn read_history(log: &Path, tally: &mut Tally) -> Result<(), String> {
     Ok(())
 }
 
-/// The sums as the lines come.
+/// What one event of the period told of a workload.
+enum Told {
+    /// It exited, with these totals.
+    Exit(Usage),
+    /// It was told idle, holding this much, idle since then.
+    Idle {
+        gpu_memory_mb: Option<u64>,
+        idle_since: Option<String>,
+    },
+}
+
+/// One event of the period about a workload.
+struct Seen {
+    at: i64,
+    user: String,
+    kind: Kind,
+    id: String,
+    name: String,
+    told: Told,
+}
+
+/// The events of the period as the lines come; folded into workloads in
+/// time order by [`Tally::finish`] (the files are read in any order).
 struct Tally {
     since: i64,
     until: i64,
     /// Event ids already counted: a line appended twice counts once.
-    seen: HashSet<String>,
-    /// (user, kind, id) -> the workload.
-    workloads: BTreeMap<(String, Kind, String), Workload>,
+    ids: HashSet<String>,
+    seen: Vec<Seen>,
     unreadable: u64,
+}
+
+/// The workloads told so far, and which of them is still open (not told
+/// exited) under each (user, kind, id): a PID used again, or a second
+/// exit under one id, is another workload, never added to an earlier one.
+#[derive(Default)]
+struct Workloads {
+    all: Vec<(String, Workload)>,
+    open: BTreeMap<(String, Kind, String), usize>,
+}
+
+impl Workloads {
+    /// The open workload under this key, made if there is none.
+    fn open(&mut self, user: &str, kind: Kind, id: &str, name: &str) -> &mut Workload {
+        let key = (user.to_string(), kind, id.to_string());
+        let index = match self.open.get(&key) {
+            Some(&i) => i,
+            None => {
+                self.all.push((
+                    user.to_string(),
+                    Workload {
+                        kind,
+                        id: id.to_string(),
+                        name: name.to_string(),
+                        state: State::Unknown,
+                        gpu_hours_held: 0.0,
+                        gpu_hours_idle: 0.0,
+                        gpu_memory_mb: None,
+                        idle_since: None,
+                        told_idle: false,
+                    },
+                ));
+                self.open.insert(key, self.all.len() - 1);
+                self.all.len() - 1
+            }
+        };
+        &mut self.all[index].1
+    }
+
+    /// Closes the open workload under this key (it exited).
+    fn close(&mut self, user: &str, kind: Kind, id: &str) {
+        self.open.remove(&(user.to_string(), kind, id.to_string()));
+    }
 }
 
 impl Tally {
@@ -314,8 +378,8 @@ impl Tally {
         Self {
             since,
             until,
-            seen: HashSet::new(),
-            workloads: BTreeMap::new(),
+            ids: HashSet::new(),
+            seen: Vec::new(),
             unreadable: 0,
         }
     }
@@ -331,7 +395,7 @@ impl Tally {
             self.unreadable += 1;
             return;
         };
-        let (Some(kind), Some(at)) = (
+        let (Some(event_type), Some(at)) = (
             event["event_type"].as_str(),
             event["timestamp"].as_str().and_then(parse_rfc3339),
         ) else {
@@ -341,83 +405,74 @@ impl Tally {
         if at < self.since || at >= self.until {
             return;
         }
-        if let Some(id) = event["event_id"].as_str().filter(|id| !id.is_empty()) {
-            if !self.seen.insert(id.to_string()) {
+        let details = &event["details"];
+        let told = match event_type {
+            "detection.container_exited" | "detection.host_gpu_process_exited" => {
+                Told::Exit(Usage {
+                    gpu_seconds_held: details["usage"]["gpu_seconds_held"].as_f64().unwrap_or(0.0),
+                    gpu_seconds_idle: details["usage"]["gpu_seconds_idle"].as_f64().unwrap_or(0.0),
+                })
+            }
+            "detection.workload_idle" => Told::Idle {
+                gpu_memory_mb: details["gpu_memory_mb"].as_u64(),
+                idle_since: details["idle_since"].as_str().map(str::to_string),
+            },
+            _ => return,
+        };
+        let Some((kind, id, name)) = workload_of(details) else {
+            return;
+        };
+        if let Some(event_id) = event["event_id"].as_str().filter(|id| !id.is_empty()) {
+            if !self.ids.insert(event_id.to_string()) {
                 return;
             }
         }
-        let user = event["user"].as_str().unwrap_or_default().to_string();
-        let details = &event["details"];
-        match kind {
-            "detection.container_exited" | "detection.host_gpu_process_exited" => {
-                let Some((kind, id, name)) = workload_of(details) else {
-                    return;
-                };
-                let usage = Usage {
-                    gpu_seconds_held: details["usage"]["gpu_seconds_held"].as_f64().unwrap_or(0.0),
-                    gpu_seconds_idle: details["usage"]["gpu_seconds_idle"].as_f64().unwrap_or(0.0),
-                };
-                let w = self.entry(user, kind, id, name);
-                w.state = State::Exited;
-                w.gpu_hours_held = hours(usage.gpu_seconds_held);
-                w.gpu_hours_idle = hours(usage.gpu_seconds_idle);
-            }
-            "detection.workload_idle" => {
-                let Some((kind, id, name)) = workload_of(details) else {
-                    return;
-                };
-                let w = self.entry(user, kind, id, name);
-                w.told_idle = true;
-                w.gpu_memory_mb = details["gpu_memory_mb"].as_u64().or(w.gpu_memory_mb);
-                w.idle_since = details["idle_since"]
-                    .as_str()
-                    .map(str::to_string)
-                    .or(w.idle_since.take());
-            }
-            _ => {}
-        }
-    }
-
-    fn entry(&mut self, user: String, kind: Kind, id: String, name: String) -> &mut Workload {
-        self.workloads
-            .entry((user, kind, id.clone()))
-            .or_insert_with(|| Workload {
-                kind,
-                id,
-                name,
-                state: State::Unknown,
-                gpu_hours_held: 0.0,
-                gpu_hours_idle: 0.0,
-                gpu_memory_mb: None,
-                idle_since: None,
-                told_idle: false,
-            })
+        self.seen.push(Seen {
+            at,
+            user: event["user"].as_str().unwrap_or_default().to_string(),
+            kind,
+            id,
+            name,
+            told,
+        });
     }
 
     /// The report, with the workloads `inventory` lists now.
     fn finish(mut self, inventory: Option<&Inventory>) -> Report {
+        let mut workloads = Workloads::default();
+        self.seen.sort_by_key(|s| s.at);
+        for s in &self.seen {
+            let w = workloads.open(&s.user, s.kind, &s.id, &s.name);
+            match &s.told {
+                Told::Exit(usage) => {
+                    w.state = State::Exited;
+                    w.gpu_hours_held = hours(usage.gpu_seconds_held);
+                    w.gpu_hours_idle = hours(usage.gpu_seconds_idle);
+                    workloads.close(&s.user, s.kind, &s.id);
+                }
+                Told::Idle {
+                    gpu_memory_mb,
+                    idle_since,
+                } => {
+                    w.told_idle = true;
+                    w.gpu_memory_mb = gpu_memory_mb.or(w.gpu_memory_mb);
+                    w.idle_since = idle_since.clone().or(w.idle_since.take());
+                }
+            }
+        }
         if let Some(inv) = inventory {
             for c in inv.containers.values() {
-                let w = self.entry(
-                    c.user.clone(),
-                    Kind::Container,
-                    c.id.clone(),
-                    c.name.clone(),
-                );
+                let w = workloads.open(&c.user, Kind::Container, &c.id, &c.name);
                 present(w, &c.usage, c.activity.as_ref(), c.gpu_memory_mb);
             }
             for p in inv.host_processes.values() {
-                let w = self.entry(
-                    p.user.clone(),
-                    Kind::HostProcess,
-                    p.pid.to_string(),
-                    p.cmdline.clone(),
-                );
+                let pid = p.pid.to_string();
+                let w = workloads.open(&p.user, Kind::HostProcess, &pid, &p.cmdline);
                 present(w, &p.usage, p.activity.as_ref(), p.gpu_memory_mb);
             }
         }
         let mut users: BTreeMap<String, UserUsage> = BTreeMap::new();
-        for ((user, _, _), w) in self.workloads {
+        for (user, w) in workloads.all {
             let u = users.entry(user.clone()).or_insert_with(|| UserUsage {
                 user,
                 gpu_hours_held: 0.0,
@@ -773,6 +828,59 @@ mod tests {
         assert_eq!(w.idle_since.as_deref(), Some(super::at(T0 - 1800).as_str()));
         assert_eq!((w.gpu_hours_held, w.gpu_hours_idle), (1.5, 0.75));
         assert!(w.told_idle);
+    }
+
+    #[test]
+    fn a_pid_used_again_is_another_workload_in_time_order() {
+        let exit = |at: i64, id: &str, held: f64| {
+            line(
+                at,
+                "detection.host_gpu_process_exited",
+                "frank",
+                id,
+                serde_json::json!({"pid": 77, "cmdline": "python a.py",
+                    "usage": {"gpu_seconds_held": held, "gpu_seconds_idle": 0.0}}),
+            )
+        };
+        let idle = line(
+            T0 + 50,
+            "detection.workload_idle",
+            "frank",
+            "i",
+            serde_json::json!({"kind": "host_process", "pid": 77, "cmdline": "python a.py",
+                "gpu_memory_mb": 512, "idle_since": super::at(T0 + 20)}),
+        );
+        // Read out of order (as rotated files are): the second process's
+        // idle event, then the second exit, then the first exit.
+        let lines = [
+            idle,
+            exit(T0 + 90, "x2", 7200.0),
+            exit(T0 + 10, "x1", 3600.0),
+        ];
+        let mut inv = Inventory::default();
+        inv.host_processes.insert(
+            77,
+            detect_workloads_api::model::ProcessEntry {
+                pid: 77,
+                user: "frank".into(),
+                cmdline: "python b.py".into(),
+                usage: Usage {
+                    gpu_seconds_held: 1800.0,
+                    gpu_seconds_idle: 0.0,
+                },
+                ..Default::default()
+            },
+        );
+        let report = tally(&lines).finish(Some(&inv));
+        let frank = &report.users[0];
+        // Three processes under PID 77: 1 + 2 + 0.5 GPU-hours, none lost.
+        assert_eq!(frank.gpu_hours_held, 3.5);
+        assert_eq!(frank.workloads, 3);
+        // The idle one is the second (idle at T0+50, exited at T0+90).
+        assert_eq!(frank.idle_workloads.len(), 1);
+        let w = &frank.idle_workloads[0];
+        assert_eq!((w.state, w.gpu_hours_held), (State::Exited, 2.0));
+        assert_eq!(w.gpu_memory_mb, Some(512));
     }
 
     #[test]
