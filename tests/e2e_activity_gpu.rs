@@ -16,7 +16,8 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    as_test_user, binary, edit_config, fake_nvml, seconds_pass, signal, Proc, Scratch, UUID,
+    as_test_user, binary, edit_config, fake_nvml, seconds_pass, signal, use_nvml, Proc, Scratch,
+    UUID,
 };
 use serde_json::Value;
 
@@ -83,14 +84,7 @@ fn sleeper() -> (Proc, String) {
 /// `agent` added to `[agent]`.
 fn nvml_config(s: &Scratch, agent: &str) -> PathBuf {
     let config = s.config(None, IDLE);
-    edit_config(
-        &config,
-        "[[collectors.nvidia-smi]]",
-        &format!(
-            "[[collectors.nvml]]\nlibrary = \"{}\"\n\n[[collectors.nvidia-smi]]\nfallback_for = \"nvml\"",
-            fake_nvml().display()
-        ),
-    );
+    use_nvml(&config, fake_nvml());
     if !agent.is_empty() {
         edit_config(&config, "[agent]\n", &format!("[agent]\n{agent}\n"));
     }

@@ -6,7 +6,8 @@
 mod common;
 
 use common::{
-    docker, docker_host, edit_config, fake_nvml, test_image, unique, Containers, Scratch, BIN, UUID,
+    docker, docker_host, edit_config, fake_nvml, test_image, unique, use_nvml, Containers, Scratch,
+    BIN, UUID,
 };
 use serde_json::Value;
 
@@ -250,14 +251,7 @@ fn container_gpu_processes_listed_by_nvml_are_attributed() {
     )
     .expect("write scenario");
     let config = s.config(Some(&host), "");
-    edit_config(
-        &config,
-        "[[collectors.nvidia-smi]]",
-        &format!(
-            "[[collectors.nvml]]\nlibrary = \"{}\"\n\n[[collectors.nvidia-smi]]\nfallback_for = \"nvml\"",
-            fake_nvml().display()
-        ),
-    );
+    use_nvml(&config, fake_nvml());
 
     let first = scan_with_nvml(&s, &config, &scenario);
     assert!(

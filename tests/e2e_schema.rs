@@ -15,8 +15,8 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
 use common::{
-    docker, docker_host, edit_config, fake_nvml, sleeper, test_image, test_user, unique,
-    Containers, Proc, Scratch, UUID,
+    docker, docker_host, fake_nvml, sleeper, test_image, test_user, unique, use_nvml, Containers,
+    Proc, Scratch, UUID,
 };
 use serde_json::Value;
 
@@ -233,14 +233,7 @@ fn the_real_inventory_events_and_ps_rows_match_the_schemas() {
 
     let nvml = s.path("nvml-scenario");
     let config = s.config(Some(&host), "");
-    edit_config(
-        &config,
-        "[[collectors.nvidia-smi]]",
-        &format!(
-            "[[collectors.nvml]]\nlibrary = \"{}\"\n\n[[collectors.nvidia-smi]]\nfallback_for = \"nvml\"",
-            fake_nvml().display()
-        ),
-    );
+    use_nvml(&config, fake_nvml());
     let mut inventories = Vec::new();
     let mut ps_outputs = Vec::new();
     let scan = |n: usize, inventories: &mut Vec<PathBuf>| {

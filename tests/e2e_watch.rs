@@ -132,14 +132,7 @@ fn gpu_polls_confirm_a_new_gpu_process_without_a_full_scan() {
 fn gpu_polls_ask_the_nvidia_smi_fallback_when_nvml_is_absent() {
     let s = Scratch::new();
     let config = with_agent(&s, None, "interval = \"1h\"\ngpu_interval = \"300ms\"", "");
-    edit_config(
-        &config,
-        "[[collectors.nvidia-smi]]",
-        &format!(
-            "[[collectors.nvml]]\nlibrary = \"{}\"\n\n[[collectors.nvidia-smi]]\nfallback_for = \"nvml\"",
-            s.path("no-such-libnvidia-ml.so.1").display()
-        ),
-    );
+    use_nvml(&config, &s.path("no-such-libnvidia-ml.so.1"));
     let mut watch = s.spawn(&config, &["watch"]);
     wait_for("the first scan", &mut watch, || s.inventory_path().exists());
     // A GPU poll's cycle that found nothing pending: from then on, polls

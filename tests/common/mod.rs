@@ -475,6 +475,19 @@ pub fn seconds_pass(n: u64) {
     }
 }
 
+/// Puts an NVML collector loading `library` before the config's scripted
+/// nvidia-smi, which becomes its fallback (`fallback_for = "nvml"`).
+pub fn use_nvml(config: &Path, library: &Path) {
+    edit_config(
+        config,
+        "[[collectors.nvidia-smi]]",
+        &format!(
+            "[[collectors.nvml]]\nlibrary = \"{}\"\n\n[[collectors.nvidia-smi]]\nfallback_for = \"nvml\"",
+            library.display()
+        ),
+    );
+}
+
 /// The fake NVML library (`tests/fake-nvml`), built once per test binary into
 /// its own target directory (as `collectors/tests/nvml_fake.rs` does).
 pub fn fake_nvml() -> &'static std::path::Path {
