@@ -626,8 +626,9 @@ pub fn fit(text: &str, width: usize) -> String {
     format!("{kept}…")
 }
 
-/// `text` padded with spaces to `width` terminal columns.
-fn pad(text: &str, width: usize, right: bool) -> String {
+/// `text` padded with spaces to `width` terminal columns (before it when
+/// `right`: right-aligned).
+pub fn pad(text: &str, width: usize, right: bool) -> String {
     let fill = " ".repeat(width.saturating_sub(display_width(text)));
     if right {
         format!("{fill}{text}")

@@ -26,7 +26,7 @@ use tracing::{error, warn};
 use detect_workloads_api::config::parse_duration;
 use detect_workloads_api::model::{Inventory, Usage};
 use detect_workloads_api::timefmt::{parse_rfc3339, rfc3339};
-use detect_workloads_api::view::{display_width, fit, printable};
+use detect_workloads_api::view::{display_width, fit, pad, printable};
 use detect_workloads_core::config::Config;
 
 use super::Cli;
@@ -605,10 +605,11 @@ fn aligned(rows: &[Vec<String>]) -> String {
     for row in rows {
         let mut line = String::new();
         for (i, cell) in row.iter().enumerate() {
-            line.push_str(cell);
             if i + 1 < row.len() {
-                let pad = widths[i].saturating_sub(display_width(cell)) + 2;
-                line.extend(std::iter::repeat_n(' ', pad));
+                line.push_str(&pad(cell, widths[i], false));
+                line.push_str("  ");
+            } else {
+                line.push_str(cell);
             }
         }
         out.push_str(line.trim_end());
