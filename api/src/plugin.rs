@@ -54,6 +54,33 @@ pub struct CollectContext<'a> {
     pub observed: &'a Observations,
     /// uid -> user name, resolved once per scan.
     pub users: &'a UserNames,
+    /// What this collector's [`Collector::head_start`] prepared this cycle,
+    /// if it did.
+    pub head_start: Option<&'a HeadStart>,
+}
+
+/// What a collector read ahead at the start of a cycle
+/// ([`Collector::head_start`]), handed back to its own
+/// [`Collector::collect`] in the same cycle. Only the collector that made it
+/// knows its type ([`HeadStart::get`]).
+pub struct HeadStart(Box<dyn Any + Send + Sync>);
+
+impl HeadStart {
+    /// Wraps what a collector prepared.
+    pub fn new<T: Any + Send + Sync>(prepared: T) -> Self {
+        HeadStart(Box::new(prepared))
+    }
+
+    /// What was prepared, if it is a `T`.
+    pub fn get<T: Any>(&self) -> Option<&T> {
+        self.0.downcast_ref()
+    }
+}
+
+impl std::fmt::Debug for HeadStart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HeadStart(..)")
+    }
 }
 
 /// What a state load yields: the inventory, or why it could not be read.
@@ -231,6 +258,19 @@ pub trait Collector: Send + Sync {
     /// no timeout of its own says what it reads instead.
     fn describe(&self) -> String {
         format!("timeout {}", crate::config::human_duration(self.timeout()))
+    }
+    /// Work that can start with the cycle, before the collectors it
+    /// [`needs`](Collector::needs) have answered: reading ahead what the
+    /// previous inventory says it will be asked about (`ctx.observed` is
+    /// empty, `ctx.previous` may still be loading). The core starts it with
+    /// the cycle, under the collector's timeout, and calls
+    /// [`collect`](Collector::collect) only once it is done, with what it
+    /// returned in `ctx.head_start`; `collect` must check that against what
+    /// it is asked this cycle, since the previous inventory is not the
+    /// current one. By default none.
+    async fn head_start(&self, ctx: &CollectContext<'_>) -> Option<HeadStart> {
+        let _ = ctx;
+        None
     }
     /// Observes.
     async fn collect(&self, ctx: &CollectContext<'_>) -> Result<Collected, CollectError>;

@@ -757,6 +757,7 @@ mod tests {
             previous: &previous,
             observed: &observed,
             users: &users,
+            head_start: None,
         };
         match collector.collect(&ctx).await {
             Err(CollectError::Unavailable(m)) => {

@@ -118,6 +118,7 @@ fn collect_after(
         previous: &previous,
         observed: &observed,
         users: &users,
+        head_start: None,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()

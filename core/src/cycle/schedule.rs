@@ -8,11 +8,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
 use tracing::{debug, warn};
 
 use crate::config::Instance;
 use detect_workloads_api::model::{ContainerFacts, FactKind, Observations};
-use detect_workloads_api::plugin::{CollectContext, CollectError, Collected, Collector, Previous};
+use detect_workloads_api::plugin::{
+    CollectContext, CollectError, Collected, Collector, HeadStart, Previous,
+};
 use detect_workloads_api::users::UserNames;
 
 /// How one collector instance did this cycle.
@@ -75,10 +78,29 @@ fn waits_for(c: &Instance<dyn Collector>, o: &Instance<dyn Collector>) -> bool {
             || c.plugin.fallback_for() == Some(o.kind))
 }
 
+/// Where a collector's head start is.
+enum HeadStartSlot {
+    /// Still running: the collector waits for it.
+    Running,
+    /// Done (or none to run), with what it prepared until the collector
+    /// takes it.
+    Done(Option<HeadStart>),
+}
+
+impl HeadStartSlot {
+    fn take(&mut self) -> Option<HeadStart> {
+        match self {
+            HeadStartSlot::Done(prepared) => prepared.take(),
+            HeadStartSlot::Running => None,
+        }
+    }
+}
+
 /// The bookkeeping of one run: who started, who finished and how.
 struct Board<'c> {
     collectors: &'c [Instance<dyn Collector>],
     started: Vec<bool>,
+    head_starts: Vec<HeadStartSlot>,
     outcomes: Vec<Option<Outcome>>,
 }
 
@@ -90,6 +112,7 @@ impl<'c> Board<'c> {
         let n = self.collectors.len();
         let ready: Vec<usize> = (0..n)
             .filter(|&i| !self.started[i])
+            .filter(|&i| !matches!(self.head_starts[i], HeadStartSlot::Running))
             .filter(|&i| {
                 (0..n).all(|j| {
                     i == j
@@ -138,7 +161,15 @@ impl<'c> Board<'c> {
     }
 }
 
-/// Runs the collectors; see the module's documentation.
+/// What finished: a collector's head start, or the collector.
+enum Finished {
+    HeadStart(usize, Option<HeadStart>),
+    Collected(usize, Result<Collected, CollectError>, Duration),
+}
+
+/// Runs the collectors; see the module's documentation. A collector that
+/// needs others' facts has its [`Collector::head_start`] run from the
+/// start, and is started once both it and those others are done.
 pub async fn run_collectors<'c>(
     collectors: &'c [Instance<dyn Collector>],
     previous: &Previous,
@@ -148,12 +179,41 @@ pub async fn run_collectors<'c>(
     let mut board = Board {
         collectors,
         started: vec![false; collectors.len()],
+        head_starts: collectors
+            .iter()
+            .map(|c| {
+                if c.plugin.needs().is_empty() {
+                    HeadStartSlot::Done(None)
+                } else {
+                    HeadStartSlot::Running
+                }
+            })
+            .collect(),
         outcomes: vec![None; collectors.len()],
     };
+    let nothing = Observations::default();
     // Shared with the views of the collectors running: copied only when
     // one settles while another still looks at it.
     let mut observed = Arc::new(Observations::default());
     let mut running = FuturesUnordered::new();
+    for (i, c) in collectors.iter().enumerate() {
+        if !matches!(board.head_starts[i], HeadStartSlot::Running) {
+            continue;
+        }
+        let nothing = &nothing;
+        running.push(
+            async move {
+                let ctx = CollectContext {
+                    previous,
+                    observed: nothing,
+                    users,
+                    head_start: None,
+                };
+                Finished::HeadStart(i, run_head_start(c, &ctx, deadline).await)
+            }
+            .boxed(),
+        );
+    }
     loop {
         for i in board.ready(running.is_empty()) {
             board.started[i] = true;
@@ -164,14 +224,20 @@ pub async fn run_collectors<'c>(
                 continue;
             }
             let view = view(&observed, c.plugin.needs());
-            running.push(async move {
-                let ctx = CollectContext {
-                    previous,
-                    observed: &view,
-                    users,
-                };
-                (i, run_one(c, &ctx, deadline).await)
-            });
+            let head_start = board.head_starts[i].take();
+            running.push(
+                async move {
+                    let ctx = CollectContext {
+                        previous,
+                        observed: &view,
+                        users,
+                        head_start: head_start.as_ref(),
+                    };
+                    let (result, duration) = run_one(c, &ctx, deadline).await;
+                    Finished::Collected(i, result, duration)
+                }
+                .boxed(),
+            );
         }
         if running.is_empty() {
             // A skipped fallback may have unblocked others: look again.
@@ -180,17 +246,49 @@ pub async fn run_collectors<'c>(
             }
             continue;
         }
-        let Some((i, (result, duration))) = running.next().await else {
-            continue;
-        };
-        let observed = Arc::make_mut(&mut observed);
-        board.outcomes[i] = Some(settle(collectors, i, result, duration, observed));
+        match running.next().await {
+            Some(Finished::HeadStart(i, prepared)) => {
+                board.head_starts[i] = HeadStartSlot::Done(prepared);
+            }
+            Some(Finished::Collected(i, result, duration)) => {
+                let observed = Arc::make_mut(&mut observed);
+                board.outcomes[i] = Some(settle(collectors, i, result, duration, observed));
+            }
+            None => {}
+        }
     }
     Collection {
         ran: board.into_ran(),
         // Every view is gone with its collector.
         observed: Arc::try_unwrap(observed).unwrap_or_else(|shared| (*shared).clone()),
     }
+}
+
+/// Runs a collector's head start under its own timeout and the cycle's
+/// deadline; one that runs over prepared nothing.
+async fn run_head_start(
+    c: &Instance<dyn Collector>,
+    ctx: &CollectContext<'_>,
+    deadline: Instant,
+) -> Option<HeadStart> {
+    let start = Instant::now();
+    let limit = c
+        .plugin
+        .timeout()
+        .min(deadline.saturating_duration_since(start));
+    let prepared = tokio::time::timeout(limit, c.plugin.head_start(ctx))
+        .await
+        .unwrap_or_else(|_| {
+            debug!(collector = %c.name, "head start ran over; it collects without");
+            None
+        });
+    debug!(
+        collector = %c.name,
+        duration_ms = detect_workloads_api::timefmt::round_ms(start.elapsed()),
+        prepared = prepared.is_some(),
+        "head start done"
+    );
+    prepared
 }
 
 /// What a collector that needs these kinds of facts sees of them:

@@ -15,8 +15,8 @@ use detect_workloads_api::model::{
     ContainerEntry, ContainerFacts, FactKind, GpuProcess, Observations, ProcessEntry, ProcessFacts,
 };
 use detect_workloads_api::plugin::{
-    CollectContext, CollectError, Collected, Collector, LockGuard, Sink, Stage, StageError,
-    StageType, StateError, StateStore, Workset,
+    CollectContext, CollectError, Collected, Collector, HeadStart, LockGuard, Sink, Stage,
+    StageError, StageType, StateError, StateStore, Workset,
 };
 
 type Log = Arc<Mutex<Vec<String>>>;
@@ -180,6 +180,161 @@ fn a_collector_runs_after_those_providing_what_it_needs_and_sees_their_facts() {
         .collect();
     assert_eq!(kinds, [("reader", "collected"), ("provider", "collected")]);
     assert_eq!(observed.processes.len(), 2);
+}
+
+/// A collector that needs the containers and reads ahead: its head start
+/// logs, opens `gate` and prepares `prepared` (after `delay`); its collect
+/// logs what it was handed.
+struct ReadsAhead {
+    needs: &'static [FactKind],
+    delay: Duration,
+    prepared: u32,
+    gate: Arc<tokio::sync::Notify>,
+    log: Log,
+}
+
+#[async_trait]
+impl Collector for ReadsAhead {
+    fn provides(&self) -> &'static [FactKind] {
+        &[FactKind::Processes]
+    }
+    fn needs(&self) -> &'static [FactKind] {
+        self.needs
+    }
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(300)
+    }
+    async fn head_start(&self, _ctx: &CollectContext<'_>) -> Option<HeadStart> {
+        if let Ok(mut log) = self.log.lock() {
+            log.push("head start".into());
+        }
+        self.gate.notify_one();
+        tokio::time::sleep(self.delay).await;
+        Some(HeadStart::new(self.prepared))
+    }
+    async fn collect(&self, ctx: &CollectContext<'_>) -> Result<Collected, CollectError> {
+        let handed = ctx.head_start.and_then(|h| h.get::<u32>()).copied();
+        if let Ok(mut log) = self.log.lock() {
+            log.push(format!("collect got {handed:?}"));
+        }
+        Ok(Collected::default())
+    }
+}
+
+/// A container source that answers only once `gate` is opened (or fails
+/// at its timeout).
+struct Gated {
+    gate: Arc<tokio::sync::Notify>,
+    log: Log,
+}
+
+#[async_trait]
+impl Collector for Gated {
+    fn provides(&self) -> &'static [FactKind] {
+        &[FactKind::Containers]
+    }
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(300)
+    }
+    async fn collect(&self, _ctx: &CollectContext<'_>) -> Result<Collected, CollectError> {
+        self.gate.notified().await;
+        if let Ok(mut log) = self.log.lock() {
+            log.push("containers listed".into());
+        }
+        Ok(Collected::default())
+    }
+}
+
+fn instance(name: &'static str, plugin: Arc<dyn Collector>) -> Instance<dyn Collector> {
+    Instance {
+        name: name.to_string(),
+        kind: name,
+        plugin,
+    }
+}
+
+#[test]
+fn a_head_start_runs_while_what_it_needs_is_collected_and_is_handed_to_its_collect() {
+    let log = Log::default();
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let collectors = [
+        instance(
+            "engine",
+            Arc::new(Gated {
+                gate: Arc::clone(&gate),
+                log: Arc::clone(&log),
+            }),
+        ),
+        instance(
+            "procs",
+            Arc::new(ReadsAhead {
+                needs: &[FactKind::Containers],
+                delay: Duration::ZERO,
+                prepared: 42,
+                gate,
+                log: Arc::clone(&log),
+            }),
+        ),
+    ];
+    let (outcomes, _) = schedule(&collectors);
+    // The engine answers only once the head start ran: it ran meanwhile.
+    assert!(
+        outcomes
+            .iter()
+            .all(|(_, o)| matches!(o, Outcome::Collected { .. })),
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        logged(&log),
+        ["head start", "containers listed", "collect got Some(42)"]
+    );
+}
+
+#[test]
+fn a_collector_waits_for_its_head_start_and_one_that_runs_over_hands_nothing() {
+    for (delay, handed) in [
+        (Duration::from_millis(50), Some(7)),
+        (Duration::from_secs(5), None),
+    ] {
+        let log = Log::default();
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let collectors = [instance(
+            "procs",
+            Arc::new(ReadsAhead {
+                needs: &[FactKind::Containers],
+                delay,
+                prepared: 7,
+                gate,
+                log: Arc::clone(&log),
+            }),
+        )];
+        let (outcomes, _) = schedule(&collectors);
+        assert!(
+            matches!(outcomes[0].1, Outcome::Collected { .. }),
+            "{outcomes:?}"
+        );
+        assert_eq!(
+            logged(&log),
+            ["head start".to_string(), format!("collect got {handed:?}")]
+        );
+    }
+}
+
+#[test]
+fn a_collector_that_needs_nothing_starts_at_once_without_a_head_start() {
+    let log = Log::default();
+    let collectors = [instance(
+        "alone",
+        Arc::new(ReadsAhead {
+            needs: &[],
+            delay: Duration::ZERO,
+            prepared: 1,
+            gate: Arc::new(tokio::sync::Notify::new()),
+            log: Arc::clone(&log),
+        }),
+    )];
+    schedule(&collectors);
+    assert_eq!(logged(&log), ["collect got None"]);
 }
 
 #[test]

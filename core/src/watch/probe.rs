@@ -14,7 +14,7 @@ use async_trait::async_trait;
 
 use detect_workloads_api::model::{FactKind, GpuDevice, GpuProcess, Inventory, Observations};
 use detect_workloads_api::plugin::{
-    Change, ChangeFeed, CollectContext, CollectError, Collected, Collector, Previous,
+    Change, ChangeFeed, CollectContext, CollectError, Collected, Collector, HeadStart, Previous,
 };
 use detect_workloads_api::users::UserNames;
 
@@ -62,6 +62,7 @@ impl Probed {
             previous: &previous,
             observed: &observed,
             users: &users,
+            head_start: None,
         };
         let answer = tokio::time::timeout(self.inner.timeout(), self.inner.collect(&ctx))
             .await
@@ -109,6 +110,10 @@ impl Collector for Probed {
 
     fn fallback_for(&self) -> Option<&str> {
         self.inner.fallback_for()
+    }
+
+    async fn head_start(&self, ctx: &CollectContext<'_>) -> Option<HeadStart> {
+        self.inner.head_start(ctx).await
     }
 
     async fn collect(&self, ctx: &CollectContext<'_>) -> Result<Collected, CollectError> {

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 
 use detect_workloads_api::model::{FactKind, Observations};
 use detect_workloads_api::plugin::{
-    Change, ChangeFeed, CollectContext, CollectError, Collected, Collector,
+    Change, ChangeFeed, CollectContext, CollectError, Collected, Collector, HeadStart,
 };
 
 /// What the last full scan's collection gave.
@@ -95,6 +95,10 @@ impl Collector for Replaying {
 
     fn fallback_for(&self) -> Option<&str> {
         self.inner.fallback_for()
+    }
+
+    async fn head_start(&self, ctx: &CollectContext<'_>) -> Option<HeadStart> {
+        self.inner.head_start(ctx).await
     }
 
     async fn collect(&self, ctx: &CollectContext<'_>) -> Result<Collected, CollectError> {

@@ -553,6 +553,7 @@ mod tests {
             previous: &previous,
             observed: &observed,
             users: &users,
+            head_start: None,
         };
         let collected = collector.collect(&ctx).await.expect("collect");
         assert_eq!(collected.observations.gpu_processes.len(), 1);
