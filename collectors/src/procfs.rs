@@ -32,14 +32,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use detect_workloads_api::async_trait;
 use detect_workloads_api::config::{ConfigError, PluginConfig};
+use detect_workloads_api::model::Inventory;
 use detect_workloads_api::model::{
     cgroup_segment_id, Argv, CgroupMembership, Counters, FactKind, Observations, ProcessFacts,
 };
 use detect_workloads_api::plugin::{
-    CollectContext, CollectError, Collected, Collector, CollectorPlugin,
+    CollectContext, CollectError, Collected, Collector, CollectorPlugin, HeadStart,
 };
 use detect_workloads_api::users::UserNames;
 use procfs::process::{Process, Stat, Status};
@@ -350,13 +352,74 @@ pub fn main_pids(observed: &Observations) -> BTreeSet<u32> {
         .collect()
 }
 
+/// One process as read: its facts (user named) and the activity counters
+/// that could not be read.
+#[derive(Debug, Clone)]
+struct ProcessRead {
+    /// How deep it was read.
+    depth: Depth,
+    /// Whether it was read as a container's main process (its cgroup's
+    /// counters) rather than a process of its own.
+    main: bool,
+    facts: ProcessFacts,
+    activity_errors: u64,
+}
+
 /// What one read of `/proc` found.
+#[derive(Debug, Default)]
 struct Found {
     processes: BTreeMap<u32, ProcessFacts>,
     /// Processes reported with a `read_error`.
     read_errors: u64,
     /// Activity counters that could not be read.
     activity_errors: u64,
+    /// Processes read ahead (the head start) and used.
+    read_ahead: u64,
+}
+
+impl Found {
+    fn add(&mut self, pid: u32, read: ProcessRead) {
+        self.read_errors += u64::from(read.facts.read_error.is_some());
+        self.activity_errors += read.activity_errors;
+        self.processes.insert(pid, read.facts);
+    }
+}
+
+/// What the head start read: the processes the previous inventory says the
+/// cycle will ask about, at the depth and in the role it says, by PID.
+#[derive(Debug, Default)]
+struct ReadAhead(BTreeMap<u32, ProcessRead>);
+
+/// The PIDs the previous inventory says this cycle will read, as
+/// [`pids_to_read`] and [`main_pids`] will find them in its observations
+/// when nothing changed: its GPU processes in full, then the main process
+/// of every running container that is not one.
+fn pids_ahead(previous: &Inventory) -> (Vec<(u32, Depth)>, BTreeSet<u32>) {
+    let gpu: BTreeSet<u32> = previous
+        .host_processes
+        .keys()
+        .chain(previous.pending_processes.keys())
+        .chain(previous.unattributed_processes.keys())
+        .chain(previous.pending_container_processes.keys())
+        .copied()
+        .chain(
+            previous
+                .containers
+                .values()
+                .flat_map(|c| c.gpu_processes.iter().map(|p| p.pid)),
+        )
+        .collect();
+    let mains: BTreeSet<u32> = previous
+        .containers
+        .values()
+        .filter_map(|c| c.inspect.as_ref())
+        .map(|i| i.main_pid)
+        .filter(|pid| *pid > 0)
+        .collect();
+    let full = gpu.iter().map(|&pid| (pid, Depth::Full));
+    let owner = mains.iter().filter(|pid| !gpu.contains(pid));
+    let pids = full.chain(owner.map(|&pid| (pid, Depth::Owner))).collect();
+    (pids, mains)
 }
 
 /// Nanoseconds since the Unix epoch, now.
@@ -430,48 +493,127 @@ fn process_counters(roots: &Roots<'_>, pid: u32, errors: &mut u64) -> Counters {
     counters
 }
 
-/// Reads every PID under `root` and names its owner, with the activity
-/// counters of container main processes (`mains`) and GPU processes:
-/// blocking work, for the blocking pool.
-fn read_all(
+/// `Unavailable` when `root` (`/proc`) cannot be listed at all.
+fn listable(root: &Path) -> Result<(), CollectError> {
+    match std::fs::read_dir(root) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(CollectError::Unavailable(format!(
+            "cannot read {}: {e}",
+            root.display()
+        ))),
+    }
+}
+
+/// What reading a process needs: where `/proc` and the cgroups are, and
+/// the host's namespaces.
+struct Reader<'a> {
+    host: Host,
+    roots: Roots<'a>,
+    users: &'a UserNames,
+}
+
+impl<'a> Reader<'a> {
+    /// `Unavailable` when `/proc` cannot be listed at all.
+    fn open(config: &'a ProcfsConfig, users: &'a UserNames) -> Result<Self, CollectError> {
+        let root = config.root.as_path();
+        listable(root)?;
+        Ok(Reader {
+            host: Host {
+                pid_namespace: host_pid_namespace(root),
+            },
+            roots: Roots {
+                proc: root,
+                cgroup: activity::CgroupMounts::new(&config.cgroup_root),
+                host_net: activity::host_net_namespace(root).map(|h| h.ns),
+            },
+            users,
+        })
+    }
+
+    /// One process, its owner named, with its activity counters: a
+    /// container's main process (`main`) its cgroup's, any other its own.
+    /// `None` when it is gone.
+    fn read(&self, pid: u32, depth: Depth, main: bool) -> Option<ProcessRead> {
+        let mut facts = read_at_depth(self.roots.proc, pid, depth, self.host)?;
+        let mut activity_errors = 0;
+        facts.user = self.users.name(facts.uid);
+        facts.counters = Some(if main {
+            container_counters(&self.roots, pid, &mut activity_errors)
+        } else {
+            process_counters(&self.roots, pid, &mut activity_errors)
+        });
+        Some(ProcessRead {
+            depth,
+            main,
+            facts,
+            activity_errors,
+        })
+    }
+}
+
+/// Takes from what the head start read (`ahead`) each process asked for
+/// that it read at the same depth and in the same role (a container's main
+/// process or not, `mains`); returns them and the PIDs left to read.
+fn take_ahead(
+    pids: &[(u32, Depth)],
+    mains: &BTreeSet<u32>,
+    mut ahead: ReadAhead,
+) -> (Found, Vec<(u32, Depth)>) {
+    let mut found = Found::default();
+    let mut left = Vec::new();
+    for &(pid, depth) in pids {
+        let main = mains.contains(&pid);
+        match ahead
+            .0
+            .remove(&pid)
+            .filter(|r| r.depth == depth && r.main == main)
+        {
+            Some(read) => {
+                found.read_ahead += 1;
+                found.add(pid, read);
+            }
+            None => left.push((pid, depth)),
+        }
+    }
+    (found, left)
+}
+
+/// Reads these PIDs under `root` and names their owners, with the activity
+/// counters of container main processes (`mains`) and GPU processes, into
+/// `found`. Blocking work, for the blocking pool.
+fn read_rest(
     config: &ProcfsConfig,
     pids: &[(u32, Depth)],
     mains: &BTreeSet<u32>,
     users: &UserNames,
+    mut found: Found,
 ) -> Result<Found, CollectError> {
-    let root = config.root.as_path();
-    if let Err(e) = std::fs::read_dir(root) {
-        return Err(CollectError::Unavailable(format!(
-            "cannot read {}: {e}",
-            root.display()
-        )));
-    }
-    let host = Host {
-        pid_namespace: host_pid_namespace(root),
-    };
-    let roots = Roots {
-        proc: root,
-        cgroup: activity::CgroupMounts::new(&config.cgroup_root),
-        host_net: activity::host_net_namespace(root).map(|h| h.ns),
-    };
-    let mut read = Found {
-        processes: BTreeMap::new(),
-        read_errors: 0,
-        activity_errors: 0,
-    };
+    let reader = Reader::open(config, users)?;
     for &(pid, depth) in pids {
-        if let Some(mut facts) = read_at_depth(root, pid, depth, host) {
-            read.read_errors += u64::from(facts.read_error.is_some());
-            facts.user = users.name(facts.uid);
-            facts.counters = Some(if mains.contains(&pid) {
-                container_counters(&roots, pid, &mut read.activity_errors)
-            } else {
-                process_counters(&roots, pid, &mut read.activity_errors)
-            });
-            read.processes.insert(pid, facts);
+        if let Some(read) = reader.read(pid, depth, mains.contains(&pid)) {
+            found.add(pid, read);
         }
     }
-    Ok(read)
+    Ok(found)
+}
+
+/// The head start: the processes [`pids_ahead`] names, read while the
+/// engine still lists its containers; nothing when `/proc` cannot be
+/// listed. Blocking work, for the blocking pool.
+fn read_ahead(
+    config: &ProcfsConfig,
+    pids: &[(u32, Depth)],
+    mains: &BTreeSet<u32>,
+    users: &UserNames,
+) -> ReadAhead {
+    let Ok(reader) = Reader::open(config, users) else {
+        return ReadAhead::default();
+    };
+    ReadAhead(
+        pids.iter()
+            .filter_map(|&(pid, depth)| Some((pid, reader.read(pid, depth, mains.contains(&pid))?)))
+            .collect(),
+    )
 }
 
 #[async_trait]
@@ -488,16 +630,48 @@ impl Collector for Procfs {
         &[FactKind::Containers, FactKind::GpuProcesses]
     }
 
+    /// Reads the processes the previous scan read (its GPU processes, its
+    /// running containers' main processes) while the engine lists the
+    /// containers: in a steady scan nothing is left to read once it has.
+    async fn head_start(&self, ctx: &CollectContext<'_>) -> Option<HeadStart> {
+        let (pids, mains) = pids_ahead(ctx.previous.result().await.ok()?);
+        if pids.is_empty() {
+            return None;
+        }
+        let config = self.config.clone();
+        let users = ctx.users.clone();
+        let ahead = tokio::task::spawn_blocking(move || read_ahead(&config, &pids, &mains, &users))
+            .await
+            .ok()?;
+        Some(HeadStart::new(Mutex::new(Some(ahead))))
+    }
+
     async fn collect(&self, ctx: &CollectContext<'_>) -> Result<Collected, CollectError> {
         let config = self.config.clone();
         let pids = pids_to_read(ctx.observed);
         let mains = main_pids(ctx.observed);
         let users = ctx.users.clone();
-        // On the blocking pool: a timeout abandons the task (its thread ends
-        // when the read returns, or with the process).
-        let read = tokio::task::spawn_blocking(move || read_all(&config, &pids, &mains, &users))
-            .await
-            .map_err(|e| CollectError::Unavailable(format!("reading /proc failed: {e}")))??;
+        let ahead = ctx
+            .head_start
+            .and_then(|h| h.get::<Mutex<Option<ReadAhead>>>())
+            .and_then(|m| m.lock().ok()?.take())
+            .unwrap_or_default();
+        let (found, left) = take_ahead(&pids, &mains, ahead);
+        let read = if left.is_empty() && found.read_ahead > 0 {
+            // All read this cycle, by a head start that found `/proc` there.
+            found
+        } else {
+            // On the blocking pool: a timeout abandons the task (its thread
+            // ends when the read returns, or with the process).
+            tokio::task::spawn_blocking(move || read_rest(&config, &left, &mains, &users, found))
+                .await
+                .map_err(|e| CollectError::Unavailable(format!("reading /proc failed: {e}")))??
+        };
+        debug!(
+            processes = read.processes.len(),
+            read_ahead = read.read_ahead,
+            "processes read"
+        );
         let mut stats = BTreeMap::new();
         if read.read_errors > 0 {
             stats.insert("read_errors".to_string(), read.read_errors);
@@ -737,6 +911,7 @@ mod tests {
             previous: &previous,
             observed: &observed,
             users: &users,
+            head_start: None,
         };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
@@ -755,6 +930,115 @@ mod tests {
         assert_eq!(processes[&447].argv.first(), Some("python3"));
     }
 
+    /// The head start reads what the previous inventory names; collect
+    /// takes from it what it is asked at the same depth and in the same
+    /// role, and reads the rest.
+    #[test]
+    fn what_the_head_start_read_is_taken_and_the_rest_is_read() {
+        use detect_workloads_api::model::{ContainerEntry, ProcessEntry};
+        let dir = tempfile::tempdir().expect("tempdir");
+        craft(dir.path(), 447, 0, b"python3\0old\0", "0::/\n");
+        craft(dir.path(), 500, 0, b"python3\0new\0", "0::/\n");
+        craft(dir.path(), 600, 0, b"bash\0", &format!("0::/docker/{ID}\n"));
+        craft(dir.path(), 700, 0, b"sleep\0", "0::/\n");
+        let previous = Inventory {
+            host_processes: BTreeMap::from([
+                (447, ProcessEntry::default()),
+                (700, ProcessEntry::default()),
+            ]),
+            containers: BTreeMap::from([(
+                "0123456789ab".to_string(),
+                ContainerEntry {
+                    inspect: Some(InspectFacts {
+                        main_pid: 600,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            )]),
+            ..Default::default()
+        };
+        assert_eq!(
+            pids_ahead(&previous),
+            (
+                vec![(447, Depth::Full), (700, Depth::Full), (600, Depth::Owner)],
+                BTreeSet::from([600])
+            )
+        );
+        let collector = Procfs {
+            config: ProcfsConfig {
+                root: dir.path().to_path_buf(),
+                ..ProcfsConfig::default()
+            },
+        };
+        let previous = Previous::known(previous);
+        let users = UserNames::new();
+        let nothing = Observations::default();
+        let ctx = CollectContext {
+            previous: &previous,
+            observed: &nothing,
+            users: &users,
+            head_start: None,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let ahead = runtime
+            .block_on(collector.head_start(&ctx))
+            .expect("read ahead");
+        // Changed since: what was read ahead stands (it is not read again).
+        std::fs::write(dir.path().join("447/cmdline"), b"python3\0changed\0").expect("w");
+        // This cycle: 447 and the new 500 hold GPUs, 600 too now (read in
+        // full, not as the owner-only read ahead), 700 is gone from the GPU.
+        let observed = Observations {
+            containers: vec![ContainerFacts {
+                id: ID.to_string(),
+                inspect: Some(InspectFacts {
+                    main_pid: 600,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            gpu_processes: [447, 500, 600]
+                .map(|pid| GpuProcess {
+                    pid,
+                    ..Default::default()
+                })
+                .to_vec(),
+            ..Default::default()
+        };
+        let ctx = CollectContext {
+            observed: &observed,
+            head_start: Some(&ahead),
+            ..ctx
+        };
+        let processes = runtime
+            .block_on(collector.collect(&ctx))
+            .expect("collect")
+            .observations
+            .processes;
+        let argv = |pid: u32| processes[&pid].argv.joined();
+        assert_eq!(
+            processes.keys().copied().collect::<Vec<_>>(),
+            [447, 500, 600]
+        );
+        assert_eq!(argv(447), "python3 old", "taken from the head start");
+        assert_eq!(argv(500), "python3 new");
+        assert_eq!(argv(600), "bash", "read again, in full");
+        assert!(processes[&600].counters.is_some());
+        // Without a head start, everything is read now.
+        let ctx = CollectContext {
+            head_start: None,
+            ..ctx
+        };
+        let fresh = runtime
+            .block_on(collector.collect(&ctx))
+            .expect("collect")
+            .observations
+            .processes;
+        assert_eq!(fresh[&447].argv.joined(), "python3 changed");
+    }
+
     #[test]
     fn a_missing_root_is_unavailable() {
         let users = UserNames::new();
@@ -763,7 +1047,13 @@ mod tests {
             ..ProcfsConfig::default()
         };
         assert!(matches!(
-            read_all(&missing, &[(1, Depth::Full)], &BTreeSet::new(), &users),
+            read_rest(
+                &missing,
+                &[(1, Depth::Full)],
+                &BTreeSet::new(),
+                &users,
+                Found::default()
+            ),
             Err(CollectError::Unavailable(_))
         ));
     }
