@@ -19,7 +19,8 @@
 //! Everything else, whatever its cgroup is called, is a host process of its
 //! real owner.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
 
 use detect_workloads_api::model::{
     cgroup_segment_id, CgroupMembership, ContainerFacts, ProcessFacts,
@@ -29,6 +30,11 @@ use detect_workloads_api::model::{
 /// processes' `/proc` facts.
 pub struct Membership<'a> {
     containers: Vec<Candidate<'a>>,
+    /// The candidates (their indices) by the paths a process's cgroup path
+    /// must equal or lie under to be in them: their main processes' cgroup
+    /// paths (without a trailing `/`) and their parents' paths. A lookup
+    /// finds those worth checking; the rules above decide.
+    by_path: HashMap<Cow<'a, str>, Vec<usize>>,
 }
 
 struct Candidate<'a> {
@@ -64,20 +70,59 @@ impl<'a> Membership<'a> {
                     parents: parent_paths(&inspect.cgroup_parent),
                 })
             })
-            .collect();
-        Membership { containers }
+            .collect::<Vec<_>>();
+        let mut by_path: HashMap<Cow<'a, str>, Vec<usize>> = HashMap::new();
+        for (n, c) in containers.iter().enumerate() {
+            let own = c
+                .cgroups
+                .iter()
+                .map(|g| Cow::Borrowed(g.path.trim_end_matches('/')));
+            let parents = c.parents.iter().map(|p| Cow::Owned(p.clone()));
+            for path in own.chain(parents) {
+                let at = by_path.entry(path).or_default();
+                if at.last() != Some(&n) {
+                    at.push(n);
+                }
+            }
+        }
+        Membership {
+            containers,
+            by_path,
+        }
+    }
+
+    /// The candidates whose paths are `path` or one of its ancestors, in
+    /// the order the engines listed them: every one `path` may be in.
+    fn worth_checking<'p>(&'p self, path: &'p str) -> impl Iterator<Item = usize> + 'p {
+        let ancestors = path.match_indices('/').map(|(at, _)| &path[..at]);
+        ancestors
+            .chain(std::iter::once(path))
+            .filter_map(|prefix| self.by_path.get(prefix))
+            .flatten()
+            .copied()
     }
 
     /// The full id of the container `p` is in, when it is in one.
     pub fn container_of(&self, p: &ProcessFacts) -> Option<&'a str> {
-        let by_cgroup = self.containers.iter().find(|c| {
+        let in_it = |c: &Candidate<'_>| {
             p.cgroups.iter().any(|mine| {
                 c.cgroups.iter().any(|theirs| mine.within(theirs))
                     || c.parents
                         .iter()
                         .any(|parent| in_parent(&mine.path, parent, c.id))
             })
-        });
+        };
+        let mut worth: Vec<usize> = p
+            .cgroups
+            .iter()
+            .flat_map(|mine| self.worth_checking(&mine.path))
+            .collect();
+        worth.sort_unstable();
+        worth.dedup();
+        let by_cgroup = worth
+            .into_iter()
+            .map(|n| &self.containers[n])
+            .find(|c| in_it(c));
         let by_namespace = || {
             let ns = p.pid_namespace?;
             self.containers.iter().find(|c| c.pid_namespace == Some(ns))
@@ -222,5 +267,91 @@ mod tests {
         assert_eq!(at("/ds01-students-alice.slice/other"), None);
         assert_eq!(parent_paths(""), Vec::<String>::new());
         assert_eq!(parent_paths("/docker"), ["/docker"]);
+    }
+
+    /// The lookup by path decides as checking every container in turn did:
+    /// the first container listed whose rules a process meets, among
+    /// nested containers (one's cgroup under another's), parents, paths
+    /// with a trailing `/`, and containers that share nothing with it.
+    #[test]
+    fn the_lookup_finds_what_checking_each_container_finds() {
+        let ids: Vec<String> = (0..4).map(|n| format!("{n}").repeat(64)).collect();
+        let mut procs = BTreeMap::new();
+        let mut containers = Vec::new();
+        // 0: /docker/<id0>; 1: nested in it; 2: parent slice; 3: v2 path
+        // written with a trailing slash.
+        let own = [
+            format!("/docker/{}", ids[0]),
+            format!("/docker/{}/docker/{}", ids[0], ids[1]),
+            String::new(),
+            format!("/system.slice/docker-{}.scope/", ids[3]),
+        ];
+        for (n, id) in ids.iter().enumerate() {
+            let pid = 100 + n as u32;
+            if !own[n].is_empty() {
+                procs.insert(pid, process(pid, &[("0:", &own[n])], None));
+            }
+            containers.push(ContainerFacts {
+                id: id.clone(),
+                inspect: Some(InspectFacts {
+                    main_pid: pid,
+                    cgroup_parent: if n == 2 {
+                        "ds01-alice.slice".into()
+                    } else {
+                        String::new()
+                    },
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+        }
+        // The nested one listed first, or the outer one would always win.
+        containers.swap(0, 1);
+        let m = Membership::new(&containers, &procs);
+        // Checking each container in turn, as the rules say.
+        let each = |p: &ProcessFacts| {
+            m.containers
+                .iter()
+                .find(|c| {
+                    p.cgroups.iter().any(|mine| {
+                        c.cgroups.iter().any(|theirs| mine.within(theirs))
+                            || c.parents
+                                .iter()
+                                .any(|parent| in_parent(&mine.path, parent, c.id))
+                    })
+                })
+                .map(|c| c.id)
+        };
+        let paths = [
+            own[0].clone(),
+            format!("{}/sub", own[0]),
+            own[1].clone(),
+            format!("{}/deeper/still", own[1]),
+            format!("/ds01-alice.slice/{}", ids[2]),
+            format!("/ds01.slice/ds01-alice.slice/docker-{}.scope/x", ids[2]),
+            format!("/ds01-alice.slice/{}", ids[1]),
+            own[3].clone(),
+            own[3].trim_end_matches('/').to_string(),
+            format!("{}child", own[3]),
+            format!("/docker/{}x", ids[0]),
+            "/docker".to_string(),
+            "/".to_string(),
+            String::new(),
+        ];
+        let mut decided = Vec::new();
+        for a in &paths {
+            for b in &paths {
+                for hierarchy in ["0:", "12:pids"] {
+                    let p = process(7, &[(hierarchy, a), ("0:", b)], None);
+                    assert_eq!(m.container_of(&p), each(&p), "{a} {b} {hierarchy}");
+                    decided.push(m.container_of(&p));
+                }
+            }
+        }
+        // Not a vacuous agreement: each container is found, and none too.
+        for id in &ids {
+            assert!(decided.contains(&Some(id.as_str())), "{id}");
+        }
+        assert!(decided.contains(&None));
     }
 }
