@@ -15,7 +15,7 @@
 //! - what configured extra patterns match (their first group when they have one).
 
 use std::borrow::Cow;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use regex::{Regex, RegexBuilder};
 use serde::Deserialize;
@@ -135,13 +135,14 @@ pub struct Redact {
     mode: RedactMode,
     words: Vec<String>,
     short_flags: Vec<String>,
-    /// Compiled when a line is first redacted (most scans have no GPU
-    /// process, and compiling them costs more than the rest of a scan's
-    /// stages), except for secret words other than the defaults, compiled
-    /// when the configuration is loaded so that it is refused then if they
-    /// do not compile. `None` if they failed to compile at first use,
-    /// which the defaults never do (tested).
-    line_rules: OnceLock<Option<LineRules>>,
+    /// Compiled when a line is first redacted, or before on a thread of
+    /// their own ([`Redact::compile_in_background`]: compiling them costs
+    /// more than the rest of a scan's stages, and a scan waits for its
+    /// containers long enough), except for secret words other than the
+    /// defaults, compiled when the configuration is loaded so that it is
+    /// refused then if they do not compile. `None` if they failed to
+    /// compile at first use, which the defaults never do (tested).
+    line_rules: Arc<OnceLock<Option<LineRules>>>,
     patterns: Vec<Regex>,
     max_length: usize,
 }
@@ -173,6 +174,13 @@ impl LineRules {
     }
 }
 
+/// The line-wide rules for these words, `None` (logged) if they do not compile.
+fn compile_rules(words: &[String]) -> Option<LineRules> {
+    LineRules::compile(words)
+        .inspect_err(|e| tracing::error!("redact: {e}; whole command lines are hidden"))
+        .ok()
+}
+
 fn compile(pattern: &str) -> Result<Regex, RedactError> {
     RegexBuilder::new(pattern)
         .size_limit(1 << 20)
@@ -200,7 +208,7 @@ impl Redact {
             .iter()
             .map(|w| w.to_lowercase())
             .collect();
-        let line_rules = OnceLock::new();
+        let line_rules = Arc::new(OnceLock::new());
         if words != DEFAULT_SECRET_WORDS {
             let _ = line_rules.set(Some(LineRules::compile(&words)?));
         }
@@ -216,6 +224,23 @@ impl Redact {
                 .collect::<Result<_, _>>()?,
             max_length: config.max_length,
         })
+    }
+
+    /// Compiles the line-wide rules on a thread of its own, if they are not
+    /// yet: the first line redacted (a scan's first GPU process, once the
+    /// engine has answered) then finds them ready, or waits for that
+    /// thread rather than compiling them again.
+    pub fn compile_in_background(&self) {
+        if self.line_rules.get().is_some() {
+            return;
+        }
+        let (rules, words) = (Arc::clone(&self.line_rules), self.words.clone());
+        // Without the thread, the first line compiles them.
+        let _ = std::thread::Builder::new()
+            .name("redact-compile".into())
+            .spawn(move || {
+                rules.get_or_init(|| compile_rules(&words));
+            });
     }
 
     /// What is stored of this command line, known only as a line (its
@@ -262,11 +287,7 @@ impl Redact {
     /// What the line-wide rules hide: URL passwords, query secrets, the
     /// configured patterns.
     fn redact(&self, line: &str) -> String {
-        let rules = self.line_rules.get_or_init(|| {
-            LineRules::compile(&self.words)
-                .inspect_err(|e| tracing::error!("redact: {e}; whole command lines are hidden"))
-                .ok()
-        });
+        let rules = self.line_rules.get_or_init(|| compile_rules(&self.words));
         let Some(rules) = rules else {
             return MASK.to_string();
         };
@@ -443,7 +464,10 @@ impl Stage for Redact {
 
 fn build(config: PluginConfig<'_>) -> Result<Box<dyn Stage>, ConfigError> {
     Redact::new(config.parse()?)
-        .map(|r| Box::new(r) as Box<dyn Stage>)
+        .map(|r| {
+            r.compile_in_background();
+            Box::new(r) as Box<dyn Stage>
+        })
         .map_err(|e| config.invalid(e.key(), e))
 }
 
@@ -669,6 +693,24 @@ mod tests {
             "checked at load"
         );
         assert_eq!(custom.apply("x ?pin=1234"), "x ?pin=***");
+    }
+
+    #[test]
+    fn line_rules_compiled_in_the_background_serve_the_first_line() {
+        let early = Redact::new(RedactConfig::default()).expect("default");
+        early.compile_in_background();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while early.line_rules.get().is_none() {
+            assert!(std::time::Instant::now() < deadline, "never compiled");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(matches!(early.line_rules.get(), Some(Some(_))));
+        assert_eq!(
+            early.apply("psql postgres://u:pw@db/x?password=a"),
+            "psql postgres://u:***@db/x?password=***"
+        );
+        // Asked again, with the rules already there: nothing more to do.
+        early.compile_in_background();
     }
 
     fn stage_kinds(text: &str) -> Vec<&'static str> {
