@@ -5,7 +5,7 @@
 //! lost, nothing doubled. Whether every event sink took the events decides
 //! whether the state's outbox is recorded as delivered ([`super::outbox`]).
 
-use tracing::{error, warn};
+use tracing::{debug, error, warn};
 
 use crate::config::Instance;
 use detect_workloads_api::plugin::{ScanOutput, Sink};
@@ -28,7 +28,10 @@ pub async fn to_sinks(
             warn!(sink = %sink.name, "not delivered: the state was not written; the next scan reports these transitions");
             continue;
         }
-        let Err(e) = sink.plugin.deliver(out).await else {
+        let start = std::time::Instant::now();
+        let result = sink.plugin.deliver(out).await;
+        debug!(sink = %sink.name, duration_ms = detect_workloads_api::timefmt::round_ms(start.elapsed()), "delivered");
+        let Err(e) = result else {
             continue;
         };
         if sink.plugin.emits_events() {

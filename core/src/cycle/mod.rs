@@ -128,7 +128,13 @@ pub fn run_cycle(
     // Held until the end of the cycle; the state is read only under it.
     let _lock = state::lock(config)?;
     let previous = state::start_loading(config, clock.deadline);
-    runtime.block_on(cycle(config, &previous, &clock))
+    let result = runtime.block_on(cycle(config, &previous, &clock));
+    // Freeing a large previous inventory is no part of the scan: on a
+    // thread of its own (here, if none can be started).
+    let _ = std::thread::Builder::new()
+        .name("state-free".into())
+        .spawn(move || drop(previous));
+    result
 }
 
 async fn cycle(
@@ -146,6 +152,7 @@ async fn cycle(
     let trust = trust::Trust::of(&collection.ran);
     let mut observed = collection.observed;
     let mut work = workset::build(&mut observed, previous, &clock.now);
+    debug!(elapsed_ms = clock.ms(), "drafts built");
     let ctx = StageContext {
         previous,
         observations: &observed,
@@ -163,6 +170,7 @@ async fn cycle(
     inventory.last_scan = clock.now.clone();
     activity::measure(previous, &mut inventory, &observed.processes);
     stages::review(&config.stages, &mut inventory, &ctx);
+    debug!(elapsed_ms = clock.ms(), "inventory assembled");
     inventory.scan = Some(ScanReport {
         started_at: clock.now.clone(),
         duration_ms: clock.start.elapsed().as_millis() as u64,
@@ -182,6 +190,7 @@ async fn cycle(
     if store.is_some() {
         inventory.outbox = outbox::seal(&owed, &events);
     }
+    debug!(elapsed_ms = clock.ms(), "events named");
     let out = ScanOutput {
         inventory: &inventory,
         events: &events,
