@@ -8,6 +8,13 @@
 //! these reads wait for the container list and grow with the running
 //! containers.
 //!
+//! Its head start ([`Collector::head_start`]) reads, while the engine still
+//! lists the containers, the processes the previous inventory names (its GPU
+//! processes in full, its running containers' main processes for their
+//! owner); `collect` takes from that read each process it is asked for
+//! again at the same depth and in the same role, and reads the others: in a
+//! steady scan, nothing waits for the list.
+//!
 //! Every file is read as bytes, at most 64 KiB of it ([`CMDLINE_READ_CAP`],
 //! [`FILE_READ_CAP`]), and decoded lossily (a process name or a cgroup path
 //! is not always UTF-8: invalid bytes become U+FFFD). A PID that is gone is
