@@ -17,12 +17,10 @@ pub fn inventory(
     trust: &Trust,
     now: &str,
 ) -> Inventory {
-    let mut inventory = Inventory {
-        gpus: gpus.iter().map(|g| (g.uuid.clone(), g.clone())).collect(),
-        ..Inventory::default()
-    };
-    for draft in work.containers {
-        // Moved, not copied: the facts end here.
+    // Moved, not copied: the facts end here. Collected, not inserted one
+    // by one: the drafts come in id order, which a map built at once takes
+    // without moving its (large) entries around.
+    let containers = work.containers.into_iter().map(|draft| {
         let entry = ContainerEntry {
             collector: draft.facts.collector,
             inspect: draft.facts.inspect,
@@ -31,8 +29,13 @@ pub fn inventory(
             health: draft.facts.health,
             ..draft.entry
         };
-        inventory.containers.insert(entry.id.clone(), entry);
-    }
+        (entry.id.clone(), entry)
+    });
+    let mut inventory = Inventory {
+        gpus: gpus.iter().map(|g| (g.uuid.clone(), g.clone())).collect(),
+        containers: containers.collect(),
+        ..Inventory::default()
+    };
     carry_over_containers(previous, trust, &mut inventory);
     let orphans = super::attribute::attribute(
         &mut inventory,
