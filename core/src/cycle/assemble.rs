@@ -5,6 +5,7 @@ use tracing::debug;
 
 use detect_workloads_api::model::{ContainerEntry, GpuDevice, Inventory};
 use detect_workloads_api::plugin::{Verdict, Workset};
+use detect_workloads_api::timefmt::Timestamp;
 
 use super::trust::Trust;
 
@@ -15,7 +16,7 @@ pub fn inventory(
     work: Workset,
     gpus: &[GpuDevice],
     trust: &Trust,
-    now: &str,
+    now: Timestamp,
 ) -> Inventory {
     let mut inventory = Inventory {
         gpus: gpus.iter().map(|g| (g.uuid.clone(), g.clone())).collect(),
