@@ -180,11 +180,6 @@ pub fn rfc3339(t: SystemTime) -> String {
 /// What [`rfc3339`] writes for a time it cannot represent.
 const LATEST: &str = "9999-12-31T23:59:59Z";
 
-/// Parses an RFC 3339 timestamp into seconds since the Unix epoch.
-pub fn parse_rfc3339(s: &str) -> Option<i64> {
-    Timestamp::parse(s).ok().map(Timestamp::unix_seconds)
-}
-
 /// Whether a label value reads as an ISO 8601 timestamp (`2026-11-26T05:40:02Z`,
 /// with or without fraction or offset, or with a space for `T`, or a bare date).
 pub fn looks_like_timestamp(s: &str) -> bool {
