@@ -8,7 +8,9 @@
 //! colours them, unless `NO_COLOR` is set.
 
 use std::io::{self, Write};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use detect_workloads_api::timefmt::Timestamp;
 
 use crossterm::cursor::{Hide, MoveTo, Show};
 use crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
@@ -38,7 +40,7 @@ where
     loop {
         let (width, height) = terminal::size()?;
         let text = match snapshot() {
-            Ok(inv) => screen(&inv, &options.filter, width.into(), now()),
+            Ok(inv) => screen(&inv, &options.filter, width.into(), Timestamp::now()),
             Err(e) => {
                 let mut text = Styled::default();
                 text.push(Line::new(
@@ -58,7 +60,7 @@ where
 /// What one refresh shows, before it is cut to the terminal's height: a
 /// title, one line per GPU, the `ps` table (with its CPU, GPU% and IDLE
 /// columns) and its footer.
-pub fn screen(inv: &Inventory, filter: &Filter, width: usize, now: i64) -> Styled {
+pub fn screen(inv: &Inventory, filter: &Filter, width: usize, now: Timestamp) -> Styled {
     let layout = Layout::Fitted { width };
     let rows = view::rows(inv, filter, now);
     let mut out = Styled::default();
@@ -89,12 +91,6 @@ pub fn screen(inv: &Inventory, filter: &Filter, width: usize, now: i64) -> Style
     out.push(Line::default());
     out.push(view::footer(inv, now, layout));
     out
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// The text of one screen line: cut to `width` terminal columns, in
@@ -179,7 +175,7 @@ mod tests {
             ..GpuDevice::default()
         };
         inv.gpus.insert(gpu.uuid.clone(), gpu);
-        let text = screen(&inv, &Filter::default(), 80, 0).plain();
+        let text = screen(&inv, &Filter::default(), 80, Timestamp::UNIX_EPOCH).plain();
         assert_eq!(
             text,
             "detect-workloads top: 0 workloads  (q to quit)\n\
@@ -193,7 +189,13 @@ mod tests {
 
     #[test]
     fn without_nvml_the_screen_says_where_gpu_details_come_from() {
-        let text = screen(&Inventory::default(), &Filter::default(), 80, 0).plain();
+        let text = screen(
+            &Inventory::default(),
+            &Filter::default(),
+            80,
+            Timestamp::UNIX_EPOCH,
+        )
+        .plain();
         assert!(text.contains("no GPU details (they come from NVML)"));
     }
 
@@ -225,7 +227,7 @@ mod tests {
             status: "running".to_string(),
             activity: Some(detect_workloads_api::model::Activity {
                 cpu_cores: Some(0.01),
-                idle_since: Some("1970-01-01T00:00:00Z".to_string()),
+                idle_since: Some(Timestamp::UNIX_EPOCH),
                 idle: true,
                 ..Default::default()
             }),
@@ -236,7 +238,7 @@ mod tests {
             idle_only: true,
             ..Filter::default()
         };
-        let text = screen(&inv, &filter, 120, 7500);
+        let text = screen(&inv, &filter, 120, Timestamp::from_unix_seconds(7500));
         let plain = text.plain();
         assert!(
             plain.starts_with("detect-workloads top: 1 idle workloads"),

@@ -404,7 +404,7 @@ fn full_inventory() -> Inventory {
         net_bytes_per_s: Some(0.0),
         gpu_util_percent: Some(1.0),
         sampled_s: Some(30.0),
-        idle_since: Some("2025-12-31T23:00:00Z".into()),
+        idle_since: "2025-12-31T23:00:00Z".parse().ok(),
         idle: true,
     };
     c.activity = Some(activity.clone());
@@ -413,7 +413,7 @@ fn full_inventory() -> Inventory {
         gpu_seconds_idle: 3600.0,
     };
     let mut inv = Inventory {
-        last_scan: "2026-01-01T00:00:00Z".into(),
+        last_scan: "2026-01-01T00:00:00Z".parse().ok(),
         ..Default::default()
     };
     inv.containers.insert(c.id.clone(), c);
@@ -422,7 +422,7 @@ fn full_inventory() -> Inventory {
         ProcessEntry {
             user: "carol".into(),
             gpu_uuid: "GPU-0".into(),
-            detected_at: "2026-01-01T00:00:00Z".into(),
+            detected_at: "2026-01-01T00:00:00Z".parse().expect("time"),
             activity: Some(activity),
             ..Default::default()
         },
@@ -433,11 +433,11 @@ fn full_inventory() -> Inventory {
         gpu_memory_mb: Some(512),
         pids: vec![4711],
         processes_seen: 3,
-        detected_at: "2026-01-01T00:00:00Z".into(),
+        detected_at: "2026-01-01T00:00:00Z".parse().expect("time"),
         seen_scans: 2,
     });
     inv.scan = Some(ScanReport {
-        started_at: "2026-01-01T00:00:00Z".into(),
+        started_at: "2026-01-01T00:00:00Z".parse().expect("time"),
         collectors: [(
             "docker".to_string(),
             CollectorReport {

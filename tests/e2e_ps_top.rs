@@ -12,10 +12,10 @@ use common::{Scratch, BIN, UUID};
 use detect_workloads_api::model::{
     Activity, CollectorReport, ContainerEntry, GpuDevice, Inventory, ProcessEntry, ScanReport,
 };
-use detect_workloads_api::timefmt::rfc3339;
+use detect_workloads_api::timefmt::Timestamp;
 
-fn ago(secs: u64) -> String {
-    rfc3339(SystemTime::now() - Duration::from_secs(secs))
+fn ago(secs: u64) -> Timestamp {
+    Timestamp::from_system_time(SystemTime::now() - Duration::from_secs(secs))
 }
 
 /// What the engine measured of a running workload; `idle_for`: seconds
@@ -48,10 +48,10 @@ fn inventory() -> Inventory {
         gpu_devices: gpus.iter().map(|g| g.to_string()).collect(),
         status: status.to_string(),
         image: "pytorch/pytorch:2.4".to_string(),
-        created_at: ago(5 * day + 3600),
+        created_at: Some(ago(5 * day + 3600)),
         detected_at: ago(3 * day + 3600),
         inspect: Some(detect_workloads_api::model::InspectFacts {
-            started_at: ago(3 * day + 3600),
+            started_at: ago(3 * day + 3600).to_string(),
             ..Default::default()
         }),
         gpu_memory_mb: (!gpus.is_empty()).then_some(20_480),
@@ -108,11 +108,7 @@ fn inventory() -> Inventory {
         ]
         .into(),
     });
-    inv.last_scan = inv
-        .scan
-        .as_ref()
-        .map(|s| s.started_at.clone())
-        .unwrap_or_default();
+    inv.last_scan = inv.scan.as_ref().map(|s| s.started_at);
     inv
 }
 

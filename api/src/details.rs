@@ -9,6 +9,7 @@
 use serde::Serialize;
 
 use crate::model::{GpuMismatch, Usage};
+use crate::timefmt::Timestamp;
 
 /// `detection.container_discovered`.
 #[derive(Debug, Serialize)]
@@ -28,7 +29,7 @@ pub struct ContainerDiscovered<'a> {
     pub short_lived: Option<bool>,
     /// The engine's creation time, for a short-lived one.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub created_at: Option<&'a str>,
+    pub created_at: Option<Timestamp>,
 }
 
 /// `detection.container_status_changed`.
@@ -61,10 +62,10 @@ pub struct ContainerExited<'a> {
     pub short_lived: Option<bool>,
     /// The engine's creation time, for a short-lived one.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub created_at: Option<&'a str>,
+    pub created_at: Option<Timestamp>,
     /// The engine's removal time, for a short-lived one.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub removed_at: Option<&'a str>,
+    pub removed_at: Option<Timestamp>,
 }
 
 /// `detection.container_gpu_started`, `detection.container_gpu_stopped` and
@@ -137,7 +138,7 @@ pub struct UserGpuUse<'a> {
     /// How many processes were seen.
     pub processes_seen: u64,
     /// When the use was first seen.
-    pub detected_at: &'a str,
+    pub detected_at: Timestamp,
 }
 
 /// What a workload event is about.
@@ -186,7 +187,7 @@ pub struct Workload<'a> {
     /// The GPUs it uses.
     pub gpu_uuids: Vec<&'a str>,
     /// Since when it is (or was) idle (`null` when unknown).
-    pub idle_since: Option<&'a str>,
+    pub idle_since: Option<Timestamp>,
     /// The signals read (idle only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signals: Option<Signals>,

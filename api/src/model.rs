@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::timefmt::Timestamp;
+
 /// Facts about one container, as the engine reports them.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ContainerFacts {
@@ -19,10 +21,13 @@ pub struct ContainerFacts {
     pub state: String,
     /// First tag of the image, else the first 12 hex digits of the image id.
     pub image: String,
-    /// When the engine created it (RFC 3339, whole seconds); empty when it
-    /// did not say.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub created_at: String,
+    /// When the engine created it; `None` when it did not say.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_time::optional"
+    )]
+    pub created_at: Option<Timestamp>,
     /// Its health check's verdict, when it has a health check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<Health>,
@@ -60,10 +65,20 @@ pub struct InspectFacts {
     /// `Config.User`: the user the container was started as (may be empty).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub config_user: String,
-    /// `State.StartedAt`. Nothing reads it (restarts are noticed through the
-    /// engine's events and the main PID's cgroup); it stays because it is
-    /// part of the cached `inspect` object other tools may read. Absent
-    /// until the container has started (the engine says year 1).
+    /// `State.StartedAt`, exactly as the engine wrote it
+    /// (`2026-11-26T05:40:02.123456789Z`; Docker cuts trailing zeros of the
+    /// fraction, Podman may write a local offset): part of the cached
+    /// `inspect` object other tools read, shown verbatim. Absent until the
+    /// container has started (the engine says year 1,
+    /// `0001-01-01T00:00:00Z`, which the collector leaves out).
+    ///
+    /// Text, not a [`Timestamp`], on purpose: a whole-second UTC time
+    /// cannot give that text back byte for byte (the fraction, its length
+    /// and the offset are lost), and the inventory must not change. Restarts
+    /// are noticed through the engine's events and the main PID's cgroup,
+    /// not through it; its two readers, the `idle` stage's grace period and
+    /// the views' `up_s`, each parse it once where they use it
+    /// ([`Timestamp::parse`]).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub started_at: String,
     /// `HostConfig.CgroupParent` (`--cgroup-parent`), as given.
@@ -283,8 +298,9 @@ pub struct Activity {
     /// The interval the rates cover, seconds.
     pub sampled_s: Option<f64>,
     /// Since when each of its known signals has been below its threshold
-    /// (RFC 3339; `None` while active), as the `idle` stage decides it.
-    pub idle_since: Option<String>,
+    /// (`None`, written `null`, while active), as the `idle` stage decides it.
+    #[serde(default, deserialize_with = "lenient_time::optional")]
+    pub idle_since: Option<Timestamp>,
     /// It has been idle for at least the `idle` stage's `idle_after`: told
     /// in a `detection.workload_idle` event.
     #[serde(default)]
@@ -496,10 +512,10 @@ pub struct ShortLivedContainer {
     pub name: String,
     /// Image as the engine's event names it.
     pub image: String,
-    /// When the engine created it (RFC 3339).
-    pub created_at: String,
-    /// When the engine removed it (RFC 3339).
-    pub removed_at: String,
+    /// When the engine created it.
+    pub created_at: Timestamp,
+    /// When the engine removed it.
+    pub removed_at: Timestamp,
     /// Its labels, as the engine's create event carries them.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -562,9 +578,10 @@ impl Observations {
 /// The inventory: the file other tools read and the state the next scan reads back.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Inventory {
-    /// When the scan that wrote it started.
-    #[serde(default)]
-    pub last_scan: String,
+    /// When the scan that wrote it started; `None` only in an inventory no
+    /// scan wrote ([`Inventory::default`], written `""` as it always was).
+    #[serde(default, with = "lenient_time::or_empty")]
+    pub last_scan: Option<Timestamp>,
     /// Every container, keyed by the first 12 hex digits of its id.
     #[serde(default)]
     pub containers: BTreeMap<String, ContainerEntry>,
@@ -620,9 +637,10 @@ pub struct Inventory {
     #[serde(
         default,
         rename = "_told_gone",
-        skip_serializing_if = "BTreeMap::is_empty"
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "lenient_time::map"
     )]
-    pub told_gone: BTreeMap<String, String>,
+    pub told_gone: BTreeMap<String, Timestamp>,
     /// The events this state owes to the event log (none once delivered).
     #[serde(default, rename = "_outbox", skip_serializing_if = "Option::is_none")]
     pub outbox: Option<Outbox>,
@@ -653,7 +671,8 @@ pub struct UserGpuUse {
     /// How many distinct processes have carried this use so far.
     pub processes_seen: u64,
     /// When this use was first seen.
-    pub detected_at: String,
+    #[serde(deserialize_with = "lenient_time::required")]
+    pub detected_at: Timestamp,
     /// Consecutive scans in which it was seen.
     pub seen_scans: u32,
 }
@@ -690,14 +709,19 @@ pub struct ContainerEntry {
     /// `ps --filter label=...`, never used as anything else.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
-    /// When the engine created it (RFC 3339; omitted when it did not say).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub created_at: String,
+    /// When the engine created it (omitted when it did not say).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_time::optional"
+    )]
+    pub created_at: Option<Timestamp>,
     /// Its health check's verdict (omitted when it has no health check).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<Health>,
     /// When it was first seen.
-    pub detected_at: String,
+    #[serde(deserialize_with = "lenient_time::required")]
+    pub detected_at: Timestamp,
     /// Which collector instance reported it (`docker`, `docker.2`).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub collector: String,
@@ -887,7 +911,8 @@ pub struct ProcessEntry {
     /// UUID of the physical GPU.
     pub gpu_uuid: String,
     /// When it was first seen.
-    pub detected_at: String,
+    #[serde(deserialize_with = "lenient_time::required")]
+    pub detected_at: Timestamp,
     /// Every GPU it uses, when more than one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gpu_uuids: Vec<String>,
@@ -990,11 +1015,89 @@ fn pid_from_number_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::
     }
 }
 
+/// How a time that is not RFC 3339 text is read back from a state file (an
+/// older scanner's, or one edited by hand; the old model carried such text
+/// verbatim). One such value must not make the whole previous state
+/// unreadable, so none of these fails:
+///
+/// - an optional time (`created_at`, `idle_since`, `last_scan`) is absent:
+///   the empty text, `null`, or anything else that does not parse is `None`
+///   (for `last_scan`: as if no scan had written the state);
+/// - a required time (`detected_at`, the scan report's `started_at`, an
+///   event's `timestamp`, a `_told_gone` value) is the moment it was read, which
+///   is the start of the scan reading it to the second or so: the workload
+///   is kept, as first seen by this scan, rather than dropped or dated to
+///   the epoch (which would make it decades old in every age and
+///   GPU-hours figure). A warning says which text was replaced.
+///
+/// A missing required field is still an error, as it always was.
+mod lenient_time {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::timefmt::Timestamp;
+
+    /// The time `value` holds, if it is RFC 3339 text.
+    fn read(value: &serde_json::Value) -> Option<Timestamp> {
+        value.as_str().and_then(|t| Timestamp::parse(t).ok())
+    }
+
+    /// The time `value` holds, else now (with a warning).
+    fn read_or_now(value: &serde_json::Value) -> Timestamp {
+        read(value).unwrap_or_else(|| {
+            let text: String = value.to_string().chars().take(64).collect();
+            tracing::warn!(value = %text, "unreadable timestamp in the state: read as now");
+            Timestamp::now()
+        })
+    }
+
+    /// An optional time: `None` unless it parses.
+    pub fn optional<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Timestamp>, D::Error> {
+        Ok(read(&serde_json::Value::deserialize(d)?))
+    }
+
+    /// A required time: now unless it parses.
+    pub fn required<'de, D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
+        Ok(read_or_now(&serde_json::Value::deserialize(d)?))
+    }
+
+    /// Times by key, each a required one.
+    pub fn map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Timestamp>, D::Error> {
+        let values = BTreeMap::<String, serde_json::Value>::deserialize(d)?;
+        Ok(values
+            .into_iter()
+            .map(|(k, v)| {
+                let t = read_or_now(&v);
+                (k, t)
+            })
+            .collect())
+    }
+
+    /// `Inventory::last_scan`: `""` for `None`, as the text field was
+    /// written when empty; read as an optional time.
+    pub mod or_empty {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(t: &Option<Timestamp>, s: S) -> Result<S::Ok, S::Error> {
+            match t {
+                Some(t) => s.collect_str(t),
+                None => s.serialize_str(""),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Timestamp>, D::Error> {
+            optional(d)
+        }
+    }
+}
+
 /// How one scan cycle went.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ScanReport {
     /// When the cycle started.
-    pub started_at: String,
+    #[serde(deserialize_with = "lenient_time::required")]
+    pub started_at: Timestamp,
     /// How long it took.
     pub duration_ms: u64,
     /// One entry per configured collector, keyed by its instance name.
@@ -1031,7 +1134,8 @@ pub struct CollectorReport {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     /// Event time (the scan's start).
-    pub timestamp: String,
+    #[serde(deserialize_with = "lenient_time::required")]
+    pub timestamp: Timestamp,
     /// Its type.
     pub event_type: EventType,
     /// The user it concerns (omitted when empty).
@@ -1255,5 +1359,144 @@ mod tests {
             assert_eq!(short_id(id), chars, "{id}");
             assert_eq!(short_key(id), chars, "{id}");
         }
+    }
+
+    /// An inventory with every timestamp the model holds, in the text the
+    /// scanner has always written: read and written back, it is the same
+    /// bytes.
+    const FULL_INVENTORY: &str = concat!(
+        r#"{"last_scan":"2026-11-26T06:11:49Z","containers":{"#,
+        r#""0123456789ab":{"id":"0123456789ab","name":"alice-jupyter","origin":"ds01-managed","user":"alice","user_source":"label:ds01.user","has_gpu":true,"gpu_devices":["0:1"],"status":"running","image":"ds01/pytorch:latest","created_at":"2026-11-24T06:40:00Z","detected_at":"2026-11-26T05:40:00Z","collector":"docker","inspect":{"runtime":"nvidia","main_pid":4242,"started_at":"2026-11-26T05:40:02.123456789Z"},"gpu_in_use":false,"activity":{"cpu_cores":0.01,"net_bytes_per_s":0.0,"gpu_util_percent":null,"sampled_s":30.0,"idle_since":"2026-11-26T04:35:00Z","idle":true}},"#,
+        r#""ba9876543210":{"id":"ba9876543210","name":"bob-old","origin":"docker-run","user":"bob","user_source":"unknown","has_gpu":false,"gpu_devices":[],"status":"exited","image":"busybox","detected_at":"2026-11-25T00:00:00Z","gpu_in_use":false,"activity":{"cpu_cores":null,"net_bytes_per_s":null,"gpu_util_percent":null,"sampled_s":null,"idle_since":null,"idle":false}}},"#,
+        r#""host_processes":{"447":{"pid":447,"user":"alice","cmdline":"python3 train.py","gpu_memory_mb":40960,"gpu_uuid":"GPU-56c0b0b8","detected_at":"2026-11-26T06:39:00Z","start_time":1234,"seen_scans":3}},"#,
+        r#""_pending_processes":{"448":{"pid":448,"user":"bob","cmdline":"python3 x.py","gpu_memory_mb":null,"gpu_uuid":"GPU-56c0b0b8","detected_at":"2026-11-26T06:11:49Z","seen_scans":1}},"#,
+        r#""scan":{"started_at":"2026-11-26T06:11:49Z","duration_ms":14,"collectors":{"docker":{"ok":true,"duration_ms":3}}},"#,
+        r#""unattributed_processes":{},"#,
+        r#""user_gpu_use":[{"user":"carol","gpu_uuid":"GPU-56c0b0b8","gpu_memory_mb":512,"pids":[900],"processes_seen":4,"detected_at":"2026-11-26T06:10:49Z","seen_scans":2}],"#,
+        r#""_told_gone":{"cafecafecafe":"2026-11-26T06:11:48Z"},"#,
+        r#""_outbox":{"id":"6f1c","events":[{"timestamp":"2026-11-26T06:11:49Z","event_type":"detection.container_exited","user":"bob","details":{"container_id":"cafecafecafe","name":"blink","origin":"compose","short_lived":true,"created_at":"2026-11-26T06:11:40Z","removed_at":"2026-11-26T06:11:45Z"},"event_id":"a1"}]}}"#,
+    );
+
+    #[test]
+    fn an_inventory_is_written_back_byte_for_byte() {
+        let inv: Inventory = serde_json::from_str(FULL_INVENTORY).expect("decode");
+        let c = &inv.containers["0123456789ab"];
+        assert_eq!(c.created_at.map(|t| t.unix_seconds()), Some(1_795_502_400));
+        assert_eq!(
+            inv.containers["ba9876543210"].created_at, None,
+            "absent is None"
+        );
+        let text = serde_json::to_string(&inv).expect("encode");
+        assert_eq!(text, FULL_INVENTORY);
+        let pretty = serde_json::to_string_pretty(&inv).expect("encode");
+        let back: Inventory = serde_json::from_str(&pretty).expect("decode");
+        assert_eq!(back, inv);
+        // No scan wrote it: `last_scan` is the empty text, as it was.
+        let empty = serde_json::to_string(&Inventory::default()).expect("encode");
+        assert!(empty.starts_with(r#"{"last_scan":"","#), "{empty}");
+        let back: Inventory = serde_json::from_str(&empty).expect("decode");
+        assert_eq!(back.last_scan, None);
+    }
+
+    #[test]
+    fn an_event_line_is_written_back_byte_for_byte() {
+        let line = r#"{"timestamp":"2026-11-26T06:11:49Z","event_type":"detection.workload_active","user":"alice","details":{"kind":"container","container_id":"0123456789ab","name":"alice-jupyter","gpu_memory_mb":null,"gpu_uuids":[],"idle_since":"2026-11-26T04:35:00Z","idle_for_s":6409},"event_id":"9b2e"}"#;
+        let event: Event = serde_json::from_str(line).expect("decode");
+        assert_eq!(event.timestamp.unix_seconds(), 1_795_673_509);
+        assert_eq!(serde_json::to_string(&event).expect("encode"), line);
+    }
+
+    #[test]
+    fn a_time_that_does_not_parse_leaves_the_rest_of_the_state_readable() {
+        let bad = FULL_INVENTORY
+            // Optional: absent.
+            .replace("2026-11-24T06:40:00Z", "last Tuesday")
+            .replace(
+                r#""idle_since":"2026-11-26T04:35:00Z""#,
+                r#""idle_since":"soon""#,
+            )
+            // Required: the moment it was read.
+            .replace("2026-11-26T05:40:00Z", "")
+            .replace("2026-11-26T06:39:00Z", "06:39")
+            .replace("2026-11-26T06:10:49Z", "?")
+            .replace("2026-11-26T06:11:48Z", "x")
+            .replace(
+                r#""started_at":"2026-11-26T06:11:49Z""#,
+                r#""started_at":null"#,
+            )
+            .replace(
+                r#""timestamp":"2026-11-26T06:11:49Z""#,
+                r#""timestamp":1795673509"#,
+            )
+            .replacen("2026-11-26T06:11:49Z", "2026-11-26 06:11:49", 1);
+        let before = crate::timefmt::Timestamp::now();
+        let inv: Inventory = serde_json::from_str(&bad).expect("still readable");
+        let after = crate::timefmt::Timestamp::now();
+        let read_now = |t: Timestamp| before <= t && t <= after;
+        assert_eq!(inv.last_scan, None, "as if no scan had written it");
+        let c = &inv.containers["0123456789ab"];
+        assert_eq!(c.created_at, None);
+        assert_eq!(c.activity.as_ref().and_then(|a| a.idle_since), None);
+        assert!(read_now(c.detected_at), "{}", c.detected_at);
+        assert!(read_now(inv.host_processes[&447].detected_at));
+        assert!(read_now(inv.user_gpu_use[0].detected_at));
+        assert!(read_now(inv.told_gone["cafecafecafe"]));
+        assert!(inv.scan.as_ref().is_some_and(|s| read_now(s.started_at)));
+        let events = inv.outbox.as_ref().map(|o| &o.events[..]).unwrap_or(&[]);
+        assert!(read_now(events[0].timestamp));
+        // The rest is as written.
+        assert_eq!(c.name, "alice-jupyter");
+        assert_eq!(inv.containers.len(), 2);
+        assert_eq!(
+            inv.pending_processes[&448].detected_at.to_string(),
+            "2026-11-26T06:11:49Z"
+        );
+        // A missing required time is still an error, as it was.
+        let missing = FULL_INVENTORY.replace(r#""detected_at":"2026-11-25T00:00:00Z","#, "");
+        assert!(serde_json::from_str::<Inventory>(&missing).is_err());
+    }
+
+    #[test]
+    fn container_facts_without_a_creation_time_leave_it_out() {
+        let facts = ContainerFacts::default();
+        let json = serde_json::to_value(&facts).expect("encode");
+        assert!(json.get("created_at").is_none(), "{json}");
+        let empty: ContainerFacts =
+            serde_json::from_str(r#"{"id":"a","name":"n","labels":{},"state":"running","image":"i","created_at":"","inspect":null}"#)
+                .expect("decode");
+        assert_eq!(empty.created_at, None);
+    }
+
+    #[test]
+    fn the_engines_start_time_is_kept_as_the_engine_wrote_it() {
+        for text in [
+            "2026-11-26T05:40:02.123456789Z",
+            "2026-11-26T05:40:02.1234Z",
+            "2026-11-26T05:40:02Z",
+            "2026-11-26T06:40:02.5+01:00",
+            "0001-01-01T00:00:00Z",
+        ] {
+            let inspect = InspectFacts {
+                started_at: text.to_string(),
+                ..InspectFacts::default()
+            };
+            let json = serde_json::to_string(&inspect).expect("encode");
+            assert_eq!(json, format!(r#"{{"started_at":"{text}"}}"#));
+            let back: InspectFacts = serde_json::from_str(&json).expect("decode");
+            assert_eq!(back.started_at, text);
+            // Its readers get the instant, to the second.
+            assert!(Timestamp::parse(text).is_ok(), "{text}");
+        }
+        // Why it is not a Timestamp: whole UTC seconds lose the fraction
+        // and the offset, so the text would change.
+        for text in [
+            "2026-11-26T05:40:02.123456789Z",
+            "2026-11-26T05:40:02.1234Z",
+        ] {
+            let t = Timestamp::parse(text).expect("parse");
+            assert_eq!(t.to_string(), "2026-11-26T05:40:02Z");
+        }
+        let t = Timestamp::parse("2026-11-26T06:40:02.5+01:00").expect("parse");
+        assert_eq!(t.to_string(), "2026-11-26T05:40:02Z");
     }
 }

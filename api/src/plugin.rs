@@ -137,7 +137,6 @@ struct Pending {
 
 struct Loaded {
     inventory: Inventory,
-    started: Option<i64>,
     error: Option<std::sync::Arc<StateError>>,
 }
 
@@ -147,11 +146,7 @@ impl Loaded {
             Ok(inventory) => (inventory.unwrap_or_default(), None),
             Err(e) => (Inventory::default(), Some(std::sync::Arc::new(e))),
         };
-        Loaded {
-            started: crate::timefmt::parse_rfc3339(&inventory.last_scan),
-            inventory,
-            error,
-        }
+        Loaded { inventory, error }
     }
 }
 
@@ -201,9 +196,9 @@ impl Previous {
         &self.loaded().await.inventory
     }
 
-    /// When the previous scan started (seconds since the epoch), if there was one.
-    pub async fn scan_started(&self) -> Option<i64> {
-        self.loaded().await.started
+    /// When the previous scan started, if there was one.
+    pub async fn scan_started(&self) -> Option<crate::timefmt::Timestamp> {
+        self.loaded().await.inventory.last_scan
     }
 
     /// The previous inventory, or why it could not be read.
@@ -920,12 +915,15 @@ mod tests {
                 tokio::time::timeout(Duration::from_millis(20), previous.scan_started()).await;
             assert!(gave_up.is_err());
             let inventory = Inventory {
-                last_scan: "2026-11-26T08:00:00Z".to_string(),
+                last_scan: "2026-11-26T08:00:00Z".parse().ok(),
                 ..Inventory::default()
             };
             assert!(tx.send(Ok(Some(inventory))).is_ok());
-            let read = previous.result().await.map(|i| i.last_scan.clone());
-            assert_eq!(read.ok().as_deref(), Some("2026-11-26T08:00:00Z"));
+            let read = previous.result().await.map(|i| i.last_scan);
+            assert_eq!(
+                read.ok().flatten().map(|t| t.to_string()).as_deref(),
+                Some("2026-11-26T08:00:00Z")
+            );
         });
     }
 
@@ -934,7 +932,7 @@ mod tests {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let previous = Previous::arriving(rx, None);
         let inventory = Inventory {
-            last_scan: "2026-11-26T08:00:00Z".to_string(),
+            last_scan: "2026-11-26T08:00:00Z".parse().ok(),
             ..Inventory::default()
         };
         block_on(async {
@@ -942,8 +940,8 @@ mod tests {
             let reader = std::thread::spawn(move || tx.send(Ok(Some(inventory))).is_ok());
             let (a, b) = tokio::join!(previous.get(), previous.scan_started());
             assert!(reader.join().expect("reader"));
-            assert_eq!(a.last_scan, "2026-11-26T08:00:00Z");
-            assert_eq!(b, crate::timefmt::parse_rfc3339("2026-11-26T08:00:00Z"));
+            assert_eq!(a.last_scan, "2026-11-26T08:00:00Z".parse().ok());
+            assert_eq!(b.map(|t| t.unix_seconds()), Some(1_795_680_000));
             assert!(b.is_some());
             assert!(previous.result().await.is_ok());
         });

@@ -18,6 +18,7 @@
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
 
+use crate::timefmt::Timestamp;
 use serde::Serialize;
 
 use crate::model::{
@@ -295,7 +296,7 @@ const UP: [&str; 3] = ["running", "paused", "restarting"];
 
 /// The rows to show, sorted by user then kind then name; `now` is seconds
 /// since the epoch.
-pub fn rows(inv: &Inventory, filter: &Filter, now: i64) -> Vec<Row> {
+pub fn rows(inv: &Inventory, filter: &Filter, now: Timestamp) -> Vec<Row> {
     let containers = inv
         .containers
         .values()
@@ -360,7 +361,7 @@ impl Row {
 /// idle) from `activity`, when it has one.
 fn activity_of(
     activity: Option<&Activity>,
-    now: i64,
+    now: Timestamp,
 ) -> (Option<f64>, Option<f64>, Option<i64>, bool) {
     let Some(a) = activity else {
         return (None, None, None, false);
@@ -369,15 +370,15 @@ fn activity_of(
     (
         finite(a.cpu_cores),
         finite(a.gpu_util_percent),
-        a.idle_since.as_deref().and_then(|t| age(t, now)),
+        a.idle_since.map(|t| age(t, now)),
         a.idle,
     )
 }
 
 /// A user's GPU use by short-lived processes: its PIDs of now as the name.
-fn use_row(u: &UserGpuUse, now: i64) -> Row {
+fn use_row(u: &UserGpuUse, now: Timestamp) -> Row {
     let pids: Vec<String> = u.pids.iter().map(u32::to_string).collect();
-    let age_s = age(&u.detected_at, now);
+    let age_s = Some(age(u.detected_at, now));
     Row {
         kind: Kind::GpuUse,
         id: String::new(),
@@ -407,7 +408,7 @@ fn use_row(u: &UserGpuUse, now: i64) -> Row {
     }
 }
 
-fn container_row(c: &ContainerEntry, now: i64) -> Row {
+fn container_row(c: &ContainerEntry, now: Timestamp) -> Row {
     let started = c.inspect.as_ref().map(|i| i.started_at.as_str());
     let (cpu_cores, gpu_util_percent, idle_s, idle) = activity_of(c.activity.as_ref(), now);
     Row {
@@ -430,11 +431,12 @@ fn container_row(c: &ContainerEntry, now: i64) -> Row {
         gpus_label_only: c.gpu_access == Some(GpuAccess::LabelOnly),
         gpu_memory_mb: c.gpu_memory_mb,
         what: c.image.clone(),
-        age_s: age(&c.detected_at, now),
-        created_s: age(&c.created_at, now),
+        age_s: Some(age(c.detected_at, now)),
+        created_s: c.created_at.map(|t| age(t, now)),
         up_s: started
             .filter(|_| c.status == "running" || c.status == "paused")
-            .and_then(|t| age(t, now)),
+            .and_then(|t| Timestamp::parse(t).ok())
+            .map(|t| age(t, now)),
         cpu_cores,
         gpu_util_percent,
         idle_s,
@@ -480,13 +482,13 @@ fn engine_gpus(c: &ContainerEntry) -> Vec<String> {
     gpus
 }
 
-fn process_row(p: &ProcessEntry, status: &str, now: i64) -> Row {
+fn process_row(p: &ProcessEntry, status: &str, now: Timestamp) -> Row {
     let uuids = if p.gpu_uuids.is_empty() {
         std::slice::from_ref(&p.gpu_uuid)
     } else {
         &p.gpu_uuids[..]
     };
-    let age_s = age(&p.detected_at, now);
+    let age_s = Some(age(p.detected_at, now));
     let (cpu_cores, gpu_util_percent, idle_s, idle) = activity_of(p.activity.as_ref(), now);
     Row {
         kind: Kind::Process,
@@ -514,8 +516,9 @@ fn process_row(p: &ProcessEntry, status: &str, now: i64) -> Row {
     }
 }
 
-fn age(since: &str, now: i64) -> Option<i64> {
-    crate::timefmt::parse_rfc3339(since).map(|t| (now - t).max(0))
+/// Seconds from `since` to `now` (0 when `since` is later).
+fn age(since: Timestamp, now: Timestamp) -> i64 {
+    now.seconds_since(since).max(0)
 }
 
 /// `GPU-56c0b0b8-eb5c-...` -> `GPU-56c0b0b8`: enough to tell GPUs apart.
@@ -1198,11 +1201,11 @@ pub fn columns_table(rows: &[Row], columns: &[Column]) -> String {
 /// health (`ok`, `skipped`, `unavailable`, or `FAILED: why`, the last
 /// [`Style::Failed`]). Fitted to a terminal, the reasons are shortened
 /// (down to none) until it fits.
-pub fn footer(inv: &Inventory, now: i64, layout: Layout) -> Line {
+pub fn footer(inv: &Inventory, now: Timestamp, layout: Layout) -> Line {
     let Some(scan) = &inv.scan else {
         return Line::plain("no scan recorded yet");
     };
-    let when = age(&scan.started_at, now).map_or_else(|| "?".to_string(), human_age);
+    let when = human_age(age(scan.started_at, now));
     let head = format!("scan {when} ago, took {} ms; ", scan.duration_ms);
     // (name's part without its reason, the reason of a failure)
     let parts: Vec<(String, Option<String>)> = scan
@@ -1276,7 +1279,7 @@ pub fn gpu_lines(inv: &Inventory) -> Styled {
 }
 
 /// Table and footer, as `ps` prints them, with their styles.
-pub fn render_styled(inv: &Inventory, filter: &Filter, layout: Layout, now: i64) -> Styled {
+pub fn render_styled(inv: &Inventory, filter: &Filter, layout: Layout, now: Timestamp) -> Styled {
     let rows = rows(inv, filter, now);
     let gpu_known = all_failed(inv, FactKind::GpuProcesses).is_empty();
     let mut out = table(&rows, layout, gpu_known, filter.order());
@@ -1286,7 +1289,7 @@ pub fn render_styled(inv: &Inventory, filter: &Filter, layout: Layout, now: i64)
 }
 
 /// Table and footer, as `ps` prints them in a pipe.
-pub fn render(inv: &Inventory, filter: &Filter, layout: Layout, now: i64) -> String {
+pub fn render(inv: &Inventory, filter: &Filter, layout: Layout, now: Timestamp) -> String {
     render_styled(inv, filter, layout, now).plain()
 }
 
@@ -1295,7 +1298,11 @@ mod tests {
     use super::*;
     use crate::model::{CollectorReport, ScanReport};
 
-    const NOW: i64 = 1_795_675_200; // 2026-11-26T06:40:00Z
+    const NOW: Timestamp = Timestamp::from_unix_seconds(1_795_675_200); // 2026-11-26T06:40:00Z
+
+    fn at(text: &str) -> Timestamp {
+        text.parse().expect("timestamp")
+    }
 
     fn inventory() -> Inventory {
         let mut inv = Inventory::default();
@@ -1308,8 +1315,8 @@ mod tests {
             gpu_devices: if gpu { vec!["0:1".to_string()] } else { vec![] },
             status: status.to_string(),
             image: "ds01/pytorch:latest".to_string(),
-            created_at: "2026-11-24T06:40:00Z".to_string(),
-            detected_at: "2026-11-26T05:40:00Z".to_string(),
+            created_at: Some(at("2026-11-24T06:40:00Z")),
+            detected_at: at("2026-11-26T05:40:00Z"),
             inspect: Some(crate::model::InspectFacts {
                 started_at: "2026-11-26T06:10:00.123Z".to_string(),
                 ..Default::default()
@@ -1328,7 +1335,7 @@ mod tests {
             cpu_cores: Some(0.01),
             net_bytes_per_s: Some(0.0),
             sampled_s: Some(30.0),
-            idle_since: Some("2026-11-26T04:35:00Z".to_string()),
+            idle_since: Some(at("2026-11-26T04:35:00Z")),
             idle: true,
             ..Activity::default()
         });
@@ -1341,7 +1348,7 @@ mod tests {
             cmdline: "python3 train.py --epochs 10".to_string(),
             gpu_memory_mb: Some(40_960),
             gpu_uuid: "GPU-56c0b0b8-eb5c-605d-11d6-1bac317b478c".to_string(),
-            detected_at: "2026-11-26T06:39:00Z".to_string(),
+            detected_at: at("2026-11-26T06:39:00Z"),
             // Busy on a shared GPU: its GPU activity is unknown.
             activity: Some(Activity {
                 cpu_cores: Some(0.98),
@@ -1352,7 +1359,7 @@ mod tests {
         };
         inv.host_processes.insert(447, p);
         inv.scan = Some(ScanReport {
-            started_at: "2026-11-26T06:39:48Z".to_string(),
+            started_at: at("2026-11-26T06:39:48Z"),
             duration_ms: 14,
             collectors: [
                 ("docker", None),
@@ -1684,7 +1691,7 @@ scan 12s ago, took 14 ms; docker ok, nvml FAILED: unavailable: no libnvidia-ml
         let idle = |since: &str| Activity {
             cpu_cores: Some(0.0),
             gpu_util_percent: Some(0.0),
-            idle_since: Some(since.to_string()),
+            idle_since: Some(at(since)),
             idle: true,
             ..Activity::default()
         };

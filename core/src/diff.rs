@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use detect_workloads_api::timefmt::parse_rfc3339;
+use detect_workloads_api::timefmt::Timestamp;
 
 use detect_workloads_api::details::{self, to_json, Signals, WorkloadKind};
 use detect_workloads_api::model::{
@@ -10,9 +10,9 @@ use detect_workloads_api::model::{
     ProcessEntry, ShortLivedContainer, Usage, UserGpuUse,
 };
 
-fn event(now: &str, event_type: EventType, user: &str, details: serde_json::Value) -> Event {
+fn event(now: Timestamp, event_type: EventType, user: &str, details: serde_json::Value) -> Event {
     Event {
-        timestamp: now.to_string(),
+        timestamp: now,
         event_type,
         user: user.to_string(),
         details,
@@ -34,7 +34,7 @@ pub fn transitions(
     previous: &Inventory,
     current: &Inventory,
     short_lived: &[ShortLivedContainer],
-    now: &str,
+    now: Timestamp,
 ) -> Vec<Event> {
     let mut events = Vec::new();
     container_events(previous, current, now, &mut events);
@@ -62,14 +62,8 @@ fn signals(activity: &Activity) -> Signals {
 }
 
 /// How long a workload told idle was idle, when its `idle_since` is known.
-fn idle_for(old: &Activity, now: &str) -> Option<i64> {
-    match (
-        old.idle_since.as_deref().and_then(parse_rfc3339),
-        parse_rfc3339(now),
-    ) {
-        (Some(since), Some(now)) => Some((now - since).max(0)),
-        _ => None,
-    }
+fn idle_for(old: &Activity, now: Timestamp) -> Option<i64> {
+    old.idle_since.map(|since| now.seconds_since(since).max(0))
 }
 
 /// The idle or active event of a workload whose reading is `activity`
@@ -79,15 +73,15 @@ fn workload_event<'a>(
     user: &str,
     activity: &'a Activity,
     old: Option<&'a Activity>,
-    now: &str,
+    now: Timestamp,
 ) -> Option<Event> {
     if activity.idle && !is_idle(old) {
-        details.idle_since = activity.idle_since.as_deref();
+        details.idle_since = activity.idle_since;
         details.signals = Some(signals(activity));
         return Some(event(now, EventType::WorkloadIdle, user, to_json(&details)));
     }
     let old = old.filter(|o| o.idle && !activity.idle)?;
-    details.idle_since = old.idle_since.as_deref();
+    details.idle_since = old.idle_since;
     details.idle_for_s = Some(idle_for(old, now));
     Some(event(
         now,
@@ -101,7 +95,12 @@ fn workload_event<'a>(
 /// true) and one reported idle that is active again; once each, since the
 /// flag is in the state. A workload that stops or vanishes while idle is
 /// told by its own events.
-fn workload_events(previous: &Inventory, current: &Inventory, now: &str, events: &mut Vec<Event>) {
+fn workload_events(
+    previous: &Inventory,
+    current: &Inventory,
+    now: Timestamp,
+    events: &mut Vec<Event>,
+) {
     for (id, c) in &current.containers {
         let old = previous
             .containers
@@ -162,20 +161,24 @@ const TOLD_GONE_FOR: i64 = 2;
 /// The containers told exited recently, after this cycle's `events`
 /// (stamped `now`): the previous ones still within two seconds of
 /// `now`, and those this cycle tells.
-pub fn told_gone(previous: &Inventory, events: &[Event], now: &str) -> BTreeMap<String, String> {
-    let horizon = parse_rfc3339(now).map(|t| t - TOLD_GONE_FOR);
-    let mut kept: BTreeMap<String, String> = previous
+pub fn told_gone(
+    previous: &Inventory,
+    events: &[Event],
+    now: Timestamp,
+) -> BTreeMap<String, Timestamp> {
+    let horizon = now.plus_seconds(-TOLD_GONE_FOR);
+    let mut kept: BTreeMap<String, Timestamp> = previous
         .told_gone
         .iter()
-        .filter(|(_, at)| matches!((horizon, parse_rfc3339(at)), (Some(h), Some(t)) if t >= h))
-        .map(|(id, at)| (id.clone(), at.clone()))
+        .filter(|(_, at)| **at >= horizon)
+        .map(|(id, at)| (id.clone(), *at))
         .collect();
     for e in events {
         if e.event_type != EventType::ContainerExited {
             continue;
         }
         if let Some(id) = e.details.get("container_id").and_then(|v| v.as_str()) {
-            kept.insert(id.to_string(), now.to_string());
+            kept.insert(id.to_string(), now);
         }
     }
     kept
@@ -186,7 +189,7 @@ pub fn told_gone(previous: &Inventory, events: &[Event], now: &str) -> BTreeMap<
 fn user_gpu_use_events(
     previous: &Inventory,
     current: &Inventory,
-    now: &str,
+    now: Timestamp,
     events: &mut Vec<Event>,
 ) {
     let same = |a: &UserGpuUse, b: &UserGpuUse| a.user == b.user && a.gpu_uuid == b.gpu_uuid;
@@ -201,7 +204,7 @@ fn user_gpu_use_events(
                     gpu_memory_mb: old.gpu_memory_mb,
                     pids: None,
                     processes_seen: old.processes_seen,
-                    detected_at: &old.detected_at,
+                    detected_at: old.detected_at,
                 }),
             ));
         }
@@ -217,7 +220,7 @@ fn user_gpu_use_events(
                     gpu_memory_mb: new.gpu_memory_mb,
                     pids: Some(&new.pids),
                     processes_seen: new.processes_seen,
-                    detected_at: &new.detected_at,
+                    detected_at: new.detected_at,
                 }),
             ));
         }
@@ -232,7 +235,7 @@ fn short_lived_events(
     previous: &Inventory,
     current: &Inventory,
     short_lived: &[ShortLivedContainer],
-    now: &str,
+    now: Timestamp,
     events: &mut Vec<Event>,
 ) {
     for c in short_lived {
@@ -254,7 +257,7 @@ fn short_lived_events(
                 has_gpu: false,
                 image: &c.image,
                 short_lived: Some(true),
-                created_at: Some(&c.created_at),
+                created_at: Some(c.created_at),
             }),
         ));
         events.push(event(
@@ -267,8 +270,8 @@ fn short_lived_events(
                 origin: &c.origin,
                 usage: None,
                 short_lived: Some(true),
-                created_at: Some(&c.created_at),
-                removed_at: Some(&c.removed_at),
+                created_at: Some(c.created_at),
+                removed_at: Some(c.removed_at),
             }),
         ));
     }
@@ -292,7 +295,7 @@ fn gpu_details(c: &ContainerEntry) -> details::ContainerGpu<'_> {
 fn container_gpu_events(
     previous: &Inventory,
     current: &Inventory,
-    now: &str,
+    now: Timestamp,
     events: &mut Vec<Event>,
 ) {
     for (id, c) in &current.containers {
@@ -335,7 +338,12 @@ fn container_gpu_events(
     }
 }
 
-fn container_events(previous: &Inventory, current: &Inventory, now: &str, events: &mut Vec<Event>) {
+fn container_events(
+    previous: &Inventory,
+    current: &Inventory,
+    now: Timestamp,
+    events: &mut Vec<Event>,
+) {
     for (id, c) in &current.containers {
         match previous.containers.get(id) {
             None => events.push(event(
@@ -401,7 +409,12 @@ fn discovered_details(p: &ProcessEntry) -> serde_json::Value {
     })
 }
 
-fn process_events(previous: &Inventory, current: &Inventory, now: &str, events: &mut Vec<Event>) {
+fn process_events(
+    previous: &Inventory,
+    current: &Inventory,
+    now: Timestamp,
+    events: &mut Vec<Event>,
+) {
     // Processes in the order of their PIDs as text: the order of the file.
     for (_, old) in in_text_order(&previous.host_processes) {
         if !holds(&current.host_processes, old) {
@@ -433,6 +446,10 @@ fn process_events(previous: &Inventory, current: &Inventory, now: &str, events: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ts(text: &str) -> Timestamp {
+        text.parse().expect("timestamp")
+    }
     use detect_workloads_api::model::ContainerEntry;
 
     fn container(id: &str, status: &str) -> ContainerEntry {
@@ -472,7 +489,7 @@ mod tests {
         cur.containers.insert("c".into(), container("c", "created"));
         cur.host_processes.insert(10, process(10, Some(6)));
         cur.host_processes.insert(11, process(11, Some(9)));
-        let types: Vec<_> = transitions(&prev, &cur, &[], "t")
+        let types: Vec<_> = transitions(&prev, &cur, &[], Timestamp::UNIX_EPOCH)
             .into_iter()
             .map(|e| (e.event_type.as_str().to_string(), e.details.to_string()))
             .collect();
@@ -508,7 +525,7 @@ mod tests {
         let mut inv = Inventory::default();
         inv.containers.insert("a".into(), container("a", "running"));
         inv.host_processes.insert(10, process(10, Some(5)));
-        assert!(transitions(&inv, &inv, &[], "t").is_empty());
+        assert!(transitions(&inv, &inv, &[], Timestamp::UNIX_EPOCH).is_empty());
     }
 
     fn in_use(c: ContainerEntry, mib: u64) -> ContainerEntry {
@@ -537,7 +554,7 @@ mod tests {
         let a_idle = with(vec![idle("a"), idle("b")]);
         let a_busy = with(vec![in_use(idle("a"), 70), idle("b")]);
         let more = with(vec![in_use(idle("a"), 90), idle("b")]);
-        let started = transitions(&a_idle, &a_busy, &[], "t");
+        let started = transitions(&a_idle, &a_busy, &[], Timestamp::UNIX_EPOCH);
         assert_eq!(
             summary(&started),
             [(
@@ -547,10 +564,10 @@ mod tests {
         );
         assert_eq!(started[0].user, "alice");
         assert!(
-            transitions(&a_busy, &more, &[], "t").is_empty(),
+            transitions(&a_busy, &more, &[], Timestamp::UNIX_EPOCH).is_empty(),
             "still in use"
         );
-        let stopped = transitions(&more, &a_idle, &[], "t");
+        let stopped = transitions(&more, &a_idle, &[], Timestamp::UNIX_EPOCH);
         assert_eq!(
             summary(&stopped),
             [(
@@ -560,7 +577,7 @@ mod tests {
         );
         // Gone while in use: exited, and stopped.
         let gone = with(vec![idle("b")]);
-        let types: Vec<String> = summary(&transitions(&more, &gone, &[], "t"))
+        let types: Vec<String> = summary(&transitions(&more, &gone, &[], Timestamp::UNIX_EPOCH))
             .into_iter()
             .map(|(t, _)| t)
             .collect();
@@ -585,7 +602,7 @@ mod tests {
             .insert("a".into(), container("a", "running"));
         let mut cur = Inventory::default();
         cur.containers.insert("a".into(), c);
-        let types: Vec<String> = summary(&transitions(&prev, &cur, &[], "t"))
+        let types: Vec<String> = summary(&transitions(&prev, &cur, &[], Timestamp::UNIX_EPOCH))
             .into_iter()
             .map(|(t, _)| t)
             .collect();
@@ -596,10 +613,10 @@ mod tests {
                 "detection.container_gpu_mismatch"
             ]
         );
-        let mismatch = &transitions(&prev, &cur, &[], "t")[1];
+        let mismatch = &transitions(&prev, &cur, &[], Timestamp::UNIX_EPOCH)[1];
         assert_eq!(mismatch.details["mismatch"], "not-granted");
         assert!(
-            transitions(&cur, &cur, &[], "t").is_empty(),
+            transitions(&cur, &cur, &[], Timestamp::UNIX_EPOCH).is_empty(),
             "not every scan"
         );
     }
@@ -610,8 +627,8 @@ mod tests {
             id: "abcdefabcdef0123".into(),
             name: "blink".into(),
             image: "busybox".into(),
-            created_at: "2024-05-01T10:00:01Z".into(),
-            removed_at: "2024-05-01T10:00:03Z".into(),
+            created_at: ts("2024-05-01T10:00:01Z"),
+            removed_at: ts("2024-05-01T10:00:03Z"),
             origin: "compose".into(),
             user: "alice".into(),
             ..ShortLivedContainer::default()
@@ -623,7 +640,7 @@ mod tests {
         let mut prev = Inventory::default();
         prev.containers
             .insert("a".into(), container("a", "running"));
-        let events = transitions(&prev, &prev, &[gone.clone(), listed], "t");
+        let events = transitions(&prev, &prev, &[gone.clone(), listed], Timestamp::UNIX_EPOCH);
         assert!(events.iter().all(|e| e.user == "alice"));
         assert_eq!(
             summary(&events),
@@ -647,18 +664,18 @@ mod tests {
             ..ShortLivedContainer::default()
         };
         let mut prev = Inventory {
-            last_scan: "2024-05-01T10:00:04Z".into(),
+            last_scan: Some(ts("2024-05-01T10:00:04Z")),
             ..Inventory::default()
         };
         prev.containers
             .insert("abcdefabcdef".into(), container("abcdefabcdef", "running"));
         let cur = Inventory::default();
-        let events = transitions(&prev, &cur, &[], "2024-05-01T10:00:05Z");
+        let events = transitions(&prev, &cur, &[], ts("2024-05-01T10:00:05Z"));
         assert_eq!(events.len(), 1, "{events:?}");
-        let told = told_gone(&prev, &events, "2024-05-01T10:00:05Z");
+        let told = told_gone(&prev, &events, ts("2024-05-01T10:00:05Z"));
         assert_eq!(
-            told.get("abcdefabcdef").map(String::as_str),
-            Some("2024-05-01T10:00:05Z")
+            told.get("abcdefabcdef").copied(),
+            Some(ts("2024-05-01T10:00:05Z"))
         );
         // The next scan sees its creation and removal among the engine's
         // events (the window overlaps): not told again.
@@ -670,11 +687,11 @@ mod tests {
             &next,
             &cur,
             std::slice::from_ref(&gone),
-            "2024-05-01T10:00:06Z"
+            ts("2024-05-01T10:00:06Z")
         )
         .is_empty());
         // Remembered two seconds, then forgotten.
-        assert_eq!(told_gone(&next, &[], "2024-05-01T10:00:07Z"), told);
-        assert!(told_gone(&next, &[], "2024-05-01T10:00:08Z").is_empty());
+        assert_eq!(told_gone(&next, &[], ts("2024-05-01T10:00:07Z")), told);
+        assert!(told_gone(&next, &[], ts("2024-05-01T10:00:08Z")).is_empty());
     }
 }

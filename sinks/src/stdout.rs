@@ -4,8 +4,8 @@
 //! U+2028, U+2029 and C0/C1 controls; the table (core's `view`) replaces
 //! control characters with `?`. Needs nothing.
 
+use detect_workloads_api::timefmt::Timestamp;
 use std::io::Write;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use detect_workloads_api::async_trait;
 use detect_workloads_api::config::{ConfigError, PluginConfig};
@@ -50,18 +50,12 @@ pub struct Stdout {
 }
 
 /// The inventory as `detect-workloads ps -a` shows it, laid out as `layout`.
-pub fn table(inv: &Inventory, layout: Layout, now: i64) -> String {
+pub fn table(inv: &Inventory, layout: Layout, now: Timestamp) -> String {
     let all = Filter {
         all: true,
         ..Filter::default()
     };
     view::render(inv, &all, layout, now)
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 #[async_trait]
@@ -77,9 +71,9 @@ impl Sink for Stdout {
                     std::io::stdout().is_terminal(),
                     crossterm::terminal::size().ok().map(|(w, _)| w),
                 ),
-                now(),
+                Timestamp::now(),
             ),
-            Format::Wide => table(out.inventory, Layout::Wide, now()),
+            Format::Wide => table(out.inventory, Layout::Wide, Timestamp::now()),
         };
         let mut stdout = std::io::stdout().lock();
         stdout
@@ -122,7 +116,7 @@ mod tests {
                 ..Default::default()
             },
         );
-        let text = table(&inv, Layout::Wide, 0);
+        let text = table(&inv, Layout::Wide, Timestamp::UNIX_EPOCH);
         assert_eq!(
             text,
             view::render(
@@ -132,7 +126,7 @@ mod tests {
                     ..Filter::default()
                 },
                 Layout::Wide,
-                0
+                Timestamp::UNIX_EPOCH
             )
         );
         assert!(text.starts_with("ID "), "{text}");

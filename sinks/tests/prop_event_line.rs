@@ -5,6 +5,7 @@
 //! `{"truncated":true}`.
 
 use detect_workloads_api::model::{Event, EventType};
+use detect_workloads_api::timefmt::Timestamp;
 use detect_workloads_sinks::event_log::{event_line, MAX_LINE};
 use proptest::prelude::*;
 use serde_json::{json, Value};
@@ -80,7 +81,8 @@ fn check(event: &Event, source: &str) -> Result<(), TestCaseError> {
             }
         }
         prop_assert_eq!(&value["event_type"], event.event_type.as_str());
-        prop_assert_eq!(&value["timestamp"], event.timestamp.as_str());
+        let timestamp = event.timestamp.to_string();
+        prop_assert_eq!(&value["timestamp"], timestamp.as_str());
         prop_assert_eq!(&value["source"], source);
         if !event.user.is_empty() {
             prop_assert_eq!(&value["user"], event.user.as_str());
@@ -94,7 +96,10 @@ proptest! {
 
     #[test]
     fn lines_are_json_one_line_and_short(
-        timestamp in prop_oneof![4 => Just("2026-11-26T06:12:19Z".to_string()), 1 => any_text(6000)],
+        timestamp in prop_oneof![
+            4 => Just(Timestamp::from_unix_seconds(1_795_673_539)),
+            1 => any::<i64>().prop_map(Timestamp::from_unix_seconds),
+        ],
         event_type in event_type(),
         user in any_text(20_000),
         source in any_text(20_000),
@@ -115,7 +120,7 @@ proptest! {
             cmdline.push_str(&unit);
         }
         let event = Event {
-            timestamp: "2026-11-26T06:12:19Z".to_string(),
+            timestamp: Timestamp::from_unix_seconds(1_795_673_539),
             event_type: EventType::HostGpuProcessDiscovered,
             user,
             details: json!({"pid": 447, "cmdline": cmdline, "gpu_memory_mb": 1030, "gpu_uuid": "GPU-x"}),

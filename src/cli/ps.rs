@@ -2,8 +2,8 @@
 //! the inventory file the configured `inventory-file` sink writes, or from a
 //! scan made now that writes nothing (`--scan`).
 
+use detect_workloads_api::timefmt::Timestamp;
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::Args;
 use tracing::error;
@@ -168,7 +168,7 @@ pub fn run(cli: &Cli, args: &PsArgs) -> ExitCode {
             }
         }
     };
-    print!("{}", render(&inventory, args, now()));
+    print!("{}", render(&inventory, args, Timestamp::now()));
     match blind_spot(&inventory) {
         Some(message) => {
             error!("{message}");
@@ -203,7 +203,7 @@ pub fn blind_spot(inv: &Inventory) -> Option<String> {
 }
 
 /// What `ps` prints for this inventory.
-fn render(inv: &Inventory, args: &PsArgs, now: i64) -> String {
+fn render(inv: &Inventory, args: &PsArgs, now: Timestamp) -> String {
     let filter = args.select.filter();
     let rows = || view::rows(inv, &filter, now);
     if args.quiet {
@@ -266,11 +266,4 @@ pub fn read(config: &Config) -> Result<Inventory, String> {
         )),
         Err(e) => Err(format!("cannot read the inventory: {e}")),
     }
-}
-
-/// Seconds since the epoch.
-pub fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }

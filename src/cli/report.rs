@@ -25,7 +25,7 @@ use tracing::{error, warn};
 
 use detect_workloads_api::config::parse_duration;
 use detect_workloads_api::model::{Inventory, Usage};
-use detect_workloads_api::timefmt::{parse_rfc3339, rfc3339};
+use detect_workloads_api::timefmt::Timestamp;
 use detect_workloads_api::view::{display_width, fit, pad, printable};
 use detect_workloads_core::config::Config;
 
@@ -64,17 +64,17 @@ pub enum ReportFormat {
 pub enum Instant {
     /// This long before now.
     Ago(Duration),
-    /// Seconds since the epoch.
-    At(i64),
+    /// This time.
+    At(Timestamp),
 }
 
 impl Instant {
     fn parse(text: &str) -> Result<Instant, String> {
         let text = text.trim();
-        if let Some(t) = parse_rfc3339(text) {
+        if let Ok(t) = Timestamp::parse(text) {
             return Ok(Instant::At(t));
         }
-        if let Some(t) = parse_rfc3339(&format!("{text}T00:00:00Z")) {
+        if let Ok(t) = Timestamp::parse(&format!("{text}T00:00:00Z")) {
             return Ok(Instant::At(t));
         }
         parse_duration(text).map(Instant::Ago).map_err(|_| {
@@ -88,7 +88,7 @@ impl Instant {
     /// Seconds since the epoch, counted back from `now`.
     fn at(self, now: i64) -> i64 {
         match self {
-            Instant::At(t) => t,
+            Instant::At(t) => t.unix_seconds(),
             Instant::Ago(d) => now.saturating_sub(i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
         }
     }
@@ -175,7 +175,7 @@ pub fn run(cli: &Cli, args: &ReportArgs) -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
-    let now = super::ps::now();
+    let now = Timestamp::now().unix_seconds();
     let since = args.since.at(now);
     // Up to now includes this second's events.
     let until = args.until.map_or(now + 1, |u| u.at(now));
@@ -397,7 +397,10 @@ impl Tally {
         };
         let (Some(event_type), Some(at)) = (
             event["event_type"].as_str(),
-            event["timestamp"].as_str().and_then(parse_rfc3339),
+            event["timestamp"]
+                .as_str()
+                .and_then(|t| Timestamp::parse(t).ok())
+                .map(Timestamp::unix_seconds),
         ) else {
             self.unreadable += 1;
             return;
@@ -524,7 +527,7 @@ fn present(
     w.gpu_hours_idle = hours(usage.gpu_seconds_idle);
     if let Some(a) = activity.filter(|a| a.idle) {
         w.told_idle = true;
-        w.idle_since = a.idle_since.clone().or(w.idle_since.take());
+        w.idle_since = a.idle_since.map(|t| t.to_string()).or(w.idle_since.take());
         w.gpu_memory_mb = gpu_memory_mb.or(w.gpu_memory_mb);
     }
 }
@@ -557,8 +560,9 @@ fn hours(seconds: f64) -> f64 {
     }
 }
 
+/// Seconds since the epoch as RFC 3339 (the epoch for a time before it).
 fn at(secs: i64) -> String {
-    rfc3339(UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0)))
+    Timestamp::from_unix_seconds(secs.max(0)).to_string()
 }
 
 /// A figure of GPU-hours as people read it.
@@ -909,7 +913,7 @@ mod tests {
             },
             activity: Some(detect_workloads_api::model::Activity {
                 idle: true,
-                idle_since: Some(super::at(T0)),
+                idle_since: Some(Timestamp::from_unix_seconds(T0)),
                 ..Default::default()
             }),
             ..Default::default()
@@ -950,10 +954,13 @@ mod tests {
             Instant::parse("7d"),
             Ok(Instant::Ago(Duration::from_secs(7 * 86_400)))
         );
-        assert_eq!(Instant::parse("2025-12-01"), Ok(Instant::At(T0)));
+        assert_eq!(
+            Instant::parse("2025-12-01"),
+            Ok(Instant::At(Timestamp::from_unix_seconds(T0)))
+        );
         assert_eq!(
             Instant::parse("2025-12-01T01:00:00Z"),
-            Ok(Instant::At(T0 + 3600))
+            Ok(Instant::At(Timestamp::from_unix_seconds(T0 + 3600)))
         );
         assert!(Instant::parse("last tuesday").is_err());
         assert_eq!(Instant::Ago(Duration::from_secs(60)).at(T0), T0 - 60);

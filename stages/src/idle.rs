@@ -25,7 +25,7 @@ use serde::Deserialize;
 use detect_workloads_api::config::{duration, ConfigError, PluginConfig};
 use detect_workloads_api::model::{Activity, GpuDevice, Inventory, Usage};
 use detect_workloads_api::plugin::{Stage, StageContext, StageError, StagePlugin, Workset};
-use detect_workloads_api::timefmt::{parse_rfc3339, rfc3339};
+use detect_workloads_api::timefmt::Timestamp;
 
 /// The stage's type name.
 pub const NAME: &str = "idle";
@@ -92,8 +92,8 @@ enum Reading {
 struct Workload<'a> {
     activity: &'a mut Activity,
     usage: &'a mut Usage,
-    /// When it started (seconds since the epoch), if known.
-    started: Option<i64>,
+    /// When it started, if known.
+    started: Option<Timestamp>,
     /// The GPUs on which it holds memory (empty: none).
     gpus: Vec<String>,
 }
@@ -148,11 +148,11 @@ impl Idle {
     fn judge(
         &self,
         w: Workload<'_>,
-        now: i64,
+        now: Timestamp,
         devices: &std::collections::BTreeMap<String, GpuDevice>,
     ) {
         let grace = i64::try_from(self.config.grace.as_secs()).unwrap_or(i64::MAX);
-        if w.started.is_some_and(|s| now - s < grace) {
+        if w.started.is_some_and(|s| now.seconds_since(s) < grace) {
             w.activity.idle_since = None;
             w.activity.idle = false;
             return;
@@ -169,22 +169,14 @@ impl Idle {
                 let since = w
                     .activity
                     .idle_since
-                    .as_deref()
-                    .and_then(parse_rfc3339)
-                    .unwrap_or(now - sampled.round() as i64);
-                w.activity.idle_since = Some(at(since));
+                    .unwrap_or_else(|| now.plus_seconds(-(sampled.round() as i64)));
+                w.activity.idle_since = Some(since);
                 let after = i64::try_from(self.config.idle_after.as_secs()).unwrap_or(i64::MAX);
-                w.activity.idle = w.activity.idle || now - since >= after;
+                w.activity.idle = w.activity.idle || now.seconds_since(since) >= after;
                 w.usage.gpu_seconds_idle += w.gpus.len() as f64 * sampled;
             }
         }
     }
-}
-
-/// Seconds since the epoch as RFC 3339.
-fn at(secs: i64) -> String {
-    let t = std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0));
-    rfc3339(t)
 }
 
 impl Stage for Idle {
@@ -193,18 +185,21 @@ impl Stage for Idle {
     }
 
     fn review(&self, inventory: &mut Inventory, _ctx: &StageContext<'_>) -> Result<(), StageError> {
-        let now = parse_rfc3339(&inventory.last_scan)
+        let now = inventory
+            .last_scan
             .ok_or_else(|| StageError::new("the scan has no start time"))?;
         let devices = std::mem::take(&mut inventory.gpus);
         for c in inventory.containers.values_mut() {
             let Some(activity) = c.activity.as_mut() else {
                 continue;
             };
+            // The engine's own text (see `InspectFacts::started_at`), read
+            // here, its one use in the stage.
             let started = c
                 .inspect
                 .as_ref()
-                .and_then(|i| parse_rfc3339(&i.started_at))
-                .or_else(|| parse_rfc3339(&c.detected_at));
+                .and_then(|i| Timestamp::parse(&i.started_at).ok())
+                .or(Some(c.detected_at));
             let gpus = if c.gpu_processes.is_empty() {
                 Vec::new()
             } else {
@@ -226,7 +221,7 @@ impl Stage for Idle {
             let w = Workload {
                 activity,
                 usage: &mut p.usage,
-                started: parse_rfc3339(&p.detected_at),
+                started: Some(p.detected_at),
                 gpus,
             };
             self.judge(w, now, &devices);
@@ -266,6 +261,10 @@ mod tests {
 
     const T0: i64 = 1_800_000_000;
 
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_unix_seconds(secs)
+    }
+
     fn stage() -> Idle {
         Idle {
             config: IdleConfig::default(),
@@ -277,7 +276,7 @@ mod tests {
             status: "running".into(),
             detected_at: at(T0 - 3600),
             inspect: Some(InspectFacts {
-                started_at: at(T0 - 3600),
+                started_at: at(T0 - 3600).to_string(),
                 ..Default::default()
             }),
             gpu_processes: if holds {
@@ -305,7 +304,7 @@ mod tests {
     }
 
     fn review_at(inventory: &mut Inventory, now: i64) {
-        inventory.last_scan = at(now);
+        inventory.last_scan = Some(at(now));
         let previous = Inventory::default();
         let observations = Default::default();
         let users = detect_workloads_api::users::UserNames::new();
@@ -399,7 +398,7 @@ mod tests {
         );
         let mut young = container(Some(0.0), Some(0.0), true);
         young.inspect = Some(InspectFacts {
-            started_at: at(T0 - 60),
+            started_at: at(T0 - 60).to_string(),
             ..Default::default()
         });
         inv.containers.insert("young".into(), young);

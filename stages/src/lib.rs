@@ -39,7 +39,7 @@ mod testing {
                     .collect(),
                 state: "running".to_string(),
                 image: "img".to_string(),
-                created_at: String::new(),
+                created_at: None,
                 health: None,
                 inspect: Some(InspectFacts::default()),
                 owner: None,

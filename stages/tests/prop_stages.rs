@@ -115,7 +115,7 @@ fn container() -> impl Strategy<Value = ContainerDraft> {
                         .collect(),
                     ..Default::default()
                 }),
-                created_at: String::new(),
+                created_at: None,
                 health: None,
                 owner: None,
                 collector: "docker".to_string(),

@@ -55,6 +55,7 @@ use detect_workloads_api::plugin::{
     Change, ChangeFeed, CollectContext, CollectError, Collected, Collector, CollectorPlugin,
     Previous,
 };
+use detect_workloads_api::timefmt::Timestamp;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use serde::Deserialize;
 use tracing::{debug, warn};
@@ -381,7 +382,8 @@ fn short_lived(events: &[EventMessage], since: i64) -> Vec<ShortLivedContainer> 
                         name: attr("name"),
                         image: attr("image"),
                         created_at: at,
-                        removed_at: String::new(),
+                        // Set by its destroy event.
+                        removed_at: at,
                         // The create event's attributes are the labels,
                         // plus the name and image.
                         labels: actor
@@ -410,13 +412,10 @@ fn short_lived(events: &[EventMessage], since: i64) -> Vec<ShortLivedContainer> 
     out
 }
 
-/// An event's time, RFC 3339 (whole seconds, as the engine's `time`).
-fn event_time(e: &EventMessage) -> String {
-    let secs = e
-        .time
-        .and_then(|t| u64::try_from(t).ok())
-        .unwrap_or_default();
-    detect_workloads_api::timefmt::rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(secs))
+/// An event's time (whole seconds, as the engine's `time`; the epoch when
+/// it has none or one before it).
+fn event_time(e: &EventMessage) -> Timestamp {
+    Timestamp::from_unix_seconds(e.time.unwrap_or_default().max(0))
 }
 
 /// The calls of every scan, concurrently (each on its own connection, so a
@@ -434,7 +433,8 @@ async fn fetch(
         // Containers with events since the previous scan need a fresh
         // inspect; containers that came and went are told by them.
         let since = match events {
-            Events::Asked => previous.scan_started().await,
+            // The engine's `since` is in seconds since the epoch.
+            Events::Asked => previous.scan_started().await.map(Timestamp::unix_seconds),
             Events::NotAsked => None,
         };
         match since {
@@ -619,14 +619,8 @@ fn summary_facts(s: Listed<'_>, tags: Option<&HashMap<String, String>>) -> Optio
             .unwrap_or_default(),
         created_at: s
             .created
-            .and_then(|t| u64::try_from(t).ok())
             .filter(|&t| t > 0)
-            .map(|t| {
-                detect_workloads_api::timefmt::rfc3339(
-                    std::time::UNIX_EPOCH + Duration::from_secs(t),
-                )
-            })
-            .unwrap_or_default(),
+            .map(Timestamp::from_unix_seconds),
         health: s.status.as_deref().and_then(Health::from_status),
         id,
         ..Default::default()
@@ -820,14 +814,8 @@ mod tests {
                 .unwrap_or_default(),
             created_at: s
                 .created
-                .and_then(|t| u64::try_from(t).ok())
                 .filter(|&t| t > 0)
-                .map(|t| {
-                    detect_workloads_api::timefmt::rfc3339(
-                        std::time::UNIX_EPOCH + Duration::from_secs(t),
-                    )
-                })
-                .unwrap_or_default(),
+                .map(Timestamp::from_unix_seconds),
             health: s.status.as_deref().and_then(Health::from_status),
             id,
             ..Default::default()
@@ -959,8 +947,8 @@ mod tests {
                 id: "blink".into(),
                 name: "n-blink".into(),
                 image: "busybox".into(),
-                created_at: "2024-05-01T10:00:01Z".into(),
-                removed_at: "2024-05-01T10:00:03Z".into(),
+                created_at: "2024-05-01T10:00:01Z".parse().expect("time"),
+                removed_at: "2024-05-01T10:00:03Z".parse().expect("time"),
                 // The create event's labels, without its name and image.
                 labels: [("ds01.user".to_string(), "alice".to_string())].into(),
                 ..ShortLivedContainer::default()

@@ -114,7 +114,7 @@ fn next(
         net_bytes_per_s,
         gpu_util_percent,
         sampled_s,
-        idle_since: previous.and_then(|a| a.idle_since.clone()),
+        idle_since: previous.and_then(|a| a.idle_since),
         idle: previous.is_some_and(|a| a.idle),
     }
 }

@@ -5,6 +5,7 @@ use tracing::debug;
 
 use detect_workloads_api::model::{ContainerEntry, GpuDevice, Inventory};
 use detect_workloads_api::plugin::{Verdict, Workset};
+use detect_workloads_api::timefmt::Timestamp;
 
 use super::trust::Trust;
 
@@ -15,7 +16,7 @@ pub fn inventory(
     work: Workset,
     gpus: &[GpuDevice],
     trust: &Trust,
-    now: &str,
+    now: Timestamp,
 ) -> Inventory {
     // Moved, not copied: the facts end here. Collected, not inserted one
     // by one: the drafts come in id order, which a map built at once takes

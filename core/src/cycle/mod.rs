@@ -37,7 +37,7 @@ pub mod workset;
 mod tests;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use tracing::{debug, info};
 
@@ -45,7 +45,7 @@ use crate::config::Config;
 use crate::diff::transitions;
 use detect_workloads_api::model::{Event, Inventory, ScanReport};
 use detect_workloads_api::plugin::{Previous, ScanOutput, SinkError, StageContext, StateError};
-use detect_workloads_api::timefmt::{rfc3339, round_ms};
+use detect_workloads_api::timefmt::{round_ms, Timestamp};
 use detect_workloads_api::users::UserNames;
 
 /// Why a cycle could not complete (exit status 1).
@@ -80,7 +80,7 @@ pub struct ScanResult {
 /// When the cycle started, and when its collectors must be done.
 pub struct Clock {
     /// The start, as written in the inventory and the events.
-    pub now: String,
+    pub now: Timestamp,
     /// The start, for durations.
     pub start: Instant,
     /// When the collectors (and the state read) are given up:
@@ -105,7 +105,7 @@ impl Clock {
             // A scan_timeout too long to add to the clock is no deadline at all.
             .unwrap_or_else(|| start + Duration::from_secs(100 * 365 * 24 * 3600));
         Clock {
-            now: rfc3339(SystemTime::now()),
+            now: Timestamp::now(),
             start,
             deadline,
         }
@@ -151,7 +151,7 @@ async fn cycle(
 
     let trust = trust::Trust::of(&collection.ran);
     let mut observed = collection.observed;
-    let mut work = workset::build(&mut observed, previous, &clock.now);
+    let mut work = workset::build(&mut observed, previous, clock.now);
     debug!(elapsed_ms = clock.ms(), "drafts built");
     let ctx = StageContext {
         previous,
@@ -161,28 +161,28 @@ async fn cycle(
     stages::run(&config.stages, &mut work, &ctx);
     // Those that came and went between two scans pass the same stages: a
     // system container is left out, the others classified and attributed.
-    let mut fleeting = workset::short_lived(&observed, previous, &clock.now);
+    let mut fleeting = workset::short_lived(&observed, previous, clock.now);
     stages::run(&config.stages, &mut fleeting, &ctx);
     let short_lived = workset::classified_short_lived(&observed.short_lived, fleeting);
     debug!(elapsed_ms = clock.ms(), "stages done");
 
-    let mut inventory = assemble::inventory(previous, work, &observed.gpus, &trust, &clock.now);
-    inventory.last_scan = clock.now.clone();
+    let mut inventory = assemble::inventory(previous, work, &observed.gpus, &trust, clock.now);
+    inventory.last_scan = Some(clock.now);
     activity::measure(previous, &mut inventory, &observed.processes);
     stages::review(&config.stages, &mut inventory, &ctx);
     debug!(elapsed_ms = clock.ms(), "inventory assembled");
     inventory.scan = Some(ScanReport {
-        started_at: clock.now.clone(),
+        started_at: clock.now,
         duration_ms: clock.start.elapsed().as_millis() as u64,
         collectors: trust::reports(&collection.ran),
     });
-    let mut events = transitions(previous, &inventory, &short_lived, &clock.now);
-    inventory.told_gone = crate::diff::told_gone(previous, &events, &clock.now);
+    let mut events = transitions(previous, &inventory, &short_lived, clock.now);
+    inventory.told_gone = crate::diff::told_gone(previous, &events, clock.now);
     outbox::name(
         &mut events,
         &config.agent.source,
-        &previous.last_scan,
-        &clock.now,
+        previous.last_scan,
+        clock.now,
     );
     // Only a cycle that writes the state keeps an outbox in it.
     let store = state::written_store(config);

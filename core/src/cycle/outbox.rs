@@ -22,6 +22,7 @@ use tracing::{error, warn};
 
 use detect_workloads_api::model::{Event, Inventory, Outbox};
 use detect_workloads_api::plugin::StateStore;
+use detect_workloads_api::timefmt::Timestamp;
 
 /// At most this many events are owed; beyond, the oldest are dropped (an
 /// event log unwritable for that long has lost its readers anyway).
@@ -47,12 +48,10 @@ const IDENTITY: [&str; 6] = [
 /// whose state could not be written, retried) a transition gets the same id;
 /// from the next state, a new one. A first scan (no previous state) uses its
 /// own start `now`.
-pub fn name(events: &mut [Event], source: &str, previous_scan: &str, now: &str) {
-    let from = if previous_scan.is_empty() {
-        now
-    } else {
-        previous_scan
-    };
+pub fn name(events: &mut [Event], source: &str, previous_scan: Option<Timestamp>, now: Timestamp) {
+    // As text, as the key always held it.
+    let from = previous_scan.unwrap_or(now).to_string();
+    let from = from.as_str();
     let mut seen = std::collections::BTreeMap::<Vec<u8>, u32>::new();
     for event in events {
         let mut key = Vec::new();
@@ -120,11 +119,15 @@ pub fn mark_delivered(store: &dyn StateStore, outbox: &Outbox) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ts(text: &str) -> Timestamp {
+        text.parse().expect("timestamp")
+    }
     use detect_workloads_api::model::EventType;
 
     fn event(kind: EventType, id: &str) -> Event {
         Event {
-            timestamp: "2026-12-03T10:00:00Z".into(),
+            timestamp: ts("2026-12-03T10:00:00Z"),
             event_type: kind,
             user: "alice".into(),
             details: serde_json::json!({"container_id": id, "name": "x"}),
@@ -146,16 +149,16 @@ mod tests {
         name(
             &mut a,
             "host",
-            "2026-12-03T09:59:00Z",
-            "2026-12-03T10:00:00Z",
+            Some(ts("2026-12-03T09:59:00Z")),
+            ts("2026-12-03T10:00:00Z"),
         );
         let mut b = make();
         // Retried later from the same previous state: same ids.
         name(
             &mut b,
             "host",
-            "2026-12-03T09:59:00Z",
-            "2026-12-03T10:00:07Z",
+            Some(ts("2026-12-03T09:59:00Z")),
+            ts("2026-12-03T10:00:07Z"),
         );
         assert_eq!(a, b);
         let ids: std::collections::BTreeSet<_> = a.iter().map(|e| e.event_id.clone()).collect();
@@ -164,16 +167,16 @@ mod tests {
         name(
             &mut c,
             "host",
-            "2026-12-03T10:00:00Z",
-            "2026-12-03T10:01:00Z",
+            Some(ts("2026-12-03T10:00:00Z")),
+            ts("2026-12-03T10:01:00Z"),
         );
         assert!(a.iter().zip(&c).all(|(x, y)| x.event_id != y.event_id));
         let mut d = make();
         name(
             &mut d,
             "other-host",
-            "2026-12-03T09:59:00Z",
-            "2026-12-03T10:00:00Z",
+            Some(ts("2026-12-03T09:59:00Z")),
+            ts("2026-12-03T10:00:00Z"),
         );
         assert_ne!(a[0].event_id, d[0].event_id);
         assert!(uuid::Uuid::parse_str(&a[0].event_id).is_ok());

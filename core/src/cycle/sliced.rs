@@ -21,12 +21,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use detect_workloads_api::model::{Inventory, UserGpuUse};
+use detect_workloads_api::timefmt::Timestamp;
 
 use super::workset::first_seen;
 
 /// Fills `user_gpu_use` and `_pending_user_gpu_use` of `inventory` (whose
 /// host processes are placed) from its pending processes and `previous`.
-pub fn track(inventory: &mut Inventory, previous: &Inventory, now: &str) {
+pub fn track(inventory: &mut Inventory, previous: &Inventory, now: Timestamp) {
     let mut now_held: BTreeMap<(String, String), (Option<u64>, Vec<u32>)> = BTreeMap::new();
     for p in inventory.pending_processes.values() {
         if p.gpu_memory_mb == Some(0) {
@@ -73,7 +74,7 @@ pub fn track(inventory: &mut Inventory, previous: &Inventory, now: &str) {
         };
         let sliced = was_pending.is_some_and(|b| b.pids.iter().any(|p| !running.contains(p)));
         let entry = UserGpuUse {
-            detected_at: first_seen(before.as_ref().map(|b| b.detected_at.as_str()), now),
+            detected_at: first_seen(before.as_ref().map(|b| b.detected_at), now),
             seen_scans: before
                 .as_ref()
                 .map_or(0, |b| b.seen_scans)
@@ -127,7 +128,7 @@ mod tests {
             for pid in *confirmed {
                 inv.host_processes.insert(*pid, ProcessEntry::default());
             }
-            track(&mut inv, &previous, &format!("t{i}"));
+            track(&mut inv, &previous, Timestamp::from_unix_seconds(i as i64));
             out.push(inv.user_gpu_use.clone());
             previous = inv;
         }
@@ -148,9 +149,9 @@ mod tests {
             (
                 uses[1][0].user.as_str(),
                 uses[1][0].gpu_memory_mb,
-                uses[1][0].detected_at.as_str()
+                uses[1][0].detected_at
             ),
-            ("eve", Some(4096), "t0")
+            ("eve", Some(4096), Timestamp::from_unix_seconds(0))
         );
         assert_eq!(
             (uses[2][0].processes_seen, uses[2][0].pids.clone()),

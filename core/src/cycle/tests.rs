@@ -507,12 +507,16 @@ fn failed_container_sources_are_named() {
     assert_eq!(trust.first_container_source, "docker");
 }
 
+const T0: Timestamp = Timestamp::from_unix_seconds(1_000);
+const T1: Timestamp = Timestamp::from_unix_seconds(2_000);
+const NOW: Timestamp = Timestamp::from_unix_seconds(3_000);
+
 fn container_entry(id: &str, collector: &str) -> ContainerEntry {
     ContainerEntry {
         id: id.into(),
         name: format!("n-{id}"),
         status: "running".into(),
-        detected_at: "T0".into(),
+        detected_at: T0,
         collector: collector.into(),
         ..Default::default()
     }
@@ -531,7 +535,7 @@ fn a_failed_sources_containers_are_carried_over_and_only_its() {
         first_container_source: "docker".into(),
         gpu_view_complete: true,
     };
-    let inventory = assemble::inventory(&previous, Workset::default(), &[], &trust, "now");
+    let inventory = assemble::inventory(&previous, Workset::default(), &[], &trust, NOW);
     let kept: Vec<&str> = inventory.containers.keys().map(String::as_str).collect();
     // `ccc` predates recording sources: it belongs to the first one.
     assert_eq!(kept, ["aaa", "ccc"]);
@@ -555,26 +559,20 @@ fn the_same_pid_and_start_time_is_the_same_process() {
     let before = ProcessEntry {
         pid: 7,
         start_time: Some(100),
-        detected_at: "T0".into(),
+        detected_at: T0,
         seen_scans: 3,
         ..Default::default()
     };
     let previous = previous_with(before.clone());
-    let work = workset::build(&mut observed_process(7, 100), &previous, "T1");
+    let work = workset::build(&mut observed_process(7, 100), &previous, T1);
     let p = &work.processes[0];
-    assert_eq!(
-        (p.entry.detected_at.as_str(), p.entry.seen_scans),
-        ("T0", 4)
-    );
+    assert_eq!((p.entry.detected_at, p.entry.seen_scans), (T0, 4));
     assert!(p.confirmed_before);
 
     // The PID reused by a new process: new detected_at, counted from 1.
-    let work = workset::build(&mut observed_process(7, 555), &previous, "T1");
+    let work = workset::build(&mut observed_process(7, 555), &previous, T1);
     let p = &work.processes[0];
-    assert_eq!(
-        (p.entry.detected_at.as_str(), p.entry.seen_scans),
-        ("T1", 1)
-    );
+    assert_eq!((p.entry.detected_at, p.entry.seen_scans), (T1, 1));
     assert!(!p.confirmed_before);
 }
 
@@ -584,7 +582,7 @@ fn a_pending_process_carries_its_sightings_and_containers_their_first_sighting()
     let pending = ProcessEntry {
         pid: 9,
         start_time: Some(100),
-        detected_at: "T0".into(),
+        detected_at: T0,
         seen_scans: 1,
         ..Default::default()
     };
@@ -602,20 +600,18 @@ fn a_pending_process_carries_its_sightings_and_containers_their_first_sighting()
         id: "0123456789ab".repeat(5),
         ..Default::default()
     });
-    let work = workset::build(&mut observed, &previous, "T1");
+    let work = workset::build(&mut observed, &previous, T1);
     let p = &work.processes[0];
-    assert_eq!(
-        (p.entry.detected_at.as_str(), p.entry.seen_scans),
-        ("T0", 2)
-    );
+    assert_eq!((p.entry.detected_at, p.entry.seen_scans), (T0, 2));
     assert!(!p.confirmed_before);
-    let seen: Vec<(&str, &str)> = work
+    let seen: Vec<(&str, Timestamp)> = work
         .containers
         .iter()
-        .map(|c| (c.entry.id.as_str(), c.entry.detected_at.as_str()))
+        .map(|c| (c.entry.id.as_str(), c.entry.detected_at))
         .collect();
-    assert_eq!(seen, [("abcdefabcdef", "T0"), ("0123456789ab", "T1")]);
-    assert_eq!(workset::first_seen(Some(""), "T1"), "T1");
+    assert_eq!(seen, [("abcdefabcdef", T0), ("0123456789ab", T1)]);
+    assert_eq!(workset::first_seen(None, T1), T1);
+    assert_eq!(workset::first_seen(Some(T0), T1), T0);
 }
 
 #[test]
@@ -623,13 +619,13 @@ fn without_a_complete_gpu_view_the_processes_are_carried_over() {
     let before = ProcessEntry {
         pid: 7,
         start_time: Some(100),
-        detected_at: "T0".into(),
+        detected_at: T0,
         ..Default::default()
     };
     let previous = previous_with(before);
-    let work = workset::build(&mut observed_process(8, 1), &previous, "T1");
+    let work = workset::build(&mut observed_process(8, 1), &previous, T1);
     let trust = Trust::default();
-    let inventory = assemble::inventory(&previous, work, &[], &trust, "now");
+    let inventory = assemble::inventory(&previous, work, &[], &trust, NOW);
     assert_eq!(inventory.host_processes, previous.host_processes);
 }
 

@@ -15,16 +15,17 @@ use detect_workloads_api::model::{
 use detect_workloads_api::plugin::{
     ContainerDraft, ContainerProcessDraft, ProcessDraft, Verdict, Workset,
 };
+use detect_workloads_api::timefmt::Timestamp;
 
 /// When an entry was first seen: as recorded at an earlier sighting of the
 /// same container or process, else `now`.
-pub fn first_seen(before: Option<&str>, now: &str) -> String {
-    before.filter(|d| !d.is_empty()).unwrap_or(now).to_string()
+pub fn first_seen(before: Option<Timestamp>, now: Timestamp) -> Timestamp {
+    before.unwrap_or(now)
 }
 
 /// The drafts of this cycle. The containers' facts move into their drafts
 /// (they are large: labels, inspect facts); the rest stays observed.
-pub fn build(observed: &mut Observations, previous: &Inventory, now: &str) -> Workset {
+pub fn build(observed: &mut Observations, previous: &Inventory, now: Timestamp) -> Workset {
     let mut by_pid: BTreeMap<u32, Vec<&GpuProcess>> = BTreeMap::new();
     for g in &observed.gpu_processes {
         by_pid.entry(g.pid).or_default().push(g);
@@ -106,14 +107,14 @@ struct SeenBefore {
     /// It was confirmed (reported) in the previous inventory.
     confirmed: bool,
     /// When it was first seen and in how many consecutive scans, when it was.
-    entry: Option<(String, u32)>,
+    entry: Option<(Timestamp, u32)>,
 }
 
 impl SeenBefore {
     fn of(entry: Option<&ProcessEntry>, confirmed: bool) -> SeenBefore {
         SeenBefore {
             confirmed,
-            entry: entry.map(|e| (e.detected_at.clone(), e.seen_scans)),
+            entry: entry.map(|e| (e.detected_at, e.seen_scans)),
         }
     }
 
@@ -153,7 +154,7 @@ impl SeenBefore {
 /// The containers created and removed since the previous scan, as drafts
 /// the stages classify and attribute like any listed container (from the
 /// labels, name and image of the engine's events; state `removed`).
-pub fn short_lived(observed: &Observations, previous: &Inventory, now: &str) -> Workset {
+pub fn short_lived(observed: &Observations, previous: &Inventory, now: Timestamp) -> Workset {
     let containers = observed
         .short_lived
         .iter()
@@ -165,7 +166,7 @@ pub fn short_lived(observed: &Observations, previous: &Inventory, now: &str) -> 
                     labels: c.labels.clone(),
                     state: "removed".to_string(),
                     image: c.image.clone(),
-                    created_at: c.created_at.clone(),
+                    created_at: Some(c.created_at),
                     health: None,
                     inspect: None,
                     owner: None,
@@ -207,9 +208,9 @@ pub fn classified_short_lived(
         .collect()
 }
 
-fn container_draft(facts: ContainerFacts, previous: &Inventory, now: &str) -> ContainerDraft {
+fn container_draft(facts: ContainerFacts, previous: &Inventory, now: Timestamp) -> ContainerDraft {
     let id = facts.key();
-    let before = previous.containers.get(&id).map(|e| e.detected_at.as_str());
+    let before = previous.containers.get(&id).map(|e| e.detected_at);
     ContainerDraft {
         entry: ContainerEntry {
             detected_at: first_seen(before, now),
@@ -238,9 +239,9 @@ fn process_draft(
     facts: &ProcessFacts,
     gpus: &[&GpuProcess],
     seen: SeenBefore,
-    now: &str,
+    now: Timestamp,
 ) -> ProcessDraft {
-    let (detected_at, seen_scans) = seen.entry.unwrap_or_default();
+    let (detected_at, seen_scans) = seen.entry.map_or((None, 0), |(d, n)| (Some(d), n));
     let first = gpus[0];
     let known: Vec<u64> = gpus.iter().filter_map(|g| g.used_memory_mib).collect();
     let mut uuids: Vec<String> = Vec::new();
@@ -255,7 +256,7 @@ fn process_draft(
         cmdline: facts.cmdline.clone(),
         gpu_memory_mb: (!known.is_empty()).then(|| known.iter().sum()),
         gpu_uuid: first.gpu_uuid.clone(),
-        detected_at: first_seen(Some(&detected_at), now),
+        detected_at: first_seen(detected_at, now),
         gpu_uuids: if uuids.len() > 1 { uuids } else { Vec::new() },
         mig_uuid: first.mig_uuid.clone(),
         gpu_instance_id: first.gpu_instance_id,

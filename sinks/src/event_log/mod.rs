@@ -26,6 +26,7 @@ use detect_workloads_api::async_trait;
 use detect_workloads_api::config::{ConfigError, PluginConfig};
 use detect_workloads_api::model::Event;
 use detect_workloads_api::plugin::{ScanOutput, Sink, SinkError, SinkPlugin};
+use detect_workloads_api::timefmt::Timestamp;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
@@ -71,7 +72,7 @@ pub const TAIL: u64 = 4 << 20;
 
 #[derive(Serialize)]
 struct Envelope<'a> {
-    timestamp: &'a str,
+    timestamp: Timestamp,
     event_type: &'a str,
     schema_version: &'a str,
     #[serde(skip_serializing_if = "str::is_empty")]
@@ -92,7 +93,7 @@ const FREE_TEXT: [&str; 3] = ["cmdline", "name", "image"];
 pub fn event_line(event: &Event, source: &str) -> Result<Vec<u8>, serde_json::Error> {
     let encode = |details: &serde_json::Value| -> Result<Vec<u8>, serde_json::Error> {
         let mut line = crate::json::to_string(&Envelope {
-            timestamp: &event.timestamp,
+            timestamp: event.timestamp,
             event_type: event.event_type.as_str(),
             schema_version: "1",
             user: &event.user,
@@ -126,7 +127,8 @@ pub fn event_line(event: &Event, source: &str) -> Result<Vec<u8>, serde_json::Er
     let mut short = String::new();
     for keep in [256, 128] {
         short = crate::json::to_string(&Envelope {
-            timestamp: &cut(&event.timestamp, keep),
+            // Twenty characters: nothing to cut.
+            timestamp: event.timestamp,
             event_type: &cut(event.event_type.as_str(), keep),
             schema_version: "1",
             user: &cut(&event.user, keep),
@@ -357,7 +359,7 @@ mod tests {
 
     fn event(user: &str, cmdline: &str) -> Event {
         Event {
-            timestamp: "2026-11-26T06:12:19Z".into(),
+            timestamp: "2026-11-26T06:12:19Z".parse().expect("time"),
             event_type: EventType::HostGpuProcessDiscovered,
             user: user.into(),
             details: serde_json::json!({"pid": 447, "cmdline": cmdline}),

@@ -24,7 +24,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use detect_workloads_api::model::{Event, Inventory, Usage};
-use detect_workloads_api::timefmt::parse_rfc3339;
 use serde::{Deserialize, Serialize};
 
 use crate::fsafe::{read_own_file, write_atomic};
@@ -103,9 +102,7 @@ impl Carried {
         };
         self.last_success
             .retain(|name, _| scan.collectors.contains_key(name));
-        let Some(started) = parse_rfc3339(&scan.started_at) else {
-            return;
-        };
+        let started = scan.started_at.unix_seconds();
         for (name, report) in &scan.collectors {
             if report.ok && report.skipped.is_none() {
                 self.last_success.insert(name.clone(), started as f64);
@@ -195,6 +192,7 @@ impl StateFile {
 mod tests {
     use super::*;
     use detect_workloads_api::model::{CollectorReport, EventType, ScanReport};
+    use detect_workloads_api::timefmt::Timestamp;
     use std::os::unix::fs::PermissionsExt;
 
     fn report(ok: bool) -> CollectorReport {
@@ -207,7 +205,7 @@ mod tests {
     fn inventory(started_at: &str, collectors: &[(&str, CollectorReport)]) -> Inventory {
         Inventory {
             scan: Some(ScanReport {
-                started_at: started_at.to_string(),
+                started_at: started_at.parse().expect("time"),
                 duration_ms: 1,
                 collectors: collectors
                     .iter()
@@ -220,7 +218,7 @@ mod tests {
 
     fn event(event_type: EventType) -> Event {
         Event {
-            timestamp: String::new(),
+            timestamp: Timestamp::UNIX_EPOCH,
             event_type,
             user: String::new(),
             details: serde_json::Value::Null,

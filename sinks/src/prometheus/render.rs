@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use detect_workloads_api::model::{Activity, CollectorReport, GpuMismatch, Inventory};
-use detect_workloads_api::timefmt::parse_rfc3339;
+use detect_workloads_api::timefmt::Timestamp;
 use prometheus::{CounterVec, Gauge, GaugeVec, IntCounterVec, Opts, Registry, TextEncoder};
 use tracing::debug;
 
@@ -290,10 +290,9 @@ fn host_processes(registry: &Registry, inv: &Inventory) -> Result<(), prometheus
         memory
             .with_label_values(&[&p.user, &p.gpu_uuid])
             .add(bytes(p.gpu_memory_mb));
-        if let Some(t) = parse_rfc3339(&p.detected_at) {
-            let entry = oldest.entry((&p.user, &p.gpu_uuid)).or_insert(t);
-            *entry = (*entry).min(t);
-        }
+        let t = p.detected_at.unix_seconds();
+        let entry = oldest.entry((&p.user, &p.gpu_uuid)).or_insert(t);
+        *entry = (*entry).min(t);
     }
     for ((user, uuid), t) in oldest {
         started.with_label_values(&[user, uuid]).set(t as f64);
@@ -324,14 +323,11 @@ fn ratio(percent: Option<f64>) -> Option<f64> {
 }
 
 /// How long a workload has been idle at `now` (the scan's start): 0 while
-/// active (no `idle_since`), none when `idle_since` or `now` cannot be read.
-fn idle_seconds(activity: &Activity, now: Option<i64>) -> Option<f64> {
-    match &activity.idle_since {
+/// active (no `idle_since`), none when `now` is not known.
+fn idle_seconds(activity: &Activity, now: Option<Timestamp>) -> Option<f64> {
+    match activity.idle_since {
         None => Some(0.0),
-        Some(since) => {
-            let since = parse_rfc3339(since)?;
-            Some(now?.saturating_sub(since).max(0) as f64)
-        }
+        Some(since) => Some(now?.seconds_since(since).max(0) as f64),
     }
 }
 
@@ -360,7 +356,7 @@ fn container_activity(registry: &Registry, inv: &Inventory) -> Result<(), promet
         "For how long a running container has been idle at the scan's start (0 while active).",
         labels,
     )?;
-    let now = parse_rfc3339(&inv.last_scan);
+    let now = inv.last_scan;
     for c in inv.containers.values() {
         let Some(a) = &c.activity else { continue };
         let values = [&c.name, &c.id, &c.user];
@@ -426,7 +422,7 @@ fn host_activity(registry: &Registry, inv: &Inventory) -> Result<(), prometheus:
         "For how long all of a user's host GPU processes on a GPU have been idle at the scan's start (0 while one is active).",
         labels,
     )?;
-    let now = parse_rfc3339(&inv.last_scan);
+    let now = inv.last_scan;
     let mut groups: BTreeMap<(&str, &str), HostGroup> = BTreeMap::new();
     for p in inv.host_processes.values() {
         let Some(a) = &p.activity else { continue };
@@ -523,8 +519,8 @@ fn scan_health(
     for (name, t) in &carried.last_success {
         last_success.with_label_values(&[name]).set(*t);
     }
-    if let Some(t) = parse_rfc3339(&inv.last_scan) {
-        scan_time.set(t as f64);
+    if let Some(t) = inv.last_scan {
+        scan_time.set(t.unix_seconds() as f64);
     }
     let Some(scan) = &inv.scan else {
         return Ok(());
@@ -632,7 +628,7 @@ mod tests {
             cmdline: "./burn".to_string(),
             gpu_memory_mb: Some(mib),
             gpu_uuid: GPU1.to_string(),
-            detected_at: detected_at.to_string(),
+            detected_at: detected_at.parse().expect("time"),
             ..Default::default()
         }
     }
@@ -661,7 +657,7 @@ mod tests {
         b.gpu_uuids = vec![GPU1.to_string()];
         b.gpu_mismatch = Some(GpuMismatch::NotGranted);
         let mut inv = Inventory {
-            last_scan: "2026-01-01T00:00:10Z".to_string(),
+            last_scan: "2026-01-01T00:00:10Z".parse().ok(),
             ..Default::default()
         };
         inv.containers.insert(a.id.clone(), a);
@@ -671,7 +667,7 @@ mod tests {
         inv.host_processes
             .insert(8, host_process(8, "carol", 50, "2026-01-01T00:00:01Z"));
         inv.scan = Some(ScanReport {
-            started_at: "2026-01-01T00:00:10Z".to_string(),
+            started_at: "2026-01-01T00:00:10Z".parse().expect("time"),
             duration_ms: 1500,
             collectors: [
                 ("docker".to_string(), report(true, 250)),
@@ -826,7 +822,7 @@ ds01_workload_user_gpu_seconds_idle_total{user="carol"} 0
             net_bytes_per_s: None,
             gpu_util_percent: util,
             sampled_s: Some(30.0),
-            idle_since: idle_since.map(str::to_string),
+            idle_since: idle_since.map(|t| t.parse().expect("time")),
             idle: false,
         }
     }
@@ -979,7 +975,7 @@ ds01_workload_user_gpu_seconds_idle_total{user="carol"} 0
         let user = "ev\"il\\us\ner} 1\n# HELP x";
         let escaped = r#"ev\"il\\us\ner} 1\n# HELP x"#;
         let mut inv = Inventory {
-            last_scan: "2026-01-01T00:00:10Z".to_string(),
+            last_scan: "2026-01-01T00:00:10Z".parse().ok(),
             ..Default::default()
         };
         let mut c = container("cccccccccccc", "na\"me\n", user);
