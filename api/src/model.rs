@@ -1032,21 +1032,87 @@ fn pid_from_number_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::
 ///
 /// A missing required field is still an error, as it always was.
 mod lenient_time {
+    use std::borrow::Cow;
     use std::collections::BTreeMap;
 
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
     use crate::timefmt::Timestamp;
 
-    /// The time `value` holds, if it is RFC 3339 text.
-    fn read(value: &serde_json::Value) -> Option<Timestamp> {
-        value.as_str().and_then(|t| Timestamp::parse(t).ok())
+    /// What a state holds where a time belongs: its text (borrowed from the
+    /// JSON where it has no escapes), or something else, by its kind.
+    enum Held<'de> {
+        Text(Cow<'de, str>),
+        Other(&'static str),
     }
 
-    /// The time `value` holds, else now (with a warning).
-    fn read_or_now(value: &serde_json::Value) -> Timestamp {
-        read(value).unwrap_or_else(|| {
-            let text: String = value.to_string().chars().take(64).collect();
+    impl<'de> Deserialize<'de> for Held<'de> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(HeldVisitor)
+        }
+    }
+
+    struct HeldVisitor;
+
+    impl<'de> Visitor<'de> for HeldVisitor {
+        type Value = Held<'de>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an RFC 3339 timestamp")
+        }
+        fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Held<'de>, E> {
+            Ok(Held::Text(Cow::Borrowed(v)))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Held<'de>, E> {
+            Ok(Held::Text(Cow::Owned(v.to_string())))
+        }
+        fn visit_unit<E>(self) -> Result<Held<'de>, E> {
+            Ok(Held::Other("null"))
+        }
+        fn visit_none<E>(self) -> Result<Held<'de>, E> {
+            Ok(Held::Other("null"))
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Held<'de>, D::Error> {
+            Held::deserialize(d)
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Held<'de>, E> {
+            Ok(Held::Other("a boolean"))
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Held<'de>, E> {
+            Ok(Held::Other("a number"))
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Held<'de>, E> {
+            Ok(Held::Other("a number"))
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Held<'de>, E> {
+            Ok(Held::Other("a number"))
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Held<'de>, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(Held::Other("a list"))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Held<'de>, A::Error> {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(Held::Other("an object"))
+        }
+    }
+
+    /// The time held, if it is RFC 3339 text.
+    fn read(held: &Held<'_>) -> Option<Timestamp> {
+        match held {
+            Held::Text(text) => Timestamp::parse(text).ok(),
+            Held::Other(_) => None,
+        }
+    }
+
+    /// The time held, else now (with a warning).
+    fn read_or_now(held: &Held<'_>) -> Timestamp {
+        read(held).unwrap_or_else(|| {
+            let text: String = match held {
+                Held::Text(text) => format!("{:?}", text.chars().take(64).collect::<String>()),
+                Held::Other(kind) => kind.to_string(),
+            };
             tracing::warn!(value = %text, "unreadable timestamp in the state: read as now");
             Timestamp::now()
         })
@@ -1054,17 +1120,17 @@ mod lenient_time {
 
     /// An optional time: `None` unless it parses.
     pub fn optional<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Timestamp>, D::Error> {
-        Ok(read(&serde_json::Value::deserialize(d)?))
+        Ok(read(&Held::deserialize(d)?))
     }
 
     /// A required time: now unless it parses.
     pub fn required<'de, D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
-        Ok(read_or_now(&serde_json::Value::deserialize(d)?))
+        Ok(read_or_now(&Held::deserialize(d)?))
     }
 
     /// Times by key, each a required one.
     pub fn map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Timestamp>, D::Error> {
-        let values = BTreeMap::<String, serde_json::Value>::deserialize(d)?;
+        let values = BTreeMap::<String, Held<'de>>::deserialize(d)?;
         Ok(values
             .into_iter()
             .map(|(k, v)| {
@@ -1081,7 +1147,7 @@ mod lenient_time {
 
         pub fn serialize<S: Serializer>(t: &Option<Timestamp>, s: S) -> Result<S::Ok, S::Error> {
             match t {
-                Some(t) => s.collect_str(t),
+                Some(t) => t.serialize(s),
                 None => s.serialize_str(""),
             }
         }

@@ -119,17 +119,76 @@ impl Default for Timestamp {
     }
 }
 
+impl Timestamp {
+    /// The RFC 3339 text, on the stack. A scan writes thousands of times,
+    /// most of them the same few seconds (when each workload was first
+    /// seen, the start of this scan): the text of the last ones written on
+    /// this thread is kept, a slot per second modulo [`RECENT`].
+    fn text(self) -> Text {
+        RECENT_TEXTS.with(|recent| {
+            let mut recent = recent.borrow_mut();
+            let slot = &mut recent[self.0.rem_euclid(RECENT as i64) as usize];
+            match slot {
+                Some((secs, text)) if *secs == self.0 => *text,
+                _ => {
+                    let text = self.format();
+                    *slot = Some((self.0, text));
+                    text
+                }
+            }
+        })
+    }
+
+    /// The RFC 3339 text, as `time` writes it.
+    fn format(self) -> Text {
+        let mut text = Text {
+            bytes: [0; Text::CAPACITY],
+            len: 0,
+        };
+        // Within MIN..=MAX every second formats, in 20 bytes; the fallback
+        // is for the impossible, as in `rfc3339`.
+        let written = OffsetDateTime::from_unix_timestamp(self.0)
+            .ok()
+            .and_then(|dt| dt.format_into(&mut &mut text.bytes[..], &Rfc3339).ok());
+        match written {
+            Some(len) if std::str::from_utf8(&text.bytes[..len]).is_ok() => text.len = len,
+            _ => {
+                text.bytes[..LATEST.len()].copy_from_slice(LATEST.as_bytes());
+                text.len = LATEST.len();
+            }
+        }
+        text
+    }
+}
+
+/// How many texts of recent times each thread keeps.
+const RECENT: usize = 64;
+
+thread_local! {
+    static RECENT_TEXTS: std::cell::RefCell<[Option<(i64, Text)>; RECENT]> =
+        const { std::cell::RefCell::new([None; RECENT]) };
+}
+
+/// A [`Timestamp`]'s text, on the stack.
+#[derive(Clone, Copy)]
+struct Text {
+    bytes: [u8; Text::CAPACITY],
+    len: usize,
+}
+
+impl Text {
+    /// Room for `YYYY-MM-DDTHH:MM:SSZ` and more.
+    const CAPACITY: usize = 32;
+
+    fn as_str(&self) -> &str {
+        // Checked when written.
+        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or(LATEST)
+    }
+}
+
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Within MIN..=MAX every second formats; the fallback is for the
-        // impossible, as in `rfc3339`.
-        match OffsetDateTime::from_unix_timestamp(self.0)
-            .ok()
-            .and_then(|dt| dt.format(&Rfc3339).ok())
-        {
-            Some(text) => f.write_str(&text),
-            None => f.write_str(LATEST),
-        }
+        f.write_str(self.text().as_str())
     }
 }
 
@@ -149,7 +208,7 @@ impl From<SystemTime> for Timestamp {
 
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        s.serialize_str(self.text().as_str())
     }
 }
 
@@ -223,6 +282,26 @@ pub fn round_ms(d: std::time::Duration) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_recent_texts_kept_are_those_of_the_same_second() {
+        let t = Timestamp::from_unix_seconds(1_795_673_509);
+        // Same slot, other seconds: each its own text, again and again.
+        let other = t.plus_seconds(RECENT as i64);
+        let before = t.plus_seconds(-(RECENT as i64));
+        for _ in 0..3 {
+            assert_eq!(t.to_string(), "2026-11-26T06:11:49Z");
+            assert_eq!(other.to_string(), "2026-11-26T06:12:53Z");
+            assert_eq!(before.to_string(), "2026-11-26T06:10:45Z");
+        }
+        assert_eq!(
+            serde_json::to_string(&[t, t, other]).ok().as_deref(),
+            Some(r#"["2026-11-26T06:11:49Z","2026-11-26T06:11:49Z","2026-11-26T06:12:53Z"]"#)
+        );
+        // Before the epoch the slot is still one of the RECENT.
+        let early = Timestamp::from_unix_seconds(-1);
+        assert_eq!(early.to_string(), "1969-12-31T23:59:59Z");
+    }
 
     #[test]
     fn formats_whole_seconds_with_z() {
