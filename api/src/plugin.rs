@@ -422,6 +422,15 @@ pub trait Stage: Send + Sync {
     fn after(&self) -> &'static [StageType] {
         &[]
     }
+    /// Told the previous inventory as soon as it is read, while the
+    /// collectors still run: a stage may prepare there what the scan will
+    /// likely need, and keep it itself (`redact` compiles its rules on a
+    /// thread of its own when the previous scan had processes). It must
+    /// return at once: long work goes to a thread. Does nothing unless a
+    /// stage implements it.
+    fn head_start(&self, previous: &Inventory) {
+        let _ = previous;
+    }
     /// Does its work on the entries.
     fn run(&self, work: &mut Workset, ctx: &StageContext<'_>) -> Result<(), StageError>;
     /// Judges the assembled inventory, after every stage's `run`: the

@@ -15,13 +15,14 @@
 //! - what configured extra patterns match (their first group when they have one).
 
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use regex::{Regex, RegexBuilder};
 use serde::Deserialize;
 
 use detect_workloads_api::config::{ConfigError, PluginConfig};
-use detect_workloads_api::model::Argv;
+use detect_workloads_api::model::{Argv, Inventory};
 use detect_workloads_api::plugin::{
     InForce, Stage, StageContext, StageError, StagePlugin, Workset,
 };
@@ -136,13 +137,16 @@ pub struct Redact {
     words: Vec<String>,
     short_flags: Vec<String>,
     /// Compiled when a line is first redacted, or before on a thread of
-    /// their own ([`Redact::compile_in_background`]: compiling them costs
-    /// more than the rest of a scan's stages, and a scan waits for its
-    /// containers long enough), except for secret words other than the
+    /// their own when the previous scan had processes ([`Stage::head_start`],
+    /// [`Redact::compile_in_background`]: compiling them costs more than the
+    /// rest of a scan's stages, and a scan waits for its containers long
+    /// enough), except for secret words other than the
     /// defaults, compiled when the configuration is loaded so that it is
     /// refused then if they do not compile. `None` if they failed to
     /// compile at first use, which the defaults never do (tested).
     line_rules: Arc<OnceLock<Option<LineRules>>>,
+    /// A thread was started to compile them.
+    compiling: AtomicBool,
     patterns: Vec<Regex>,
     max_length: usize,
 }
@@ -217,6 +221,7 @@ impl Redact {
             words,
             short_flags: config.short_flags,
             line_rules,
+            compiling: AtomicBool::new(false),
             patterns: config
                 .patterns
                 .iter()
@@ -231,7 +236,7 @@ impl Redact {
     /// engine has answered) then finds them ready, or waits for that
     /// thread rather than compiling them again.
     pub fn compile_in_background(&self) {
-        if self.line_rules.get().is_some() {
+        if self.line_rules.get().is_some() || self.compiling.swap(true, Ordering::SeqCst) {
             return;
         }
         let (rules, words) = (Arc::clone(&self.line_rules), self.words.clone());
@@ -442,6 +447,22 @@ pub fn cap(text: &str, max: usize) -> String {
 }
 
 impl Stage for Redact {
+    /// The rules compile while the collectors run when the previous scan
+    /// had processes (their lines are redacted again once the engine has
+    /// answered); otherwise at the first line, if any.
+    fn head_start(&self, previous: &Inventory) {
+        let had_processes = !previous.host_processes.is_empty()
+            || !previous.pending_processes.is_empty()
+            || !previous.pending_container_processes.is_empty()
+            || previous
+                .containers
+                .values()
+                .any(|c| !c.gpu_processes.is_empty());
+        if had_processes {
+            self.compile_in_background();
+        }
+    }
+
     fn run(&self, work: &mut Workset, _ctx: &StageContext<'_>) -> Result<(), StageError> {
         for p in work.all_processes_mut() {
             // The arguments when the collector gave them; else the line.
@@ -464,10 +485,7 @@ impl Stage for Redact {
 
 fn build(config: PluginConfig<'_>) -> Result<Box<dyn Stage>, ConfigError> {
     Redact::new(config.parse()?)
-        .map(|r| {
-            r.compile_in_background();
-            Box::new(r) as Box<dyn Stage>
-        })
+        .map(|r| Box::new(r) as Box<dyn Stage>)
         .map_err(|e| config.invalid(e.key(), e))
 }
 
@@ -487,6 +505,7 @@ detect_workloads_api::inventory::submit! {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     fn redact(config: RedactConfig, line: &str) -> String {
         Redact::new(config).expect("valid config").apply(line)
@@ -711,6 +730,29 @@ mod tests {
         );
         // Asked again, with the rules already there: nothing more to do.
         early.compile_in_background();
+    }
+
+    #[test]
+    fn the_previous_scan_with_processes_starts_the_compilation() {
+        use detect_workloads_api::model::ProcessEntry;
+        let stage = Redact::new(RedactConfig::default()).expect("default");
+        stage.head_start(&Inventory::default());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(
+            stage.line_rules.get().is_none(),
+            "no process: left to the first line"
+        );
+        let previous = Inventory {
+            host_processes: BTreeMap::from([(447, ProcessEntry::default())]),
+            ..Inventory::default()
+        };
+        stage.head_start(&previous);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while stage.line_rules.get().is_none() {
+            assert!(std::time::Instant::now() < deadline, "never compiled");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(matches!(stage.line_rules.get(), Some(Some(_))));
     }
 
     fn stage_kinds(text: &str) -> Vec<&'static str> {

@@ -143,8 +143,13 @@ async fn cycle(
     clock: &Clock,
 ) -> Result<ScanResult, ScanError> {
     let users = UserNames::new();
-    let collection =
-        schedule::run_collectors(&config.collectors, previous, &users, clock.deadline).await;
+    let collectors = schedule::run_collectors(&config.collectors, previous, &users, clock.deadline);
+    let stages_told = async {
+        if let Ok(previous) = previous.result().await {
+            stages::head_start(&config.stages, previous);
+        }
+    };
+    let (collection, ()) = futures_util::future::join(collectors, stages_told).await;
     let previous = previous.result().await.map_err(ScanError::State)?;
     debug!(elapsed_ms = clock.ms(), "collectors done");
     health::log(&collection.ran, previous);

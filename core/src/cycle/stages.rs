@@ -26,6 +26,13 @@ pub fn order(stages: &[Instance<dyn Stage>]) -> Vec<&Instance<dyn Stage>> {
     ordered
 }
 
+/// Tells each stage the previous inventory ([`Stage::head_start`]).
+pub fn head_start(stages: &[Instance<dyn Stage>], previous: &Inventory) {
+    for stage in stages {
+        stage.plugin.head_start(previous);
+    }
+}
+
 /// Runs the stages on `work`.
 pub fn run(stages: &[Instance<dyn Stage>], work: &mut Workset, ctx: &StageContext<'_>) {
     for stage in order(stages) {

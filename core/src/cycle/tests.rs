@@ -867,3 +867,63 @@ fn a_container_id_two_collectors_report_is_kept_from_the_one_configured_first() 
         .collect();
     assert_eq!(kept, [(real[..12].to_string(), "real", "system")]);
 }
+
+/// A stage told the previous inventory: it logs, and opens `gate`.
+struct Told {
+    gate: Arc<tokio::sync::Notify>,
+    log: Log,
+}
+
+impl Stage for Told {
+    fn head_start(&self, previous: &Inventory) {
+        if let Ok(mut log) = self.log.lock() {
+            log.push(format!("told {} containers", previous.containers.len()));
+        }
+        self.gate.notify_one();
+    }
+    fn run(&self, _work: &mut Workset, _ctx: &StageContext<'_>) -> Result<(), StageError> {
+        if let Ok(mut log) = self.log.lock() {
+            log.push("stage run".into());
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn stages_are_told_the_previous_inventory_while_the_collectors_run() {
+    let log = Log::default();
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let mut state = FakeSink::new("state", &log);
+    (state.state, state.required) = (true, true);
+    let mut c = config(
+        vec![instance(
+            "engine",
+            Arc::new(Gated {
+                gate: Arc::clone(&gate),
+                log: Arc::clone(&log),
+            }),
+        )],
+        vec![state.instance()],
+    );
+    c.stages = vec![Instance {
+        name: "told".into(),
+        kind: "told",
+        plugin: Arc::new(Told {
+            gate,
+            log: Arc::clone(&log),
+        }),
+    }];
+    let reports = run_cycle(&c, &runtime())
+        .ok()
+        .and_then(|r| r.inventory.scan)
+        .map(|s| s.collectors)
+        .expect("a scan report");
+    // The engine answers only once the stage was told: it was meanwhile.
+    assert!(reports["engine"].ok, "{reports:?}");
+    let log = logged(&log);
+    assert_eq!(
+        log[..3],
+        ["told 0 containers", "containers listed", "stage run"],
+        "{log:?}"
+    );
+}
