@@ -260,7 +260,8 @@ pub trait Collector: Send + Sync {
     /// empty, `ctx.previous` may still be loading). The core starts it with
     /// the cycle, under the collector's timeout, and calls
     /// [`collect`](Collector::collect) only once it is done, with what it
-    /// returned in `ctx.head_start`; `collect` must check that against what
+    /// returned in `ctx.head_start` (the time waited for it once the
+    /// others were done is taken from the collector's timeout); `collect` must check that against what
     /// it is asked this cycle, since the previous inventory is not the
     /// current one. By default none.
     async fn head_start(&self, ctx: &CollectContext<'_>) -> Option<HeadStart> {

@@ -82,15 +82,18 @@ fn waits_for(c: &Instance<dyn Collector>, o: &Instance<dyn Collector>) -> bool {
 enum HeadStartSlot {
     /// Still running: the collector waits for it.
     Running,
-    /// Done (or none to run), with what it prepared until the collector
-    /// takes it.
-    Done(Option<HeadStart>),
+    /// Done (or none to run) at `at`, with what it prepared until the
+    /// collector takes it.
+    Done {
+        prepared: Option<HeadStart>,
+        at: Instant,
+    },
 }
 
 impl HeadStartSlot {
     fn take(&mut self) -> Option<HeadStart> {
         match self {
-            HeadStartSlot::Done(prepared) => prepared.take(),
+            HeadStartSlot::Done { prepared, .. } => prepared.take(),
             HeadStartSlot::Running => None,
         }
     }
@@ -102,6 +105,10 @@ struct Board<'c> {
     started: Vec<bool>,
     head_starts: Vec<HeadStartSlot>,
     outcomes: Vec<Option<Outcome>>,
+    /// When each outcome was known.
+    settled_at: Vec<Option<Instant>>,
+    /// When the run started.
+    start: Instant,
 }
 
 impl<'c> Board<'c> {
@@ -143,6 +150,28 @@ impl<'c> Board<'c> {
             .then(|| primary.to_string())
     }
 
+    /// How long collector `i` (ready now) waited for its own head start
+    /// once those it waits for had finished: taken from its timeout, so that
+    /// a head start that hangs (a `/proc` read stuck in the kernel) and the
+    /// collection after it take no longer together than the collection
+    /// alone could.
+    fn waited_on_head_start(&self, i: usize) -> Duration {
+        let HeadStartSlot::Done { at, .. } = self.head_starts[i] else {
+            return Duration::ZERO;
+        };
+        let others_done = (0..self.collectors.len())
+            .filter(|&j| j != i && waits_for(&self.collectors[i], &self.collectors[j]))
+            .filter_map(|j| self.settled_at[j])
+            .max()
+            .unwrap_or(self.start);
+        at.saturating_duration_since(others_done)
+    }
+
+    fn settle(&mut self, i: usize, outcome: Outcome) {
+        self.outcomes[i] = Some(outcome);
+        self.settled_at[i] = Some(Instant::now());
+    }
+
     fn done(&self) -> bool {
         self.started.iter().all(|s| *s)
     }
@@ -176,6 +205,7 @@ pub async fn run_collectors<'c>(
     users: &UserNames,
     deadline: Instant,
 ) -> Collection<'c> {
+    let start = Instant::now();
     let mut board = Board {
         collectors,
         started: vec![false; collectors.len()],
@@ -183,13 +213,18 @@ pub async fn run_collectors<'c>(
             .iter()
             .map(|c| {
                 if c.plugin.needs().is_empty() {
-                    HeadStartSlot::Done(None)
+                    HeadStartSlot::Done {
+                        prepared: None,
+                        at: start,
+                    }
                 } else {
                     HeadStartSlot::Running
                 }
             })
             .collect(),
         outcomes: vec![None; collectors.len()],
+        settled_at: vec![None; collectors.len()],
+        start,
     };
     let nothing = Observations::default();
     // Shared with the views of the collectors running: copied only when
@@ -220,10 +255,11 @@ pub async fn run_collectors<'c>(
             let c = &collectors[i];
             if let Some(primary) = board.skip_reason(i) {
                 debug!(collector = %c.name, "skipped: {primary} succeeded");
-                board.outcomes[i] = Some(Outcome::SkippedAsFallback { primary });
+                board.settle(i, Outcome::SkippedAsFallback { primary });
                 continue;
             }
             let view = view(&observed, c.plugin.needs());
+            let waited = board.waited_on_head_start(i);
             let head_start = board.head_starts[i].take();
             running.push(
                 async move {
@@ -233,7 +269,7 @@ pub async fn run_collectors<'c>(
                         users,
                         head_start: head_start.as_ref(),
                     };
-                    let (result, duration) = run_one(c, &ctx, deadline).await;
+                    let (result, duration) = run_one(c, &ctx, deadline, waited).await;
                     Finished::Collected(i, result, duration)
                 }
                 .boxed(),
@@ -248,11 +284,15 @@ pub async fn run_collectors<'c>(
         }
         match running.next().await {
             Some(Finished::HeadStart(i, prepared)) => {
-                board.head_starts[i] = HeadStartSlot::Done(prepared);
+                board.head_starts[i] = HeadStartSlot::Done {
+                    prepared,
+                    at: Instant::now(),
+                };
             }
             Some(Finished::Collected(i, result, duration)) => {
                 let observed = Arc::make_mut(&mut observed);
-                board.outcomes[i] = Some(settle(collectors, i, result, duration, observed));
+                let outcome = settle(collectors, i, result, duration, observed);
+                board.settle(i, outcome);
             }
             None => {}
         }
@@ -385,16 +425,19 @@ fn admit(
     }
 }
 
-/// Runs one collector under its own timeout and the cycle's deadline.
+/// Runs one collector under its own timeout (less what it `waited` on its
+/// head start after its dependencies were done) and the cycle's deadline.
 async fn run_one(
     c: &Instance<dyn Collector>,
     ctx: &CollectContext<'_>,
     deadline: Instant,
+    waited: Duration,
 ) -> (Result<Collected, CollectError>, Duration) {
     let start = Instant::now();
     let limit = c
         .plugin
         .timeout()
+        .saturating_sub(waited)
         .min(deadline.saturating_duration_since(start));
     let result = match tokio::time::timeout(limit, c.plugin.collect(ctx)).await {
         Ok(result) => result,

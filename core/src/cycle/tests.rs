@@ -188,6 +188,8 @@ fn a_collector_runs_after_those_providing_what_it_needs_and_sees_their_facts() {
 struct ReadsAhead {
     needs: &'static [FactKind],
     delay: Duration,
+    /// How long its collect takes.
+    collect_delay: Duration,
     prepared: u32,
     gate: Arc<tokio::sync::Notify>,
     log: Log,
@@ -217,6 +219,7 @@ impl Collector for ReadsAhead {
         if let Ok(mut log) = self.log.lock() {
             log.push(format!("collect got {handed:?}"));
         }
+        tokio::time::sleep(self.collect_delay).await;
         Ok(Collected::default())
     }
 }
@@ -270,6 +273,7 @@ fn a_head_start_runs_while_what_it_needs_is_collected_and_is_handed_to_its_colle
             Arc::new(ReadsAhead {
                 needs: &[FactKind::Containers],
                 delay: Duration::ZERO,
+                collect_delay: Duration::ZERO,
                 prepared: 42,
                 gate,
                 log: Arc::clone(&log),
@@ -303,6 +307,7 @@ fn a_collector_waits_for_its_head_start_and_one_that_runs_over_hands_nothing() {
             Arc::new(ReadsAhead {
                 needs: &[FactKind::Containers],
                 delay,
+                collect_delay: Duration::ZERO,
                 prepared: 7,
                 gate,
                 log: Arc::clone(&log),
@@ -321,6 +326,43 @@ fn a_collector_waits_for_its_head_start_and_one_that_runs_over_hands_nothing() {
 }
 
 #[test]
+fn waiting_on_a_head_start_after_the_others_are_done_is_taken_from_the_timeout() {
+    // The engine answers at once or after 150 ms; the head start takes
+    // 250 ms; the collection 100 ms, within a 300 ms timeout.
+    for (engine_delay, collects) in [(Duration::ZERO, false), (Duration::from_millis(150), true)] {
+        let log = Log::default();
+        let mut engine = Fake::new("engine", CONTAINERS, &log);
+        engine.delay = engine_delay;
+        let collectors = [
+            engine.instance(),
+            instance(
+                "procs",
+                Arc::new(ReadsAhead {
+                    needs: &[FactKind::Containers],
+                    delay: Duration::from_millis(250),
+                    collect_delay: Duration::from_millis(100),
+                    prepared: 1,
+                    gate: Arc::new(tokio::sync::Notify::new()),
+                    log: Arc::clone(&log),
+                }),
+            ),
+        ];
+        let (outcomes, _) = schedule(&collectors);
+        let procs = &outcomes[1].1;
+        if collects {
+            // It waited about 100 ms after the engine: 200 ms were left.
+            assert!(matches!(procs, Outcome::Collected { .. }), "{procs:?}");
+        } else {
+            // 250 ms after the engine: 50 ms left, too few.
+            assert!(
+                matches!(procs, Outcome::Failed { error: CollectError::TimedOut(left), .. } if *left < Duration::from_millis(100)),
+                "{procs:?}"
+            );
+        }
+    }
+}
+
+#[test]
 fn a_collector_that_needs_nothing_starts_at_once_without_a_head_start() {
     let log = Log::default();
     let collectors = [instance(
@@ -328,6 +370,7 @@ fn a_collector_that_needs_nothing_starts_at_once_without_a_head_start() {
         Arc::new(ReadsAhead {
             needs: &[],
             delay: Duration::ZERO,
+            collect_delay: Duration::ZERO,
             prepared: 1,
             gate: Arc::new(tokio::sync::Notify::new()),
             log: Arc::clone(&log),
