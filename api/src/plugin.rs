@@ -254,16 +254,16 @@ pub trait Collector: Send + Sync {
     fn describe(&self) -> String {
         format!("timeout {}", crate::config::human_duration(self.timeout()))
     }
-    /// Work that can start with the cycle, before the collectors it
-    /// [`needs`](Collector::needs) have answered: reading ahead what the
-    /// previous inventory says it will be asked about (`ctx.observed` is
-    /// empty, `ctx.previous` may still be loading). The core starts it with
-    /// the cycle, under the collector's timeout, and calls
-    /// [`collect`](Collector::collect) only once it is done, with what it
-    /// returned in `ctx.head_start` (the time waited for it once the
-    /// others were done is taken from the collector's timeout); `collect` must check that against what
-    /// it is asked this cycle, since the previous inventory is not the
-    /// current one. By default none.
+    /// For a collector that [`needs`](Collector::needs) others: work that
+    /// can start with the cycle, before they have answered, reading ahead
+    /// what the previous inventory says it will be asked about
+    /// (`ctx.observed` is empty, `ctx.previous` may still be loading). The
+    /// core starts it with the cycle, under the collector's timeout; once
+    /// the others are done, [`collect`](Collector::collect) starts with
+    /// what it returned in `ctx.head_start` if it is done, else without it
+    /// (it is dropped: stop any thread it started). `collect` must check
+    /// what it is handed against what it is asked this cycle, since the
+    /// previous inventory is not the current one. By default none.
     async fn head_start(&self, ctx: &CollectContext<'_>) -> Option<HeadStart> {
         let _ = ctx;
         None

@@ -2,7 +2,8 @@
 //! crate. It attributes the GPU processes the other collectors found and the
 //! main process of every running container: real uid and its user name (NSS,
 //! once per uid per scan), command line, start time, cgroups and PID
-//! namespace (cgroup v1 and v2). Reads only those PIDs, each file once. A
+//! namespace (cgroup v1 and v2). Reads only those PIDs (and, ahead, those
+//! the previous scan read: see below), each file once. A
 //! container's main process that is not also a GPU process is read for what
 //! the core and the stages use of it (owner, cgroups, PID namespace), since
 //! these reads wait for the container list and grow with the running
@@ -13,7 +14,13 @@
 //! processes in full, its running containers' main processes for their
 //! owner); `collect` takes from that read each process it is asked for
 //! again at the same depth and in the same role, and reads the others: in a
-//! steady scan, nothing waits for the list.
+//! steady scan, nothing waits for the list. A read ahead still running when
+//! the list is in is stopped, and `collect` reads everything itself (a
+//! process stuck in the kernel or a slow state costs nothing more). It also
+//! narrows the time between the GPU listing and the `/proc` read of the
+//! PIDs it names: both start with the cycle, where a read after the list
+//! left the whole list between them (a PID reused meanwhile is another
+//! process's).
 //!
 //! Every file is read as bytes, at most 64 KiB of it ([`CMDLINE_READ_CAP`],
 //! [`FILE_READ_CAP`]), and decoded lossily (a process name or a cgroup path
@@ -39,7 +46,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use detect_workloads_api::async_trait;
 use detect_workloads_api::config::{ConfigError, PluginConfig};
@@ -612,15 +620,28 @@ fn read_ahead(
     pids: &[(u32, Depth)],
     mains: &BTreeSet<u32>,
     users: &UserNames,
+    stop: &AtomicBool,
 ) -> ReadAhead {
     let Ok(reader) = Reader::open(config, users) else {
         return ReadAhead::default();
     };
     ReadAhead(
         pids.iter()
+            // Stopped (the collector started without it): no more reads.
+            .take_while(|_| !stop.load(Ordering::Relaxed))
             .filter_map(|&(pid, depth)| Some((pid, reader.read(pid, depth, mains.contains(&pid))?)))
             .collect(),
     )
+}
+
+/// Sets its flag when dropped: the head start's future, stopped or done,
+/// tells its reading thread to stop.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 #[async_trait]
@@ -647,9 +668,12 @@ impl Collector for Procfs {
         }
         let config = self.config.clone();
         let users = ctx.users.clone();
-        let ahead = tokio::task::spawn_blocking(move || read_ahead(&config, &pids, &mains, &users))
-            .await
-            .ok()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let _stop = StopOnDrop(Arc::clone(&stop));
+        let ahead =
+            tokio::task::spawn_blocking(move || read_ahead(&config, &pids, &mains, &users, &stop))
+                .await
+                .ok()?;
         Some(HeadStart::new(Mutex::new(Some(ahead))))
     }
 
@@ -1044,6 +1068,34 @@ mod tests {
             .observations
             .processes;
         assert_eq!(fresh[&447].argv.joined(), "python3 changed");
+    }
+
+    #[test]
+    fn a_read_ahead_told_to_stop_reads_nothing_more() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        craft(dir.path(), 447, 0, b"python3\0", "0::/\n");
+        let config = ProcfsConfig {
+            root: dir.path().to_path_buf(),
+            ..ProcfsConfig::default()
+        };
+        let users = UserNames::new();
+        let pids = [(447, Depth::Full)];
+        let read = |stop: bool| {
+            read_ahead(
+                &config,
+                &pids,
+                &BTreeSet::new(),
+                &users,
+                &AtomicBool::new(stop),
+            )
+            .0
+            .len()
+        };
+        assert_eq!((read(false), read(true)), (1, 0));
+        // The head start's future sets the flag when it is dropped.
+        let flag = Arc::new(AtomicBool::new(false));
+        drop(StopOnDrop(Arc::clone(&flag)));
+        assert!(flag.load(Ordering::Relaxed));
     }
 
     #[test]

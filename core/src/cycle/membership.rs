@@ -20,7 +20,7 @@
 //! real owner.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use detect_workloads_api::model::{
     cgroup_segment_id, CgroupMembership, ContainerFacts, ProcessFacts,
@@ -35,6 +35,9 @@ pub struct Membership<'a> {
     /// paths (without a trailing `/`) and their parents' paths. A lookup
     /// finds those worth checking; the rules above decide.
     by_path: HashMap<Cow<'a, str>, Vec<usize>>,
+    /// The lengths of those paths: a prefix of another length is not
+    /// looked up (a user's delegated cgroup may nest thousands deep).
+    lengths: HashSet<usize>,
 }
 
 struct Candidate<'a> {
@@ -85,9 +88,11 @@ impl<'a> Membership<'a> {
                 }
             }
         }
+        let lengths = by_path.keys().map(|k| k.len()).collect();
         Membership {
             containers,
             by_path,
+            lengths,
         }
     }
 
@@ -97,6 +102,7 @@ impl<'a> Membership<'a> {
         let ancestors = path.match_indices('/').map(|(at, _)| &path[..at]);
         ancestors
             .chain(std::iter::once(path))
+            .filter(|prefix| self.lengths.contains(&prefix.len()))
             .filter_map(|prefix| self.by_path.get(prefix))
             .flatten()
             .copied()

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::future::{abortable, AbortHandle};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
 use tracing::{debug, warn};
@@ -80,21 +81,28 @@ fn waits_for(c: &Instance<dyn Collector>, o: &Instance<dyn Collector>) -> bool {
 
 /// Where a collector's head start is.
 enum HeadStartSlot {
-    /// Still running: the collector waits for it.
-    Running,
-    /// Done (or none to run) at `at`, with what it prepared until the
-    /// collector takes it.
-    Done {
-        prepared: Option<HeadStart>,
-        at: Instant,
-    },
+    /// Still running (`abort` stops it).
+    Running(AbortHandle),
+    /// Done (or none to run), with what it prepared until the collector
+    /// takes it.
+    Done(Option<HeadStart>),
+    /// Stopped: the collector started without it.
+    Abandoned,
 }
 
 impl HeadStartSlot {
+    /// What the collector starting now gets: what its head start prepared,
+    /// or nothing, a head start still running being stopped (the collector
+    /// does not wait for it: its timeout counts from now, as it would
+    /// without one).
     fn take(&mut self) -> Option<HeadStart> {
-        match self {
-            HeadStartSlot::Done { prepared, .. } => prepared.take(),
-            HeadStartSlot::Running => None,
+        match std::mem::replace(self, HeadStartSlot::Abandoned) {
+            HeadStartSlot::Done(prepared) => prepared,
+            HeadStartSlot::Running(abort) => {
+                abort.abort();
+                None
+            }
+            HeadStartSlot::Abandoned => None,
         }
     }
 }
@@ -105,10 +113,6 @@ struct Board<'c> {
     started: Vec<bool>,
     head_starts: Vec<HeadStartSlot>,
     outcomes: Vec<Option<Outcome>>,
-    /// When each outcome was known.
-    settled_at: Vec<Option<Instant>>,
-    /// When the run started.
-    start: Instant,
 }
 
 impl<'c> Board<'c> {
@@ -119,7 +123,6 @@ impl<'c> Board<'c> {
         let n = self.collectors.len();
         let ready: Vec<usize> = (0..n)
             .filter(|&i| !self.started[i])
-            .filter(|&i| !matches!(self.head_starts[i], HeadStartSlot::Running))
             .filter(|&i| {
                 (0..n).all(|j| {
                     i == j
@@ -150,28 +153,6 @@ impl<'c> Board<'c> {
             .then(|| primary.to_string())
     }
 
-    /// How long collector `i` (ready now) waited for its own head start
-    /// once those it waits for had finished: taken from its timeout, so that
-    /// a head start that hangs (a `/proc` read stuck in the kernel) and the
-    /// collection after it take no longer together than the collection
-    /// alone could.
-    fn waited_on_head_start(&self, i: usize) -> Duration {
-        let HeadStartSlot::Done { at, .. } = self.head_starts[i] else {
-            return Duration::ZERO;
-        };
-        let others_done = (0..self.collectors.len())
-            .filter(|&j| j != i && waits_for(&self.collectors[i], &self.collectors[j]))
-            .filter_map(|j| self.settled_at[j])
-            .max()
-            .unwrap_or(self.start);
-        at.saturating_duration_since(others_done)
-    }
-
-    fn settle(&mut self, i: usize, outcome: Outcome) {
-        self.outcomes[i] = Some(outcome);
-        self.settled_at[i] = Some(Instant::now());
-    }
-
     fn done(&self) -> bool {
         self.started.iter().all(|s| *s)
     }
@@ -198,68 +179,59 @@ enum Finished {
 
 /// Runs the collectors; see the module's documentation. A collector that
 /// needs others' facts has its [`Collector::head_start`] run from the
-/// start, and is started once both it and those others are done.
+/// start; once those others are done it starts, with what its head start
+/// prepared if that is done, else without it (the head start is stopped).
+/// Its timeout counts from then, as without a head start: one that hangs
+/// (a `/proc` read stuck in the kernel, a state that is slow to read) costs
+/// the collector nothing.
 pub async fn run_collectors<'c>(
     collectors: &'c [Instance<dyn Collector>],
     previous: &Previous,
     users: &UserNames,
     deadline: Instant,
 ) -> Collection<'c> {
-    let start = Instant::now();
-    let mut board = Board {
-        collectors,
-        started: vec![false; collectors.len()],
-        head_starts: collectors
-            .iter()
-            .map(|c| {
-                if c.plugin.needs().is_empty() {
-                    HeadStartSlot::Done {
-                        prepared: None,
-                        at: start,
-                    }
-                } else {
-                    HeadStartSlot::Running
-                }
-            })
-            .collect(),
-        outcomes: vec![None; collectors.len()],
-        settled_at: vec![None; collectors.len()],
-        start,
-    };
     let nothing = Observations::default();
-    // Shared with the views of the collectors running: copied only when
-    // one settles while another still looks at it.
-    let mut observed = Arc::new(Observations::default());
     let mut running = FuturesUnordered::new();
+    let mut head_starts = Vec::with_capacity(collectors.len());
     for (i, c) in collectors.iter().enumerate() {
-        if !matches!(board.head_starts[i], HeadStartSlot::Running) {
+        if c.plugin.needs().is_empty() {
+            head_starts.push(HeadStartSlot::Done(None));
             continue;
         }
         let nothing = &nothing;
-        running.push(
-            async move {
-                let ctx = CollectContext {
-                    previous,
-                    observed: nothing,
-                    users,
-                    head_start: None,
-                };
-                Finished::HeadStart(i, run_head_start(c, &ctx, deadline).await)
-            }
-            .boxed(),
-        );
+        let (head_start, abort) = abortable(async move {
+            let ctx = CollectContext {
+                previous,
+                observed: nothing,
+                users,
+                head_start: None,
+            };
+            run_head_start(c, &ctx, deadline).await
+        });
+        head_starts.push(HeadStartSlot::Running(abort));
+        running
+            .push(async move { Finished::HeadStart(i, head_start.await.unwrap_or(None)) }.boxed());
     }
+    let mut board = Board {
+        collectors,
+        started: vec![false; collectors.len()],
+        head_starts,
+        outcomes: vec![None; collectors.len()],
+    };
+    // Shared with the views of the collectors running: copied only when
+    // one settles while another still looks at it.
+    let mut observed = Arc::new(Observations::default());
     loop {
         for i in board.ready(running.is_empty()) {
             board.started[i] = true;
             let c = &collectors[i];
             if let Some(primary) = board.skip_reason(i) {
                 debug!(collector = %c.name, "skipped: {primary} succeeded");
-                board.settle(i, Outcome::SkippedAsFallback { primary });
+                board.head_starts[i].take();
+                board.outcomes[i] = Some(Outcome::SkippedAsFallback { primary });
                 continue;
             }
             let view = view(&observed, c.plugin.needs());
-            let waited = board.waited_on_head_start(i);
             let head_start = board.head_starts[i].take();
             running.push(
                 async move {
@@ -269,7 +241,7 @@ pub async fn run_collectors<'c>(
                         users,
                         head_start: head_start.as_ref(),
                     };
-                    let (result, duration) = run_one(c, &ctx, deadline, waited).await;
+                    let (result, duration) = run_one(c, &ctx, deadline).await;
                     Finished::Collected(i, result, duration)
                 }
                 .boxed(),
@@ -284,15 +256,14 @@ pub async fn run_collectors<'c>(
         }
         match running.next().await {
             Some(Finished::HeadStart(i, prepared)) => {
-                board.head_starts[i] = HeadStartSlot::Done {
-                    prepared,
-                    at: Instant::now(),
-                };
+                // Unless the collector already started without it.
+                if matches!(board.head_starts[i], HeadStartSlot::Running(_)) {
+                    board.head_starts[i] = HeadStartSlot::Done(prepared);
+                }
             }
             Some(Finished::Collected(i, result, duration)) => {
                 let observed = Arc::make_mut(&mut observed);
-                let outcome = settle(collectors, i, result, duration, observed);
-                board.settle(i, outcome);
+                board.outcomes[i] = Some(settle(collectors, i, result, duration, observed));
             }
             None => {}
         }
@@ -425,19 +396,16 @@ fn admit(
     }
 }
 
-/// Runs one collector under its own timeout (less what it `waited` on its
-/// head start after its dependencies were done) and the cycle's deadline.
+/// Runs one collector under its own timeout and the cycle's deadline.
 async fn run_one(
     c: &Instance<dyn Collector>,
     ctx: &CollectContext<'_>,
     deadline: Instant,
-    waited: Duration,
 ) -> (Result<Collected, CollectError>, Duration) {
     let start = Instant::now();
     let limit = c
         .plugin
         .timeout()
-        .saturating_sub(waited)
         .min(deadline.saturating_duration_since(start));
     let result = match tokio::time::timeout(limit, c.plugin.collect(ctx)).await {
         Ok(result) => result,
