@@ -221,8 +221,11 @@ pub async fn run_collectors<'c>(
     // Shared with the views of the collectors running: copied only when
     // one settles while another still looks at it.
     let mut observed = Arc::new(Observations::default());
+    // Collectors running (head starts aside: a dependency cycle is broken
+    // as soon as no collector runs).
+    let mut collecting = 0usize;
     loop {
-        for i in board.ready(running.is_empty()) {
+        for i in board.ready(collecting == 0) {
             board.started[i] = true;
             let c = &collectors[i];
             if let Some(primary) = board.skip_reason(i) {
@@ -233,6 +236,7 @@ pub async fn run_collectors<'c>(
             }
             let view = view(&observed, c.plugin.needs());
             let head_start = board.head_starts[i].take();
+            collecting += 1;
             running.push(
                 async move {
                     let ctx = CollectContext {
@@ -262,6 +266,7 @@ pub async fn run_collectors<'c>(
                 }
             }
             Some(Finished::Collected(i, result, duration)) => {
+                collecting -= 1;
                 let observed = Arc::make_mut(&mut observed);
                 board.outcomes[i] = Some(settle(collectors, i, result, duration, observed));
             }

@@ -190,6 +190,8 @@ struct ReadsAhead {
     delay: Duration,
     /// How long its collect takes.
     collect_delay: Duration,
+    /// Its timeout.
+    timeout: Duration,
     prepared: u32,
     gate: Arc<tokio::sync::Notify>,
     log: Log,
@@ -204,7 +206,7 @@ impl Collector for ReadsAhead {
         self.needs
     }
     fn timeout(&self) -> Duration {
-        Duration::from_millis(300)
+        self.timeout
     }
     async fn head_start(&self, _ctx: &CollectContext<'_>) -> Option<HeadStart> {
         if let Ok(mut log) = self.log.lock() {
@@ -279,6 +281,7 @@ fn a_head_start_runs_while_what_it_needs_is_collected_and_is_handed_to_its_colle
                 needs: &[FactKind::Containers],
                 delay: Duration::ZERO,
                 collect_delay: Duration::ZERO,
+                timeout: Duration::from_millis(300),
                 prepared: 42,
                 gate,
                 log: Arc::clone(&log),
@@ -318,6 +321,7 @@ fn a_head_start_still_running_when_the_others_are_done_is_stopped() {
                 needs: &[FactKind::Containers],
                 delay: Duration::from_millis(200),
                 collect_delay: Duration::from_millis(250),
+                timeout: Duration::from_millis(300),
                 prepared: 7,
                 gate: Arc::new(tokio::sync::Notify::new()),
                 log: Arc::clone(&log),
@@ -337,6 +341,39 @@ fn a_head_start_still_running_when_the_others_are_done_is_stopped() {
 }
 
 #[test]
+fn a_dependency_cycle_is_broken_at_once_whatever_a_head_start_does() {
+    // procs needs containers, engine needs processes: a cycle. procs's
+    // head start would take a minute; nothing waits for it.
+    let log = Log::default();
+    let mut engine = Fake::new("engine", CONTAINERS, &log);
+    engine.needs = PROCS;
+    let collectors = [
+        instance(
+            "procs",
+            Arc::new(ReadsAhead {
+                needs: &[FactKind::Containers],
+                delay: Duration::from_secs(60),
+                collect_delay: Duration::ZERO,
+                timeout: Duration::from_secs(120),
+                prepared: 1,
+                gate: Arc::new(tokio::sync::Notify::new()),
+                log: Arc::clone(&log),
+            }),
+        ),
+        engine.instance(),
+    ];
+    let started = Instant::now();
+    let (outcomes, _) = schedule(&collectors);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "waited for the head start"
+    );
+    assert_eq!(outcomes.len(), 2);
+    // Broken before the head start was even polled.
+    assert_eq!(logged(&log), ["collect got None", "engine saw []"]);
+}
+
+#[test]
 fn a_collector_that_needs_nothing_starts_at_once_without_a_head_start() {
     let log = Log::default();
     let collectors = [instance(
@@ -345,6 +382,7 @@ fn a_collector_that_needs_nothing_starts_at_once_without_a_head_start() {
             needs: &[],
             delay: Duration::ZERO,
             collect_delay: Duration::ZERO,
+            timeout: Duration::from_millis(300),
             prepared: 1,
             gate: Arc::new(tokio::sync::Notify::new()),
             log: Arc::clone(&log),
