@@ -77,8 +77,8 @@ pub struct InspectFacts {
     /// and the offset are lost), and the inventory must not change. Restarts
     /// are noticed through the engine's events and the main PID's cgroup,
     /// not through it; its two readers, the `idle` stage's grace period and
-    /// the views' `up_s`, each parse it once where they use it
-    /// ([`Timestamp::parse`]).
+    /// the views' `up_s`, read it through [`InspectFacts::started`] where
+    /// they use it.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub started_at: String,
     /// `HostConfig.CgroupParent` (`--cgroup-parent`), as given.
@@ -102,6 +102,14 @@ pub struct DeviceRequest {
     pub device_ids: Vec<String>,
     /// `Capabilities`: a list of alternatives, each a list of capabilities.
     pub capabilities: Vec<Vec<String>>,
+}
+
+impl InspectFacts {
+    /// When it started, read from the engine's text (`None` when it has not
+    /// or the text is no RFC 3339 time).
+    pub fn started(&self) -> Option<Timestamp> {
+        Timestamp::parse(&self.started_at).ok()
+    }
 }
 
 impl ContainerFacts {
@@ -654,6 +662,25 @@ pub struct Inventory {
         skip_serializing_if = "BTreeMap::is_empty"
     )]
     pub activity_counters: BTreeMap<String, Counters>,
+}
+
+impl Inventory {
+    /// The PID of every GPU process it holds: confirmed and pending host
+    /// processes, those in a look-alike container cgroup, and those in
+    /// containers (attributed or pending); a PID may come more than once.
+    pub fn gpu_process_pids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.host_processes
+            .keys()
+            .chain(self.pending_processes.keys())
+            .chain(self.unattributed_processes.keys())
+            .chain(self.pending_container_processes.keys())
+            .copied()
+            .chain(
+                self.containers
+                    .values()
+                    .flat_map(|c| c.gpu_processes.iter().map(|p| p.pid)),
+            )
+    }
 }
 
 /// GPU memory one user's unconfirmed (pending) host processes hold on one

@@ -22,8 +22,8 @@ use crate::timefmt::Timestamp;
 use serde::Serialize;
 
 use crate::model::{
-    Activity, CollectorReport, ContainerEntry, FactKind, GpuAccess, GpuDevice, Inventory,
-    ProcessEntry, UserGpuUse,
+    Activity, CollectorReport, ContainerEntry, FactKind, GpuAccess, GpuDevice, InspectFacts,
+    Inventory, ProcessEntry, UserGpuUse,
 };
 
 /// Which workloads to show.
@@ -409,7 +409,6 @@ fn use_row(u: &UserGpuUse, now: Timestamp) -> Row {
 }
 
 fn container_row(c: &ContainerEntry, now: Timestamp) -> Row {
-    let started = c.inspect.as_ref().map(|i| i.started_at.as_str());
     let (cpu_cores, gpu_util_percent, idle_s, idle) = activity_of(c.activity.as_ref(), now);
     Row {
         kind: Kind::Container,
@@ -433,9 +432,11 @@ fn container_row(c: &ContainerEntry, now: Timestamp) -> Row {
         what: c.image.clone(),
         age_s: Some(age(c.detected_at, now)),
         created_s: c.created_at.map(|t| age(t, now)),
-        up_s: started
+        up_s: c
+            .inspect
+            .as_ref()
             .filter(|_| c.status == "running" || c.status == "paused")
-            .and_then(|t| Timestamp::parse(t).ok())
+            .and_then(InspectFacts::started)
             .map(|t| age(t, now)),
         cpu_cores,
         gpu_util_percent,

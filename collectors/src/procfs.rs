@@ -410,20 +410,7 @@ struct ReadAhead(BTreeMap<u32, ProcessRead>);
 /// when nothing changed: its GPU processes in full, then the main process
 /// of every running container that is not one.
 fn pids_ahead(previous: &Inventory) -> (Vec<(u32, Depth)>, BTreeSet<u32>) {
-    let gpu: BTreeSet<u32> = previous
-        .host_processes
-        .keys()
-        .chain(previous.pending_processes.keys())
-        .chain(previous.unattributed_processes.keys())
-        .chain(previous.pending_container_processes.keys())
-        .copied()
-        .chain(
-            previous
-                .containers
-                .values()
-                .flat_map(|c| c.gpu_processes.iter().map(|p| p.pid)),
-        )
-        .collect();
+    let gpu: BTreeSet<u32> = previous.gpu_process_pids().collect();
     let mains: BTreeSet<u32> = previous
         .containers
         .values()
@@ -508,17 +495,6 @@ fn process_counters(roots: &Roots<'_>, pid: u32, errors: &mut u64) -> Counters {
     counters
 }
 
-/// `Unavailable` when `root` (`/proc`) cannot be listed at all.
-fn listable(root: &Path) -> Result<(), CollectError> {
-    match std::fs::read_dir(root) {
-        Ok(_) => Ok(()),
-        Err(e) => Err(CollectError::Unavailable(format!(
-            "cannot read {}: {e}",
-            root.display()
-        ))),
-    }
-}
-
 /// What reading a process needs: where `/proc` and the cgroups are, and
 /// the host's namespaces.
 struct Reader<'a> {
@@ -531,7 +507,12 @@ impl<'a> Reader<'a> {
     /// `Unavailable` when `/proc` cannot be listed at all.
     fn open(config: &'a ProcfsConfig, users: &'a UserNames) -> Result<Self, CollectError> {
         let root = config.root.as_path();
-        listable(root)?;
+        if let Err(e) = std::fs::read_dir(root) {
+            return Err(CollectError::Unavailable(format!(
+                "cannot read {}: {e}",
+                root.display()
+            )));
+        }
         Ok(Reader {
             host: Host {
                 pid_namespace: host_pid_namespace(root),

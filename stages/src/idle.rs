@@ -23,7 +23,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use detect_workloads_api::config::{duration, ConfigError, PluginConfig};
-use detect_workloads_api::model::{Activity, GpuDevice, Inventory, Usage};
+use detect_workloads_api::model::{Activity, GpuDevice, InspectFacts, Inventory, Usage};
 use detect_workloads_api::plugin::{Stage, StageContext, StageError, StagePlugin, Workset};
 use detect_workloads_api::timefmt::Timestamp;
 
@@ -198,7 +198,7 @@ impl Stage for Idle {
             let started = c
                 .inspect
                 .as_ref()
-                .and_then(|i| Timestamp::parse(&i.started_at).ok())
+                .and_then(InspectFacts::started)
                 .or(Some(c.detected_at));
             let gpus = if c.gpu_processes.is_empty() {
                 Vec::new()

@@ -451,14 +451,7 @@ impl Stage for Redact {
     /// had processes (their lines are redacted again once the engine has
     /// answered); otherwise at the first line, if any.
     fn head_start(&self, previous: &Inventory) {
-        let had_processes = !previous.host_processes.is_empty()
-            || !previous.pending_processes.is_empty()
-            || !previous.pending_container_processes.is_empty()
-            || previous
-                .containers
-                .values()
-                .any(|c| !c.gpu_processes.is_empty());
-        if had_processes {
+        if previous.gpu_process_pids().next().is_some() {
             self.compile_in_background();
         }
     }
@@ -714,16 +707,22 @@ mod tests {
         assert_eq!(custom.apply("x ?pin=1234"), "x ?pin=***");
     }
 
+    /// Waits (a minute at most) for the line-wide rules to be compiled by
+    /// another thread, and checks they compiled.
+    fn wait_for_rules(stage: &Redact) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while stage.line_rules.get().is_none() {
+            assert!(std::time::Instant::now() < deadline, "never compiled");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(matches!(stage.line_rules.get(), Some(Some(_))));
+    }
+
     #[test]
     fn line_rules_compiled_in_the_background_serve_the_first_line() {
         let early = Redact::new(RedactConfig::default()).expect("default");
         early.compile_in_background();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while early.line_rules.get().is_none() {
-            assert!(std::time::Instant::now() < deadline, "never compiled");
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        assert!(matches!(early.line_rules.get(), Some(Some(_))));
+        wait_for_rules(&early);
         assert_eq!(
             early.apply("psql postgres://u:pw@db/x?password=a"),
             "psql postgres://u:***@db/x?password=***"
@@ -747,12 +746,7 @@ mod tests {
             ..Inventory::default()
         };
         stage.head_start(&previous);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while stage.line_rules.get().is_none() {
-            assert!(std::time::Instant::now() < deadline, "never compiled");
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        assert!(matches!(stage.line_rules.get(), Some(Some(_))));
+        wait_for_rules(&stage);
     }
 
     fn stage_kinds(text: &str) -> Vec<&'static str> {

@@ -268,9 +268,9 @@ pub(crate) async fn containers(
     // In id order from here: the cached ones stay in it, the inspected are
     // put in it apart, and the final sort merges two runs (sorting the
     // entries themselves, large, in the engine's order costs a millisecond
-    // at a thousand containers).
-    // Stable: two entries with one id (an engine a user runs may say
-    // anything) keep the engine's order, whose first one is kept.
+    // at a thousand containers). Stable: two entries with one id (an
+    // engine a user runs may say anything) keep the engine's order, whose
+    // first one is kept.
     list.sort_by(|a, b| a.id.cmp(&b.id));
     let mut facts = Vec::with_capacity(list.len());
     let mut to_inspect = Vec::new();
